@@ -1,0 +1,87 @@
+"""Provider limits, one row per provider, and the user's lower overrides.
+
+Invariant: a chunk built under :class:`ProviderLimits` is accepted by the provider as far as
+counts, bytes and custom_id rules go; a user may lower any limit, never raise it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from batch_provider.core.models import Provider
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ProviderLimits:
+    max_requests_per_batch: int
+    max_bytes_per_batch: int
+    max_bytes_per_request: int
+    custom_id_pattern: re.Pattern[str]
+    custom_id_rule: str
+    one_model_per_batch: bool
+    min_requests_per_batch: int = 1
+
+    def lowered(
+        self,
+        *,
+        max_requests_per_batch: int | None = None,
+        max_bytes_per_batch: int | None = None,
+    ) -> ProviderLimits:
+        """These limits with the user's lower values; a higher value is an error, not ignored."""
+        changes: dict[str, int] = {}
+        for name, value in (
+            ("max_requests_per_batch", max_requests_per_batch),
+            ("max_bytes_per_batch", max_bytes_per_batch),
+        ):
+            if value is None:
+                continue
+            ceiling = getattr(self, name)
+            if not 1 <= value <= ceiling:
+                raise ValueError(f"{name}={value} is outside 1..{ceiling}, the provider's own limit")
+            changes[name] = value
+        return replace(self, **changes)
+
+    def check_custom_id(self, custom_id: str) -> str | None:
+        """None when ``custom_id`` is acceptable, else the reason it is not."""
+        if not self.custom_id_pattern.fullmatch(custom_id):
+            return f"custom_id {custom_id[:80]!r} breaks the rule: {self.custom_id_rule}"
+        return None
+
+
+OPENAI_LIMITS = ProviderLimits(
+    max_requests_per_batch=50_000,
+    max_bytes_per_batch=200 * MB,
+    max_bytes_per_request=200 * MB,
+    custom_id_pattern=re.compile(r"[^\n\r]{1,512}", re.S),
+    custom_id_rule="1 to 512 characters, no line breaks",
+    one_model_per_batch=True,
+)
+
+ANTHROPIC_LIMITS = ProviderLimits(
+    max_requests_per_batch=100_000,
+    max_bytes_per_batch=256 * MB,
+    max_bytes_per_request=256 * MB,
+    custom_id_pattern=re.compile(r"[a-zA-Z0-9_-]{1,64}"),
+    custom_id_rule="1 to 64 characters from a-z, A-Z, 0-9, '_' and '-'",
+    one_model_per_batch=False,
+)
+
+BEDROCK_LIMITS = ProviderLimits(
+    max_requests_per_batch=50_000,
+    max_bytes_per_batch=1024 * MB,
+    max_bytes_per_request=1024 * MB,
+    custom_id_pattern=re.compile(r"[a-zA-Z0-9]{1,64}"),
+    custom_id_rule="1 to 64 alphanumeric characters",
+    one_model_per_batch=True,
+    min_requests_per_batch=100,
+)
+
+LIMITS: dict[Provider, ProviderLimits] = {
+    Provider.OPENAI: OPENAI_LIMITS,
+    Provider.OPENAI_COMPATIBLE: OPENAI_LIMITS,
+    Provider.ANTHROPIC: ANTHROPIC_LIMITS,
+    Provider.BEDROCK: BEDROCK_LIMITS,
+}
