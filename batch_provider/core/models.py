@@ -163,10 +163,30 @@ class ResultRecord(BaseModel):
     batch_id: str | None = None
     provider: str | None = None
     attempt: int = 1
+    row: int | None = None
+    """1-based input row the request came from, when known (set on rejects)."""
 
     @property
     def retryable(self) -> bool:
         return self.status is not ItemStatus.SUCCEEDED and self.error is not None and self.error.retryable
+
+
+class RejectedRow(BaseModel):
+    """An input row that cannot become a paid request, and why; it lands in ``rejects.jsonl``."""
+
+    row: int | None = None
+    custom_id: str | None = None
+    field: str | None = None
+    reason: str
+
+    def to_record(self) -> ResultRecord:
+        custom_id = self.custom_id or (f"row-{self.row}" if self.row is not None else "unknown")
+        return ResultRecord(
+            custom_id=custom_id,
+            status=ItemStatus.REJECTED,
+            row=self.row,
+            error=ResultError(type="invalid_input", message=self.reason, retryable=False, field=self.field),
+        )
 
 
 class BatchStatus(StrEnum):
