@@ -1,0 +1,124 @@
+"""The durable record of what a run asked providers to do, so nothing is paid for twice.
+
+The ledger lives in the run folder (``ledger.json``) and is rewritten whole after every change.
+For each chunk it records, in this order:
+
+1. the chunk (part file, request count, group) — before anything is sent;
+2. ``intent_at`` — just before the create call;
+3. the ``batch`` the provider created — just after it answered.
+
+Invariants:
+- The key is (dag_id, task_id, run_id, map_index) — never try_number, so a retried or restarted
+  task finds the ledger of its earlier tries — plus the fingerprint of the encoded input.
+- A chunk with a batch is never submitted again. A chunk with an intent but no batch may have
+  been accepted by the provider before a crash: the submitter must look for it (``find``) before
+  creating another.
+- A run folder holds one input: a ledger with another key or fingerprint is an error, never
+  silently overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from batch_provider.core.models import BatchRef, Provider
+from batch_provider.core.rundir import RunDirectory, read_json, write_json_atomic
+
+
+class RunKey(BaseModel):
+    """Identity of one submit across task retries: never includes try_number."""
+
+    dag_id: str
+    task_id: str
+    run_id: str
+    map_index: int = -1
+
+    def digest(self) -> str:
+        """A short stable id for tags (provider metadata values are length-limited)."""
+        raw = f"{self.dag_id}\x1f{self.task_id}\x1f{self.run_id}\x1f{self.map_index}"
+        return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+class LedgerChunk(BaseModel):
+    index: int
+    part: str
+    """Path of the part file relative to the run folder."""
+    request_count: int
+    byte_size: int
+    group: str
+    model: str | None = None
+    endpoint: str | None = None
+    intent_at: datetime | None = None
+    batch: BatchRef | None = None
+    matched_by: str | None = None
+    """How a batch found after a crash was matched: ``tags``, ``request_count`` or ``custom_ids``."""
+
+
+class LedgerAttempt(BaseModel):
+    attempt: int
+    fingerprint: str
+    chunks: list[LedgerChunk] = Field(default_factory=list)
+    rejected: int = 0
+    inputs: int = 0
+    cached: int = 0
+
+
+class LedgerConflictError(RuntimeError):
+    """The run folder already holds the ledger of another task or another input."""
+
+
+class Ledger(BaseModel):
+    version: int = 1
+    run_key: RunKey
+    provider: Provider
+    attempts: dict[int, LedgerAttempt] = Field(default_factory=dict)
+
+    @classmethod
+    def load(cls, run_dir: RunDirectory) -> Ledger | None:
+        if not run_dir.ledger.exists():
+            return None
+        return cls.model_validate(read_json(run_dir.ledger))
+
+    def save(self, run_dir: RunDirectory) -> None:
+        write_json_atomic(run_dir.ledger, self.model_dump(mode="json"))
+
+    def check_owner(self, run_key: RunKey, provider: Provider, run_dir: RunDirectory) -> None:
+        if self.run_key != run_key:
+            raise LedgerConflictError(
+                f"{run_dir} already holds the ledger of {self.run_key.model_dump()}, not of "
+                f"{run_key.model_dump()}. Give each task its own run_path (or group), or delete "
+                "that folder if its batches are no longer wanted."
+            )
+        if self.provider != provider:
+            raise LedgerConflictError(
+                f"{run_dir} holds batches created with provider {self.provider.value!r}; this task "
+                f"uses {provider.value!r}. Use another run_path, or the original provider."
+            )
+
+    def claimed_batch_ids(self) -> set[str]:
+        return {c.batch.batch_id for a in self.attempts.values() for c in a.chunks if c.batch}
+
+    def all_batches(self) -> list[BatchRef]:
+        return [c.batch for a in self.attempts.values() for c in a.chunks if c.batch is not None]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def ledger_payload_keys() -> tuple[str, ...]:
+    """Names of the tags the submitter adds so ``find`` can recognise its own batches."""
+    return ("bp_run", "bp_chunk")
+
+
+def chunk_tags(run_key: RunKey, attempt: int, index: int, fingerprint: str) -> dict[str, str]:
+    """Tags that identify one chunk of one attempt of one run, for providers that keep tags."""
+    return {"bp_run": run_key.digest(), "bp_chunk": f"{attempt}:{index}:{fingerprint[:16]}"}
+
+
+def as_dict(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json")
