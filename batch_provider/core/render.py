@@ -101,7 +101,8 @@ class RequestBuilder:
                 row=number,
                 custom_id=custom_id,
                 field="prompt_template",
-                reason=f"row {number}: the template uses {exc.message}; add that column or change the template",
+                reason=f"row {number}: the template uses {exc.message}; "
+                "add that column or change the template",
             )
         except jinja2.TemplateError as exc:
             return RejectedRow(
@@ -144,10 +145,7 @@ class RequestBuilder:
                 field="build_request",
                 reason=f"row {number}: build_request raised {type(exc).__name__}: {exc}",
             )
-        if isinstance(built, LLMRequest):
-            data = built.model_dump(exclude_unset=True)
-        else:
-            data = dict(built)
+        data = built.model_dump(exclude_unset=True) if isinstance(built, LLMRequest) else dict(built)
         data.setdefault("custom_id", custom_id)
         for key, value in self._defaults().items():
             if data.get(key) is None:
