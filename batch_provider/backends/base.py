@@ -67,6 +67,8 @@ class Chunk:
 
 class BatchBackend(abc.ABC):
     provider: ClassVar[Provider]
+    keeps_tags: ClassVar[bool] = False
+    """True when ``find`` matches ``tags`` exactly (OpenAI metadata, Bedrock job tags)."""
     limits: ProviderLimits
 
     @abc.abstractmethod
