@@ -1,0 +1,140 @@
+"""Price table and cost arithmetic: what a run cost at batch prices and what it would have cost
+synchronously.
+
+Invariants:
+- Prices are data (``batch_provider/data/prices.json``), in USD per million tokens at standard
+  (synchronous) rates; batch rates are standard × ``batch_discount``. Users override or extend the
+  table with their own file without a release; their rows win.
+- A model is matched by exact id, else by the longest table id that prefixes it (snapshot ids
+  like ``gpt-6-luna-2026-09-22`` match ``gpt-6-luna``).
+- An unknown model has an unknown cost (``None``), never a guessed one.
+- ``Usage.input_tokens`` excludes cache reads and writes, which are priced on their own.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from batch_provider.core.models import Usage
+
+MILLION = 1_000_000
+
+
+class LongContextTier(BaseModel):
+    above_input_tokens: int
+    input_multiplier: float
+    output_multiplier: float
+
+
+class PriceRow(BaseModel):
+    provider: str
+    model: str
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_read_multiplier: float = 0.5
+    cache_write_multiplier: float = 1.0
+    cache_write: float | None = None
+    batch_discount: float = 0.5
+    long_context: LongContextTier | None = None
+    effective_from: str | None = None
+    source: str | None = None
+
+    def rates(self, input_tokens_in_request: int) -> tuple[float, float, float, float]:
+        """Standard (input, output, cache read, cache write) rates for one request's size."""
+        tier = self.long_context
+        long = tier is not None and input_tokens_in_request > tier.above_input_tokens
+        input_rate = self.input * (tier.input_multiplier if long and tier else 1.0)
+        output_rate = self.output * (tier.output_multiplier if long and tier else 1.0)
+        read = self.cache_read if self.cache_read is not None else input_rate * self.cache_read_multiplier
+        write = self.cache_write if self.cache_write is not None else input_rate * self.cache_write_multiplier
+        return input_rate, output_rate, read, write
+
+
+class Cost(BaseModel):
+    """Dollars for some usage: at batch prices, at synchronous prices, and the difference."""
+
+    batch_usd: float = 0.0
+    standard_usd: float = 0.0
+    unpriced_tokens: int = 0
+    """Tokens of models the table does not know: not included in the dollar figures."""
+    unpriced_models: list[str] = Field(default_factory=list)
+
+    @property
+    def savings_usd(self) -> float:
+        return self.standard_usd - self.batch_usd
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(
+            batch_usd=self.batch_usd + other.batch_usd,
+            standard_usd=self.standard_usd + other.standard_usd,
+            unpriced_tokens=self.unpriced_tokens + other.unpriced_tokens,
+            unpriced_models=sorted(set(self.unpriced_models) | set(other.unpriced_models)),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "batch_usd": round(self.batch_usd, 6),
+            "standard_usd": round(self.standard_usd, 6),
+            "savings_usd": round(self.savings_usd, 6),
+            "unpriced_tokens": self.unpriced_tokens,
+            "unpriced_models": self.unpriced_models,
+        }
+
+
+class PriceTable:
+    def __init__(self, rows: list[PriceRow]):
+        self._rows: dict[tuple[str, str], PriceRow] = {(r.provider, r.model): r for r in rows}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PriceTable:
+        return cls([PriceRow.model_validate(row) for row in data["rows"]])
+
+    def with_overrides(self, other: PriceTable) -> PriceTable:
+        merged = dict(self._rows)
+        merged.update(other._rows)
+        return PriceTable(list(merged.values()))
+
+    def lookup(self, provider: str, model: str | None) -> PriceRow | None:
+        if not model:
+            return None
+        exact = self._rows.get((provider, model))
+        if exact is not None:
+            return exact
+        matches = [row for (p, m), row in self._rows.items() if p == provider and model.startswith(m)]
+        return max(matches, key=lambda row: len(row.model), default=None)
+
+    def cost(self, provider: str, model: str | None, usage: Usage) -> Cost:
+        """Cost of one request's usage (its size picks the long-context tier)."""
+        row = self.lookup(provider, model)
+        if row is None:
+            return Cost(unpriced_tokens=usage.total_tokens, unpriced_models=[model or "(none)"])
+        prompt = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
+        input_rate, output_rate, read_rate, write_rate = row.rates(prompt)
+        standard = (
+            usage.input_tokens * input_rate
+            + usage.output_tokens * output_rate
+            + usage.cache_read_tokens * read_rate
+            + usage.cache_write_tokens * write_rate
+        ) / MILLION
+        return Cost(batch_usd=standard * row.batch_discount, standard_usd=standard)
+
+
+@cache
+def default_price_table() -> PriceTable:
+    text = resources.files("batch_provider.data").joinpath("prices.json").read_text()
+    return PriceTable.from_json(json.loads(text))
+
+
+def load_price_table(override_path: Any | None = None) -> PriceTable:
+    """The packaged table, with the rows of ``override_path`` (same JSON shape) winning."""
+    table = default_price_table()
+    if override_path is None:
+        return table
+    with override_path.open("rb") as fh:
+        return table.with_overrides(PriceTable.from_json(json.loads(fh.read())))
