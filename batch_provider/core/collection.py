@@ -1,0 +1,257 @@
+"""Collect ended batches into the run's result files and manifest.
+
+Files, per attempt N: ``attempt-N/results.jsonl`` (succeeded), ``attempt-N/errors.jsonl`` (every
+other outcome) and ``attempt-N/batches.json`` (per-batch figures). Top level, rebuilt from the
+attempts after every collect: ``results.jsonl`` (all successes), ``errors.jsonl`` (errors not
+resubmitted by a later attempt), ``manifest.json``.
+
+Invariants:
+- Each submitted custom_id appears once per attempt it was part of, in exactly one of that
+  attempt's two files (reconciliation guarantees it, even for expired or cancelled batches).
+- Collecting again overwrites the same files with the same content: collect is idempotent.
+- Records are streamed from the provider to the files; memory holds one batch's id set at most.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from batch_provider.backends.base import BatchBackend
+from batch_provider.core.handle import RunHandle
+from batch_provider.core.ledger import Ledger
+from batch_provider.core.models import BatchRef, ItemStatus, ResultRecord, Usage
+from batch_provider.core.pricing import Cost, PriceTable, default_price_table
+from batch_provider.core.reconcile import reconcile
+from batch_provider.core.rundir import RunDirectory, read_json, write_json_atomic
+from batch_provider.core.submission import part_custom_ids
+
+log = logging.getLogger(__name__)
+
+
+class BatchFigures(BaseModel):
+    batch_id: str
+    attempt: int
+    chunk_index: int
+    model: str | None = None
+    request_count: int
+    native_status: str
+    ending: str | None = None
+    error_message: str | None = None
+    counts: dict[str, int] = Field(default_factory=dict)
+    usage: Usage = Field(default_factory=Usage)
+    cost: Cost = Field(default_factory=Cost)
+    created_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
+class RunSummary(BaseModel):
+    run_path: str
+    provider: str
+    attempts: int
+    inputs: int
+    rejected: int
+    succeeded: int
+    unresolved: int
+    """Items without a success: errored, expired or cancelled, after the latest attempt."""
+    unresolved_by_status: dict[str, int] = Field(default_factory=dict)
+    retryable: int = 0
+    dead_letter: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    cost: Cost = Field(default_factory=Cost)
+    batches: list[BatchFigures] = Field(default_factory=list)
+    accounted: bool
+    """``inputs == rejected + succeeded + unresolved``: every row is in exactly one file."""
+    files: dict[str, str] = Field(default_factory=dict)
+    finished: bool = False
+
+    @property
+    def retryable_count(self) -> int:
+        return self.retryable
+
+    def for_xcom(self) -> dict[str, Any]:
+        """A short summary for downstream tasks: counts, tokens and file paths, never records."""
+        data = self.model_dump(mode="json", exclude={"batches", "cost"})
+        data["cost"] = self.cost.summary()
+        data["batch_ids"] = [b.batch_id for b in self.batches]
+        return data
+
+
+def _write_line(fh: Any, record: ResultRecord) -> None:
+    fh.write(record.model_dump_json(exclude_none=True).encode() + b"\n")
+
+
+async def collect_run(
+    backend: BatchBackend, handle: RunHandle, run_dir: RunDirectory, *, prices: PriceTable | None = None
+) -> RunSummary:
+    """Stream every batch of ``handle``'s attempt into the attempt's files, then rebuild the
+    run's top-level files and manifest. Every batch must have ended."""
+    prices = prices or default_price_table()
+    ledger = Ledger.load(run_dir)
+    if ledger is None:
+        raise FileNotFoundError(f"{run_dir} has no ledger.json: it was not written by a submit task")
+    parts = {c.batch.batch_id: c.part for c in ledger.attempts[handle.attempt].chunks if c.batch}
+    figures: list[BatchFigures] = []
+    attempt_dir = run_dir.attempt_dir(handle.attempt)
+    attempt_dir.mkdir(parents=True, exist_ok=True)
+    with (
+        run_dir.attempt_results(handle.attempt).open("wb") as results,
+        run_dir.attempt_errors(handle.attempt).open("wb") as errors,
+    ):
+        for ref in handle.batches:
+            figures.append(
+                await _collect_batch(backend, ref, handle.attempt, run_dir, parts, results, errors, prices)
+            )
+    write_json_atomic(attempt_dir / "batches.json", [f.model_dump(mode="json") for f in figures])
+    summary = rebuild_outputs(backend, run_dir, ledger)
+    log.info(
+        "Collected attempt %d: %d succeeded, %d unresolved, %d rejected of %d inputs",
+        handle.attempt,
+        summary.succeeded,
+        summary.unresolved,
+        summary.rejected,
+        summary.inputs,
+    )
+    return summary
+
+
+async def _collect_batch(
+    backend: BatchBackend,
+    ref: BatchRef,
+    attempt: int,
+    run_dir: RunDirectory,
+    parts: dict[str, str],
+    results: Any,
+    errors: Any,
+    prices: PriceTable,
+) -> BatchFigures:
+    state = await backend.status(ref.batch_id)
+    if not state.is_terminal:
+        raise RuntimeError(
+            f"batch {ref.batch_id} is still {state.status.value} ({state.native_status}); "
+            "wait for it to end before collecting"
+        )
+    expected = part_custom_ids(backend, run_dir, parts[ref.batch_id])
+    counts: Counter[str] = Counter()
+    usage = Usage()
+    cost = Cost()
+    provider = ref.provider.value
+    async for record in reconcile(ref, expected, state, backend.results(ref)):
+        record.attempt = attempt
+        counts[record.status.value] += 1
+        if record.usage.total_tokens:
+            usage = usage + record.usage
+            cost = cost + prices.cost(provider, record.model or ref.model, record.usage)
+        _write_line(results if record.status is ItemStatus.SUCCEEDED else errors, record)
+    return BatchFigures(
+        batch_id=ref.batch_id,
+        attempt=attempt,
+        chunk_index=ref.chunk_index,
+        model=ref.model,
+        request_count=ref.request_count,
+        native_status=state.native_status,
+        ending=state.ending.value if state.ending else None,
+        error_message=state.error_message,
+        counts=dict(counts),
+        usage=usage,
+        cost=cost,
+        created_at=state.created_at or ref.created_at,
+        ended_at=state.ended_at,
+    )
+
+
+def _iter_jsonl(path: Any):
+    if not path.exists():
+        return
+    with path.open("rb") as fh:
+        for line in fh:
+            if line.strip():
+                yield line
+
+
+def rebuild_outputs(
+    backend: BatchBackend, run_dir: RunDirectory, ledger: Ledger, *, dead_letter: bool = False
+) -> RunSummary:
+    """Rebuild ``results.jsonl``, ``errors.jsonl`` (and ``dead_letter.jsonl`` when ``dead_letter``)
+    and ``manifest.json`` from the collected attempts."""
+    collected = [n for n in sorted(ledger.attempts) if run_dir.attempt_errors(n).exists()]
+    succeeded = 0
+    unresolved: Counter[str] = Counter()
+    retryable = 0
+    figures: list[BatchFigures] = []
+    with run_dir.results.open("wb") as results_out, run_dir.errors.open("wb") as errors_out:
+        for position, attempt in enumerate(collected):
+            for line in _iter_jsonl(run_dir.attempt_results(attempt)):
+                results_out.write(line if line.endswith(b"\n") else line + b"\n")
+                succeeded += 1
+            later = collected[position + 1] if position + 1 < len(collected) else None
+            resubmitted = _resubmitted_ids(backend, run_dir, ledger, later)
+            for line in _iter_jsonl(run_dir.attempt_errors(attempt)):
+                record = ResultRecord.model_validate_json(line)
+                if record.custom_id in resubmitted:
+                    continue
+                errors_out.write(line if line.endswith(b"\n") else line + b"\n")
+                unresolved[record.status.value] += 1
+                retryable += int(record.retryable)
+            batches_file = run_dir.attempt_dir(attempt) / "batches.json"
+            if batches_file.exists():
+                figures.extend(BatchFigures.model_validate(b) for b in read_json(batches_file))
+    dead = 0
+    if dead_letter:
+        with run_dir.dead_letter.open("wb") as out:
+            for line in _iter_jsonl(run_dir.errors):
+                out.write(line if line.endswith(b"\n") else line + b"\n")
+                dead += 1
+    first = ledger.attempts[1]
+    total_unresolved = sum(unresolved.values())
+    usage = sum((f.usage for f in figures), Usage())
+    cost = sum((f.cost for f in figures), Cost())
+    summary = RunSummary(
+        run_path=str(run_dir.root),
+        provider=ledger.provider.value,
+        attempts=max(collected) if collected else 0,
+        inputs=first.inputs,
+        rejected=first.rejected,
+        succeeded=succeeded,
+        unresolved=total_unresolved,
+        unresolved_by_status=dict(unresolved),
+        retryable=retryable,
+        dead_letter=dead,
+        usage=usage,
+        cost=cost,
+        batches=figures,
+        accounted=first.inputs == first.rejected + succeeded + total_unresolved,
+        files={
+            "results": str(run_dir.results),
+            "errors": str(run_dir.errors),
+            "rejects": str(run_dir.rejects),
+            "manifest": str(run_dir.manifest),
+            **({"dead_letter": str(run_dir.dead_letter)} if dead_letter else {}),
+        },
+        finished=dead_letter,
+    )
+    write_json_atomic(run_dir.manifest, _manifest(summary, ledger))
+    return summary
+
+
+def _resubmitted_ids(
+    backend: BatchBackend, run_dir: RunDirectory, ledger: Ledger, attempt: int | None
+) -> set[str]:
+    """custom_ids sent again in ``attempt``."""
+    if attempt is None:
+        return set()
+    return {i for c in ledger.attempts[attempt].chunks for i in part_custom_ids(backend, run_dir, c.part)}
+
+
+def _manifest(summary: RunSummary, ledger: Ledger) -> dict[str, Any]:
+    data = summary.model_dump(mode="json")
+    data["cost"] = summary.cost.summary()
+    data["run_key"] = ledger.run_key.model_dump()
+    data["models"] = sorted({b.model for b in summary.batches if b.model})
+    data["written_at"] = datetime.now(UTC).isoformat()
+    data["invariant"] = "inputs == rejected + succeeded + unresolved"
+    return data
