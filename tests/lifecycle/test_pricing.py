@@ -1,0 +1,46 @@
+"""Costs match a hand calculation from the price table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from batch_provider.core.models import Usage
+from batch_provider.core.pricing import default_price_table, load_price_table
+
+
+def test_batch_cost_and_savings_by_hand() -> None:
+    table = default_price_table()
+    usage = Usage(input_tokens=120_000, output_tokens=30_000, cache_read_tokens=10_000)
+    cost = table.cost("openai", "gpt-6-luna-2026-09-22", usage)
+    standard = (120_000 * 0.10 + 30_000 * 0.50 + 10_000 * 0.01) / 1e6
+    assert cost.standard_usd == pytest.approx(standard)
+    assert cost.batch_usd == pytest.approx(standard / 2)
+    assert cost.savings_usd == pytest.approx(standard / 2)
+
+
+def test_anthropic_cache_multipliers_and_long_context_tier() -> None:
+    table = default_price_table()
+    usage = Usage(input_tokens=1_000, output_tokens=100, cache_read_tokens=2_000, cache_write_tokens=500)
+    cost = table.cost("anthropic", "claude-sonnet-5-5", usage)
+    standard = (1_000 * 2 + 100 * 10 + 2_000 * 2 * 0.1 + 500 * 2 * 1.25) / 1e6
+    assert cost.standard_usd == pytest.approx(standard)
+    long = table.cost("anthropic", "claude-haiku-5-5", Usage(input_tokens=150_000, output_tokens=1_000))
+    assert long.standard_usd == pytest.approx((150_000 * 0.5 + 1_000 * 2.5) / 1e6)
+
+
+def test_unknown_model_is_unpriced_not_guessed() -> None:
+    cost = default_price_table().cost("openai", "some-new-model", Usage(input_tokens=10, output_tokens=5))
+    assert cost.batch_usd == 0 and cost.standard_usd == 0
+    assert cost.unpriced_tokens == 15 and cost.unpriced_models == ["some-new-model"]
+
+
+def test_user_override_wins(tmp_path: Path) -> None:
+    override = tmp_path / "prices.json"
+    override.write_text(
+        json.dumps({"rows": [{"provider": "openai", "model": "gpt-6-luna", "input": 1.0, "output": 2.0}]})
+    )
+    cost = load_price_table(override).cost("openai", "gpt-6-luna", Usage(input_tokens=1_000_000))
+    assert cost.standard_usd == pytest.approx(1.0) and cost.batch_usd == pytest.approx(0.5)
