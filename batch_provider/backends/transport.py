@@ -1,0 +1,471 @@
+"""The one HTTP transport policy every HTTP backend uses: pooling, timeouts, retries, error classes.
+
+Invariants:
+- One :class:`Transport` wraps one ``httpx2.AsyncClient`` (one connection pool) for its lifetime.
+- A call is retried only for transient failures (408, 409, 429, 500, 502, 503, 504, 529,
+  connection errors, truncated streams) and only while the call's overall deadline allows the
+  next wait; a 4xx that means bad input is never retried.
+- ``retry-after-ms`` wins over ``retry-after`` (seconds or HTTP date); a wait the server asks for
+  beyond ``retry_after_ceiling``, or a 429 that means a quota or spend cap, raises
+  :class:`RateLimitedError` at once instead of sleeping.
+- ``x-should-retry: true|false`` overrides the status-based decision.
+- Error messages name the provider, the operation, the HTTP status and the provider's own message,
+  scrubbed of the credential the client sends; never a request payload.
+- ``httpx2`` rather than httpx 0.28: httpx 0.28's pool spends quadratic time assigning queued
+  requests to connections and stalls the event loop when thousands of polls are in flight
+  (``bench/poll.py`` shows the difference). ``max_in_flight`` optionally bounds concurrent
+  requests below the pool size on top of that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx2
+
+from batch_provider.backends.errors import (
+    AuthenticationError,
+    BatchProviderError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    ProviderUnavailableError,
+    RateLimitedError,
+)
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+
+ContentFactory = Callable[[], AsyncIterator[bytes]]
+"""Builds a fresh request body stream for each attempt (a consumed stream cannot be replayed)."""
+
+
+class TruncatedStreamError(Exception):
+    """A response body ended before its last record was complete."""
+
+
+@dataclass(frozen=True)
+class TransportPolicy:
+    """Timeouts, pool size and retry schedule. All durations in seconds."""
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+    write_timeout: float = 120.0
+    pool_timeout: float = 60.0
+    max_connections: int = 100
+    max_keepalive_connections: int = 50
+    max_in_flight: int | None = None
+    """Bound on concurrent requests through this transport (``None``: the pool size alone)."""
+    max_attempts: int = 6
+    backoff_base: float = 0.5
+    backoff_cap: float = 8.0
+    jitter: Literal["full", "equal"] = "equal"
+    retry_after_ceiling: float = 120.0
+    deadline: float = 900.0
+    """Overall budget of one call, every attempt and wait included."""
+
+    def timeout(self) -> httpx2.Timeout:
+        return httpx2.Timeout(
+            connect=self.connect_timeout,
+            read=self.read_timeout,
+            write=self.write_timeout,
+            pool=self.pool_timeout,
+        )
+
+    def limits(self) -> httpx2.Limits:
+        return httpx2.Limits(
+            max_connections=self.max_connections,
+            max_keepalive_connections=self.max_keepalive_connections,
+        )
+
+    def backoff(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """Wait before retry number ``attempt`` (1-based): capped exponential with jitter.
+
+        Full jitter draws from ``[0, d]``, equal jitter from ``[d/2, d]``, where
+        ``d = min(cap, base * 2**(attempt-1))``.
+        """
+        ceiling = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
+        if self.jitter == "full":
+            return ceiling * rand()
+        return ceiling / 2 + (ceiling / 2) * rand()
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds the server asks to wait: ``retry-after-ms``, then ``retry-after`` as seconds or as an
+    HTTP date; ``None`` when absent or unparseable."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """The provider's error envelope, reduced to what callers act on."""
+
+    type: str | None
+    message: str
+    code: str | None
+
+
+def read_error_info(response: httpx2.Response) -> ErrorInfo:
+    """OpenAI ``{"error":{message,type,code}}`` and Anthropic ``{"type":"error","error":{type,message}}``
+    both fit; a non-JSON body (an edge proxy's 413) gives its first 200 characters."""
+    try:
+        body = response.json()
+    except (ValueError, httpx2.ResponseNotRead):
+        text = ""
+        with suppress(httpx2.ResponseNotRead):
+            text = response.text[:200]
+        return ErrorInfo(type=None, message=text, code=None)
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        code = error.get("code")
+        return ErrorInfo(
+            type=error.get("type"),
+            message=str(error.get("message") or ""),
+            code=str(code) if code is not None else None,
+        )
+    return ErrorInfo(type=None, message=json.dumps(body)[:200], code=None)
+
+
+QuotaCheck = Callable[[httpx2.Response, ErrorInfo], bool]
+"""True when a 429 means a quota or spend cap that waiting a little will not clear."""
+
+
+@dataclass(frozen=True)
+class RetryPlan:
+    """Decision after one failed attempt: wait ``delay`` then retry, or raise ``error``."""
+
+    delay: float | None
+    error: BatchProviderError | None = None
+
+
+def plan_after_status(
+    policy: TransportPolicy,
+    *,
+    attempt: int,
+    elapsed: float,
+    response: httpx2.Response,
+    info: ErrorInfo,
+    error: BatchProviderError,
+    quota_exhausted: bool,
+    rand: Callable[[], float] = random.random,
+) -> RetryPlan:
+    """Whether and when to retry after an error status. ``error`` is what to raise otherwise."""
+    should_retry = response.headers.get("x-should-retry")
+    if should_retry == "false":
+        return RetryPlan(None, error)
+    retryable = response.status_code in RETRYABLE_STATUSES or should_retry == "true"
+    if not retryable:
+        return RetryPlan(None, error)
+    if response.status_code == 429 and quota_exhausted:
+        return RetryPlan(None, error)
+    asked = parse_retry_after(response.headers)
+    if asked is not None and asked > policy.retry_after_ceiling:
+        return RetryPlan(None, error)
+    delay = asked if asked is not None else policy.backoff(attempt, rand)
+    if attempt >= policy.max_attempts or elapsed + delay > policy.deadline:
+        return RetryPlan(None, error)
+    return RetryPlan(delay)
+
+
+def plan_after_exception(
+    policy: TransportPolicy,
+    *,
+    attempt: int,
+    elapsed: float,
+    rand: Callable[[], float] = random.random,
+) -> float | None:
+    """Wait before retrying a connection failure or truncated stream; ``None``: give up."""
+    delay = policy.backoff(attempt, rand)
+    if attempt >= policy.max_attempts or elapsed + delay > policy.deadline:
+        return None
+    return delay
+
+
+def error_for_status(
+    provider: str, operation: str, status: int, info: ErrorInfo, scrub: Callable[[str], str]
+) -> BatchProviderError:
+    """The error class for an HTTP failure status, with a message free of secrets."""
+    kind = f" {info.type}" if info.type else ""
+    code = f" ({info.code})" if info.code else ""
+    message = scrub(f"{provider} {operation}: HTTP {status}{kind}{code}: {info.message}".rstrip(": "))
+    cls: type[BatchProviderError]
+    if status in (401, 403):
+        cls = AuthenticationError
+    elif status == 404:
+        cls = NotFoundError
+    elif status == 409:
+        cls = ConflictError
+    elif status in (402, 429):
+        cls = RateLimitedError
+    elif status == 408 or status >= 500:
+        cls = ProviderUnavailableError
+    else:
+        cls = InvalidRequestError
+    return cls(message, status_code=status, provider=provider)
+
+
+_KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_*\-]{4,}|Bearer\s+\S+)")
+
+
+class Transport:
+    """Retrying, error-mapping HTTP calls on one pooled ``httpx2.AsyncClient``.
+
+    ``credential_headers`` are set on the client and nowhere else; when a ``client`` is supplied
+    the caller owns it (and its headers) and :meth:`aclose` leaves it open.
+    """
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        base_url: str,
+        credential_headers: Mapping[str, str],
+        headers: Mapping[str, str] | None = None,
+        policy: TransportPolicy | None = None,
+        client: httpx2.AsyncClient | None = None,
+        quota_exhausted: QuotaCheck | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.provider = provider
+        self.policy = policy or TransportPolicy()
+        self.base_url = base_url.rstrip("/") + "/"
+        self._owns_client = client is None
+        if client is None:
+            client = httpx2.AsyncClient(
+                base_url=self.base_url,
+                timeout=self.policy.timeout(),
+                limits=self.policy.limits(),
+                headers={**(headers or {}), **credential_headers},
+            )
+        else:
+            client.headers.update({**(headers or {}), **credential_headers})
+        self._client = client
+        self._credential_names = tuple(credential_headers)
+        self._quota_exhausted = quota_exhausted or (lambda response, info: False)
+        self._sleep = sleep
+        self._rand = rand
+        self._gate = asyncio.Semaphore(self.policy.max_in_flight) if self.policy.max_in_flight else None
+
+    def __repr__(self) -> str:
+        return f"Transport(provider={self.provider!r}, base_url={self.base_url!r})"
+
+    def url(self, path: str) -> str:
+        """Absolute URL of ``path`` relative to the base URL (absolute URLs pass through)."""
+        if path.startswith(("http://", "https://")):
+            return path
+        return self.base_url + path.lstrip("/")
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the credential values this transport sends."""
+        for name in self._credential_names:
+            value = self._client.headers.get(name)
+            if value:
+                text = text.replace(value, "[redacted]")
+                token = value.removeprefix("Bearer ").strip()
+                if token:
+                    text = text.replace(token, "[redacted]")
+        return _KEY_PATTERN.sub("[redacted]", text)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        content: ContentFactory | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool = True,
+        recover: Callable[[], Awaitable[httpx2.Response | None]] | None = None,
+    ) -> httpx2.Response:
+        """One call with the retry policy; returns a read 2xx response or raises a mapped error.
+
+        A non-``idempotent`` call whose earlier attempt may have reached the server (the connection
+        dropped after sending) is retried only after ``recover`` found no trace of it; ``recover``
+        returns a response to use instead when it did find one. Without ``recover`` such a call is
+        not retried.
+        """
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            maybe_sent = False
+            try:
+                remaining = self.policy.deadline - (time.monotonic() - started)
+                if remaining <= 0:
+                    raise ProviderUnavailableError(
+                        f"{self.provider} {operation}: deadline of {self.policy.deadline:.0f}s passed",
+                        provider=self.provider,
+                    )
+                async with asyncio.timeout(remaining):
+                    response = await self._send(
+                        method, path, json_body=json_body, params=params, content=content, headers=headers
+                    )
+            except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:
+                failure: BaseException = exc
+            except (httpx2.TransportError, TimeoutError) as exc:
+                failure = exc
+                maybe_sent = True
+            else:
+                if response.is_success:
+                    return response
+                info = read_error_info(response)
+                error = error_for_status(self.provider, operation, response.status_code, info, self.scrub)
+                plan = plan_after_status(
+                    self.policy,
+                    attempt=attempt,
+                    elapsed=time.monotonic() - started,
+                    response=response,
+                    info=info,
+                    error=error,
+                    quota_exhausted=self._quota_exhausted(response, info),
+                    rand=self._rand,
+                )
+                if plan.delay is None:
+                    assert plan.error is not None
+                    raise plan.error
+                await self._sleep(plan.delay)
+                continue
+            delay = plan_after_exception(
+                self.policy, attempt=attempt, elapsed=time.monotonic() - started, rand=self._rand
+            )
+            if delay is None or (maybe_sent and not idempotent and recover is None):
+                raise ProviderUnavailableError(
+                    self.scrub(f"{self.provider} {operation}: {type(failure).__name__}: {failure}"),
+                    provider=self.provider,
+                ) from None
+            await self._sleep(delay)
+            if maybe_sent and not idempotent and recover is not None:
+                found = await recover()
+                if found is not None:
+                    return found
+
+    async def json(self, method: str, path: str, *, operation: str, **kwargs: Any) -> Any:
+        """:meth:`request`, decoded as JSON."""
+        response = await self.request(method, path, operation=operation, **kwargs)
+        return response.json()
+
+    @asynccontextmanager
+    async def stream(
+        self, method: str, path: str, *, operation: str, headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[httpx2.Response]:
+        """An open streaming 2xx response; opening is retried like :meth:`request`, the body is the
+        caller's to read (and to restart on :class:`TruncatedStreamError` / transport errors)."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            request = self._client.build_request(method, self.url(path), headers=headers)
+            try:
+                response = await self._gated(self._client.send(request, stream=True))
+            except httpx2.TransportError as exc:
+                delay = plan_after_exception(
+                    self.policy, attempt=attempt, elapsed=time.monotonic() - started, rand=self._rand
+                )
+                if delay is None:
+                    raise ProviderUnavailableError(
+                        self.scrub(f"{self.provider} {operation}: {type(exc).__name__}: {exc}"),
+                        provider=self.provider,
+                    ) from None
+                await self._sleep(delay)
+                continue
+            if response.is_success:
+                try:
+                    yield response
+                finally:
+                    await response.aclose()
+                return
+            try:
+                await response.aread()
+            except httpx2.TransportError:
+                pass
+            finally:
+                await response.aclose()
+            info = read_error_info(response)
+            error = error_for_status(self.provider, operation, response.status_code, info, self.scrub)
+            plan = plan_after_status(
+                self.policy,
+                attempt=attempt,
+                elapsed=time.monotonic() - started,
+                response=response,
+                info=info,
+                error=error,
+                quota_exhausted=self._quota_exhausted(response, info),
+                rand=self._rand,
+            )
+            if plan.delay is None:
+                assert plan.error is not None
+                raise plan.error
+            await self._sleep(plan.delay)
+
+    async def pause_before_restart(self, attempt: int, started: float, operation: str, cause: str) -> None:
+        """Wait before restarting a body download that broke off; raise when the policy is spent."""
+        delay = plan_after_exception(
+            self.policy, attempt=attempt, elapsed=time.monotonic() - started, rand=self._rand
+        )
+        if delay is None:
+            raise ProviderUnavailableError(
+                self.scrub(f"{self.provider} {operation}: download kept breaking off: {cause}"),
+                provider=self.provider,
+            )
+        await self._sleep(delay)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any,
+        params: Mapping[str, Any] | None,
+        content: ContentFactory | None,
+        headers: Mapping[str, str] | None,
+    ) -> httpx2.Response:
+        kwargs: dict[str, Any] = {"params": params, "headers": headers}
+        if content is not None:
+            kwargs["content"] = content()
+        elif json_body is not None:
+            kwargs["content"] = encode_json(json_body)
+            kwargs["headers"] = {"content-type": "application/json", **(headers or {})}
+        return await self._gated(self._client.request(method, self.url(path), **kwargs))
+
+    async def _gated(self, call: Awaitable[httpx2.Response]) -> httpx2.Response:
+        if self._gate is None:
+            return await call
+        async with self._gate:
+            return await call
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON, the one encoding used for request bodies."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

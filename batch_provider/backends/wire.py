@@ -1,0 +1,215 @@
+"""Helpers shared by the HTTP backends: deterministic line encoding, fast custom_id reads,
+streaming part-file bodies, timestamp parsing and lean record construction.
+
+Invariant: every native line starts with ``{"custom_id":`` followed by the id as a JSON string, so
+:func:`custom_id_of_line` reads the id without decoding the whole line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx2
+
+from batch_provider.backends.base import ReadablePath
+from batch_provider.backends.errors import RequestRejected
+from batch_provider.backends.transport import Transport, TruncatedStreamError
+from batch_provider.core.jsonl import aiter_lines
+from batch_provider.core.limits import ProviderLimits
+from batch_provider.core.models import ItemStatus, LLMRequest, ResultError, ResultRecord, Usage
+
+_PREFIX = b'{"custom_id":'
+_DECODER = json.JSONDecoder()
+READ_BLOCK = 1 << 20
+
+
+def encode_line(value: dict[str, Any]) -> bytes:
+    """The one byte encoding of a native line: compact, UTF-8, keys in insertion order."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=False).encode()
+
+
+def custom_id_of_line(line: bytes) -> str:
+    """The ``custom_id`` of a native line, read from its fixed prefix when possible."""
+    if line.startswith(_PREFIX):
+        text = line[len(_PREFIX) : len(_PREFIX) + 4 * 1024].decode("utf-8", errors="ignore")
+        try:
+            value, _ = _DECODER.raw_decode(text)
+        except ValueError:
+            value = None
+        if isinstance(value, str):
+            return value
+    decoded = json.loads(line)
+    return str(decoded["custom_id"])
+
+
+def check_custom_id(request: LLMRequest, limits: ProviderLimits) -> None:
+    reason = limits.check_custom_id(request.custom_id)
+    if reason is not None:
+        raise RequestRejected(request.custom_id, "custom_id", reason)
+
+
+def check_size(custom_id: str, line: bytes, limits: ProviderLimits) -> None:
+    if len(line) > limits.max_bytes_per_request:
+        raise RequestRejected(
+            custom_id,
+            "body",
+            f"encoded request is {len(line)} bytes, over the limit of {limits.max_bytes_per_request}",
+        )
+
+
+def check_max_tokens(request: LLMRequest) -> None:
+    if request.max_tokens is not None and request.max_tokens < 1:
+        raise RequestRejected(
+            request.custom_id, "max_tokens", f"must be at least 1, got {request.max_tokens}"
+        )
+
+
+def fill_missing(body: dict[str, Any], key: str, value: Any) -> None:
+    if value is not None and key not in body:
+        body[key] = value
+
+
+def schema_name(schema: dict[str, Any]) -> str:
+    """A name for a JSON schema as OpenAI requires one: its title, sanitised, or ``response``."""
+    title = str(schema.get("title") or "response")
+    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in title)[:64]
+    return name or "response"
+
+
+async def open_binary(path: ReadablePath | Any) -> Any:
+    return await asyncio.to_thread(path.open, "rb")
+
+
+async def read_blocks(path: ReadablePath | Any, block: int = READ_BLOCK) -> AsyncIterator[bytes]:
+    """The file's bytes in blocks, each read off the event loop (object storage may block)."""
+    fileobj = await open_binary(path)
+    try:
+        while True:
+            data = await asyncio.to_thread(fileobj.read, block)
+            if not data:
+                return
+            yield data
+    finally:
+        await asyncio.to_thread(fileobj.close)
+
+
+async def joined_lines(path: ReadablePath | Any, separator: bytes) -> AsyncIterator[bytes]:
+    """The file's non-blank lines joined by ``separator`` (no newlines), streamed in blocks."""
+    carry = b""
+    first = True
+    async for data in read_blocks(path):
+        data = carry + data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            carry = data
+            continue
+        carry = data[cut + 1 :]
+        lines = [ln.rstrip(b"\r") for ln in data[:cut].split(b"\n")]
+        lines = [ln for ln in lines if ln.strip()]
+        if not lines:
+            continue
+        out = separator.join(lines)
+        yield out if first else separator + out
+        first = False
+    tail = carry.rstrip(b"\r")
+    if tail.strip():
+        yield tail if first else separator + tail
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """Unix seconds (OpenAI) or RFC 3339 (Anthropic) as an aware UTC datetime."""
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, tz=UTC)
+    parsed = datetime.fromisoformat(str(value))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def usage(input_tokens: int = 0, output_tokens: int = 0, cache_read: int = 0, cache_write: int = 0) -> Usage:
+    return Usage.model_construct(
+        input_tokens=int(input_tokens or 0),
+        output_tokens=int(output_tokens or 0),
+        cache_read_tokens=int(cache_read or 0),
+        cache_write_tokens=int(cache_write or 0),
+    )
+
+
+def succeeded(custom_id: str, provider: str, batch_id: str, **fields: Any) -> ResultRecord:
+    """A succeeded record built without re-validating provider data (it is already JSON)."""
+    fields.setdefault("usage", usage())
+    return ResultRecord.model_construct(
+        custom_id=custom_id,
+        status=ItemStatus.SUCCEEDED,
+        provider=provider,
+        batch_id=batch_id,
+        **fields,
+    )
+
+
+def failed(
+    custom_id: str,
+    provider: str,
+    batch_id: str,
+    *,
+    status: ItemStatus,
+    type: str,
+    message: str,
+    retryable: bool,
+    code: str | None = None,
+    field: str | None = None,
+    raw: dict[str, Any] | None = None,
+    model: str | None = None,
+) -> ResultRecord:
+    return ResultRecord.model_construct(
+        custom_id=custom_id,
+        status=status,
+        provider=provider,
+        batch_id=batch_id,
+        error=ResultError(type=type, message=message, retryable=retryable, code=code, field=field),
+        raw=raw,
+        model=model,
+        usage=usage(),
+    )
+
+
+async def stream_records(
+    transport: Transport,
+    path: str,
+    *,
+    operation: str,
+    to_record: Callable[[dict[str, Any]], ResultRecord],
+    seen: set[str],
+) -> AsyncIterator[ResultRecord]:
+    """Records of a JSONL download, restarting the download when it breaks off.
+
+    Ids in ``seen`` are skipped and every yielded id is added to it, so a restarted download
+    yields no record twice within one call. A final line cut short without a transport error
+    counts as a break too.
+    """
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            async with transport.stream("GET", path, operation=operation) as response:
+                async for line, terminated in aiter_lines(response.aiter_bytes()):
+                    try:
+                        decoded = json.loads(line)
+                    except ValueError:
+                        raise TruncatedStreamError(
+                            "a results line ended early" if not terminated else "a results line is not JSON"
+                        ) from None
+                    record = to_record(decoded)
+                    if record.custom_id in seen:
+                        continue
+                    seen.add(record.custom_id)
+                    yield record
+            return
+        except (httpx2.TransportError, TruncatedStreamError) as exc:
+            await transport.pause_before_restart(attempt, started, operation, type(exc).__name__)

@@ -1,0 +1,120 @@
+"""Streaming JSONL: read and write one JSON object per line without holding a file in memory.
+
+Invariants:
+- Readers accept a missing final newline, ``\\r\\n`` line ends, and skip blank lines.
+- Writers emit compact UTF-8 JSON, one object per line, each line ending in ``\\n``.
+- Paths may be ``pathlib.Path`` or an object-storage path (anything with ``.open(mode)``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Iterator
+from types import TracebackType
+from typing import Any, BinaryIO, Protocol
+
+from pydantic import BaseModel
+
+
+class OpenablePath(Protocol):
+    def open(self, mode: str = ...) -> Any: ...
+
+
+def iter_lines(fileobj: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
+    """Non-blank lines of a binary file, line ends stripped."""
+    for raw in fileobj:
+        line = raw.rstrip(b"\r\n")
+        if line.strip():
+            yield line
+
+
+def iter_path_lines(path: OpenablePath) -> Iterator[bytes]:
+    """Non-blank lines of the file at ``path``, line ends stripped; the file is closed at the end."""
+    with path.open("rb") as fileobj:
+        yield from iter_lines(fileobj)
+
+
+def read_jsonl(path: OpenablePath) -> Iterator[Any]:
+    """Each line of the file at ``path``, decoded."""
+    for line in iter_path_lines(path):
+        yield json.loads(line)
+
+
+def dumps_line(value: Any) -> bytes:
+    """One compact JSON line (no newline) for a dict, list or pydantic model."""
+    if isinstance(value, BaseModel):
+        return value.model_dump_json(exclude_none=False).encode()
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def aiter_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes, bool]]:
+    """Non-blank lines of a byte stream, each with whether it was newline-terminated.
+
+    The flag lets a caller tell a complete final line from a body cut short mid-line.
+    """
+    pending = b""
+    async for chunk in chunks:
+        if not chunk:
+            continue
+        pending += chunk
+        if b"\n" not in chunk:
+            continue
+        *complete, pending = pending.split(b"\n")
+        for raw in complete:
+            line = raw.rstrip(b"\r")
+            if line.strip():
+                yield line, True
+    tail = pending.rstrip(b"\r")
+    if tail.strip():
+        yield tail, False
+
+
+class JsonlWriter:
+    """Buffered line writer to ``path`` (opened ``"wb"``), counting lines and bytes written."""
+
+    def __init__(self, path: OpenablePath, *, buffer_bytes: int = 1 << 20) -> None:
+        self.path = path
+        self.lines = 0
+        self.bytes = 0
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._buffer_bytes = buffer_bytes
+        self._file: Any = path.open("wb")
+
+    def write_line(self, line: bytes) -> None:
+        """Append one already-encoded line (without its newline)."""
+        self._buffer.append(line)
+        self._buffer.append(b"\n")
+        size = len(line) + 1
+        self._buffered += size
+        self.bytes += size
+        self.lines += 1
+        if self._buffered >= self._buffer_bytes:
+            self.flush()
+
+    def write(self, value: Any) -> None:
+        """Append one dict, list or pydantic model as a line."""
+        self.write_line(dumps_line(value))
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._file.write(b"".join(self._buffer))
+            self._buffer.clear()
+            self._buffered = 0
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        try:
+            self.flush()
+        finally:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
