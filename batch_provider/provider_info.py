@@ -2,9 +2,88 @@
 
 from __future__ import annotations
 
+_HIDDEN = ["schema", "port", "login"]
+
 PROVIDER_INFO: dict = {
     "package-name": "airflow-provider-llm-batch",
     "name": "LLM Batch APIs",
     "description": "Submit, wait for, collect and retry LLM Batch API jobs (OpenAI, Anthropic, AWS Bedrock).",
     "versions": ["0.1.0"],
+    "integrations": [
+        {
+            "integration-name": "LLM Batch APIs",
+            "external-doc-url": "https://platform.openai.com/docs/guides/batch",
+            "how-to-guide": [],
+            "tags": ["ai", "service"],
+        }
+    ],
+    "connection-types": [
+        {
+            "connection-type": "llm_openai",
+            "hook-class-name": "batch_provider.hooks.batch.OpenAIBatchHook",
+            "hook-name": "OpenAI Batch API",
+            "ui-field-behaviour": {
+                "hidden-fields": _HIDDEN,
+                "relabeling": {"password": "API Key", "host": "Base URL (optional)"},
+                "placeholders": {
+                    "host": "https://api.openai.com/v1",
+                    "password": "sk-...",
+                    "extra": '{"organization": "org-..."}',
+                },
+            },
+        },
+        {
+            "connection-type": "llm_openai_compatible",
+            "hook-class-name": "batch_provider.hooks.batch.OpenAICompatibleBatchHook",
+            "hook-name": "OpenAI-compatible Batch API",
+            "ui-field-behaviour": {
+                "hidden-fields": _HIDDEN,
+                "relabeling": {"password": "API Key", "host": "Base URL"},
+                "placeholders": {
+                    "host": "https://api.example.com/v1",
+                    "password": "the service's API key",
+                },
+            },
+        },
+        {
+            "connection-type": "llm_anthropic",
+            "hook-class-name": "batch_provider.hooks.batch.AnthropicBatchHook",
+            "hook-name": "Anthropic Message Batches API",
+            "ui-field-behaviour": {
+                "hidden-fields": _HIDDEN,
+                "relabeling": {"password": "API Key", "host": "Base URL (optional)"},
+                "placeholders": {
+                    "host": "https://api.anthropic.com",
+                    "password": "sk-ant-...",
+                },
+            },
+        },
+    ],
+    "hooks": [
+        {
+            "integration-name": "LLM Batch APIs",
+            "python-modules": ["batch_provider.hooks.batch"],
+        }
+    ],
+    "triggers": [
+        {
+            "integration-name": "LLM Batch APIs",
+            "python-modules": ["batch_provider.triggers.batch"],
+        }
+    ],
+    "operators": [
+        {
+            "integration-name": "LLM Batch APIs",
+            "python-modules": ["batch_provider.operators.batch"],
+        }
+    ],
+    "sensors": [
+        {
+            "integration-name": "LLM Batch APIs",
+            "python-modules": ["batch_provider.sensors.batch"],
+        }
+    ],
+    "extra-links": [
+        "batch_provider.links.batch.BatchLink",
+    ],
 }

@@ -1,0 +1,246 @@
+"""Watch every batch of a run from one coroutine, on one backend (one HTTP pool).
+
+Invariants:
+- One backend instance serves every poll: no client is built per batch or per poll.
+- A batch is polled until it is terminal and never again after that.
+- Polls of one round run concurrently, bounded by ``max_in_flight`` so a run with thousands of
+  batches does not queue thousands of requests on the pool at once.
+- The first poll of each batch is jittered over the first interval, so many watchers started
+  together do not hit the provider in one burst.
+- The interval grows with elapsed time (short while a batch may end quickly, long for batches
+  that take hours), clamped to ``[poll_interval_min, poll_interval_max]``.
+- Transient provider errors (``retryable`` ones: 429, 5xx) skip a poll; any other error ends the
+  watch, because polling again cannot fix a wrong key or an unknown batch id.
+
+Nothing here imports Airflow: the trigger, the sensor's poke mode and plain scripts share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from batch_provider.backends.base import BatchBackend
+from batch_provider.backends.errors import BatchProviderError
+from batch_provider.core.models import BatchEnding, BatchState
+
+DEFAULT_POLL_INTERVAL_MIN = 5.0
+DEFAULT_POLL_INTERVAL_MAX = 300.0
+DEFAULT_MAX_IN_FLIGHT = 32
+GROWTH = 0.1
+"""Interval as a fraction of the time already spent waiting: after 10 min, poll once a minute."""
+
+
+class WatchTimeout(TimeoutError):
+    """The deadline passed before every batch ended. ``states`` holds the last state seen of each
+    batch polled at least once; ``pending`` the ids still not terminal."""
+
+    def __init__(self, message: str, *, states: Mapping[str, BatchState], pending: list[str]):
+        super().__init__(message)
+        self.states = dict(states)
+        self.pending = pending
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One poll round, summarised. Item counts are the providers' own (0 when unknown)."""
+
+    round: int
+    batches_total: int
+    batches_ended: int
+    items_total: int
+    items_done: int
+    items_errored: int
+    elapsed_seconds: float
+    next_poll_seconds: float | None
+    transient_errors: int = 0
+    endings: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        if self.items_total:
+            return min(1.0, self.items_done / self.items_total)
+        if self.batches_total:
+            return self.batches_ended / self.batches_total
+        return 1.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Linear extrapolation of the time left; None until there is progress to go by."""
+        fraction = self.fraction
+        if fraction <= 0 or fraction >= 1 or self.elapsed_seconds <= 0:
+            return None
+        return self.elapsed_seconds * (1 - fraction) / fraction
+
+    def line(self) -> str:
+        eta = self.eta_seconds
+        parts = [
+            f"poll {self.round}:",
+            f"{self.batches_ended}/{self.batches_total} batches ended,",
+        ]
+        if self.items_total:
+            parts.append(f"{self.items_done}/{self.items_total} requests done")
+        parts.append(f"({self.fraction:.0%}),")
+        parts.append(f"{self.items_errored} errored so far,")
+        parts.append(f"elapsed {_duration(self.elapsed_seconds)},")
+        parts.append(f"ETA {_duration(eta) if eta is not None else 'unknown'}")
+        if self.endings:
+            parts.append("; endings: " + ", ".join(f"{k}={v}" for k, v in sorted(self.endings.items())))
+        if self.transient_errors:
+            parts.append(f"; {self.transient_errors} polls failed transiently")
+        if self.next_poll_seconds is not None:
+            parts.append(f"; next poll in {self.next_poll_seconds:.0f}s")
+        return " ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def next_interval(elapsed: float, poll_interval_min: float, poll_interval_max: float) -> float:
+    """The wait before the next round, growing with the time already waited."""
+    return max(poll_interval_min, min(poll_interval_max, elapsed * GROWTH))
+
+
+def summarise(
+    states: Mapping[str, BatchState],
+    total: int,
+    *,
+    round_no: int,
+    elapsed: float,
+    next_poll: float | None,
+    transient_errors: int = 0,
+) -> Progress:
+    ended = [s for s in states.values() if s.is_terminal]
+    endings: dict[str, int] = {}
+    for state in ended:
+        key = state.ending.value if state.ending else "unknown"
+        endings[key] = endings.get(key, 0) + 1
+    return Progress(
+        round=round_no,
+        batches_total=total,
+        batches_ended=len(ended),
+        items_total=sum(s.counts.total for s in states.values()),
+        items_done=sum(s.counts.done for s in states.values()),
+        items_errored=sum(s.counts.errored for s in states.values()),
+        elapsed_seconds=elapsed,
+        next_poll_seconds=next_poll,
+        transient_errors=transient_errors,
+        endings=endings,
+    )
+
+
+async def poll_round(
+    backend: BatchBackend,
+    batch_ids: Iterable[str],
+    *,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    delays: Mapping[str, float] | None = None,
+) -> tuple[dict[str, BatchState], int]:
+    """Poll each batch once, concurrently. Returns the states read and the number of polls that
+    failed transiently (those batches are missing from the states)."""
+    semaphore = asyncio.Semaphore(max_in_flight)
+    delays = delays or {}
+
+    async def one(batch_id: str) -> BatchState | None:
+        if delay := delays.get(batch_id):
+            await asyncio.sleep(delay)
+        async with semaphore:
+            try:
+                return await backend.status(batch_id)
+            except BatchProviderError as exc:
+                if exc.retryable:
+                    return None
+                raise
+
+    ids = list(batch_ids)
+    results = await asyncio.gather(*(one(b) for b in ids))
+    states = {b: s for b, s in zip(ids, results, strict=True) if s is not None}
+    return states, len(ids) - len(states)
+
+
+async def watch_batches(
+    backend: BatchBackend,
+    batch_ids: Iterable[str],
+    *,
+    deadline: datetime | None = None,
+    poll_interval_min: float = DEFAULT_POLL_INTERVAL_MIN,
+    poll_interval_max: float = DEFAULT_POLL_INTERVAL_MAX,
+    on_progress: Callable[[Progress], Awaitable[None] | None] | None = None,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    jitter: bool = True,
+) -> dict[str, BatchState]:
+    """Poll until every batch is terminal; return each batch's final state.
+
+    ``deadline`` is an aware datetime; past it, :class:`WatchTimeout` is raised with the last
+    states seen. ``on_progress`` gets one :class:`Progress` per round (it may be a coroutine
+    function, for async loggers).
+    """
+    if poll_interval_min <= 0 or poll_interval_max < poll_interval_min:
+        raise ValueError("need 0 < poll_interval_min <= poll_interval_max")
+    ids = list(dict.fromkeys(batch_ids))
+    states: dict[str, BatchState] = {}
+    pending = list(ids)
+    started = time.monotonic()
+    round_no = 0
+    delays = {b: random.uniform(0, poll_interval_min) for b in ids} if jitter and len(ids) > 1 else {}
+
+    while pending:
+        round_no += 1
+        _check_deadline(deadline, states, pending, len(ids))
+        polled, transient = await poll_round(backend, pending, max_in_flight=max_in_flight, delays=delays)
+        delays = {}
+        states.update(polled)
+        pending = [b for b in ids if b not in states or not states[b].is_terminal]
+        elapsed = time.monotonic() - started
+        wait = next_interval(elapsed, poll_interval_min, poll_interval_max) if pending else None
+        if wait is not None and deadline is not None:
+            wait = max(0.0, min(wait, (deadline - datetime.now(UTC)).total_seconds()))
+        if on_progress is not None:
+            outcome = on_progress(
+                summarise(
+                    states,
+                    len(ids),
+                    round_no=round_no,
+                    elapsed=elapsed,
+                    next_poll=wait,
+                    transient_errors=transient,
+                )
+            )
+            if asyncio.iscoroutine(outcome):
+                await outcome
+        if wait is not None:
+            if deadline is not None and wait <= 0:
+                _check_deadline(deadline, states, pending, len(ids))
+            await asyncio.sleep(wait)
+    return {b: states[b] for b in ids}
+
+
+def _check_deadline(
+    deadline: datetime | None, states: Mapping[str, BatchState], pending: list[str], total: int
+) -> None:
+    if deadline is None or datetime.now(UTC) < deadline:
+        return
+    shown = ", ".join(pending[:5]) + (f" and {len(pending) - 5} more" if len(pending) > 5 else "")
+    raise WatchTimeout(
+        f"deadline {deadline.isoformat()} passed with {len(pending)} of {total} "
+        f"batches not ended ({shown}); raise the timeout, or collect the partial results after "
+        "cancelling them",
+        states=states,
+        pending=list(pending),
+    )
+
+
+def all_succeeded(states: Mapping[str, BatchState]) -> bool:
+    return all(s.ending is BatchEnding.COMPLETED for s in states.values())

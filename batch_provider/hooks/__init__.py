@@ -1,0 +1,1 @@
+"""Hooks: build a provider backend from an Airflow connection."""

@@ -1,0 +1,85 @@
+"""Extra links to each batch of a task, in its provider's console.
+
+The URLs are computed on the worker, when the batches are known, and pushed as the link's XCom
+before a deferral, so they show while the task waits. ``get_link`` only reads that XCom back
+(the API server has no connection lookups to do).
+
+A connection with a custom base URL (the emulator, an OpenAI-compatible service) links to the
+batch object on that URL, since there is no console to link to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from airflow.sdk import BaseOperatorLink
+from airflow.sdk.execution_time.xcom import XCom
+
+from batch_provider.core.models import Provider
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator
+    from airflow.sdk.types import TaskInstanceKey
+
+MAX_LINKED_BATCHES = 3
+"""Link slots per task: the UI needs a fixed set of links; later batches are named in the log."""
+
+CONSOLE_URLS: dict[Provider, str] = {
+    Provider.OPENAI: "https://platform.openai.com/batches/{batch_id}",
+    Provider.ANTHROPIC: "https://console.anthropic.com/workspaces/default/batches/{batch_id}",
+}
+
+PUBLIC_API_ROOTS = ("https://api.openai.com", "https://api.anthropic.com")
+
+
+def batch_url(provider: Provider | str, batch_id: str, base_url: str | None = None) -> str:
+    """The page for one batch: the provider's console, or the batch on a custom base URL."""
+    provider = Provider(provider)
+    custom = base_url and not base_url.rstrip("/").startswith(PUBLIC_API_ROOTS)
+    if not custom and provider in CONSOLE_URLS:
+        return CONSOLE_URLS[provider].format(batch_id=batch_id)
+    root = (base_url or "").rstrip("/")
+    if provider is Provider.ANTHROPIC:
+        return f"{root}/v1/messages/batches/{batch_id}"
+    if not root.endswith("/v1"):
+        root = f"{root}/v1"
+    return f"{root}/batches/{batch_id}"
+
+
+@attrs.define()
+class BatchLink(BaseOperatorLink):
+    """Link slot ``index`` (0-based): the ``index``-th batch of the task's latest submission."""
+
+    index: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"LLM Batch {self.index + 1}"
+
+    @property
+    def xcom_key(self) -> str:
+        return f"_link_BatchLink_{self.index}"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        try:
+            value = XCom.get_value(key=self.xcom_key, ti_key=ti_key)
+        except Exception:
+            return ""
+        return value or ""
+
+
+def batch_links(count: int = MAX_LINKED_BATCHES) -> tuple[BatchLink, ...]:
+    return tuple(BatchLink(index=i) for i in range(count))
+
+
+def persist_batch_links(
+    context: Any, provider: Provider | str, batch_ids: Sequence[str], base_url: str | None
+) -> list[str]:
+    """Push the link XComs for ``batch_ids`` now (not only when the task ends) and return all URLs."""
+    urls = [batch_url(provider, b, base_url) for b in batch_ids]
+    ti = context["ti"]
+    for i in range(MAX_LINKED_BATCHES):
+        ti.xcom_push(key=BatchLink(index=i).xcom_key, value=urls[i] if i < len(urls) else "")
+    return urls

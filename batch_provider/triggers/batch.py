@@ -1,0 +1,162 @@
+"""One trigger watches every batch of a run.
+
+Invariants:
+- kwargs hold only the connection id, provider, batch ids, deadline, poll intervals and the
+  cancel flag: never an API key (the backend is built from the connection inside ``run``) and
+  never request or result data.
+- Exactly one event is yielded: ``success`` with each batch's final state, ``timeout`` with the
+  last states seen, or ``error`` with a message (e.g. a wrong key or an unknown batch id).
+- ``on_kill`` (a user marked the deferred task failed/success or cleared it) cancels the remote
+  batches when ``cancel_on_kill`` is set; a triggerer restart or redistribution does not, since
+  Airflow calls ``cleanup`` then, not ``on_kill``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from batch_provider.backends.errors import BatchProviderError
+from batch_provider.core.models import Provider
+from batch_provider.core.watch import (
+    DEFAULT_POLL_INTERVAL_MAX,
+    DEFAULT_POLL_INTERVAL_MIN,
+    Progress,
+    WatchTimeout,
+    watch_batches,
+)
+from batch_provider.hooks.batch import LLMBatchHook
+
+CANCEL_TIMEOUT_SECONDS = 20.0
+
+
+class BatchWaitTrigger(BaseTrigger):
+    """Wait until every batch in ``batch_ids`` has ended, or ``deadline`` passes.
+
+    :param conn_id: Airflow connection to build the backend from.
+    :param provider: provider name (``openai``, ``openai_compatible``, ``anthropic``).
+    :param batch_ids: the batches to watch.
+    :param deadline: ISO-8601 aware datetime; None waits without limit.
+    :param poll_interval_min: first interval in seconds; it grows with the time waited.
+    :param poll_interval_max: cap on the interval in seconds.
+    :param cancel_on_kill: cancel the remote batches when a user kills the deferred task.
+    """
+
+    def __init__(
+        self,
+        *,
+        conn_id: str,
+        provider: str,
+        batch_ids: list[str],
+        deadline: str | None = None,
+        poll_interval_min: float = DEFAULT_POLL_INTERVAL_MIN,
+        poll_interval_max: float = DEFAULT_POLL_INTERVAL_MAX,
+        cancel_on_kill: bool = False,
+    ):
+        super().__init__()
+        self.conn_id = conn_id
+        self.provider = Provider(provider).value
+        self.batch_ids = list(batch_ids)
+        self.deadline = deadline
+        self.poll_interval_min = float(poll_interval_min)
+        self.poll_interval_max = float(poll_interval_max)
+        self.cancel_on_kill = bool(cancel_on_kill)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "conn_id": self.conn_id,
+                "provider": self.provider,
+                "batch_ids": list(self.batch_ids),
+                "deadline": self.deadline,
+                "poll_interval_min": self.poll_interval_min,
+                "poll_interval_max": self.poll_interval_max,
+                "cancel_on_kill": self.cancel_on_kill,
+            },
+        )
+
+    def _hook(self) -> LLMBatchHook:
+        return LLMBatchHook(conn_id=self.conn_id, provider=self.provider)
+
+    def _log_progress(self, progress: Progress) -> None:
+        self.log.info("%s", progress.line())
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        deadline = datetime.fromisoformat(self.deadline) if self.deadline else None
+        self.log.info(
+            "Watching %d %s batch(es) on connection %r until %s",
+            len(self.batch_ids),
+            self.provider,
+            self.conn_id,
+            self.deadline or "they end",
+        )
+        try:
+            backend = await self._hook().aget_backend()
+        except Exception as exc:
+            yield TriggerEvent({"status": "error", "message": f"{type(exc).__name__}: {exc}"})
+            return
+        try:
+            states = await watch_batches(
+                backend,
+                self.batch_ids,
+                deadline=deadline,
+                poll_interval_min=self.poll_interval_min,
+                poll_interval_max=self.poll_interval_max,
+                on_progress=self._log_progress,
+            )
+        except WatchTimeout as exc:
+            event: dict[str, Any] = {
+                "status": "timeout",
+                "message": str(exc),
+                "pending": exc.pending,
+                "states": {k: v.model_dump(mode="json") for k, v in exc.states.items()},
+            }
+        except BatchProviderError as exc:
+            event = {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
+        else:
+            event = {
+                "status": "success",
+                "states": {k: v.model_dump(mode="json") for k, v in states.items()},
+            }
+        finally:
+            await backend.aclose()
+        yield TriggerEvent(event)
+
+    async def on_kill(self) -> None:
+        if not self.cancel_on_kill:
+            return
+        self.log.info("Task killed: cancelling %d batch(es)", len(self.batch_ids))
+        backend = await self._hook().aget_backend()
+        try:
+            await asyncio.wait_for(
+                cancel_batches(backend, self.batch_ids, log=self.log), CANCEL_TIMEOUT_SECONDS
+            )
+        finally:
+            await backend.aclose()
+
+
+async def cancel_batches(backend: Any, batch_ids: list[str], log: Any = None) -> dict[str, str]:
+    """Ask the provider to cancel each batch; batches already ended are left as they are.
+
+    Returns ``{batch_id: native status or error}``; one failed cancel does not stop the others.
+    """
+
+    async def one(batch_id: str) -> str:
+        try:
+            state = await backend.cancel(batch_id)
+            return state.native_status
+        except Exception as exc:
+            if log is not None:
+                log.warning("Could not cancel batch %s: %s", batch_id, exc)
+            return f"error: {type(exc).__name__}"
+
+    results = await asyncio.gather(*(one(b) for b in batch_ids))
+    outcome = dict(zip(batch_ids, results, strict=True))
+    if log is not None:
+        log.info("Cancel requested: %s", outcome)
+    return outcome
