@@ -26,7 +26,7 @@ from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import BatchRef, ItemStatus, ResultRecord, Usage
 from batch_provider.core.pricing import Cost, PriceTable, default_price_table
-from batch_provider.core.reconcile import reconcile
+from batch_provider.core.reconcile import expected_ids, reconcile
 from batch_provider.core.rundir import RunDirectory, read_json, write_json_atomic
 from batch_provider.core.submission import part_custom_ids
 
@@ -135,7 +135,7 @@ async def _collect_batch(
             f"batch {ref.batch_id} is still {state.status.value} ({state.native_status}); "
             "wait for it to end before collecting"
         )
-    expected = part_custom_ids(backend, run_dir, parts[ref.batch_id])
+    expected = expected_ids(run_dir.root / parts[ref.batch_id], backend)
     counts: Counter[str] = Counter()
     usage = Usage()
     cost = Cost()

@@ -20,6 +20,7 @@ from typing import Any
 
 from batch_provider.backends.base import BatchBackend, Chunk
 from batch_provider.core.handle import InputCounts, RunHandle
+from batch_provider.core.jsonl import iter_path_lines
 from batch_provider.core.ledger import (
     Ledger,
     LedgerAttempt,
@@ -31,7 +32,7 @@ from batch_provider.core.ledger import (
 )
 from batch_provider.core.models import BatchRef, LLMRequest, RejectedRow
 from batch_provider.core.rundir import RunDirectory, remove_tree
-from batch_provider.core.split import split_requests
+from batch_provider.core.split import RequestSplitter
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _split_into(
                 else:
                     yield item
 
-        split = split_requests(counted(items), backend, parts_dir, limits=limits, on_reject=on_reject)
+        splitter = RequestSplitter(backend, parts_dir, limits=limits, on_reject=on_reject)
         chunks = [
             LedgerChunk(
                 index=chunk.index,
@@ -87,11 +88,11 @@ def _split_into(
                 model=chunk.model,
                 endpoint=chunk.endpoint,
             )
-            for chunk in split
+            for chunk in splitter.split(counted(items))
         ]
     return LedgerAttempt(
         attempt=1,
-        fingerprint=split.fingerprint,
+        fingerprint=splitter.fingerprint,
         chunks=chunks,
         inputs=counts["inputs"],
         rejected=counts["rejected"],
@@ -234,8 +235,7 @@ def _chunk_of(run_dir: RunDirectory, chunk: LedgerChunk) -> Chunk:
 
 def part_custom_ids(backend: BatchBackend, run_dir: RunDirectory, part: str) -> list[str]:
     """custom_ids of a part file, in file order."""
-    with (run_dir.root / part).open("rb") as fh:
-        return [backend.custom_id_of(line.rstrip(b"\n")) for line in fh if line.strip()]
+    return [backend.custom_id_of(line) for line in iter_path_lines(run_dir.root / part)]
 
 
 async def _find_created(
