@@ -1,0 +1,228 @@
+"""Submit → wait → collect → retry without Airflow, over real HTTP against the emulator.
+
+Each test checks the run invariant: every input row is in exactly one of results, errors/dead
+letter and rejects, and the manifest's counts say so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batch_provider.backends.registry import create_backend
+from batch_provider.core.collection import collect_run
+from batch_provider.core.ledger import Ledger, LedgerConflictError, RunKey
+from batch_provider.core.records import iter_list
+from batch_provider.core.render import RequestBuilder
+from batch_provider.core.retry import resubmit_retryable, write_dead_letter
+from batch_provider.core.rundir import run_directory
+from batch_provider.core.submission import submit_run
+from batch_provider.core.watch import watch_batches
+
+MODELS = {"openai": "gpt-6-luna", "anthropic": "claude-haiku-4-5"}
+
+
+def backend_for(provider: str, emulator: Any):
+    base = f"{emulator.base_url}/v1" if provider == "openai" else emulator.base_url
+    return create_backend(provider, api_key="test-key", base_url=base)
+
+
+def rows(count: int, *, prefix: str = "t") -> list[dict[str, Any]]:
+    return [{"id": f"{prefix}-{i:04d}", "text": f"ticket number {i} " * (1 + i % 5)} for i in range(count)]
+
+
+def builder(provider: str) -> RequestBuilder:
+    return RequestBuilder(template="Classify: {{ text }}", model=MODELS[provider], max_tokens=64)
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def batches_created(emulator: Any, provider: str) -> int:
+    return int(emulator.stats().get("batches_created", {}).get(provider, 0))
+
+
+async def wait_all(backend: Any, handle: Any, emulator: Any) -> None:
+    emulator.advance(2 * 86400)
+    await watch_batches(
+        backend, handle.batch_ids, deadline=None, poll_interval_min=0.05, poll_interval_max=0.2
+    )
+
+
+def assert_accounted(run_dir: Any, inputs: int) -> dict[str, Any]:
+    manifest = json.loads(run_dir.manifest.read_text())
+    results = read_lines(run_dir.results)
+    errors = read_lines(run_dir.errors)
+    rejects = read_lines(run_dir.rejects)
+    assert len(results) + len(errors) + len(rejects) == inputs, "an input row is missing or counted twice"
+    sent = [r["custom_id"] for r in results + errors]
+    assert len(sent) == len(set(sent)), "a sent request has two outcomes"
+    assert manifest["inputs"] == inputs
+    assert manifest["succeeded"] == len(results)
+    assert manifest["unresolved"] == len(errors)
+    assert manifest["rejected"] == len(rejects)
+    assert manifest["accounted"] is True
+    return manifest
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_run_end_to_end_with_rejects_item_errors_and_chunks(
+    provider: str, emulator: Any, tmp_path: Path
+) -> None:
+    data = rows(23)
+    data[3]["id"] = "emu-fail400-bad"  # refused by the provider, not retryable
+    data[5]["id"] = "emu-fail500-flaky"  # a server error on one item: retryable
+    del data[7]["text"]  # the template cannot render this row: rejected before paying
+    data.append({"id": data[0]["id"], "text": "a duplicate id"})  # rejected as a duplicate
+    run_dir = run_directory(tmp_path, dag_id="d", run_id=f"manual__{provider}", group="g")
+    key = RunKey(dag_id="d", task_id="submit", run_id=f"manual__{provider}")
+    before = batches_created(emulator, provider)
+    async with backend_for(provider, emulator) as backend:
+        handle = await submit_run(
+            backend,
+            builder(provider).render(iter_list(data)),
+            run_dir,
+            run_key=key,
+            conn_id="c",
+            max_requests_per_batch=10,
+        )
+        assert handle.counts.inputs == 24 and handle.counts.rejected == 2 and handle.counts.submitted == 22
+        assert len(handle.batches) == 3
+        assert batches_created(emulator, provider) - before == 3
+        await wait_all(backend, handle, emulator)
+        summary = await collect_run(backend, handle, run_dir)
+    manifest = assert_accounted(run_dir, 24)
+    assert summary.succeeded == 20 and summary.unresolved == 2 and summary.retryable == 1
+    assert manifest["usage"]["input_tokens"] > 0 and manifest["usage"]["output_tokens"] > 0
+    assert manifest["cost"]["batch_usd"] > 0
+    assert manifest["cost"]["savings_usd"] == pytest.approx(manifest["cost"]["batch_usd"])
+    rejects = {r["custom_id"]: r for r in read_lines(run_dir.rejects)}
+    assert rejects["t-0007"]["error"]["field"] == "prompt_template"
+    assert rejects["t-0007"]["row"] == 8
+    errors = {r["custom_id"]: r for r in read_lines(run_dir.errors)}
+    assert errors["emu-fail400-bad"]["error"]["retryable"] is False
+    assert errors["emu-fail500-flaky"]["error"]["retryable"] is True
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_rerun_reattaches_and_other_input_is_refused(
+    provider: str, emulator: Any, tmp_path: Path
+) -> None:
+    run_dir = run_directory(tmp_path, dag_id="d", run_id="r1")
+    key = RunKey(dag_id="d", task_id="submit", run_id="r1")
+    before = batches_created(emulator, provider)
+    async with backend_for(provider, emulator) as backend:
+        first = await submit_run(
+            backend,
+            builder(provider).render(iter_list(rows(12))),
+            run_dir,
+            run_key=key,
+            conn_id=None,
+            max_requests_per_batch=5,
+        )
+        again = await submit_run(
+            backend,
+            builder(provider).render(iter_list(rows(12))),
+            run_dir,
+            run_key=key,
+            conn_id=None,
+            max_requests_per_batch=5,
+        )
+        assert again.batch_ids == first.batch_ids
+        assert batches_created(emulator, provider) - before == 3
+        with pytest.raises(LedgerConflictError, match="different input"):
+            await submit_run(
+                backend,
+                builder(provider).render(iter_list(rows(13))),
+                run_dir,
+                run_key=key,
+                conn_id=None,
+                max_requests_per_batch=5,
+            )
+        with pytest.raises(LedgerConflictError, match="ledger of"):
+            await submit_run(
+                backend,
+                builder(provider).render(iter_list(rows(12))),
+                run_dir,
+                run_key=key.model_copy(update={"task_id": "other"}),
+                conn_id=None,
+                max_requests_per_batch=5,
+            )
+    assert batches_created(emulator, provider) - before == 3
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_crash_between_create_and_ledger_write_reattaches(
+    provider: str, emulator: Any, tmp_path: Path
+) -> None:
+    """The provider accepted a batch but the ledger never heard of it: the rerun finds it."""
+    run_dir = run_directory(tmp_path, dag_id="d", run_id="crash")
+    key = RunKey(dag_id="d", task_id="submit", run_id="crash")
+    before = batches_created(emulator, provider)
+    async with backend_for(provider, emulator) as backend:
+        first = await submit_run(
+            backend,
+            builder(provider).render(iter_list(rows(8))),
+            run_dir,
+            run_key=key,
+            conn_id=None,
+            max_requests_per_batch=4,
+        )
+        ledger = Ledger.load(run_dir)
+        assert ledger is not None
+        lost = ledger.attempts[1].chunks[1]
+        assert lost.intent_at is not None
+        lost.batch = None  # as if the process died right after the create call returned
+        ledger.save(run_dir)
+        again = await submit_run(
+            backend,
+            builder(provider).render(iter_list(rows(8))),
+            run_dir,
+            run_key=key,
+            conn_id=None,
+            max_requests_per_batch=4,
+        )
+    assert sorted(again.batch_ids) == sorted(first.batch_ids)
+    assert batches_created(emulator, provider) - before == 2
+    matched = Ledger.load(run_dir).attempts[1].chunks[1].matched_by
+    assert matched == ("tags" if provider == "openai" else "request_count")
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_retry_recovers_transient_failures_and_dead_letters_the_rest(
+    provider: str, fresh_emulator: Any, tmp_path: Path
+) -> None:
+    emulator = fresh_emulator
+    data = rows(30)
+    data[2]["id"] = "emu-fail422-never"
+    run_dir = run_directory(tmp_path, dag_id="d", run_id="retry")
+    key = RunKey(dag_id="d", task_id="submit", run_id="retry")
+    emulator.set_faults({"batch_faults": "item_errors=0.3:500/529,expire=0.6"})
+    async with backend_for(provider, emulator) as backend:
+        handle = await submit_run(
+            backend, builder(provider).render(iter_list(data)), run_dir, run_key=key, conn_id=None
+        )
+        await wait_all(backend, handle, emulator)
+        first = await collect_run(backend, handle, run_dir)
+        assert first.retryable > 0 and first.accounted
+        emulator.set_faults({})
+        retry = await resubmit_retryable(backend, handle, run_dir, run_key=key, max_attempts=3)
+        assert retry is not None and retry.attempt == 2
+        assert retry.counts.submitted == first.retryable
+        again = await resubmit_retryable(backend, handle, run_dir, run_key=key, max_attempts=3)
+        assert again is not None and again.batch_ids == retry.batch_ids, "a rerun of the retry re-attaches"
+        await wait_all(backend, retry, emulator)
+        second = await collect_run(backend, retry, run_dir)
+        assert second.attempts == 2 and second.retryable == 0
+        assert await resubmit_retryable(backend, retry, run_dir, run_key=key, max_attempts=3) is None
+        final = write_dead_letter(backend, run_dir)
+    manifest = assert_accounted(run_dir, 30)
+    assert final.finished and manifest["dead_letter"] == 1 == manifest["unresolved"]
+    assert [r["custom_id"] for r in read_lines(run_dir.dead_letter)] == ["emu-fail422-never"]
+    assert {r["attempt"] for r in read_lines(run_dir.results)} == {1, 2}
