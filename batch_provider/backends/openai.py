@@ -118,6 +118,7 @@ class OpenAIBackend(BatchBackend):
     client's ``Authorization`` header."""
 
     provider: ClassVar[Provider] = Provider.OPENAI
+    keeps_tags: ClassVar[bool] = True
     default_base_url: ClassVar[str] = "https://api.openai.com/v1"
     body_overhead_bytes: ClassVar[int] = 512
     """Upper bound of the multipart framing around the part file, counted against the byte limit."""

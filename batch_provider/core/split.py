@@ -23,29 +23,11 @@ from batch_provider.backends.base import BatchBackend, Chunk
 from batch_provider.backends.errors import RequestRejected
 from batch_provider.core.jsonl import JsonlWriter
 from batch_provider.core.limits import ProviderLimits
-from batch_provider.core.models import ItemStatus, LLMRequest, ResultError, ResultRecord
+from batch_provider.core.models import LLMRequest, RejectedRow
 
 
 def default_part_name(index: int) -> str:
     return f"part-{index:05d}.jsonl"
-
-
-@dataclass(frozen=True)
-class RejectedRow:
-    """A request refused before any paid call, with the field at fault and why."""
-
-    custom_id: str | None
-    field: str
-    reason: str
-    row: int
-    """0-based position of the request in the input."""
-
-    def to_record(self) -> ResultRecord:
-        return ResultRecord(
-            custom_id=self.custom_id or f"row-{self.row}",
-            status=ItemStatus.REJECTED,
-            error=ResultError(type="rejected", message=self.reason, retryable=False, field=self.field),
-        )
 
 
 class SeenIds:
@@ -165,18 +147,33 @@ class RequestSplitter:
                 try:
                     encoded = self.backend.encode(request)
                 except RequestRejected as exc:
-                    self._reject(RejectedRow(exc.custom_id or request.custom_id, exc.field, exc.reason, row))
+                    self._reject(
+                        RejectedRow(
+                            row=row,
+                            custom_id=exc.custom_id or request.custom_id,
+                            field=exc.field,
+                            reason=exc.reason,
+                        )
+                    )
                     continue
                 size = len(encoded.line) + 1
                 if size > max_bytes:
                     self._reject(
-                        RejectedRow(encoded.custom_id, "body", f"{size} bytes do not fit in one batch", row)
+                        RejectedRow(
+                            row=row,
+                            custom_id=encoded.custom_id,
+                            field="body",
+                            reason=f"{size} bytes do not fit in one batch",
+                        )
                     )
                     continue
                 if not self._seen.add(encoded.custom_id):
                     self._reject(
                         RejectedRow(
-                            encoded.custom_id, "custom_id", "duplicate custom_id within this run", row
+                            row=row,
+                            custom_id=encoded.custom_id,
+                            field="custom_id",
+                            reason="duplicate custom_id within this run",
                         )
                     )
                     continue
@@ -227,6 +224,30 @@ class RequestSplitter:
         )
 
 
+class SplitStream(Iterator[Chunk]):
+    """The chunks of one split, as they close; ``fingerprint`` and ``counts`` are final once the
+    iteration is exhausted."""
+
+    def __init__(self, splitter: RequestSplitter, requests: Iterable[LLMRequest]) -> None:
+        self.splitter = splitter
+        self._chunks = splitter.split(requests)
+
+    def __next__(self) -> Chunk:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        """Stop early: close the open part files (their chunks are not yielded)."""
+        self._chunks.close()
+
+    @property
+    def fingerprint(self) -> str:
+        return self.splitter.fingerprint
+
+    @property
+    def counts(self) -> SplitCounts:
+        return self.splitter.counts
+
+
 def split_requests(
     requests: Iterable[LLMRequest],
     backend: BatchBackend,
@@ -235,13 +256,14 @@ def split_requests(
     limits: ProviderLimits | None = None,
     part_name: Callable[[int], str] = default_part_name,
     on_reject: Callable[[RejectedRow], None] | None = None,
-) -> Iterator[Chunk]:
-    """Stream ``requests`` into part files under ``parts_dir``, yielding each chunk as it closes.
-
-    Use :class:`RequestSplitter` directly to read the counts and the input fingerprint afterwards.
-    """
-    splitter = RequestSplitter(backend, parts_dir, limits=limits, part_name=part_name, on_reject=on_reject)
-    return splitter.split(requests)
+    exact_ids: bool = False,
+) -> SplitStream:
+    """Stream ``requests`` into part files under ``parts_dir``, yielding each chunk as it closes;
+    the returned stream's ``fingerprint`` and ``counts`` are complete after the last chunk."""
+    splitter = RequestSplitter(
+        backend, parts_dir, limits=limits, part_name=part_name, on_reject=on_reject, exact_ids=exact_ids
+    )
+    return SplitStream(splitter, requests)
 
 
 def fingerprint_lines(lines: Iterable[bytes]) -> str:
@@ -265,6 +287,7 @@ __all__ = [
     "RequestSplitter",
     "SeenIds",
     "SplitCounts",
+    "SplitStream",
     "default_part_name",
     "fingerprint_file",
     "fingerprint_lines",

@@ -1,0 +1,222 @@
+"""Translation of LLMRequest into native lines: exact bytes, rejections, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from batch_provider.backends.anthropic import AnthropicBackend
+from batch_provider.backends.errors import RequestRejected
+from batch_provider.backends.openai import OpenAIBackend, OpenAICompatibleBackend
+from batch_provider.core.limits import ANTHROPIC_LIMITS
+from batch_provider.core.models import LLMRequest
+
+SCHEMA = {"title": "Verdict", "type": "object", "properties": {"label": {"type": "string"}}}
+
+
+@pytest.fixture
+def openai() -> OpenAIBackend:
+    return OpenAIBackend(api_key="sk-test-secret-000")
+
+
+@pytest.fixture
+def anthropic() -> AnthropicBackend:
+    return AnthropicBackend(api_key="sk-ant-test-secret-000")
+
+
+def chat(**fields) -> LLMRequest:
+    base = {"custom_id": "r-1", "model": "gpt-6-luna", "messages": [{"role": "user", "content": "Hi"}]}
+    return LLMRequest(**{**base, **fields})
+
+
+def test_openai_chat_line_is_exact(openai: OpenAIBackend) -> None:
+    request = chat(
+        system="Be terse.",
+        max_tokens=16,
+        temperature=0.2,
+        stop=["\n"],
+        response_schema=SCHEMA,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image", "media_type": "image/png", "data": "AAAA"},
+                    {"type": "image", "url": "https://x.test/a.png"},
+                ],
+            }
+        ],
+    )
+    encoded = openai.encode(request)
+    assert encoded.line == (
+        b'{"custom_id":"r-1","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-6-luna",'
+        b'"messages":[{"role":"system","content":"Be terse."},{"role":"user","content":[{"type":"text",'
+        b'"text":"What is this?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}},'
+        b'{"type":"image_url","image_url":{"url":"https://x.test/a.png"}}]}],"max_completion_tokens":16,'
+        b'"temperature":0.2,"stop":["\\n"],"response_format":{"type":"json_schema","json_schema":'
+        b'{"name":"Verdict","schema":{"title":"Verdict","type":"object","properties":{"label":'
+        b'{"type":"string"}}}}}}}'
+    )
+    assert encoded.group == "/v1/chat/completions gpt-6-luna"
+    assert (encoded.model, encoded.endpoint) == ("gpt-6-luna", "/v1/chat/completions")
+    assert openai.custom_id_of(encoded.line) == "r-1"
+    assert openai.wants_json(encoded.line)
+    assert openai.encode(request).line == encoded.line
+
+
+def test_openai_responses_and_embeddings(openai: OpenAIBackend) -> None:
+    responses = openai.encode(
+        chat(endpoint="/v1/responses", system="Sys", max_tokens=8, response_schema=SCHEMA)
+    )
+    body = json.loads(responses.line)["body"]
+    assert list(body) == ["model", "input", "instructions", "max_output_tokens", "text"]
+    assert body["input"] == [{"role": "user", "content": "Hi"}]
+    assert body["text"]["format"]["type"] == "json_schema"
+    assert openai.wants_json(responses.line)
+
+    embed = openai.encode(
+        LLMRequest(custom_id="e-1", model="text-embedding-3-small", kind="embedding", input=["a", "b"])
+    )
+    assert json.loads(embed.line) == {
+        "custom_id": "e-1",
+        "method": "POST",
+        "url": "/v1/embeddings",
+        "body": {"model": "text-embedding-3-small", "input": ["a", "b"]},
+    }
+    assert not openai.wants_json(embed.line)
+
+
+def test_openai_native_body_fills_model_and_max_tokens_then_extra(openai: OpenAIBackend) -> None:
+    request = chat(
+        native={"messages": [{"role": "user", "content": "x"}], "seed": 1}, max_tokens=5, extra={"seed": 2}
+    )
+    body = json.loads(openai.encode(request).line)["body"]
+    assert body == {
+        "messages": [{"role": "user", "content": "x"}],
+        "seed": 2,
+        "model": "gpt-6-luna",
+        "max_completion_tokens": 5,
+    }
+
+
+def test_anthropic_params_line_is_exact(anthropic: AnthropicBackend) -> None:
+    request = LLMRequest(
+        custom_id="r_1",
+        model="claude-haiku-4-5",
+        system="Be terse.",
+        max_tokens=32,
+        temperature=0,
+        stop=["END"],
+        response_schema={"type": "object"},
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Look"},
+                    {"type": "image", "media_type": "image/jpeg", "data": "QUJD"},
+                    {"type": "image", "url": "https://x.test/b.jpg"},
+                ],
+            }
+        ],
+    )
+    encoded = anthropic.encode(request)
+    assert encoded.line == (
+        b'{"custom_id":"r_1","params":{"model":"claude-haiku-4-5","max_tokens":32,"system":"Be terse.",'
+        b'"messages":[{"role":"user","content":[{"type":"text","text":"Look"},{"type":"image","source":'
+        b'{"type":"base64","media_type":"image/jpeg","data":"QUJD"}},{"type":"image","source":{"type":"url",'
+        b'"url":"https://x.test/b.jpg"}}]}],"temperature":0.0,"stop_sequences":["END"],'
+        b'"output_format":{"type":"json_schema","schema":{"type":"object"}}}}'
+    )
+    assert encoded.group == ""
+    assert anthropic.custom_id_of(encoded.line) == "r_1"
+    assert anthropic.wants_json(encoded.line)
+
+
+def test_anthropic_native_params(anthropic: AnthropicBackend) -> None:
+    request = LLMRequest(
+        custom_id="n1",
+        model="claude-haiku-4-5",
+        max_tokens=10,
+        native={"messages": [{"role": "user", "content": "x"}], "max_tokens": 99},
+        extra={"metadata": {"user_id": "u"}},
+    )
+    params = json.loads(anthropic.encode(request).line)["params"]
+    assert params == {
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 99,
+        "model": "claude-haiku-4-5",
+        "metadata": {"user_id": "u"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"model": None}, "model"),
+        ({"messages": []}, "messages"),
+        ({"custom_id": "a\nb"}, "custom_id"),
+        ({"custom_id": ""}, "custom_id"),
+        ({"custom_id": "x" * 513}, "custom_id"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"endpoint": "/v1/moderations"}, "endpoint"),
+        ({"endpoint": "/v1/responses", "stop": ["x"]}, "stop"),
+        ({"kind": "embedding", "messages": []}, "input"),
+    ],
+)
+def test_openai_rejections(openai: OpenAIBackend, fields: dict, field: str) -> None:
+    with pytest.raises(RequestRejected) as caught:
+        openai.encode(chat(**fields))
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"model": None}, "model"),
+        ({"messages": []}, "messages"),
+        ({"custom_id": "has space"}, "custom_id"),
+        ({"custom_id": "x" * 65}, "custom_id"),
+        ({"max_tokens": None}, "max_tokens"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"kind": "embedding", "input": "x"}, "kind"),
+    ],
+)
+def test_anthropic_rejections(anthropic: AnthropicBackend, fields: dict, field: str) -> None:
+    base = {"custom_id": "a-1", "model": "claude-haiku-4-5", "max_tokens": 5}
+    base["messages"] = [{"role": "user", "content": "hi"}]
+    with pytest.raises(RequestRejected) as caught:
+        anthropic.encode(LLMRequest(**{**base, **fields}))
+    assert caught.value.field == field
+
+
+def test_request_over_byte_limit_is_rejected() -> None:
+    from dataclasses import replace
+
+    backend = AnthropicBackend(api_key="k", limits=replace(ANTHROPIC_LIMITS, max_bytes_per_request=200))
+    request = LLMRequest(
+        custom_id="big", model="m", max_tokens=1, messages=[{"role": "user", "content": "x" * 300}]
+    )
+    with pytest.raises(RequestRejected) as caught:
+        backend.encode(request)
+    assert caught.value.field == "body"
+
+
+def test_key_never_in_repr() -> None:
+    for backend in (
+        OpenAIBackend(api_key="sk-test-secret-000"),
+        OpenAICompatibleBackend(api_key="sk-test-secret-000", base_url="http://127.0.0.1:1/v1"),
+        AnthropicBackend(api_key="sk-test-secret-000"),
+    ):
+        assert "secret" not in repr(backend)
+        assert "secret" not in repr(vars(backend))
+
+
+def test_compatible_backend_needs_base_url() -> None:
+    with pytest.raises(ValueError, match="base_url"):
+        OpenAICompatibleBackend(api_key="k")
+
+
+def test_custom_id_of_escaped_ids(openai: OpenAIBackend) -> None:
+    encoded = openai.encode(chat(custom_id='quote"and\\slash é'))
+    assert openai.custom_id_of(encoded.line) == 'quote"and\\slash é'

@@ -1,0 +1,103 @@
+"""Streaming split: limits, groups, rejections, duplicates, fingerprint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from batch_provider.backends.anthropic import AnthropicBackend
+from batch_provider.backends.openai import OpenAIBackend
+from batch_provider.core.jsonl import iter_path_lines
+from batch_provider.core.limits import ANTHROPIC_LIMITS
+from batch_provider.core.models import LLMRequest, RejectedRow
+from batch_provider.core.split import SeenIds, fingerprint_file, fingerprint_lines, split_requests
+
+
+def req(i: int, model: str = "m1", **fields) -> LLMRequest:
+    return LLMRequest(
+        custom_id=f"r-{i}",
+        model=model,
+        max_tokens=4,
+        messages=[{"role": "user", "content": f"q{i}"}],
+        **fields,
+    )
+
+
+def test_chunks_respect_count_limit_and_keep_every_request(tmp_path: Path) -> None:
+    backend = AnthropicBackend(api_key="k")
+    limits = backend.limits.lowered(max_requests_per_batch=3)
+    rejected: list[RejectedRow] = []
+    stream = split_requests(
+        (req(i) for i in range(8)), backend, tmp_path / "parts", limits=limits, on_reject=rejected.append
+    )
+    chunks = list(stream)
+    assert [c.request_count for c in chunks] == [3, 3, 2]
+    assert [c.index for c in chunks] == [0, 1, 2]
+    assert [c.path.name for c in chunks] == ["part-00000.jsonl", "part-00001.jsonl", "part-00002.jsonl"]
+    ids = [backend.custom_id_of(line) for c in chunks for line in iter_path_lines(c.path)]
+    assert ids == [f"r-{i}" for i in range(8)]
+    assert all(c.byte_size == c.path.stat().st_size for c in chunks)
+    assert not rejected
+    lines = [line for c in chunks for line in iter_path_lines(c.path)]
+    assert stream.fingerprint == fingerprint_lines(lines)
+    assert stream.counts.accepted == 8 and stream.counts.chunks == 3
+
+
+def test_byte_limit_counts_framing(tmp_path: Path) -> None:
+    backend = AnthropicBackend(api_key="k")
+    line_size = len(backend.encode(req(0)).line) + 1
+    limits = replace(ANTHROPIC_LIMITS, max_bytes_per_batch=backend.body_overhead_bytes + 2 * line_size)
+    chunks = list(split_requests((req(i) for i in range(5)), backend, tmp_path, limits=limits))
+    assert [c.request_count for c in chunks] == [2, 2, 1]
+    assert all(c.byte_size + backend.body_overhead_bytes <= limits.max_bytes_per_batch for c in chunks)
+
+
+def test_openai_groups_one_model_per_chunk(tmp_path: Path) -> None:
+    backend = OpenAIBackend(api_key="k")
+    requests = [req(i, model="a" if i % 2 else "b") for i in range(6)]
+    requests.append(req(6, model="a", endpoint="/v1/responses"))
+    chunks = list(split_requests(requests, backend, tmp_path))
+    by_group = {c.group: c for c in chunks}
+    assert set(by_group) == {"/v1/chat/completions b", "/v1/chat/completions a", "/v1/responses a"}
+    for chunk in chunks:
+        models = {json.loads(line)["body"]["model"] for line in iter_path_lines(chunk.path)}
+        assert models == {chunk.model}
+
+
+def test_rejections_and_duplicates(tmp_path: Path) -> None:
+    backend = AnthropicBackend(api_key="k")
+    requests = [req(0), req(1), req(0), req(2)]
+    requests.append(
+        LLMRequest(custom_id="bad id", model="m", max_tokens=1, messages=[{"role": "user", "content": "x"}])
+    )
+    requests.append(LLMRequest(custom_id="no-max", model="m", messages=[{"role": "user", "content": "x"}]))
+    rejected: list[RejectedRow] = []
+    stream = split_requests(requests, backend, tmp_path, on_reject=rejected.append)
+    chunks = list(stream)
+    assert sum(c.request_count for c in chunks) == 3
+    assert [(r.row, r.custom_id, r.field) for r in rejected] == [
+        (2, "r-0", "custom_id"),
+        (4, "bad id", "custom_id"),
+        (5, "no-max", "max_tokens"),
+    ]
+    assert "duplicate" in rejected[0].reason
+    assert stream.counts.inputs == 6 and stream.counts.rejected == 3
+
+
+def test_fingerprint_is_stable_across_runs(tmp_path: Path) -> None:
+    backend = OpenAIBackend(api_key="k")
+    first = split_requests([req(i) for i in range(10)], backend, tmp_path / "a")
+    second = split_requests([req(i) for i in range(10)], backend, tmp_path / "b")
+    list(first), list(second)
+    assert first.fingerprint == second.fingerprint
+    [chunk] = list(split_requests([req(i) for i in range(10)], backend, tmp_path / "c"))
+    assert fingerprint_file(chunk.path) == first.fingerprint
+
+
+def test_seen_ids_grows_and_detects_duplicates() -> None:
+    for exact in (False, True):
+        seen = SeenIds(exact=exact, capacity=4)
+        assert all(seen.add(f"id-{i}") for i in range(5000))
+        assert not any(seen.add(f"id-{i}") for i in range(0, 5000, 7))
+        assert len(seen) == 5000
