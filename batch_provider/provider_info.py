@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-_HIDDEN = ["schema", "port", "login"]
+_HIDDEN = ["schema", "port", "login", "extra"]
+
+
+def _text_field(label: str, description: str) -> dict:
+    return {"label": label, "description": description, "schema": {"type": ["string", "null"]}}
+
+
+_OPENAI_FIELDS = {
+    "organization": _text_field(
+        "Organization", "OpenAI organization id (org-...), sent as OpenAI-Organization"
+    ),
+    "project": _text_field("Project", "OpenAI project id (proj_...), sent as OpenAI-Project"),
+}
 
 PROVIDER_INFO: dict = {
     "package-name": "airflow-provider-llm-batch",
@@ -28,9 +40,9 @@ PROVIDER_INFO: dict = {
                 "placeholders": {
                     "host": "https://api.openai.com/v1",
                     "password": "sk-...",
-                    "extra": '{"organization": "org-..."}',
                 },
             },
+            "conn-fields": _OPENAI_FIELDS,
         },
         {
             "connection-type": "llm_openai_compatible",
@@ -44,6 +56,7 @@ PROVIDER_INFO: dict = {
                     "password": "the service's API key",
                 },
             },
+            "conn-fields": _OPENAI_FIELDS,
         },
         {
             "connection-type": "llm_anthropic",
@@ -56,6 +69,11 @@ PROVIDER_INFO: dict = {
                     "host": "https://api.anthropic.com",
                     "password": "sk-ant-...",
                 },
+            },
+            "conn-fields": {
+                "anthropic_version": _text_field(
+                    "API version", "anthropic-version header; empty for the version the backend targets"
+                ),
             },
         },
     ],

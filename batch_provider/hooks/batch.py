@@ -32,6 +32,14 @@ DEFAULT_CONN_IDS: dict[Provider, str] = {
 }
 
 
+EXTRA_OPTIONS: dict[Provider, tuple[str, ...]] = {
+    Provider.OPENAI: ("organization", "project"),
+    Provider.OPENAI_COMPATIBLE: ("organization", "project"),
+    Provider.ANTHROPIC: ("anthropic_version",),
+}
+"""Connection extras (the form's ``conn-fields``) passed to each backend's constructor."""
+
+
 class MissingApiKeyError(ValueError):
     """The connection has no API key; the message names the connection, never a value."""
 
@@ -80,6 +88,11 @@ class LLMBatchHook(BaseHook):
                 "in the connection form) or AIRFLOW_CONN_" + self.conn_id.upper() + "'s password"
             )
         options: dict[str, Any] = {"api_key": conn.password}
+        extra = conn.extra_dejson or {}
+        for name in EXTRA_OPTIONS.get(provider, ()):
+            value = extra.get(name) or extra.get(f"extra__{conn.conn_type}__{name}")
+            if value:
+                options[name] = value
         base_url = base_url_of(conn)
         if base_url:
             options["base_url"] = base_url

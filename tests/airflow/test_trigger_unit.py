@@ -1,0 +1,103 @@
+"""BatchWaitTrigger without HTTP: serialisation, events, on_kill."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from airflow.sdk.module_loading import import_string
+from airflow.triggers.base import TriggerEvent
+from airflow_fakes import ScriptedBackend
+from conftest import API_KEY, conn_json
+
+from batch_provider.triggers.batch import BatchWaitTrigger
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """Backends built by hooks are ScriptedBackends; ``options`` tunes their script."""
+    options: dict = {}
+    ScriptedBackend.instances.clear()
+
+    def create(provider, **kwargs):
+        return ScriptedBackend(**kwargs, **options)
+
+    monkeypatch.setattr("batch_provider.hooks.batch.create_backend", create)
+    monkeypatch.setenv("AIRFLOW_CONN_LLM_OPENAI_DEFAULT", conn_json("llm_openai", "http://127.0.0.1:9/v1"))
+    return options
+
+
+def make(**overrides) -> BatchWaitTrigger:
+    kwargs = {
+        "conn_id": "llm_openai_default",
+        "provider": "openai",
+        "batch_ids": ["b1", "b2"],
+        "deadline": None,
+        "poll_interval_min": 0.01,
+        "poll_interval_max": 0.02,
+    }
+    kwargs.update(overrides)
+    return BatchWaitTrigger(**kwargs)
+
+
+def test_serialize_round_trip_holds_no_key_nor_payload():
+    trigger = make(deadline=datetime(2030, 1, 1, tzinfo=UTC).isoformat(), cancel_on_kill=True)
+    path, kwargs = trigger.serialize()
+    assert path == "batch_provider.triggers.batch.BatchWaitTrigger"
+    assert import_string(path)(**kwargs).serialize() == (path, kwargs)
+    assert set(kwargs) == {
+        "conn_id",
+        "provider",
+        "batch_ids",
+        "deadline",
+        "poll_interval_min",
+        "poll_interval_max",
+        "cancel_on_kill",
+    }
+    assert API_KEY not in repr(kwargs)
+
+
+async def test_one_event_with_every_final_state(scripted):
+    gen = make().run()
+    event = await anext(gen)
+    assert isinstance(event, TriggerEvent)
+    assert event.payload["status"] == "success"
+    assert set(event.payload["states"]) == {"b1", "b2"}
+    assert {s["ending"] for s in event.payload["states"].values()} == {"completed"}
+    with pytest.raises(StopAsyncIteration):
+        await anext(gen)
+    assert len(ScriptedBackend.instances) == 1 and ScriptedBackend.instances[0].closed
+    assert ScriptedBackend.instances[0].api_key == API_KEY
+
+
+async def test_still_running_until_the_batches_end(scripted):
+    scripted["polls_to_end"] = 10_000
+    task = asyncio.create_task(anext(make().run()))
+    await asyncio.sleep(0.2)
+    assert not task.done()
+    task.cancel()
+
+
+async def test_timeout_event(scripted):
+    scripted["polls_to_end"] = 10_000
+    deadline = (datetime.now(UTC) + timedelta(seconds=0.2)).isoformat()
+    event = await anext(make(deadline=deadline).run())
+    assert event.payload["status"] == "timeout"
+    assert event.payload["pending"] == ["b1", "b2"]
+    assert "deadline" in event.payload["message"]
+
+
+async def test_error_event_on_missing_key(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_EMPTY", conn_json("llm_openai", "", password=""))
+    event = await anext(make(conn_id="empty").run())
+    assert event.payload["status"] == "error"
+    assert "'empty' has no API key" in event.payload["message"]
+
+
+async def test_on_kill_cancels_only_when_asked(scripted):
+    await make(cancel_on_kill=False).on_kill()
+    assert ScriptedBackend.instances == []
+    await make(cancel_on_kill=True).on_kill()
+    assert ScriptedBackend.instances[0].cancelled == ["b1", "b2"]
+    assert ScriptedBackend.instances[0].closed
