@@ -74,6 +74,7 @@ class BatchSensor(BaseSensorOperator):
         self.cancel_on_timeout = cancel_on_timeout
         self.cancel_on_kill = cancel_on_kill
         self._run: RunHandle | None = None
+        self._pokes = 0
 
     def _resolve(self, context: Any) -> tuple[RunHandle, LLMBatchHook]:
         handle = upstream_handle(self, context, self.handle)
@@ -117,8 +118,14 @@ class BatchSensor(BaseSensorOperator):
                 return await poll_round(backend, handle.batch_ids)
 
         states, transient = run_sync(one_round())
+        self._pokes += 1
         progress = summarise(
-            states, len(handle.batch_ids), round_no=0, elapsed=0.0, next_poll=None, transient_errors=transient
+            states,
+            len(handle.batch_ids),
+            round_no=self._pokes,
+            elapsed=0.0,
+            next_poll=None,
+            transient_errors=transient,
         )
         self.log.info("%s", progress.line())
         done = len(states) == len(handle.batch_ids) and all(s.is_terminal for s in states.values())
