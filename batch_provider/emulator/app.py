@@ -1,0 +1,51 @@
+"""ASGI application factory: one Starlette app, one router per provider plus ``/_emu`` control.
+
+Provider routers are plain route lists (``openai_routes.ROUTES``, ``anthropic_routes.ROUTES``);
+a Bedrock or Gemini face is added the same way, sharing the :class:`~.store.Store`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from . import anthropic_routes, control, openai_routes
+from .config import EmulatorConfig
+from .errors import ApiError
+from .store import Store
+from .web import error_response, install_log_filter, provider_of
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    path = request.scope["path"]
+    if not path.startswith("/v1"):
+        return JSONResponse({"error": {"message": str(getattr(exc, "detail", exc))}}, status_code=status)
+    message = (
+        "Unknown request URL: " + request.method + " " + path if status == 404 else "Method not allowed."
+    )
+    return error_response(provider_of(path), ApiError(status, message))
+
+
+def create_app(config: EmulatorConfig | None = None) -> Starlette:
+    config = config or EmulatorConfig()
+    store = Store(config)
+    install_log_filter()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        store.close()
+
+    app = Starlette(
+        routes=[*control.ROUTES, *openai_routes.ROUTES, *anthropic_routes.ROUTES],
+        exception_handlers={404: _http_error, 405: _http_error},
+        lifespan=lifespan,
+    )
+    app.state.store = store
+    return app

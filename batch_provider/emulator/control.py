@@ -1,0 +1,120 @@
+"""Control API under ``/_emu`` (no auth, never faulted).
+
+``GET /_emu/health``, ``GET /_emu/clock``, ``POST /_emu/advance?seconds=N``,
+``GET|POST|DELETE /_emu/faults``, ``GET /_emu/stats``, ``POST /_emu/reset``, ``GET /_emu/config``,
+``POST /_emu/synthetic`` (a large pre-ended Anthropic batch whose results are generated on the fly:
+``{"requests": N, "text_bytes": L}``; about ``N * (L + 330)`` bytes of results).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .anthropic_state import rfc3339
+from .faults import FaultSyntaxError
+from .store import Store
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def _bad(message: str) -> Response:
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=400)
+
+
+async def _json(request: Request) -> Any:
+    raw = await request.body()
+    return json.loads(raw) if raw.strip() else {}
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "pid": os.getpid()})
+
+
+async def clock(request: Request) -> Response:
+    store = _store(request)
+    now = store.clock.now()
+    return JSONResponse({"now": now, "iso": rfc3339(now), "time_factor": store.clock.time_factor})
+
+
+async def advance(request: Request) -> Response:
+    store = _store(request)
+    raw = request.query_params.get("seconds")
+    try:
+        seconds = float(raw) if raw is not None else float((await _json(request)).get("seconds", 0))
+        now = store.clock.advance(seconds)
+    except (ValueError, TypeError, AttributeError) as exc:
+        return _bad(f"bad 'seconds': {exc}")
+    store.save_clock()
+    return JSONResponse({"now": now, "iso": rfc3339(now), "advanced": seconds})
+
+
+async def faults(request: Request) -> Response:
+    store = _store(request)
+    if request.method == "POST":
+        try:
+            spec = await _json(request)
+            if not isinstance(spec, dict):
+                raise FaultSyntaxError("expected a JSON object")
+            store.faults.set(spec)
+        except (ValueError, KeyError, TypeError) as exc:
+            return _bad(f"bad fault settings: {exc}")
+    elif request.method == "DELETE":
+        store.faults.set({})
+    return JSONResponse(store.faults.to_json())
+
+
+async def stats(request: Request) -> Response:
+    return JSONResponse(_store(request).stats.to_json())
+
+
+async def reset(request: Request) -> Response:
+    _store(request).reset()
+    return JSONResponse({"reset": True})
+
+
+async def config(request: Request) -> Response:
+    return JSONResponse(_store(request).config.public())
+
+
+async def synthetic(request: Request) -> Response:
+    store = _store(request)
+    try:
+        spec = await _json(request)
+        n = int(spec.get("requests", 1000))
+        text_bytes = int(spec.get("text_bytes", 1000))
+        processing = float(spec.get("processing_seconds", 0.0))
+    except (ValueError, TypeError, AttributeError) as exc:
+        return _bad(f"bad synthetic spec: {exc}")
+    if n < 1 or text_bytes < 0:
+        return _bad("requests must be >= 1 and text_bytes >= 0")
+    rec = store.anthropic.create_synthetic(n, text_bytes, processing)
+    base = str(request.base_url).rstrip("/")
+    return JSONResponse(
+        {
+            "provider": "anthropic",
+            "id": rec.id,
+            "requests": n,
+            "results_url": f"{base}/v1/messages/batches/{rec.id}/results",
+            "approx_bytes": n * (text_bytes + 330),
+        }
+    )
+
+
+ROUTES = [
+    Route("/_emu/health", health, methods=["GET"]),
+    Route("/_emu/clock", clock, methods=["GET"]),
+    Route("/_emu/advance", advance, methods=["POST"]),
+    Route("/_emu/faults", faults, methods=["GET", "POST", "DELETE"]),
+    Route("/_emu/stats", stats, methods=["GET"]),
+    Route("/_emu/reset", reset, methods=["POST"]),
+    Route("/_emu/config", config, methods=["GET"]),
+    Route("/_emu/synthetic", synthetic, methods=["POST"]),
+]

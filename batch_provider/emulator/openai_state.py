@@ -1,0 +1,690 @@
+"""OpenAI batch state machine (spec A.4-A.8, E).
+
+A batch is a small persisted record plus a *plan* computed once from its input file: validation
+errors, request count, which requests fail and why, and prefix sums of token usage. Status,
+counts, usage and output files are pure functions of (record, plan, emulated now)::
+
+    t_v = created_at + validating_seconds          validating → in_progress (or → failed)
+    t_p = t_v + processing_seconds + n * per_request_seconds
+                                                   in_progress → finalizing; requests finish
+                                                   evenly, so request_counts rise over time
+    t_p + finalizing_seconds                       finalizing → completed
+    expires_at (created_at + 24h)                  in_progress → expired if t_p >= expires_at
+                                                   (the ``expire`` fault stretches t_p past it)
+    cancel at c                                    → cancelling at c → cancelled at c + cancel_seconds;
+                                                   the requests finished by c keep their results
+
+Invariants:
+- Processing order is file order: "done by time t" is always a prefix of the requests, so counts
+  and usage at any t are O(log n) from the plan.
+- Each custom_id ends in exactly one of output file, error file, or (expired/cancelled and
+  unrun, when those lines are turned off) nowhere.
+- ``request_counts.total`` is 0 while validating and for failed batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+from array import array
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import outputs
+from .errors import ApiError, not_found
+from .faults import BatchFaults, FaultSyntaxError, item_error_code, parse_batch_faults, parse_custom_id
+from .store import FileRecord, new_id, write_json
+
+if TYPE_CHECKING:
+    from .store import Store
+
+SUPPORTED_ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions")
+SDK_ENDPOINTS = (
+    *SUPPORTED_ENDPOINTS,
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
+)
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+MAX_ERRORS = 1000
+
+_ITEM_ERRORS: dict[int, tuple[str, str | None, str]] = {
+    400: ("invalid_request_error", None, "Invalid request (emulated fault)."),
+    422: ("invalid_request_error", None, "Unprocessable request (emulated fault)."),
+    429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests (emulated fault)."),
+    500: ("server_error", None, "The server had an error while processing your request (emulated fault)."),
+    503: (
+        "server_error",
+        None,
+        "The engine is currently overloaded, please try again later (emulated fault).",
+    ),
+    504: ("server_error", "timeout", "The request timed out (emulated fault)."),
+    529: ("server_error", None, "The server is overloaded (emulated fault)."),
+}
+
+
+@dataclass
+class Plan:
+    n: int = 0
+    model: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    fail: dict[int, tuple[int, str, str | None]] = field(default_factory=dict)
+    """index → (status, message, param) of requests that run and get a non-2xx answer."""
+    fail_sorted: list[int] = field(default_factory=list)
+    in_prefix: array = field(default_factory=lambda: array("q", [0]))
+    out_prefix: array = field(default_factory=lambda: array("q", [0]))
+    faults: BatchFaults = field(default_factory=BatchFaults)
+
+    def failed_before(self, k: int) -> int:
+        return bisect.bisect_left(self.fail_sorted, k)
+
+
+@dataclass
+class OpenAIBatch:
+    id: str
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    metadata: dict[str, str] | None
+    created_at: float
+    expires_at: float
+    faults: dict[str, Any]
+    output_ttl: float
+    cancel_at: float | None = None
+    input_missing: bool = False
+    seq: int = 0
+    downloads: int = 0
+
+
+class OpenAIBatches:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.cfg = store.config
+        self.dir = store.root / "openai"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.records: dict[str, OpenAIBatch] = {}
+        self.order: list[str] = []
+        self.pos: dict[str, int] = {}
+        self.plans: dict[str, Plan] = {}
+        self._plan_tasks: dict[str, asyncio.Future[Plan]] = {}
+        self.owners: dict[str, str] = {}
+        """output/error file id → batch id, for per-batch download faults."""
+        loaded = []
+        for meta in self.dir.glob("batch_*.json"):
+            with contextlib.suppress(ValueError, TypeError):
+                loaded.append(OpenAIBatch(**json.loads(meta.read_text())))
+        for rec in sorted(loaded, key=lambda r: r.seq):
+            self._index(rec)
+
+    def _index(self, rec: OpenAIBatch) -> None:
+        self.records[rec.id] = rec
+        self.pos[rec.id] = len(self.order)
+        self.order.append(rec.id)
+
+    def output_owner(self, file_id: str) -> OpenAIBatch | None:
+        bid = self.owners.get(file_id)
+        return self.records.get(bid) if bid and bid in self.plans else None
+
+    def save(self, rec: OpenAIBatch) -> None:
+        self._save(rec)
+
+    def _save(self, rec: OpenAIBatch) -> None:
+        write_json(self.dir / f"{rec.id}.json", asdict(rec))
+        self.store.save_clock()
+
+    def input_path(self, batch_id: str) -> Path:
+        return self.dir / f"{batch_id}.input.jsonl"
+
+    def clear(self) -> None:
+        for bid in self.order:
+            for p in (self.dir / f"{bid}.json", self.input_path(bid)):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+        self.records.clear()
+        self.order.clear()
+        self.pos.clear()
+        self.plans.clear()
+        self.owners.clear()
+
+    # ------------------------------------------------------------------ create / plan
+
+    async def create(self, body: Any) -> OpenAIBatch:
+        if not isinstance(body, dict):
+            raise ApiError(400, "The request body must be a JSON object.")
+        for key in ("input_file_id", "endpoint", "completion_window"):
+            if not isinstance(body.get(key), str) or not body[key]:
+                raise ApiError(400, f"Missing required parameter: '{key}'.", param=key)
+        endpoint = body["endpoint"]
+        if endpoint not in SDK_ENDPOINTS:
+            raise ApiError(
+                400,
+                f"Invalid value for 'endpoint': {endpoint!r}. Supported: {', '.join(SDK_ENDPOINTS)}.",
+                param="endpoint",
+            )
+        if endpoint not in SUPPORTED_ENDPOINTS:
+            raise ApiError(400, f"The emulator does not support endpoint {endpoint!r}.", param="endpoint")
+        if body["completion_window"] != "24h":
+            raise ApiError(
+                400,
+                "Invalid value for 'completion_window': only '24h' is supported.",
+                param="completion_window",
+            )
+        metadata = self._check_metadata(body.get("metadata"))
+        output_ttl = self.cfg.file_ttl_seconds
+        oea = body.get("output_expires_after")
+        if oea is not None:
+            if (
+                not isinstance(oea, dict)
+                or oea.get("anchor") != "created_at"
+                or not isinstance(oea.get("seconds"), int)
+                or not 3600 <= oea["seconds"] <= 2592000
+            ):
+                raise ApiError(
+                    400,
+                    "Invalid 'output_expires_after': anchor must be 'created_at', seconds 3600..2592000.",
+                    param="output_expires_after",
+                )
+            output_ttl = float(oea["seconds"])
+        try:
+            faults = parse_batch_faults((metadata or {}).get("emu_faults"), self.cfg.expire_done_fraction)
+        except FaultSyntaxError as exc:
+            raise ApiError(400, f"Invalid metadata 'emu_faults': {exc}", param="metadata") from exc
+        faults = self.store.faults.batch_defaults.merged(faults)
+        now = self.store.clock.now()
+        rec = OpenAIBatch(
+            id=new_id("batch_"),
+            endpoint=endpoint,
+            input_file_id=body["input_file_id"],
+            completion_window="24h",
+            metadata=metadata,
+            created_at=now,
+            expires_at=now + self.cfg.completion_window_seconds,
+            faults=faults.to_json(),
+            output_ttl=output_ttl,
+            seq=(self.records[self.order[-1]].seq + 1) if self.order else 1,
+        )
+        src = self.store.files.get(rec.input_file_id, now)
+        if src is None:
+            rec.input_missing = True
+        else:
+            src = await self.store.files.ready(src)
+            await asyncio.to_thread(_link_or_copy, self.store.files.path(src.id), self.input_path(rec.id))
+        self._index(rec)
+        self._save(rec)
+        self.store.stats.batches_created["openai"] += 1
+        await self.plan(rec)
+        return rec
+
+    def _check_metadata(self, metadata: Any) -> dict[str, str] | None:
+        if metadata is None:
+            return None
+        c = self.cfg
+        if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+        ):
+            raise ApiError(400, "Invalid 'metadata': expected an object of string values.", param="metadata")
+        if len(metadata) > c.openai_metadata_max_pairs:
+            raise ApiError(
+                400, f"Invalid 'metadata': at most {c.openai_metadata_max_pairs} pairs.", param="metadata"
+            )
+        for k, v in metadata.items():
+            if len(k) > c.openai_metadata_max_key or len(v) > c.openai_metadata_max_value:
+                raise ApiError(
+                    400,
+                    f"Invalid 'metadata': keys up to {c.openai_metadata_max_key} characters, "
+                    f"values up to {c.openai_metadata_max_value}.",
+                    param="metadata",
+                )
+        return dict(metadata)
+
+    async def plan(self, rec: OpenAIBatch) -> Plan:
+        plan = self.plans.get(rec.id)
+        if plan is not None:
+            return plan
+        fut = self._plan_tasks.get(rec.id)
+        if fut is None:
+            fut = asyncio.ensure_future(asyncio.to_thread(self._build_plan, rec))
+            self._plan_tasks[rec.id] = fut
+        try:
+            plan = await asyncio.shield(fut)
+        finally:
+            self._plan_tasks.pop(rec.id, None)
+        self.plans[rec.id] = plan
+        return plan
+
+    def _build_plan(self, rec: OpenAIBatch) -> Plan:
+        cfg = self.cfg
+        plan = Plan(faults=BatchFaults.from_json(rec.faults))
+        path = self.input_path(rec.id)
+        if rec.input_missing or not path.exists():
+            plan.errors.append(
+                _err(
+                    "file_not_found",
+                    f"Cannot find file {rec.input_file_id}, or organization {cfg.organization} "
+                    "does not have access to it.",
+                    param="input_file_id",
+                )
+            )
+            return plan
+        if path.stat().st_size > cfg.openai_max_file_bytes:
+            plan.errors.append(
+                _err("file_too_large", f"The input file is larger than {cfg.openai_max_file_bytes} bytes.")
+            )
+            return plan
+        seen: set[str] = set()
+        emb_inputs = 0
+        created = int(rec.created_at)
+        with path.open("rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                if not raw.strip():
+                    continue
+                idx = plan.n
+                plan.n += 1
+                if plan.n > cfg.openai_max_requests:
+                    continue
+                line_err = _check_line(raw, rec.endpoint, seen, cfg.custom_id_max_len)
+                if isinstance(line_err, dict):
+                    if len(plan.errors) < MAX_ERRORS:
+                        plan.errors.append({**line_err, "line": lineno})
+                    continue
+                custom_id, body = line_err
+                model = body.get("model")
+                if plan.model is None:
+                    plan.model = model
+                elif model != plan.model and len(plan.errors) < MAX_ERRORS:
+                    plan.errors.append(
+                        _err(
+                            "model_mismatch",
+                            f"The model {model!r} differs from {plan.model!r}: a batch file may use only "
+                            "one model.",
+                            param="body.model",
+                            line=lineno,
+                        )
+                    )
+                explicit, tokens = parse_custom_id(custom_id, cfg.expire_done_fraction)
+                if idx == 0:
+                    plan.faults = plan.faults.merged(tokens)
+                if rec.endpoint == "/v1/embeddings":
+                    emb_inputs += len(outputs.embedding_inputs(body))
+                if plan.errors:
+                    continue
+                code = item_error_code(cfg.seed, custom_id, plan.faults, explicit)
+                refusal = _body_problem(rec.endpoint, body)
+                in_tok = out_tok = 0
+                if code is not None:
+                    plan.fail[idx] = (code, _ITEM_ERRORS[code][2], None)
+                elif refusal is not None:
+                    plan.fail[idx] = (400, refusal[0], refusal[1])
+                else:
+                    _, in_tok, out_tok = _response(rec.endpoint, body, cfg, created, tokens_only=True)
+                plan.in_prefix.append(plan.in_prefix[-1] + in_tok)
+                plan.out_prefix.append(plan.out_prefix[-1] + out_tok)
+        if plan.n == 0:
+            plan.errors.append(_err("empty_file", "The input file is empty: it holds no requests."))
+        elif plan.n > cfg.openai_max_requests:
+            plan.errors.insert(
+                0,
+                _err(
+                    "too_many_tasks",
+                    f"The batch has {plan.n} requests; the limit is {cfg.openai_max_requests}.",
+                ),
+            )
+        elif emb_inputs > cfg.openai_max_embedding_inputs:
+            plan.errors.append(
+                _err(
+                    "too_many_embedding_inputs",
+                    f"The batch has {emb_inputs} embedding inputs; the limit is "
+                    f"{cfg.openai_max_embedding_inputs}.",
+                )
+            )
+        if not plan.errors and plan.faults.fail_validation:
+            code = plan.faults.fail_validation
+            msg = (
+                f"Enqueued token limit reached for {plan.model} in organization {cfg.organization}. "
+                "Limit: 90000 enqueued tokens. Please try again once some in_progress batches have been "
+                "completed."
+                if code == "token_limit_exceeded"
+                else f"Validation failed ({code}, emulated fault)."
+            )
+            plan.errors.append(_err(code, msg))
+        plan.fail_sorted = sorted(plan.fail)
+        return plan
+
+    # ------------------------------------------------------------------ read
+
+    def get(self, batch_id: str) -> OpenAIBatch:
+        rec = self.records.get(batch_id)
+        if rec is None:
+            raise not_found(f"No batch found with id '{batch_id}'.", "openai")
+        return rec
+
+    def timeline(self, rec: OpenAIBatch, plan: Plan) -> tuple[float, float]:
+        """(t_v, t_p): end of validation, end of processing (inf when it can never finish)."""
+        cfg = self.cfg
+        t_v = rec.created_at + cfg.validating_seconds
+        if plan.faults.expire is not None:
+            return t_v, math.inf
+        return t_v, t_v + cfg.processing_seconds + plan.n * cfg.per_request_seconds
+
+    def done_at(self, rec: OpenAIBatch, plan: Plan, t: float) -> int:
+        t_v, t_p = self.timeline(rec, plan)
+        if t <= t_v or plan.n == 0:
+            return 0
+        if plan.faults.expire is not None:
+            span = max(rec.expires_at - t_v, 1e-9)
+            return min(plan.n, math.floor(plan.faults.expire * plan.n * min(1.0, (t - t_v) / span)))
+        return min(plan.n, math.floor(plan.n * (t - t_v) / max(t_p - t_v, 1e-9)))
+
+    def view(self, rec: OpenAIBatch, plan: Plan, now: float) -> dict[str, Any]:
+        """The API Batch object at emulated time ``now`` (registers output files once terminal)."""
+        cfg = self.cfg
+        t_v, t_p = self.timeline(rec, plan)
+        t_fin = t_p + cfg.finalizing_seconds
+        ts: dict[str, float | None] = dict.fromkeys(
+            (
+                "in_progress_at",
+                "finalizing_at",
+                "completed_at",
+                "failed_at",
+                "expired_at",
+                "cancelling_at",
+                "cancelled_at",
+            )
+        )
+        errors = None
+        c = rec.cancel_at
+        validated = False
+        if c is not None:
+            ts["cancelling_at"] = c
+            status = "cancelling" if now < c + cfg.cancel_seconds else "cancelled"
+            if status == "cancelled":
+                ts["cancelled_at"] = c + cfg.cancel_seconds
+            validated = c >= t_v and not plan.errors
+            if validated:
+                ts["in_progress_at"] = t_v
+                if c >= t_p:
+                    ts["finalizing_at"] = t_p
+            done = self.done_at(rec, plan, min(c, t_p)) if validated else 0
+        elif now < t_v:
+            status, done = "validating", 0
+        elif plan.errors:
+            status, done = "failed", 0
+            ts["failed_at"] = t_v
+            errors = {"object": "list", "data": plan.errors}
+        else:
+            validated = True
+            ts["in_progress_at"] = t_v
+            if t_p >= rec.expires_at and now >= rec.expires_at:
+                status, done = "expired", self.done_at(rec, plan, rec.expires_at)
+                ts["expired_at"] = rec.expires_at
+            elif now < t_p:
+                status, done = "in_progress", self.done_at(rec, plan, now)
+            else:
+                ts["finalizing_at"] = t_p
+                done = plan.n
+                if now < t_fin:
+                    status = "finalizing"
+                else:
+                    status = "completed"
+                    ts["completed_at"] = t_fin
+        failed = plan.failed_before(done) if validated else 0
+        counts = {"total": plan.n if validated else 0, "completed": done - failed, "failed": failed}
+        if status == "expired" and cfg.expired_unrun_count_failed:
+            counts["failed"] += plan.n - done
+        usage = None
+        if validated:
+            i, o = plan.in_prefix[done], plan.out_prefix[done]
+            usage = {
+                "input_tokens": i,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": o,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": i + o,
+            }
+        output_file_id = error_file_id = None
+        if status in ("completed", "expired", "cancelled") and validated:
+            ended = ts["completed_at"] or ts["expired_at"] or ts["cancelled_at"] or now
+            output_file_id, error_file_id = self._output_files(rec, plan, status, done, failed, ended)
+        body: dict[str, Any] = {
+            "id": rec.id,
+            "object": "batch",
+            "endpoint": rec.endpoint,
+            "model": plan.model if validated else None,
+            "errors": errors,
+            "input_file_id": rec.input_file_id,
+            "completion_window": rec.completion_window,
+            "status": status,
+            "output_file_id": output_file_id,
+            "error_file_id": error_file_id,
+            "created_at": int(rec.created_at),
+            "expires_at": int(rec.expires_at),
+        }
+        for k, v in ts.items():
+            body[k] = None if v is None else int(v)
+        body["request_counts"] = counts
+        body["usage"] = usage
+        body["metadata"] = rec.metadata
+        return body
+
+    def _output_files(
+        self, rec: OpenAIBatch, plan: Plan, status: str, done: int, failed: int, ended: float
+    ) -> tuple[str | None, str | None]:
+        unrun = plan.n - done
+        err_lines = failed + (
+            unrun
+            if status == "expired" or (status == "cancelled" and self.cfg.cancelled_unrun_error_lines)
+            else 0
+        )
+        ids: list[str | None] = []
+        for kind, count in (("output", done - failed), ("error", err_lines)):
+            if count <= 0:
+                ids.append(None)
+                continue
+            fid = "file-" + outputs.short_id(outputs.body_hash(0, f"{rec.id}:{kind}"))
+            self.owners[fid] = rec.id
+            if fid not in self.store.files.records:
+                created = int(ended)
+                self.store.files.add_pending(
+                    FileRecord(
+                        id=fid,
+                        bytes=0,
+                        created_at=created,
+                        filename=f"{rec.id}_{kind}.jsonl",
+                        purpose="batch_output",
+                        expires_at=int(created + rec.output_ttl),
+                    ),
+                    lambda target, k=kind: self._write_outputs(rec, plan, status, done, k, target),
+                )
+            ids.append(fid)
+        return ids[0], ids[1]
+
+    def _write_outputs(
+        self, rec: OpenAIBatch, plan: Plan, status: str, done: int, kind: str, target: Path
+    ) -> None:
+        cfg = self.cfg
+        t_v, t_p = self.timeline(rec, plan)
+        step = (t_p - t_v) / max(plan.n, 1) if math.isfinite(t_p) else (rec.expires_at - t_v) / max(plan.n, 1)
+        unrun_code = None
+        if status == "expired":
+            unrun_code = (
+                "batch_expired",
+                "This request could not be executed before the completion window expired.",
+            )
+        elif status == "cancelled" and cfg.cancelled_unrun_error_lines:
+            unrun_code = ("batch_cancelled", "This request was not executed because the batch was cancelled.")
+        tmp = target.with_suffix(".partial")
+        offsets: list[tuple[int, int]] = []
+        with self.input_path(rec.id).open("rb") as src, tmp.open("wb") as out:
+            idx = -1
+            for raw in src:
+                if not raw.strip():
+                    continue
+                idx += 1
+                obj = json.loads(raw)
+                cid = obj["custom_id"]
+                rid = outputs.short_id(outputs.body_hash(cfg.seed, f"{rec.id}:{cid}"))
+                line: dict[str, Any] | None = None
+                if idx < done:
+                    failure = plan.fail.get(idx)
+                    if failure is None and kind == "output":
+                        created = int(t_v + (idx + 1) * step)
+                        resp, _, _ = _response(rec.endpoint, obj["body"], cfg, created)
+                        line = _line(
+                            rid, cid, {"status_code": 200, "request_id": f"req_{rid}", "body": resp}, None
+                        )
+                    elif failure is not None and kind == "error":
+                        st, msg, param = failure
+                        etype, ecode, _ = _ITEM_ERRORS.get(st, _ITEM_ERRORS[400])
+                        err_body = {"error": {"message": msg, "type": etype, "param": param, "code": ecode}}
+                        line = _line(
+                            rid, cid, {"status_code": st, "request_id": f"req_{rid}", "body": err_body}, None
+                        )
+                elif kind == "error" and unrun_code is not None:
+                    line = _line(rid, cid, None, {"code": unrun_code[0], "message": unrun_code[1]})
+                if line is not None:
+                    data = (json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+                    offsets.append((out.tell(), len(data)))
+                    out.write(data)
+        if plan.faults.shuffle or cfg.shuffle_results:
+            random.Random(outputs.body_hash(cfg.seed, f"{rec.id}:{kind}:shuffle")).shuffle(offsets)
+            with tmp.open("rb") as src, target.open("wb") as out:
+                for off, length in offsets:
+                    src.seek(off)
+                    out.write(src.read(length))
+            tmp.unlink()
+        else:
+            os.replace(tmp, target)
+
+    # ------------------------------------------------------------------ mutate / list
+
+    async def cancel(self, rec: OpenAIBatch) -> dict[str, Any]:
+        plan = await self.plan(rec)
+        now = self.store.clock.now()
+        current = self.view(rec, plan, now)
+        if current["status"] in TERMINAL:
+            raise ApiError(400, f"Cannot cancel a batch with status '{current['status']}'.")
+        if rec.cancel_at is None:
+            rec.cancel_at = now
+            self._save(rec)
+        return self.view(rec, plan, now)
+
+    def page(self, after: str | None, limit: int) -> tuple[list[OpenAIBatch], bool]:
+        """Newest first; ``after`` is the id of the last batch of the previous page."""
+        if after is None:
+            start = len(self.order) - 1
+        elif after in self.pos:
+            start = self.pos[after] - 1
+        else:
+            return [], False
+        items = []
+        i = start
+        while i >= 0 and len(items) < limit:
+            rec = self.records.get(self.order[i])
+            if rec is not None:
+                items.append(rec)
+            i -= 1
+        return items, i >= 0
+
+
+def _err(code: str, message: str, *, param: str | None = None, line: int | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "param": param, "line": line}
+
+
+def _line(
+    rid: str, cid: str, response: dict[str, Any] | None, error: dict[str, Any] | None
+) -> dict[str, Any]:
+    return {"id": f"batch_req_{rid}", "custom_id": cid, "response": response, "error": error}
+
+
+def _check_line(
+    raw: bytes, endpoint: str, seen: set[str], max_len: int
+) -> dict[str, Any] | tuple[str, dict[str, Any]]:
+    """A validation error dict for a bad line, else (custom_id, body)."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        obj = None
+    if not isinstance(obj, dict):
+        return _err("invalid_json_line", "This line is not parseable as valid JSON.")
+    cid = obj.get("custom_id")
+    if not isinstance(cid, str) or not 1 <= len(cid) <= max_len:
+        return _err(
+            "invalid_custom_id",
+            f"'custom_id' must be a string of 1..{max_len} characters.",
+            param="custom_id",
+        )
+    if cid in seen:
+        return _err(
+            "duplicate_custom_id",
+            f"The custom_id '{cid}' appears more than once; custom_id must be unique within a file.",
+            param="custom_id",
+        )
+    seen.add(cid)
+    if obj.get("method") != "POST":
+        return _err("invalid_method", "Only the 'POST' method is supported.", param="method")
+    if obj.get("url") != endpoint:
+        return _err(
+            "url_mismatch",
+            f"The url {obj.get('url')!r} does not match the batch endpoint {endpoint!r}.",
+            param="url",
+        )
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        return _err("invalid_body", "'body' must be a JSON object.", param="body")
+    if body.get("stream") is True:
+        return _err(
+            "stream_not_supported",
+            "Streaming ('stream': true) is not supported in batches.",
+            param="body.stream",
+        )
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return _err("missing_model", "Missing required parameter: 'body.model'.", param="body.model")
+    return cid, body
+
+
+def _body_problem(endpoint: str, body: dict[str, Any]) -> tuple[str, str] | None:
+    """(message, param) when the endpoint itself would refuse the body with a 400."""
+    if endpoint == "/v1/chat/completions":
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            return "Missing required parameter: 'messages'.", "messages"
+    elif endpoint == "/v1/responses":
+        if body.get("input") in (None, "", []):
+            return "Missing required parameter: 'input'.", "input"
+    elif endpoint == "/v1/embeddings":
+        if not outputs.embedding_inputs(body):
+            return "'input' must be a non-empty string or array.", "input"
+    elif endpoint == "/v1/completions" and body.get("prompt") in (None, "", []):
+        return "Missing required parameter: 'prompt'.", "prompt"
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        v = body.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            return f"Invalid value for '{key}': expected an integer >= 1.", key
+    return None
+
+
+def _response(
+    endpoint: str, body: dict[str, Any], cfg: Any, created: int, tokens_only: bool = False
+) -> tuple[dict[str, Any], int, int]:
+    if tokens_only and endpoint == "/v1/embeddings":
+        tokens = sum(
+            len(x) if isinstance(x, list) else outputs.count_tokens(str(x))
+            for x in outputs.embedding_inputs(body)
+        )
+        return {}, tokens, 0
+    return outputs.openai_response(endpoint, body, cfg.seed, created, cfg.embedding_dim)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
