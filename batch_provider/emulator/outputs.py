@@ -482,7 +482,7 @@ def _responses_body(
         "truncation": "disabled",
         "usage": {
             "input_tokens": in_tok,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": out_tok,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": in_tok + out_tok,
