@@ -17,8 +17,10 @@ Decisions:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import struct
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
@@ -82,6 +84,14 @@ _LIST_PAGE = 100
 
 def _quota_exhausted(response: httpx2.Response, info: ErrorInfo) -> bool:
     return "insufficient_quota" in (info.code or "", info.type or "")
+
+
+def _vector(value: Any) -> list[float] | None:
+    """An embedding as floats; ``encoding_format: base64`` gives little-endian float32 bytes."""
+    if isinstance(value, str):
+        raw = base64.b64decode(value)
+        return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    return value
 
 
 def _image_url(part: ImagePart) -> str:
@@ -304,7 +314,10 @@ class OpenAIBackend(BatchBackend):
             idempotent=False,
             recover=adopt_existing,
         )
-        return self._ref(response.json(), chunk_index=chunk.index, request_count=chunk.request_count)
+        batch = response.json()
+        batch.setdefault("model", None)
+        batch["model"] = batch["model"] or chunk.model
+        return self._ref(batch, chunk_index=chunk.index, request_count=chunk.request_count)
 
     async def _upload(self, chunk: Chunk) -> dict[str, Any]:
         boundary = uuid.uuid4().hex
@@ -495,7 +508,7 @@ class OpenAIBackend(BatchBackend):
         raw_usage = body.get("usage") or {}
         common: dict[str, Any] = {"raw": body, "model": body.get("model")}
         if kind == "list":  # embeddings
-            vectors = [item.get("embedding") for item in body.get("data") or []]
+            vectors = [_vector(item.get("embedding")) for item in body.get("data") or []]
             return succeeded(
                 custom_id,
                 self.provider.value,
