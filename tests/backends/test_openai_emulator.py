@@ -225,3 +225,24 @@ async def test_key_never_in_errors_or_logs(emu: EmulatorProcess, caplog: pytest.
             await backend.status("batch_x")
         assert "secret" not in str(caught.value) and "secret" not in repr(backend)
     assert "secret" not in caplog.text
+
+
+async def test_full_cycle_under_random_faults(emu: EmulatorProcess, tmp_path: Path) -> None:
+    emu.set_faults(
+        {
+            "fault_rate": 0.3,
+            "fault_kinds": ["429", "500", "502", "503", "504", "529", "drop", "reset"],
+            "retry_after": 0.02,
+        }
+    )
+    policy = TransportPolicy(backoff_base=0.01, backoff_cap=0.05, max_attempts=12)
+    async with OpenAIBackend("sk-k", emu.base_url + "/v1", policy=policy) as backend:
+        requests = [chat(f"f-{i}") for i in range(40)] + [chat(f"emu-fail500-{i}") for i in range(5)]
+        run = await submit_all(
+            backend, requests, tmp_path, tags={"emu_faults": "shuffle"}, max_requests_per_batch=15
+        )
+        await end_all(emu, backend, run.refs)
+        await run.collect()
+    stats = emu.stats()
+    assert stats["faults_total"] >= 3
+    assert stats["batches_created"]["openai"] == 3
