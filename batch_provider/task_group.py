@@ -23,7 +23,7 @@ def llm_batch_group(
     *,
     provider: str | None = None,
     conn_id: str | None = None,
-    max_attempts: int = 3,
+    max_attempts: int | str = 3,
     fail_on_dead_letter: bool = False,
     timeout: timedelta | float = DEFAULT_TIMEOUT,
     poll_interval: float = DEFAULT_POLL_INTERVAL_MIN,

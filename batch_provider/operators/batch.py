@@ -398,7 +398,7 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
     :param results_asset: Asset emitted with the final results.
     """
 
-    template_fields: Sequence[str] = ("handle",)
+    template_fields: Sequence[str] = ("handle", "max_attempts")
     ui_color = "#f7e4d4"
     operator_extra_links = batch_links()
 
@@ -406,7 +406,7 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         self,
         *,
         handle: Any = None,
-        max_attempts: int = 3,
+        max_attempts: int | str = 3,
         fail_on_dead_letter: bool = False,
         deferrable: bool = True,
         attempt_timeout: timedelta | float = timedelta(hours=25),
@@ -424,7 +424,7 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         if isinstance(results_asset, Asset):
             outlets.append(results_asset)
         super().__init__(outlets=outlets, **kwargs)
-        if max_attempts < 1:
+        if isinstance(max_attempts, int) and max_attempts < 1:
             raise ValueError("max_attempts counts the first submission too: it must be at least 1")
         self.handle = handle
         self.max_attempts = max_attempts
@@ -451,7 +451,9 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         return upstream_handle(self, context, value)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        return self._next_round(context, self._latest_handle(context))
+        handle = self._latest_handle(context)
+        persist_batch_links(context, handle.provider, [], None)  # slots filled when batches exist
+        return self._next_round(context, handle)
 
     def _next_round(self, context: Any, handle: RunHandle) -> dict[str, Any]:
         while True:
@@ -501,7 +503,7 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
                 run_dir_of(handle),
                 run_key=ledger.run_key,
                 tags={str(k): str(v) for k, v in (self.metadata or {}).items()},
-                max_attempts=self.max_attempts,
+                max_attempts=int(self.max_attempts),
             )
 
     def _wait_in_worker(self, hook: LLMBatchHook, handle: RunHandle) -> None:
