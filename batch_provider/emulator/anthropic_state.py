@@ -95,6 +95,7 @@ class AnthropicBatches:
         self.dir = store.root / "anthropic"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, AnthropicBatch] = {}
+        self._seq = 0
         self.order: list[str] = []
         self.pos: dict[str, int] = {}
         self.plans: dict[str, Plan] = {}
@@ -106,6 +107,7 @@ class AnthropicBatches:
             self._index(rec)
 
     def _index(self, rec: AnthropicBatch) -> None:
+        self._seq = max(self._seq, rec.seq)
         self.records[rec.id] = rec
         self.pos[rec.id] = len(self.order)
         self.order.append(rec.id)
@@ -129,9 +131,6 @@ class AnthropicBatches:
         self.order.clear()
         self.pos.clear()
         self.plans.clear()
-
-    def _next_seq(self) -> int:
-        return (self.records[self.order[-1]].seq + 1) if self.order else 1
 
     # ------------------------------------------------------------------ create
 
@@ -173,7 +172,7 @@ class AnthropicBatches:
             expires_at=now + self.cfg.completion_window_seconds,
             n=len(reqs),
             faults=self.store.faults.batch_defaults.to_json(),
-            seq=self._next_seq(),
+            seq=self._seq + 1,
         )
         await asyncio.to_thread(self._write_requests, rec.id, reqs)
         self._index(rec)
@@ -190,7 +189,7 @@ class AnthropicBatches:
             expires_at=now + self.cfg.completion_window_seconds,
             n=n,
             faults=BatchFaults().to_json(),
-            seq=self._next_seq(),
+            seq=self._seq + 1,
             synthetic_text_bytes=text_bytes,
             processing_seconds=processing_seconds,
         )

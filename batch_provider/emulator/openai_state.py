@@ -111,6 +111,7 @@ class OpenAIBatches:
         self.dir = store.root / "openai"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, OpenAIBatch] = {}
+        self._seq = 0
         self.order: list[str] = []
         self.pos: dict[str, int] = {}
         self.plans: dict[str, Plan] = {}
@@ -125,6 +126,7 @@ class OpenAIBatches:
             self._index(rec)
 
     def _index(self, rec: OpenAIBatch) -> None:
+        self._seq = max(self._seq, rec.seq)
         self.records[rec.id] = rec
         self.pos[rec.id] = len(self.order)
         self.order.append(rec.id)
@@ -209,7 +211,7 @@ class OpenAIBatches:
             expires_at=now + self.cfg.completion_window_seconds,
             faults=faults.to_json(),
             output_ttl=output_ttl,
-            seq=(self.records[self.order[-1]].seq + 1) if self.order else 1,
+            seq=self._seq + 1,
         )
         src = self.store.files.get(rec.input_file_id, now)
         if src is None:

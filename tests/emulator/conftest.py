@@ -18,6 +18,9 @@ KEY = "sk-emulator-test"
 def emu() -> Iterator[EmulatorProcess]:
     with running_emulator(time_factor=1.0, seed=7) as proc:
         yield proc
+        log = proc.log_tail()
+        if "Traceback" in log:
+            print(log)  # shown with -s or on failure: server-side errors are bugs
 
 
 @pytest.fixture(autouse=True)

@@ -263,7 +263,7 @@ def test_bad_fault_settings_rejected(emu: EmulatorProcess) -> None:
 
 
 def test_fault_storm_lifecycle_completes_with_retries(emu: EmulatorProcess) -> None:
-    emu.set_faults({"fault_rate": 0.3, "retry_after": 0, "fault_kinds": ["429", "500", "503", "529"]})
+    emu.set_faults({"fault_rate": 0.3, "retry_after": 0.05, "fault_kinds": ["429", "500", "503", "529"]})
     client = openai.OpenAI(base_url=f"{emu.base_url}/v1", api_key="k", max_retries=10)
     before = emu.stats()["faults_total"]
     b = create(client, [chat_line(f"storm{i}") for i in range(5)])
