@@ -26,7 +26,7 @@ from batch_provider.core.records import iter_list, iter_records
 from batch_provider.core.render import RequestBuilder
 from batch_provider.core.retry import resubmit_retryable, write_dead_letter
 from batch_provider.core.rundir import run_directory, safe_segment
-from batch_provider.core.submission import submit_run
+from batch_provider.core.submission import handle_for, submit_run
 from batch_provider.core.watch import DEFAULT_POLL_INTERVAL_MAX, DEFAULT_POLL_INTERVAL_MIN, watch_batches
 from batch_provider.hooks.batch import LLMBatchHook
 from batch_provider.links.batch import batch_links, persist_batch_links
@@ -542,8 +542,10 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         )
         return summary
 
-    def resume(self, context: Any, event: dict[str, Any], handle: dict[str, Any]) -> dict[str, Any]:
-        current = RunHandle.model_validate(handle)
+    def resume(
+        self, context: Any, event: dict[str, Any], handle: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        current = RunHandle.model_validate(handle) if handle else self._ledger_handle(context)
         hook = self._hook(current.provider.value, current.conn_id)
         status = event.get("status")
         if status == "timeout":
@@ -556,6 +558,16 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
             raise AirflowException(f"waiting for attempt {current.attempt} failed: {event.get('message')}")
         self._collect(hook, current)
         return self._next_round(context, current)
+
+    def _ledger_handle(self, context: Any) -> RunHandle:
+        """The latest attempt's handle, rebuilt from the ledger (when the deferral's kwargs are
+        not handed back, as in ``dag.test()``)."""
+        first = self._latest_handle(context)
+        run_dir = run_dir_of(first)
+        ledger = Ledger.load(run_dir)
+        if ledger is None:
+            raise AirflowException(f"{run_dir} has no ledger: was the submit task run?")
+        return handle_for(ledger, run_dir, attempt=max(ledger.attempts), conn_id=first.conn_id)
 
     def _finish(self, context: Any, handle: RunHandle) -> dict[str, Any]:
         hook = self._hook(handle.provider.value, handle.conn_id)
