@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from datetime import UTC, datetime
@@ -22,10 +23,11 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from batch_provider.backends.base import BatchBackend
+from batch_provider.core.cache import ResultCache
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import BatchRef, ItemStatus, ResultRecord, Usage
-from batch_provider.core.pricing import Cost, PriceTable, default_price_table
+from batch_provider.core.pricing import Calibration, Cost, PriceTable, default_price_table
 from batch_provider.core.reconcile import expected_ids, reconcile
 from batch_provider.core.rundir import RunDirectory, read_json, write_json_atomic
 from batch_provider.core.submission import part_custom_ids
@@ -56,6 +58,9 @@ class RunSummary(BaseModel):
     inputs: int
     rejected: int
     succeeded: int
+    """Successes, including those served from the result cache."""
+    cached: int = 0
+    cache_savings_usd: float = 0.0
     unresolved: int
     """Items without a success: errored, expired or cancelled, after the latest attempt."""
     unresolved_by_status: dict[str, int] = Field(default_factory=dict)
@@ -68,6 +73,10 @@ class RunSummary(BaseModel):
     """``inputs == rejected + succeeded + unresolved``: every row is in exactly one file."""
     files: dict[str, str] = Field(default_factory=dict)
     finished: bool = False
+    tags: dict[str, str] = Field(default_factory=dict)
+    estimate: dict[str, Any] | None = None
+    estimate_error_pct: float | None = None
+    """(expected estimate − actual) / actual × 100, on the batch cost of what was sent."""
 
     @property
     def retryable_count(self) -> int:
@@ -75,7 +84,7 @@ class RunSummary(BaseModel):
 
     def for_xcom(self) -> dict[str, Any]:
         """A short summary for downstream tasks: counts, tokens and file paths, never records."""
-        data = self.model_dump(mode="json", exclude={"batches", "cost"})
+        data = self.model_dump(mode="json", exclude={"batches", "cost", "estimate"})
         data["cost"] = self.cost.summary()
         data["batch_ids"] = [b.batch_id for b in self.batches]
         return data
@@ -86,10 +95,16 @@ def _write_line(fh: Any, record: ResultRecord) -> None:
 
 
 async def collect_run(
-    backend: BatchBackend, handle: RunHandle, run_dir: RunDirectory, *, prices: PriceTable | None = None
+    backend: BatchBackend,
+    handle: RunHandle,
+    run_dir: RunDirectory,
+    *,
+    prices: PriceTable | None = None,
+    cache: ResultCache | None = None,
 ) -> RunSummary:
     """Stream every batch of ``handle``'s attempt into the attempt's files, then rebuild the
-    run's top-level files and manifest. Every batch must have ended."""
+    run's top-level files and manifest. Every batch must have ended. Successes are stored in
+    ``cache`` when given, and the DAG's output-token history is updated for later estimates."""
     prices = prices or default_price_table()
     ledger = Ledger.load(run_dir)
     if ledger is None:
@@ -104,9 +119,12 @@ async def collect_run(
     ):
         for ref in handle.batches:
             figures.append(
-                await _collect_batch(backend, ref, handle.attempt, run_dir, parts, results, errors, prices)
+                await _collect_batch(
+                    backend, ref, handle.attempt, run_dir, parts, results, errors, prices, cache
+                )
             )
     write_json_atomic(attempt_dir / "batches.json", [f.model_dump(mode="json") for f in figures])
+    _record_history(run_dir, ledger.provider.value, figures)
     summary = rebuild_outputs(backend, run_dir, ledger)
     log.info(
         "Collected attempt %d: %d succeeded, %d unresolved, %d rejected of %d inputs",
@@ -128,6 +146,7 @@ async def _collect_batch(
     results: Any,
     errors: Any,
     prices: PriceTable,
+    cache: ResultCache | None,
 ) -> BatchFigures:
     state = await backend.status(ref.batch_id)
     if not state.is_terminal:
@@ -140,8 +159,11 @@ async def _collect_batch(
     usage = Usage()
     cost = Cost()
     provider = ref.provider.value
+    keys = _cache_keys(run_dir, expected) if cache is not None else {}
     async for record in reconcile(ref, expected, state, backend.results(ref)):
         record.attempt = attempt
+        if cache is not None and record.status is ItemStatus.SUCCEEDED and record.custom_id in keys:
+            cache.put(keys[record.custom_id], record)
         counts[record.status.value] += 1
         if record.usage.total_tokens:
             usage = usage + record.usage
@@ -164,6 +186,28 @@ async def _collect_batch(
     )
 
 
+def _cache_keys(run_dir: RunDirectory, wanted: Any) -> dict[str, str]:
+    """Result-cache keys of the ``wanted`` custom_ids (one batch's worth)."""
+    keys: dict[str, str] = {}
+    for line in _iter_jsonl(run_dir.cache_keys):
+        entry = json.loads(line)
+        if entry["custom_id"] in wanted:
+            keys[entry["custom_id"]] = entry["key"]
+    return keys
+
+
+def _record_history(run_dir: RunDirectory, provider: str, figures: list[BatchFigures]) -> None:
+    calibration = Calibration.load(run_dir.calibration)
+    for figure in figures:
+        succeeded = figure.counts.get(ItemStatus.SUCCEEDED.value, 0)
+        if figure.model and succeeded:
+            calibration.record(provider, figure.model, succeeded, figure.usage.output_tokens)
+    try:
+        calibration.save(run_dir.calibration)
+    except OSError as exc:  # history only sharpens estimates; never fail a collect over it
+        log.warning("Could not update the output-token history at %s: %s", run_dir.calibration, exc)
+
+
 def _iter_jsonl(path: Any):
     if not path.exists():
         return
@@ -184,6 +228,9 @@ def rebuild_outputs(
     retryable = 0
     figures: list[BatchFigures] = []
     with run_dir.results.open("wb") as results_out, run_dir.errors.open("wb") as errors_out:
+        for line in _iter_jsonl(run_dir.cached):
+            results_out.write(line if line.endswith(b"\n") else line + b"\n")
+            succeeded += 1
         for position, attempt in enumerate(collected):
             for line in _iter_jsonl(run_dir.attempt_results(attempt)):
                 results_out.write(line if line.endswith(b"\n") else line + b"\n")
@@ -217,6 +264,8 @@ def rebuild_outputs(
         inputs=first.inputs,
         rejected=first.rejected,
         succeeded=succeeded,
+        cached=first.cached,
+        cache_savings_usd=round(first.cache_savings_usd, 6),
         unresolved=total_unresolved,
         unresolved_by_status=dict(unresolved),
         retryable=retryable,
@@ -233,6 +282,9 @@ def rebuild_outputs(
             **({"dead_letter": str(run_dir.dead_letter)} if dead_letter else {}),
         },
         finished=dead_letter,
+        tags=first.tags,
+        estimate=first.estimate,
+        estimate_error_pct=_estimate_error(first.estimate, cost),
     )
     write_json_atomic(run_dir.manifest, _manifest(summary, ledger))
     return summary
@@ -247,11 +299,18 @@ def _resubmitted_ids(
     return {i for c in ledger.attempts[attempt].chunks for i in part_custom_ids(backend, run_dir, c.part)}
 
 
+def _estimate_error(estimate: dict[str, Any] | None, actual: Cost) -> float | None:
+    if not estimate or actual.batch_usd <= 0:
+        return None
+    expected = estimate["expected"]["batch_usd"]
+    return round((expected - actual.batch_usd) / actual.batch_usd * 100, 1)
+
+
 def _manifest(summary: RunSummary, ledger: Ledger) -> dict[str, Any]:
     data = summary.model_dump(mode="json")
     data["cost"] = summary.cost.summary()
     data["run_key"] = ledger.run_key.model_dump()
     data["models"] = sorted({b.model for b in summary.batches if b.model})
     data["written_at"] = datetime.now(UTC).isoformat()
-    data["invariant"] = "inputs == rejected + succeeded + unresolved"
+    data["invariant"] = "inputs == rejected + succeeded + unresolved (succeeded includes cached)"
     return data

@@ -61,10 +61,16 @@ class LedgerChunk(BaseModel):
 class LedgerAttempt(BaseModel):
     attempt: int
     fingerprint: str
+    """sha256 of the encoded lines sent in this attempt."""
+    input_fingerprint: str | None = None
+    """sha256 of the input items (attempt 1): what decides whether a rerun is the same input."""
     chunks: list[LedgerChunk] = Field(default_factory=list)
     rejected: int = 0
     inputs: int = 0
     cached: int = 0
+    cache_savings_usd: float = 0.0
+    estimate: dict[str, Any] | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
 
 
 class LedgerConflictError(RuntimeError):
@@ -110,15 +116,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def ledger_payload_keys() -> tuple[str, ...]:
-    """Names of the tags the submitter adds so ``find`` can recognise its own batches."""
-    return ("bp_run", "bp_chunk")
-
-
 def chunk_tags(run_key: RunKey, attempt: int, index: int, fingerprint: str) -> dict[str, str]:
     """Tags that identify one chunk of one attempt of one run, for providers that keep tags."""
     return {"bp_run": run_key.digest(), "bp_chunk": f"{attempt}:{index}:{fingerprint[:16]}"}
-
-
-def as_dict(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(mode="json")

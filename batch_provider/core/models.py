@@ -165,6 +165,8 @@ class ResultRecord(BaseModel):
     attempt: int = 1
     row: int | None = None
     """1-based input row the request came from, when known (set on rejects)."""
+    cached: bool = False
+    """Served from the result cache: not sent, not paid for in this run."""
 
     @property
     def retryable(self) -> bool:

@@ -138,3 +138,115 @@ def load_price_table(override_path: Any | None = None) -> PriceTable:
         return table
     with override_path.open("rb") as fh:
         return table.with_overrides(PriceTable.from_json(json.loads(fh.read())))
+
+
+DEFAULT_OUTPUT_CEILING = 4096
+DEFAULT_EXPECTED_OUTPUT_RATIO = 0.5
+"""Without history, a request is expected to use half of its max_tokens."""
+
+
+def estimate_input_tokens(text: str) -> int:
+    """About four characters a token: the rule of thumb for English text with BPE tokenizers."""
+    return max(1, -(-len(text) // 4))
+
+
+class ModelHistory(BaseModel):
+    requests: int = 0
+    output_tokens: int = 0
+
+    @property
+    def mean_output(self) -> float | None:
+        return self.output_tokens / self.requests if self.requests else None
+
+
+class Calibration(BaseModel):
+    """Output tokens per succeeded request, by provider and model, from earlier collected runs."""
+
+    models: dict[str, ModelHistory] = Field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Any) -> Calibration:
+        try:
+            with path.open("rb") as fh:
+                return cls.model_validate_json(fh.read())
+        except (OSError, ValueError):
+            return cls()
+
+    def save(self, path: Any) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as fh:
+            fh.write(self.model_dump_json().encode())
+
+    def record(self, provider: str, model: str, succeeded: int, output_tokens: int) -> None:
+        entry = self.models.setdefault(f"{provider}/{model}", ModelHistory())
+        entry.requests += succeeded
+        entry.output_tokens += output_tokens
+
+    def mean_output(self, provider: str, model: str) -> float | None:
+        entry = self.models.get(f"{provider}/{model}")
+        return entry.mean_output if entry else None
+
+
+class ModelEstimate(BaseModel):
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens_ceiling: int = 0
+    output_tokens_expected: int = 0
+    basis: str = "default"
+    """``history`` when the expected output comes from earlier runs, else ``default``."""
+
+
+class CostEstimate(BaseModel):
+    """What a run should cost before anything is sent: expected, and the ceiling if every request
+    used its whole max_tokens. Unknown models add tokens but no dollars."""
+
+    models: dict[str, ModelEstimate] = Field(default_factory=dict)
+    expected: Cost = Field(default_factory=Cost)
+    ceiling: Cost = Field(default_factory=Cost)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "expected": self.expected.summary(),
+            "ceiling": self.ceiling.summary(),
+            "models": {name: m.model_dump() for name, m in self.models.items()},
+        }
+
+
+class CostEstimator:
+    """Accumulates per-model token estimates request by request, in constant memory."""
+
+    def __init__(self, provider: str):
+        self.provider = provider
+        self._models: dict[str, ModelEstimate] = {}
+
+    def add(self, model: str | None, prompt_text: str, max_tokens: int | None, *, embedding: bool) -> None:
+        entry = self._models.setdefault(model or "(none)", ModelEstimate())
+        entry.requests += 1
+        entry.input_tokens += estimate_input_tokens(prompt_text)
+        entry.output_tokens_ceiling += 0 if embedding else (max_tokens or DEFAULT_OUTPUT_CEILING)
+
+    def finish(self, prices: PriceTable, calibration: Calibration | None = None) -> CostEstimate:
+        estimate = CostEstimate()
+        for model, entry in self._models.items():
+            mean = calibration.mean_output(self.provider, model) if calibration else None
+            if mean is not None:
+                expected = min(entry.output_tokens_ceiling, round(mean * entry.requests))
+                entry.basis = "history"
+            else:
+                expected = round(entry.output_tokens_ceiling * DEFAULT_EXPECTED_OUTPUT_RATIO)
+            entry.output_tokens_expected = expected
+            estimate.models[model] = entry
+            # Priced per model in aggregate: the long-context tier is applied to the mean request.
+            mean_input = entry.input_tokens // max(1, entry.requests)
+            row = prices.lookup(self.provider, model)
+            if row is None:
+                unpriced = Cost(unpriced_tokens=entry.input_tokens + expected, unpriced_models=[model])
+                estimate.expected = estimate.expected + unpriced
+                estimate.ceiling = estimate.ceiling + unpriced
+                continue
+            input_rate, output_rate, _, _ = row.rates(mean_input)
+            for name, output in (("expected", expected), ("ceiling", entry.output_tokens_ceiling)):
+                standard = (entry.input_tokens * input_rate + output * output_rate) / MILLION
+                cost = Cost(batch_usd=standard * row.batch_discount, standard_usd=standard)
+                setattr(estimate, name, getattr(estimate, name) + cost)
+        return estimate

@@ -49,6 +49,21 @@ class RunDirectory:
         return self.attempt_dir(attempt) / "errors.jsonl"
 
     @property
+    def cached(self) -> Any:
+        """Results served from the result cache in attempt 1 (never sent)."""
+        return self.attempt_dir(1) / "cached.jsonl"
+
+    @property
+    def cache_keys(self) -> Any:
+        """custom_id → result-cache key of every request sent in attempt 1."""
+        return self.attempt_dir(1) / "cache_keys.jsonl"
+
+    @property
+    def calibration(self) -> Any:
+        """Output-token history shared by every run of the same DAG (``<base>/<dag_id>/``)."""
+        return self.root.parent.parent / "_calibration.json"
+
+    @property
     def ledger(self) -> Any:
         return self.root / "ledger.json"
 
@@ -77,10 +92,8 @@ def run_directory(
     base: Any, *, dag_id: str, run_id: str, group: str | None = None, map_index: int = -1
 ) -> RunDirectory:
     """The run folder for one task group of one DAG run under ``base``."""
-    root = base / safe_segment(dag_id) / safe_segment(run_id) / safe_segment(group or "batch")
-    if map_index >= 0:
-        root = root / f"map-{map_index}"
-    return RunDirectory(root)
+    leaf = safe_segment(group or "batch") + (f".map-{map_index}" if map_index >= 0 else "")
+    return RunDirectory(base / safe_segment(dag_id) / safe_segment(run_id) / leaf)
 
 
 def write_json_atomic(path: Any, payload: Any) -> None:

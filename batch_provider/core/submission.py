@@ -12,13 +12,16 @@ or finds the intent and looks the batch up at the provider before creating one:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from batch_provider.backends.base import BatchBackend, Chunk
+from batch_provider.core.cache import ResultCache
 from batch_provider.core.handle import InputCounts, RunHandle
 from batch_provider.core.jsonl import iter_path_lines
 from batch_provider.core.ledger import (
@@ -30,7 +33,8 @@ from batch_provider.core.ledger import (
     chunk_tags,
     utcnow,
 )
-from batch_provider.core.models import BatchRef, LLMRequest, RejectedRow
+from batch_provider.core.models import BatchRef, LLMRequest, RejectedRow, RequestKind
+from batch_provider.core.pricing import Calibration, CostEstimator, PriceTable, default_price_table
 from batch_provider.core.rundir import RunDirectory, remove_tree
 from batch_provider.core.split import RequestSplitter
 
@@ -39,45 +43,113 @@ log = logging.getLogger(__name__)
 # Clocks of this host and the provider may disagree; look a little before the recorded intent.
 _CLOCK_SKEW = timedelta(minutes=5)
 
-__all__ = ["RunKey", "submit_pending", "submit_run"]
+__all__ = ["BudgetExceededError", "RunKey", "submit_pending", "submit_run"]
 
 
 def _relative(run_dir: RunDirectory, path: Any) -> str:
     return str(path)[len(str(run_dir.root)) :].lstrip("/")
 
 
-def _split_into(
+class BudgetExceededError(RuntimeError):
+    """The run's estimated cost is over ``max_cost_usd``; no batch was created."""
+
+
+def _item_json(item: LLMRequest | RejectedRow) -> bytes:
+    return item.model_dump_json(exclude_defaults=True).encode()
+
+
+def input_fingerprint(items: Iterable[LLMRequest | RejectedRow]) -> str:
+    """sha256 over the input items in order: equal for the same rows rendered the same way."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(_item_json(item) + b"\n")
+    return digest.hexdigest()
+
+
+@dataclass
+class _Intake:
+    """One pass over the input: fingerprint, rejects, cache hits and the cost estimate, forwarding
+    the requests that must be sent to the splitter."""
+
+    backend: BatchBackend
+    run_dir: RunDirectory
+    cache: ResultCache | None
+    prices: PriceTable
+    inputs: int = 0
+    rejected: int = 0
+    cached: int = 0
+    cache_savings_usd: float = 0.0
+    digest: Any = field(default_factory=hashlib.sha256)
+
+    def __post_init__(self) -> None:
+        self.estimator = CostEstimator(self.backend.provider.value)
+
+    def reject(self, rejects: Any, row: RejectedRow) -> None:
+        self.rejected += 1
+        rejects.write(row.to_record().model_dump_json(exclude_none=True).encode() + b"\n")
+
+    def requests(
+        self, items: Iterable[LLMRequest | RejectedRow], rejects: Any, cached: Any, keys: Any
+    ) -> Iterator[LLMRequest]:
+        provider = self.backend.provider.value
+        for item in items:
+            self.inputs += 1
+            self.digest.update(_item_json(item) + b"\n")
+            if isinstance(item, RejectedRow):
+                self.reject(rejects, item)
+                continue
+            if self.cache is not None:
+                key = ResultCache.key(provider, item)
+                hit = self.cache.get(key, item.custom_id)
+                if hit is not None:
+                    self.cached += 1
+                    self.cache_savings_usd += self.prices.cost(provider, hit.model, hit.usage).batch_usd
+                    cached.write(hit.model_dump_json(exclude_none=True).encode() + b"\n")
+                    continue
+                keys.write(json.dumps({"custom_id": item.custom_id, "key": key}).encode() + b"\n")
+            self.estimator.add(
+                item.model,
+                item.prompt_text(),
+                item.max_tokens or _native_max_tokens(item),
+                embedding=item.kind is RequestKind.EMBEDDING,
+            )
+            yield item
+
+
+def _native_max_tokens(request: LLMRequest) -> int | None:
+    body = request.native or {}
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        if isinstance(body.get(name), int):
+            return body[name]
+    return None
+
+
+def _intake(
     backend: BatchBackend,
     items: Iterable[LLMRequest | RejectedRow],
     run_dir: RunDirectory,
-    parts_dir: Any,
-    rejects_path: Any,
     *,
+    cache: ResultCache | None,
+    prices: PriceTable,
     max_requests_per_batch: int | None,
     max_bytes_per_batch: int | None,
 ) -> LedgerAttempt:
-    """Split ``items`` into part files under ``parts_dir`` and rejects into ``rejects_path``."""
+    """Write attempt 1's part files, rejects and cache hits; estimate what the parts will cost."""
     limits = backend.limits.lowered(
         max_requests_per_batch=max_requests_per_batch, max_bytes_per_batch=max_bytes_per_batch
     )
+    parts_dir = run_dir.requests_dir(1)
+    remove_tree(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
-    counts = {"inputs": 0, "rejected": 0}
-    rejects_path.parent.mkdir(parents=True, exist_ok=True)
-    with rejects_path.open("wb") as rejects:
-
-        def on_reject(row: RejectedRow) -> None:
-            counts["rejected"] += 1
-            rejects.write(row.to_record().model_dump_json(exclude_none=True).encode() + b"\n")
-
-        def counted(source: Iterable[LLMRequest | RejectedRow]) -> Iterable[LLMRequest]:
-            for item in source:
-                counts["inputs"] += 1
-                if isinstance(item, RejectedRow):
-                    on_reject(item)
-                else:
-                    yield item
-
-        splitter = RequestSplitter(backend, parts_dir, limits=limits, on_reject=on_reject)
+    intake = _Intake(backend, run_dir, cache, prices)
+    with (
+        run_dir.rejects.open("wb") as rejects,
+        run_dir.cached.open("wb") as cached,
+        run_dir.cache_keys.open("wb") as keys,
+    ):
+        splitter = RequestSplitter(
+            backend, parts_dir, limits=limits, on_reject=lambda row: intake.reject(rejects, row)
+        )
         chunks = [
             LedgerChunk(
                 index=chunk.index,
@@ -88,14 +160,58 @@ def _split_into(
                 model=chunk.model,
                 endpoint=chunk.endpoint,
             )
-            for chunk in splitter.split(counted(items))
+            for chunk in splitter.split(intake.requests(items, rejects, cached, keys))
         ]
+    estimate = intake.estimator.finish(prices, Calibration.load(run_dir.calibration))
     return LedgerAttempt(
         attempt=1,
         fingerprint=splitter.fingerprint,
+        input_fingerprint=intake.digest.hexdigest(),
         chunks=chunks,
-        inputs=counts["inputs"],
-        rejected=counts["rejected"],
+        inputs=intake.inputs,
+        rejected=intake.rejected,
+        cached=intake.cached,
+        cache_savings_usd=intake.cache_savings_usd,
+        estimate=estimate.summary(),
+    )
+
+
+def _check_budget(run_dir: RunDirectory, attempt: LedgerAttempt, max_cost_usd: float | None) -> None:
+    """Refuse to create any batch when the estimate's ceiling is over ``max_cost_usd``."""
+    if max_cost_usd is None or attempt.estimate is None:
+        return
+    if any(chunk.intent_at is not None for chunk in attempt.chunks):
+        log.warning("Budget not re-checked: batches of %s were already being created", run_dir)
+        return
+    ceiling = attempt.estimate["ceiling"]["batch_usd"]
+    expected = attempt.estimate["expected"]["batch_usd"]
+    if ceiling > max_cost_usd:
+        raise BudgetExceededError(
+            f"estimated cost ${expected:.4f} expected, ${ceiling:.4f} if every request used its "
+            f"max_tokens, is over max_cost_usd=${max_cost_usd:.4f}; nothing was sent. Lower "
+            "max_tokens, split the input, or raise max_cost_usd."
+        )
+
+
+def _log_estimate(attempt: LedgerAttempt) -> None:
+    if not attempt.estimate:
+        return
+    log.info("Cost estimate (batch prices):")
+    log.info("  %-28s %9s %12s %12s %10s", "model", "requests", "input tok", "output tok", "basis")
+    for model, entry in attempt.estimate["models"].items():
+        log.info(
+            "  %-28s %9d %12d %12d %10s",
+            model,
+            entry["requests"],
+            entry["input_tokens"],
+            entry["output_tokens_expected"],
+            entry["basis"],
+        )
+    log.info(
+        "  expected $%.4f, ceiling $%.4f (at max_tokens), synchronous would be $%.4f",
+        attempt.estimate["expected"]["batch_usd"],
+        attempt.estimate["ceiling"]["batch_usd"],
+        attempt.estimate["expected"]["standard_usd"],
     )
 
 
@@ -109,52 +225,54 @@ async def submit_run(
     tags: Mapping[str, str] | None = None,
     max_requests_per_batch: int | None = None,
     max_bytes_per_batch: int | None = None,
+    max_cost_usd: float | None = None,
+    cache: ResultCache | None = None,
+    prices: PriceTable | None = None,
 ) -> RunHandle:
     """Split ``items`` into chunks in ``run_dir`` and create one batch per chunk, exactly once.
 
     Calling it again with the same ``run_key`` and the same input re-attaches to the batches
     already created and creates only the missing ones. Raises ``LedgerConflictError`` when the run
-    folder holds another task's or another input's ledger.
+    folder holds another task's or another input's ledger, and ``BudgetExceededError`` before any
+    paid call when the estimate is over ``max_cost_usd``. Requests answered before are served from
+    ``cache`` and not sent.
     """
     ledger = Ledger.load(run_dir)
     if ledger is not None:
         ledger.check_owner(run_key, backend.provider, run_dir)
-    split_options = {
-        "max_requests_per_batch": max_requests_per_batch,
-        "max_bytes_per_batch": max_bytes_per_batch,
-    }
     if ledger is None or 1 not in ledger.attempts:
-        remove_tree(run_dir.requests_dir(1))
-        first = _split_into(
-            backend, items, run_dir, run_dir.requests_dir(1), run_dir.rejects, **split_options
+        first = _intake(
+            backend,
+            items,
+            run_dir,
+            cache=cache,
+            prices=prices or default_price_table(),
+            max_requests_per_batch=max_requests_per_batch,
+            max_bytes_per_batch=max_bytes_per_batch,
         )
+        first.tags = dict(tags or {})
         ledger = ledger or Ledger(run_key=run_key, provider=backend.provider)
         ledger.attempts[1] = first
         ledger.save(run_dir)
         log.info(
-            "Split %d input rows into %d chunks (%d rejected, see %s)",
+            "Split %d input rows into %d chunks: %d rejected (see %s), %d served from the cache",
             first.inputs,
             len(first.chunks),
             first.rejected,
             run_dir.rejects,
+            first.cached,
         )
+        _log_estimate(first)
     else:
-        staging = run_dir.root / f".staging-{uuid.uuid4().hex[:12]}"
-        try:
-            again = _split_into(
-                backend, items, run_dir, staging / "requests", staging / "rejects.jsonl", **split_options
-            )
-        finally:
-            remove_tree(staging)
         first = ledger.attempts[1]
-        if again.fingerprint != first.fingerprint:
+        if input_fingerprint(items) != first.input_fingerprint:
             raise LedgerConflictError(
-                f"{run_dir} already holds the ledger of a different input for this task "
-                f"(fingerprint {first.fingerprint[:12]} there, {again.fingerprint[:12]} now). The "
-                "input changed since the batches were created: clear them by deleting that folder, "
+                f"{run_dir} already holds the ledger of a different input for this task. The "
+                "input changed since its batches were created: delete that folder to start over, "
                 "or point run_path elsewhere."
             )
         log.info("Re-attaching to the ledger in %s (%d chunks)", run_dir, len(first.chunks))
+    _check_budget(run_dir, first, max_cost_usd)
     await submit_pending(backend, ledger, run_dir, attempt=1, tags=tags or {})
     return handle_for(ledger, run_dir, attempt=1, conn_id=conn_id)
 

@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 from batch_provider.backends.registry import create_backend
+from batch_provider.core.cache import ResultCache
 from batch_provider.core.collection import collect_run
 from batch_provider.core.ledger import Ledger, LedgerConflictError, RunKey
 from batch_provider.core.records import iter_list
 from batch_provider.core.render import RequestBuilder
 from batch_provider.core.retry import resubmit_retryable, write_dead_letter
 from batch_provider.core.rundir import run_directory
-from batch_provider.core.submission import submit_run
+from batch_provider.core.submission import BudgetExceededError, submit_run
 from batch_provider.core.watch import watch_batches
 
 MODELS = {"openai": "gpt-6-luna", "anthropic": "claude-haiku-4-5"}
@@ -226,3 +227,80 @@ async def test_retry_recovers_transient_failures_and_dead_letters_the_rest(
     assert final.finished and manifest["dead_letter"] == 1 == manifest["unresolved"]
     assert [r["custom_id"] for r in read_lines(run_dir.dead_letter)] == ["emu-fail422-never"]
     assert {r["attempt"] for r in read_lines(run_dir.results)} == {1, 2}
+
+
+async def test_budget_cap_stops_submit_before_any_paid_call(emulator: Any, tmp_path: Path) -> None:
+    run_dir = run_directory(tmp_path, dag_id="d", run_id="budget")
+    key = RunKey(dag_id="d", task_id="submit", run_id="budget")
+    before = batches_created(emulator, "openai")
+    async with backend_for("openai", emulator) as backend:
+        with pytest.raises(BudgetExceededError, match=r"over max_cost_usd=\$0\.0000.*nothing was sent"):
+            await submit_run(
+                backend,
+                builder("openai").render(iter_list(rows(40))),
+                run_dir,
+                run_key=key,
+                conn_id=None,
+                max_cost_usd=0.00001,
+            )
+    assert batches_created(emulator, "openai") == before
+    ledger = Ledger.load(run_dir)
+    assert ledger is not None and all(c.intent_at is None for c in ledger.attempts[1].chunks)
+    estimate = ledger.attempts[1].estimate
+    assert estimate["ceiling"]["batch_usd"] >= estimate["expected"]["batch_usd"] > 0
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_unchanged_input_costs_nothing_the_second_time(
+    provider: str, emulator: Any, tmp_path: Path
+) -> None:
+    """A new run over rows answered before is served from the result cache: zero batches."""
+    cache = ResultCache(tmp_path / "cache")
+    data = rows(15)
+    data[4]["id"] = "emu-fail400-never-cached"
+    summaries = []
+    before = batches_created(emulator, provider)
+    async with backend_for(provider, emulator) as backend:
+        for run_id in ("first", "second"):
+            run_dir = run_directory(tmp_path / "runs", dag_id="d", run_id=run_id)
+            key = RunKey(dag_id="d", task_id="submit", run_id=run_id)
+            handle = await submit_run(
+                backend,
+                builder(provider).render(iter_list(data)),
+                run_dir,
+                run_key=key,
+                conn_id=None,
+                cache=cache,
+            )
+            await wait_all(backend, handle, emulator)
+            summaries.append((handle, await collect_run(backend, handle, run_dir, cache=cache)))
+            assert_accounted(run_dir, 15)
+    (first_handle, first), (second_handle, second) = summaries
+    assert len(first_handle.batches) == 1 and first.cached == 0
+    assert len(second_handle.batches) == 1 and second_handle.counts.submitted == 1, (
+        "only the failure is resent"
+    )
+    assert second.cached == 14 and second.succeeded == 14 and second.unresolved == 1
+    assert second.cache_savings_usd > 0
+    assert batches_created(emulator, provider) - before == 2
+
+
+async def test_estimate_is_within_twenty_percent_once_history_exists(emulator: Any, tmp_path: Path) -> None:
+    errors = []
+    async with backend_for("anthropic", emulator) as backend:
+        for run_id in ("day1", "day2"):
+            run_dir = run_directory(tmp_path, dag_id="nightly", run_id=run_id)
+            key = RunKey(dag_id="nightly", task_id="submit", run_id=run_id)
+            data = rows(60, prefix=run_id)
+            handle = await submit_run(
+                backend, builder("anthropic").render(iter_list(data)), run_dir, run_key=key, conn_id=None
+            )
+            await wait_all(backend, handle, emulator)
+            summary = await collect_run(backend, handle, run_dir)
+            errors.append(summary.estimate_error_pct)
+            assert (
+                json.loads(run_dir.manifest.read_text())["estimate_error_pct"] == summary.estimate_error_pct
+            )
+    first, second = errors
+    assert first is not None and second is not None
+    assert abs(second) <= 20, f"estimate off by {second}% with history (first run: {first}%)"
