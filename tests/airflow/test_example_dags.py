@@ -56,3 +56,71 @@ def asset_events(uri: str) -> list[dict]:
         asset = session.query(AssetModel).filter_by(uri=uri).one()
         rows = session.query(AssetEvent).filter_by(asset_id=asset.id).order_by(AssetEvent.id).all()
         return [row.extra for row in rows]
+
+
+def test_document_summarisation_with_anthropic(run_root, llm_conns):
+    run = load_dags("examples/document_summarisation.py").dag.test()
+    assert str(run.state) == "success", task_states(run)
+    folder = run_folder(run_root, "document_summarisation", "summarise")
+    results = read_jsonl(folder / "results.jsonl")
+    assert sorted(r["custom_id"] for r in results) == sorted(
+        p.stem for p in (Path(__file__).resolve().parents[2] / "dags" / "data" / "documents").glob("*.md")
+    )
+    assert all(r["provider"] == "anthropic" and r["output_text"] for r in results)
+    assert llm_conns.stats()["batches_created"] == {"openai": 0, "anthropic": 1}
+
+
+def test_historical_backfill_interval_rerun_reattaches(run_root, llm_conns):
+    dag = load_dags("examples/historical_backfill.py").dag
+    first = dag.test(logical_date=datetime(2026, 3, 1, tzinfo=UTC))
+    assert str(first.state) == "success", task_states(first)
+    second = dag.test(logical_date=datetime(2026, 4, 1, tzinfo=UTC))
+    assert str(second.state) == "success", task_states(second)
+    folders = sorted((run_root / "historical_backfill").glob("*/tag_reviews"))
+    assert len(folders) == 2  # each interval its own run folder
+    ids = [{r["custom_id"][:9] for r in read_jsonl(f / "results.jsonl")} for f in folders]
+    assert {"R-202602-", "R-202603-"} == {next(iter(i)) for i in ids}
+    assert llm_conns.stats()["batches_created"]["openai"] == 2
+    # the same interval run again (same run id, as a cleared run or a reprocessing backfill):
+    # the submit task re-attaches to the batch in its ledger instead of paying for a new one
+    submit = dag.get_task("tag_reviews.submit")
+    handle = xcom(first, "tag_reviews.submit")
+    again = submit.execute(fake_context(first, submit, {"data_interval_start": first.data_interval_start}))
+    assert again["batches"] == handle["batches"]
+    assert llm_conns.stats()["batches_created"]["openai"] == 2
+
+
+def fake_context(dag_run, task, extra):
+    """Enough of a task context to call a rendered operator's execute directly."""
+    from unittest import mock
+
+    ti = mock.MagicMock(dag_id=dag_run.dag_id, task_id=task.task_id, map_index=-1)
+    context = {"ti": ti, "run_id": dag_run.run_id, "params": {}, **extra}
+    task.render_template_fields(context)
+    return context
+
+
+def test_manual_batch_params(run_root, llm_conns):
+    module = load_dags("examples/manual_batch.py")
+    conf = {
+        "provider": "anthropic",
+        "model": "claude-haiku-4-5",
+        "prompt": "One-line summary: {{ subject }}",
+        "max_attempts": 2,
+    }
+    run = module.dag.test(run_conf=conf)
+    assert str(run.state) == "success", task_states(run)
+    handle = xcom(run, "batch.submit")
+    assert handle["provider"] == "anthropic" and handle["conn_id"] == "llm_anthropic_default"
+    results = read_jsonl(run_folder(run_root, "manual_batch", "batch") / "results.jsonl")
+    assert len(results) == 30 and {r["model"] for r in results} == {"claude-haiku-4-5"}
+
+
+def test_manual_batch_params_are_validated():
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = load_dags("examples/manual_batch.py").dag
+    assert dag.params.validate()["provider"] == "openai"  # the defaults are valid
+    for name, bad in (("provider", "mistral"), ("max_attempts", 9), ("input_path", "no-scheme")):
+        with pytest.raises(ParamValidationError):
+            dag.params.get_param(name).resolve(bad)
