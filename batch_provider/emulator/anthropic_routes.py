@@ -102,4 +102,4 @@ async def _cut_half(body: AsyncIterator[bytes], n: int) -> AsyncIterator[bytes]:
     raise DropConnection()
 
 
-ROUTES = [create_batch, list_batches, retrieve_batch, cancel_batch, delete_batch, batch_results]
+ROUTES = [retrieve_batch, batch_results, create_batch, list_batches, cancel_batch, delete_batch]

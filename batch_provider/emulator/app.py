@@ -43,7 +43,7 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
         store.close()
 
     app = Starlette(
-        routes=[*control.ROUTES, *openai_routes.ROUTES, *anthropic_routes.ROUTES],
+        routes=[*openai_routes.ROUTES, *anthropic_routes.ROUTES, *control.ROUTES],
         exception_handlers={404: _http_error, 405: _http_error},
         lifespan=lifespan,
     )

@@ -200,14 +200,15 @@ async def list_batches(request: Request, store: Store) -> Response:
     )
 
 
+# Hot routes first: Starlette tries routes in order.
 ROUTES = [
+    retrieve_batch,
+    file_content,
+    retrieve_file,
     upload_file,
     list_files,
-    retrieve_file,
     delete_file,
-    file_content,
     create_batch,
     list_batches,
-    retrieve_batch,
     cancel_batch,
 ]

@@ -229,8 +229,11 @@ def _auth_error(provider: str, request: Request) -> Response | None:
 
 def api_route(provider: str, method: str, path: str) -> Callable[[Handler], Route]:
     label = f"{method} {path}"
-    static = _OPENAI_HEADERS if provider == "openai" else _ANTHROPIC_HEADERS
-    id_header = "x-request-id" if provider == "openai" else "request-id"
+    static = [
+        (k.encode(), v.encode())
+        for k, v in (_OPENAI_HEADERS if provider == "openai" else _ANTHROPIC_HEADERS).items()
+    ]
+    id_header = b"x-request-id" if provider == "openai" else b"request-id"
 
     def deco(fn: Handler) -> Route:
         async def endpoint(request: Request) -> Response:
@@ -252,8 +255,9 @@ def api_route(provider: str, method: str, path: str) -> Callable[[Handler], Rout
                 resp = await fn(request, store)
             except ApiError as err:
                 resp = error_response(provider, err)
-            resp.headers.update(static)
-            resp.headers[id_header] = request_id()
+            # raw_headers, not resp.headers[...] =: MutableHeaders rescans the list on every set.
+            resp.raw_headers.extend(static)
+            resp.raw_headers.append((id_header, request_id().encode()))
             if kind == "drop":
                 return CutResponse(resp)
             return resp
