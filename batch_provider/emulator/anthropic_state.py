@@ -27,6 +27,7 @@ import math
 import random
 import re
 from array import array
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -68,6 +69,8 @@ class Plan:
     fail_sorted: list[int] = field(default_factory=list)
     offsets: array = field(default_factory=lambda: array("Q", [0]))
     faults: BatchFaults = field(default_factory=BatchFaults)
+    injected: Counter[str] = field(default_factory=Counter)
+    """Injected faults by kind (``item_<status>``, ``batch_<directive>``), for the stats."""
 
     def failed_before(self, k: int) -> int:
         return bisect.bisect_left(self.fail_sorted, k)
@@ -178,7 +181,7 @@ class AnthropicBatches:
         self._index(rec)
         self._save(rec)
         self.store.stats.batches_created["anthropic"] += 1
-        await self.plan(rec)
+        self.store.stats.count_plan(await self.plan(rec))
         return rec
 
     def create_synthetic(self, n: int, text_bytes: int, processing_seconds: float = 0.0) -> AnthropicBatch:
@@ -233,6 +236,7 @@ class AnthropicBatches:
                 if problem is not None:
                     plan.fail[idx] = ("invalid_request_error", problem)
                 elif code is not None:
+                    plan.injected[f"item_{code}"] += 1
                     plan.fail[idx] = (
                         ERROR_TYPES[code],
                         f"{ERROR_TYPES[code]} (emulated fault, status {code}).",

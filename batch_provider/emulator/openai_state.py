@@ -33,6 +33,7 @@ import os
 import random
 import shutil
 from array import array
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,8 @@ class Plan:
     in_prefix: array = field(default_factory=lambda: array("q", [0]))
     out_prefix: array = field(default_factory=lambda: array("q", [0]))
     faults: BatchFaults = field(default_factory=BatchFaults)
+    injected: Counter[str] = field(default_factory=Counter)
+    """Injected faults by kind (``item_<status>``, ``batch_<directive>``), for the stats."""
 
     def failed_before(self, k: int) -> int:
         return bisect.bisect_left(self.fail_sorted, k)
@@ -222,7 +225,7 @@ class OpenAIBatches:
         self._index(rec)
         self._save(rec)
         self.store.stats.batches_created["openai"] += 1
-        await self.plan(rec)
+        self.store.stats.count_plan(await self.plan(rec))
         return rec
 
     def _check_metadata(self, metadata: Any) -> dict[str, str] | None:
@@ -323,6 +326,7 @@ class OpenAIBatches:
                 in_tok = out_tok = 0
                 if code is not None:
                     plan.fail[idx] = (code, _ITEM_ERRORS[code][2], None)
+                    plan.injected[f"item_{code}"] += 1
                 elif refusal is not None:
                     plan.fail[idx] = (400, refusal[0], refusal[1])
                 else:

@@ -162,6 +162,18 @@ class Stats:
         self.batches_created: Counter[str] = Counter()
         self.files_uploaded = 0
 
+    def count_plan(self, plan: Any) -> None:
+        """Count the faults a new batch's plan injects (item errors, batch directives)."""
+        self.faults.update(plan.injected)
+        f = plan.faults
+        for name, on in (
+            ("batch_expire", f.expire is not None),
+            ("batch_shuffle", f.shuffle),
+            ("batch_fail_validation", bool(f.fail_validation and getattr(plan, "errors", None))),
+        ):
+            if on:
+                self.faults[name] += 1
+
     def to_json(self) -> dict[str, Any]:
         return {
             "batches_created": {"openai": 0, "anthropic": 0, **self.batches_created},

@@ -250,7 +250,9 @@ def api_route(provider: str, method: str, path: str) -> Callable[[Handler], Rout
                 if kind == "reset":
                     return CutResponse(Response(b" " * 64, status_code=200), fraction=0.0)
                 if kind != "drop":
-                    return error_response(provider, fault_error(provider, kind, retry_after))
+                    resp = error_response(provider, fault_error(provider, kind, retry_after))
+                    resp.raw_headers.append((id_header, request_id().encode()))
+                    return resp
             try:
                 resp = await fn(request, store)
             except ApiError as err:

@@ -1,0 +1,107 @@
+"""Server-wide settings: CLI fault flags, /_emu/faults batch defaults, reset, stats, the CLI."""
+
+from __future__ import annotations
+
+import anthropic
+import httpx
+import openai
+import pytest
+from emu_helpers import chat_line, claude_request, create, read_jsonl
+
+from batch_provider.cli import build_parser
+from batch_provider.emulator.process import EmulatorProcess, running_emulator
+
+
+def test_cli_fault_flags_and_reset_restores_them() -> None:
+    args = ["--fault-rate", "1.0", "--fault-kinds", "503", "--set", "expired_unrun_count_failed=true"]
+    with running_emulator(time_factor=1.0, extra_args=args) as emu:
+        client = openai.OpenAI(base_url=f"{emu.base_url}/v1", api_key="k", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as exc:
+            client.batches.list()
+        assert exc.value.status_code == 503 and exc.value.response.headers["x-request-id"].startswith("req_")
+        assert httpx.get(f"{emu.base_url}/_emu/health").status_code == 200  # control routes never faulted
+        emu.clear_faults()
+        b = create(client, [chat_line(f"x{i}") for i in range(4)], faults="expire")
+        emu.advance(90_000)
+        b = client.batches.retrieve(b.id)
+        assert b.status == "expired"
+        assert b.request_counts.completed + b.request_counts.failed == 4  # unrun counted as failed
+        emu.reset()
+        assert emu.faults()["fault_rate"] == 1.0
+        assert emu.stats()["batches_created"]["openai"] == 0
+        emu.clear_faults()
+        assert client.batches.list().data == []
+
+
+def test_server_batch_faults_apply_to_both_providers(
+    emu: EmulatorProcess, oai: openai.OpenAI, anth: anthropic.Anthropic
+) -> None:
+    emu.set_faults({"batch_faults": "item_errors=1:503"})
+    before = emu.stats()["faults"].get("item_503", 0)
+    ob = create(oai, [chat_line("a"), chat_line("b")])
+    ab = anth.messages.batches.create(requests=[claude_request("a")])
+    emu.clear_faults()
+    emu.advance(5000)
+    ob = oai.batches.retrieve(ob.id)
+    assert ob.request_counts.failed == 2
+    assert {x["response"]["status_code"] for x in read_jsonl(oai, ob.error_file_id)} == {503}
+    res = list(anth.messages.batches.results(ab.id))
+    assert res[0].result.type == "errored" and res[0].result.error.error.type == "api_error"
+    assert emu.stats()["faults"]["item_503"] == before + 3
+
+
+def test_anthropic_error_fraction_token(emu: EmulatorProcess, anth: anthropic.Anthropic) -> None:
+    reqs = [claude_request("emu-errors50-0")] + [claude_request(f"k{i}") for i in range(59)]
+    b = anth.messages.batches.create(requests=reqs)
+    emu.advance(5000)
+    b = anth.messages.batches.retrieve(b.id)
+    assert 10 < b.request_counts.errored < 50
+    assert b.request_counts.errored + b.request_counts.succeeded == 60
+
+
+def test_cancelled_unrun_error_lines_setting() -> None:
+    with running_emulator(time_factor=1.0, extra_args=["--set", "cancelled_unrun_error_lines=true"]) as emu:
+        client = openai.OpenAI(base_url=f"{emu.base_url}/v1", api_key="k", max_retries=0)
+        b = create(client, [chat_line(f"c{i}") for i in range(10)])
+        emu.advance(600)
+        client.batches.cancel(b.id)
+        emu.advance(100)
+        b = client.batches.retrieve(b.id)
+        assert b.status == "cancelled"
+        errors = read_jsonl(client, b.error_file_id)
+        assert errors and {x["error"]["code"] for x in errors} == {"batch_cancelled"}
+        assert len(errors) + len(read_jsonl(client, b.output_file_id)) == 10
+
+
+def test_stats_and_advance_endpoints(emu: EmulatorProcess) -> None:
+    now = emu.now()
+    assert emu.advance(100) >= now + 100
+    r = httpx.post(f"{emu.base_url}/_emu/advance", params={"seconds": "-5"})
+    assert r.status_code == 400
+    stats = emu.stats()
+    assert {"batches_created", "requests", "faults", "files_uploaded"} <= set(stats)
+
+
+def test_unknown_route_uses_provider_envelope(emu: EmulatorProcess) -> None:
+    r = httpx.get(f"{emu.base_url}/v1/nothing", headers={"Authorization": "Bearer k"})
+    assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_cli_parser_accepts_emulator_options() -> None:
+    args = build_parser().parse_args(
+        [
+            "emulator",
+            "--port",
+            "0",
+            "--time-factor",
+            "3600",
+            "--fault-rate",
+            "0.3",
+            "--seed",
+            "5",
+            "--set",
+            "openai_max_requests=10",
+        ]
+    )
+    assert args.command == "emulator" and args.time_factor == 3600 and args.fault_rate == 0.3
+    assert args.set == ["openai_max_requests=10"]
