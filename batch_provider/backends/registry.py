@@ -11,6 +11,7 @@ _BACKENDS: dict[Provider, str] = {
     Provider.OPENAI: "batch_provider.backends.openai:OpenAIBackend",
     Provider.OPENAI_COMPATIBLE: "batch_provider.backends.openai:OpenAICompatibleBackend",
     Provider.ANTHROPIC: "batch_provider.backends.anthropic:AnthropicBackend",
+    Provider.BEDROCK: "batch_provider.backends.bedrock:BedrockBackend",
 }
 
 

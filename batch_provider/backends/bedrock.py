@@ -1,0 +1,525 @@
+"""AWS Bedrock batch inference backend (model invocation jobs).
+
+Wire format: spec §C. Each chunk becomes one JSONL object in S3 and one
+``CreateModelInvocationJob``; results are the ``.jsonl.out`` objects Bedrock writes under
+``<output s3Uri>/<jobId>/``.
+
+S3 layout (``<in>``/``<out>`` are the ``s3_input_uri``/``s3_output_uri`` prefixes)::
+
+    <in>/<bp_run>/<attempt>-<chunk>-<fingerprint>/records.jsonl       the chunk's records
+    <out>/<bp_run>/<attempt>-<chunk>-<fingerprint>/<jobId>/records.jsonl.out, manifest.json.out
+
+Decisions:
+- **Idempotent create.** ``clientRequestToken`` (and ``jobName``) derive from the ``bp_run`` and
+  ``bp_chunk`` tags, which name one chunk of one attempt of one run: a retried or repeated create
+  returns the job made the first time instead of paying for a second one. :meth:`find` lists jobs
+  submitted after the intent and matches that token exactly. Without those tags the token is a
+  digest of every tag and the chunk's identity.
+- **Minimum records per job** (``min_records_per_job``, default 100, Bedrock's quota). A chunk
+  below it is neither padded (padding pays for fake rows) nor sent: :meth:`submit` raises
+  :class:`BelowMinimumRecordsError` before any upload or paid call, naming the count, the minimum
+  and what to do. With the default chunk size (50,000) only a run's last chunk per model can be
+  short, so a run of at least 100 requests per model is accepted. A retry attempt holding fewer
+  than the minimum raises the same error: its records stay in ``errors.jsonl`` and go to the
+  dead letter when the run is closed. Lower the minimum only where the account's quota is lower.
+- **States.** Submitted/Validating/Scheduled → pending; InProgress → running; Stopping →
+  finalizing; Completed → ended/completed; PartiallyCompleted → ended/**expired** (Bedrock stops a
+  job at its timeout with part of the records done; the records with output are kept and the
+  unanswered ones become ``expired`` and retryable, exactly like an expired OpenAI batch);
+  Expired → ended/expired; Stopped → ended/cancelled (records done before the stop are kept, the
+  rest are ``cancelled`` and retryable); Failed → ended/failed.
+- **recordId** carries the ``custom_id``. Bedrock's documentation asks for alphanumeric ids;
+  this backend accepts ``[a-zA-Z0-9_-]{1,64}`` (the Anthropic rule), so a DAG switching from
+  Anthropic keeps its ids. ``BEDROCK_RECORD_LIMITS`` states it.
+- **Item errors**: ``errorCode`` 408/429/5xx are retryable, other codes are not.
+- ``manifest.json.out`` is never read as records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from batch_provider.backends.base import BatchBackend, Chunk, EncodedRequest
+from batch_provider.backends.bedrock_aws import (
+    AwsClients,
+    AwsRetryPolicy,
+    aws_errors,
+    join_key,
+    list_keys,
+    object_lines,
+    split_s3_uri,
+    upload_file,
+)
+from batch_provider.backends.bedrock_models import (
+    STRUCTURED_TOOL,
+    ModelFamily,
+    answer_of,
+    family_of,
+    model_input,
+)
+from batch_provider.backends.errors import ConflictError, InvalidRequestError, RequestRejected
+from batch_provider.backends.wire import check_max_tokens, check_size, encode_line, failed, succeeded
+from batch_provider.core.limits import BEDROCK_LIMITS, ProviderLimits
+from batch_provider.core.models import (
+    BatchCounts,
+    BatchEnding,
+    BatchRef,
+    BatchState,
+    BatchStatus,
+    ItemStatus,
+    LLMRequest,
+    Provider,
+    ResultRecord,
+)
+
+BEDROCK_RECORD_LIMITS = replace(
+    BEDROCK_LIMITS,
+    custom_id_pattern=re.compile(r"[a-zA-Z0-9_-]{1,64}"),
+    custom_id_rule="1 to 64 characters from a-z, A-Z, 0-9, '_' and '-'",
+)
+"""Bedrock's limits with the recordId rule this backend uses (see the module docstring)."""
+
+INPUT_FILE = "records.jsonl"
+_STATUS: dict[str, tuple[BatchStatus, BatchEnding | None]] = {
+    "Submitted": (BatchStatus.PENDING, None),
+    "Validating": (BatchStatus.PENDING, None),
+    "Scheduled": (BatchStatus.PENDING, None),
+    "InProgress": (BatchStatus.RUNNING, None),
+    "Stopping": (BatchStatus.FINALIZING, None),
+    "Completed": (BatchStatus.ENDED, BatchEnding.COMPLETED),
+    "PartiallyCompleted": (BatchStatus.ENDED, BatchEnding.EXPIRED),
+    "Expired": (BatchStatus.ENDED, BatchEnding.EXPIRED),
+    "Stopped": (BatchStatus.ENDED, BatchEnding.CANCELLED),
+    "Failed": (BatchStatus.ENDED, BatchEnding.FAILED),
+}
+_TERMINAL = frozenset(name for name, (status, _) in _STATUS.items() if status is BatchStatus.ENDED)
+_RETRYABLE_ITEM_CODES = frozenset({408, 429})
+_PREFIX = b'{"recordId":'
+_DECODER = json.JSONDecoder()
+_NOT_ALNUM = re.compile(r"[^a-zA-Z0-9]+")
+
+
+class BelowMinimumRecordsError(InvalidRequestError):
+    """A chunk has fewer records than a Bedrock job accepts; nothing was uploaded or created."""
+
+    def __init__(self, count: int, minimum: int) -> None:
+        super().__init__(
+            f"bedrock: a batch job needs at least {minimum} records, this chunk has {count}; nothing "
+            "was sent. Bedrock would fail the job in validation, and padding would pay for fake rows. "
+            "Send at least that many requests per model, use another provider for small runs, or set "
+            "min_records_per_job lower if your account's quota allows it. For a retry of a few "
+            "records: close the run (dead letter) and rerun those rows later with others.",
+            provider="bedrock",
+        )
+        self.count = count
+        self.minimum = minimum
+
+
+def _alnum(value: str) -> str:
+    return _NOT_ALNUM.sub("-", value).strip("-")
+
+
+def client_request_token(tags: Mapping[str, str], chunk: Chunk | None = None) -> str:
+    """The idempotency token of one chunk's job: ``bp-<run>-<attempt>-<chunk>-<fingerprint>``.
+
+    Matches ``[a-zA-Z0-9](-*[a-zA-Z0-9])*`` and is at most 256 characters. Without the ``bp_run``
+    and ``bp_chunk`` tags it is a digest of every tag plus the chunk's index, size and group.
+    """
+    run, chunk_tag = tags.get("bp_run"), tags.get("bp_chunk")
+    if run and chunk_tag:
+        token = f"bp-{_alnum(run)}-{_alnum(chunk_tag)}"
+        if len(token) <= 256:
+            return token
+    material = json.dumps(
+        {
+            "tags": sorted(tags.items()),
+            "chunk": None
+            if chunk is None
+            else [chunk.index, chunk.request_count, chunk.byte_size, chunk.group],
+        }
+    )
+    return "bp-" + hashlib.sha256(material.encode()).hexdigest()[:48]
+
+
+def job_name(token: str) -> str:
+    """A valid ``jobName`` (1-63 characters, alphanumeric start) for the job of ``token``."""
+    if len(token) <= 63:
+        return token
+    return f"bp-{hashlib.sha256(token.encode()).hexdigest()[:40]}"
+
+
+def job_id_of(job_arn: str) -> str:
+    return job_arn.rsplit("/", 1)[-1]
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class BedrockBackend(BatchBackend):
+    """Bedrock batch inference on aiobotocore clients (one bedrock, one S3), reused for every call.
+
+    Options:
+        role_arn: IAM role Bedrock assumes to read the input and write the output.
+        s3_input_uri / s3_output_uri: base prefixes (``s3://bucket/prefix``); ``s3_uri`` alone
+            gives both as ``<s3_uri>/input`` and ``<s3_uri>/output``.
+        region_name: AWS region (default: the connection's or the environment's).
+        aws_conn_id: an Airflow ``aws`` connection; credentials come from the amazon provider's
+            ``AwsBaseHook``. Without it: ``aws_access_key_id`` / ``aws_secret_access_key`` /
+            ``aws_session_token``, or the default credential chain.
+        bedrock_endpoint_url / s3_endpoint_url: endpoint overrides (the emulator, moto, VPC).
+        timeout_hours: ``timeoutDurationInHours``, 24..168.
+        invocation_type: ``InvokeModel`` (model-native bodies) or ``Converse``.
+        min_records_per_job: records a job needs at least (default 100; see the module docstring).
+        send_tags: ``False`` sends no job tags (``find`` still works through the token).
+    """
+
+    provider: ClassVar[Provider] = Provider.BEDROCK
+    keeps_tags: ClassVar[bool] = True
+    body_overhead_bytes: ClassVar[int] = 0
+
+    def __init__(
+        self,
+        role_arn: str,
+        s3_input_uri: str | None = None,
+        s3_output_uri: str | None = None,
+        *,
+        s3_uri: str | None = None,
+        region_name: str | None = None,
+        aws_conn_id: str | None = None,
+        bedrock_endpoint_url: str | None = None,
+        s3_endpoint_url: str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        aws_session_token: str | None = None,
+        timeout_hours: int = 24,
+        invocation_type: str = "InvokeModel",
+        min_records_per_job: int | None = None,
+        limits: ProviderLimits | None = None,
+        policy: AwsRetryPolicy | None = None,
+        send_tags: bool = True,
+    ) -> None:
+        if not role_arn:
+            raise ValueError(
+                "a Bedrock backend needs role_arn: the IAM role Bedrock uses to read and write S3"
+            )
+        if s3_uri:
+            s3_input_uri = s3_input_uri or s3_uri.rstrip("/") + "/input"
+            s3_output_uri = s3_output_uri or s3_uri.rstrip("/") + "/output"
+        if not s3_input_uri or not s3_output_uri:
+            raise ValueError("a Bedrock backend needs s3_input_uri and s3_output_uri (or s3_uri)")
+        if not 24 <= int(timeout_hours) <= 168:
+            raise ValueError(f"timeout_hours={timeout_hours} is outside Bedrock's 24..168")
+        if invocation_type not in ("InvokeModel", "Converse"):
+            raise ValueError(f"invocation_type must be 'InvokeModel' or 'Converse', got {invocation_type!r}")
+        self.limits = limits or BEDROCK_RECORD_LIMITS
+        self.role_arn = role_arn
+        self.input_bucket, self.input_prefix = split_s3_uri(s3_input_uri)
+        self.output_bucket, self.output_prefix = split_s3_uri(s3_output_uri)
+        self.timeout_hours = int(timeout_hours)
+        self.invocation_type = invocation_type
+        self.min_records_per_job = (
+            self.limits.min_requests_per_batch if min_records_per_job is None else int(min_records_per_job)
+        )
+        self.send_tags = send_tags
+        self.policy = policy or AwsRetryPolicy()
+        self._aws = AwsClients(
+            region_name=region_name,
+            aws_conn_id=aws_conn_id,
+            bedrock_endpoint_url=bedrock_endpoint_url,
+            s3_endpoint_url=s3_endpoint_url,
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+            aws_session_token=aws_session_token,
+            policy=self.policy,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(region={self._aws.region_name!r}, "
+            f"input=s3://{self.input_bucket}/{self.input_prefix})"
+        )
+
+    # ----------------------------------------------------------------- translation
+
+    def encode(self, request: LLMRequest) -> EncodedRequest:
+        reason = self.limits.check_custom_id(request.custom_id)
+        if reason is not None:
+            raise RequestRejected(request.custom_id, "custom_id", reason)
+        check_max_tokens(request)
+        if not request.model:
+            raise RequestRejected(request.custom_id, "model", "no model given (a Bedrock model id)")
+        family = family_of(request.model, self.invocation_type)
+        body = model_input(request, family)
+        line = encode_line({"recordId": request.custom_id, "modelInput": body})
+        check_size(request.custom_id, line, self.limits)
+        return EncodedRequest(
+            custom_id=request.custom_id, line=line, group=request.model, model=request.model
+        )
+
+    def custom_id_of(self, line: bytes) -> str:
+        if line.startswith(_PREFIX):
+            text = line[len(_PREFIX) : len(_PREFIX) + 1024].decode("utf-8", errors="ignore")
+            try:
+                value, _ = _DECODER.raw_decode(text)
+            except ValueError:
+                value = None
+            if isinstance(value, str):
+                return value
+        return str(json.loads(line)["recordId"])
+
+    def wants_json(self, line: bytes) -> bool:
+        """Whether the encoded request asked for a response schema (the forced structured tool)."""
+        return STRUCTURED_TOOL.encode() in line
+
+    # ----------------------------------------------------------------- operations
+
+    def _locations(self, tags: Mapping[str, str], chunk: Chunk) -> tuple[str, str, str]:
+        """(token, input key, output prefix) of ``chunk``'s job."""
+        token = client_request_token(tags, chunk)
+        run = _alnum(tags.get("bp_run", "")) or "run"
+        folder = _alnum(tags.get("bp_chunk", "")) or token
+        return (
+            token,
+            join_key(self.input_prefix, run, folder, INPUT_FILE),
+            join_key(self.output_prefix, run, folder),
+        )
+
+    async def submit(self, chunk: Chunk, *, tags: Mapping[str, str]) -> BatchRef:
+        if chunk.request_count < self.min_records_per_job:
+            raise BelowMinimumRecordsError(chunk.request_count, self.min_records_per_job)
+        if chunk.request_count > self.limits.max_requests_per_batch:
+            raise InvalidRequestError(
+                f"bedrock: a chunk of {chunk.request_count} records is over the job limit of "
+                f"{self.limits.max_requests_per_batch}",
+                provider="bedrock",
+            )
+        if not chunk.model:
+            raise ValueError("a Bedrock chunk needs its model id")
+        token, input_key, output_prefix = self._locations(tags, chunk)
+        s3 = await self._aws.client("s3")
+        await upload_file(s3, chunk.path, self.input_bucket, input_key, chunk.byte_size)
+        bedrock = await self._aws.client("bedrock")
+        request: dict[str, Any] = {
+            "jobName": job_name(token),
+            "roleArn": self.role_arn,
+            "clientRequestToken": token,
+            "modelId": chunk.model,
+            "inputDataConfig": {
+                "s3InputDataConfig": {
+                    "s3InputFormat": "JSONL",
+                    "s3Uri": f"s3://{self.input_bucket}/{input_key}",
+                }
+            },
+            "outputDataConfig": {
+                "s3OutputDataConfig": {"s3Uri": f"s3://{self.output_bucket}/{output_prefix}/"}
+            },
+            "timeoutDurationInHours": self.timeout_hours,
+        }
+        if self.invocation_type != "InvokeModel":
+            request["modelInvocationType"] = self.invocation_type
+        if self.send_tags and tags:
+            request["tags"] = [{"key": str(k), "value": str(v)} for k, v in tags.items()]
+        with aws_errors("create model invocation job"):
+            created = await bedrock.create_model_invocation_job(**request)
+        return BatchRef(
+            provider=self.provider,
+            batch_id=created["jobArn"],
+            input_file_id=f"s3://{self.input_bucket}/{input_key}",
+            chunk_index=chunk.index,
+            request_count=chunk.request_count,
+            created_at=datetime.now(UTC),
+            model=chunk.model,
+        )
+
+    async def _job(self, batch_id: str) -> dict[str, Any]:
+        bedrock = await self._aws.client("bedrock")
+        with aws_errors("get model invocation job"):
+            return await bedrock.get_model_invocation_job(jobIdentifier=batch_id)
+
+    async def _jobs_since(self, created_after: datetime) -> AsyncIterator[dict[str, Any]]:
+        bedrock = await self._aws.client("bedrock")
+        params: dict[str, Any] = {
+            "submitTimeAfter": created_after,
+            "maxResults": 1000,
+            "sortBy": "CreationTime",
+            "sortOrder": "Descending",
+        }
+        while True:
+            with aws_errors("list model invocation jobs"):
+                page = await bedrock.list_model_invocation_jobs(**params)
+            for summary in page.get("invocationJobSummaries") or []:
+                yield summary
+            if not page.get("nextToken"):
+                return
+            params["nextToken"] = page["nextToken"]
+
+    async def find(self, *, tags: Mapping[str, str], created_after: datetime) -> list[BatchRef]:
+        """Jobs submitted since ``created_after`` whose ``clientRequestToken`` is the one
+        :meth:`submit` derives from ``tags`` (exact: the token names one chunk of one attempt)."""
+        token = client_request_token(tags)
+        chunk_tag = tags.get("bp_chunk", "")
+        parts = chunk_tag.split(":")
+        index = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1
+        found: list[BatchRef] = []
+        async for summary in self._jobs_since(created_after):
+            if summary.get("clientRequestToken") != token:
+                continue
+            found.append(
+                BatchRef(
+                    provider=self.provider,
+                    batch_id=summary["jobArn"],
+                    input_file_id=((summary.get("inputDataConfig") or {}).get("s3InputDataConfig") or {}).get(
+                        "s3Uri"
+                    ),
+                    chunk_index=index,
+                    request_count=int(summary.get("totalRecordCount") or 0),
+                    created_at=_timestamp(summary.get("submitTime")) or datetime.now(UTC),
+                    model=summary.get("modelId"),
+                )
+            )
+        return found
+
+    async def status(self, batch_id: str) -> BatchState:
+        return self.state_of(await self._job(batch_id))
+
+    def state_of(self, job: dict[str, Any]) -> BatchState:
+        """The normalised state of a GetModelInvocationJob answer (or a list summary)."""
+        native = str(job.get("status"))
+        status, ending = _STATUS.get(native, (BatchStatus.RUNNING, None))
+        total = int(job.get("totalRecordCount") or 0)
+        succeeded_count = int(job.get("successRecordCount") or 0)
+        errored = int(job.get("errorRecordCount") or 0)
+        unrun = max(0, total - succeeded_count - errored)
+        counts = BatchCounts(
+            total=total,
+            succeeded=succeeded_count,
+            errored=errored,
+            processing=unrun if status is not BatchStatus.ENDED else 0,
+            expired=unrun if ending is BatchEnding.EXPIRED else 0,
+            cancelled=unrun if ending is BatchEnding.CANCELLED else 0,
+        )
+        message = job.get("message")
+        return BatchState(
+            batch_id=job["jobArn"],
+            status=status,
+            ending=ending,
+            native_status=native,
+            counts=counts,
+            error_message=str(message) if message else None,
+            retryable=False,
+            created_at=_timestamp(job.get("submitTime")),
+            ended_at=_timestamp(job.get("endTime")) if status is BatchStatus.ENDED else None,
+            expires_at=_timestamp(job.get("jobExpirationTime")),
+        )
+
+    async def cancel(self, batch_id: str) -> BatchState:
+        job = await self._job(batch_id)
+        if job.get("status") in _TERMINAL:
+            return self.state_of(job)
+        bedrock = await self._aws.client("bedrock")
+        try:
+            with aws_errors("stop model invocation job"):
+                await bedrock.stop_model_invocation_job(jobIdentifier=batch_id)
+        except (ConflictError, InvalidRequestError):
+            state = await self.status(batch_id)
+            if state.is_terminal:
+                return state
+            raise
+        return await self.status(batch_id)
+
+    def output_location(self, job: dict[str, Any]) -> tuple[str, str]:
+        """(bucket, key prefix) where Bedrock writes the job's output: ``<s3Uri>/<jobId>/``."""
+        uri = job["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"]
+        bucket, prefix = split_s3_uri(uri)
+        return bucket, join_key(prefix, job_id_of(job["jobArn"])) + "/"
+
+    async def results(self, ref: BatchRef) -> AsyncIterator[ResultRecord]:
+        job = await self._job(ref.batch_id)
+        bucket, prefix = self.output_location(job)
+        s3 = await self._aws.client("s3")
+        keys = [
+            key
+            for key in await list_keys(s3, bucket, prefix)
+            if key.endswith(".out") and not key.endswith("manifest.json.out")
+        ]
+        seen: set[str] = set()
+        for key in keys:
+            async for lines in object_lines(s3, bucket, key, self.policy):
+                for line in lines:
+                    record = self.record_of(json.loads(line), ref.batch_id, ref.model)
+                    if record.custom_id in seen:
+                        continue
+                    seen.add(record.custom_id)
+                    yield record
+
+    def record_of(self, line: dict[str, Any], batch_id: str, model: str | None = None) -> ResultRecord:
+        """One ``.jsonl.out`` line as a record."""
+        custom_id = str(line.get("recordId"))
+        provider = self.provider.value
+        output = line.get("modelOutput")
+        error = line.get("error")
+        if error is not None or not isinstance(output, dict):
+            error = error if isinstance(error, dict) else {}
+            raw_code = error.get("errorCode")
+            try:
+                code = int(raw_code)
+            except (TypeError, ValueError):
+                code = 0
+            message = str(error.get("errorMessage") or error.get("message") or "the record failed")
+            return failed(
+                custom_id,
+                provider,
+                batch_id,
+                status=ItemStatus.ERRORED,
+                type=f"http_{code}" if code else "record_error",
+                message=message,
+                retryable=code >= 500 or code in _RETRYABLE_ITEM_CODES,
+                code=str(raw_code) if raw_code is not None else None,
+                raw=error,
+                model=model,
+            )
+        answer = answer_of(output)
+        return succeeded(
+            custom_id,
+            provider,
+            batch_id,
+            output_text=answer.text,
+            parsed=answer.parsed,
+            finish_reason=answer.finish_reason,
+            usage=answer.usage,
+            raw=output,
+            model=answer.model or model,
+        )
+
+    async def delete_input(self, ref: BatchRef) -> None:
+        if not ref.input_file_id or not ref.input_file_id.startswith("s3://"):
+            return
+        bucket, key = split_s3_uri(ref.input_file_id)
+        s3 = await self._aws.client("s3")
+        with aws_errors("delete input"):
+            await s3.delete_object(Bucket=bucket, Key=key)
+
+    async def aclose(self) -> None:
+        await self._aws.aclose()
+
+
+__all__ = [
+    "BEDROCK_RECORD_LIMITS",
+    "BedrockBackend",
+    "BelowMinimumRecordsError",
+    "ModelFamily",
+    "client_request_token",
+    "job_name",
+]
