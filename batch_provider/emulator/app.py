@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import anthropic_routes, control, openai_routes
+from . import anthropic_routes, bedrock_routes, bedrock_state, control, openai_routes
 from .config import EmulatorConfig
 from .errors import ApiError
 from .store import Store
@@ -35,6 +35,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_app(config: EmulatorConfig | None = None) -> Starlette:
     config = config or EmulatorConfig()
     store = Store(config)
+    bedrock_state.attach(store)
     install_log_filter()
 
     @asynccontextmanager
@@ -43,7 +44,7 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
         store.close()
 
     app = Starlette(
-        routes=[*openai_routes.ROUTES, *anthropic_routes.ROUTES, *control.ROUTES],
+        routes=[*openai_routes.ROUTES, *anthropic_routes.ROUTES, *bedrock_routes.ROUTES, *control.ROUTES],
         exception_handlers={404: _http_error, 405: _http_error},
         lifespan=lifespan,
     )

@@ -33,12 +33,14 @@ class EmulatorProcess:
         extra_args: Sequence[str] = (),
         port: int = 0,
         startup_timeout: float = 30.0,
+        with_s3: bool = False,
     ) -> None:
         self.time_factor = time_factor
         self.seed = seed
         self.extra_args = list(extra_args)
         self.port = port
         self.startup_timeout = startup_timeout
+        self.with_s3 = with_s3
         self._own_dir = data_dir is None
         self._work = Path(tempfile.mkdtemp(prefix="emu-proc-"))
         self.data_dir = Path(data_dir) if data_dir is not None else self._work / "data"
@@ -73,6 +75,7 @@ class EmulatorProcess:
             str(self.seed),
             "--data-dir",
             str(self.data_dir),
+            *(["--with-s3"] if self.with_s3 else []),
             *self.extra_args,
         ]
         env = dict(os.environ)
@@ -164,6 +167,17 @@ class EmulatorProcess:
         """Drop all batches, files, counters and server-wide faults."""
         self._call("POST", "/_emu/reset")
 
+    @property
+    def s3_endpoint(self) -> str | None:
+        """moto's S3 endpoint serving the Bedrock face (set when started ``with_s3``)."""
+        return self._call("GET", "/_emu/bedrock").get("s3_endpoint")
+
+    def bedrock_settings(self, **values: Any) -> dict[str, Any]:
+        """Read, or change, the Bedrock settings (``min_records=10``, ``max_jobs_in_flight=2`` ...)."""
+        if values:
+            return self._call("POST", "/_emu/bedrock", json=values)
+        return self._call("GET", "/_emu/bedrock")
+
     def synthetic(self, requests: int, text_bytes: int) -> dict[str, Any]:
         return self._call("POST", "/_emu/synthetic", json={"requests": requests, "text_bytes": text_bytes})
 
@@ -176,10 +190,17 @@ def running_emulator(
     seed: int = 0,
     extra_args: Sequence[str] = (),
     port: int = 0,
+    with_s3: bool = False,
 ) -> Iterator[EmulatorProcess]:
-    """Start the emulator subprocess, yield it once healthy, stop it on exit."""
+    """Start the emulator subprocess, yield it once healthy, stop it on exit. ``with_s3`` also
+    starts moto's S3 for Bedrock jobs (``.s3_endpoint``)."""
     emu = EmulatorProcess(
-        time_factor=time_factor, data_dir=data_dir, seed=seed, extra_args=extra_args, port=port
+        time_factor=time_factor,
+        data_dir=data_dir,
+        seed=seed,
+        extra_args=extra_args,
+        port=port,
+        with_s3=with_s3,
     )
     try:
         emu.start()

@@ -59,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="set any config field (see config.py), e.g. --set openai_max_requests=10",
     )
+    p.add_argument("--with-s3", action="store_true", help="start moto's S3 on loopback for Bedrock jobs")
     p.add_argument("--log-level", default=d.log_level)
     p.add_argument("--access-log", action="store_true")
 
@@ -85,6 +86,10 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         access_log=args.access_log,
     )
     cfg.apply_overrides(args.set)
+    if getattr(args, "with_s3", False):
+        from .bedrock_s3 import start_local_s3
+
+        print(f"moto S3 for Bedrock on {start_local_s3(args.host)[1]}", file=sys.stderr, flush=True)
     if cfg.faults_json:
         json.loads(cfg.faults_json)
     return cfg

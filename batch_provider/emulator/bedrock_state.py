@@ -1,0 +1,678 @@
+"""Bedrock model invocation jobs: state machine, S3 input/output, settings (spec C, E).
+
+Timeline of a job, derived from its record and the emulated clock (``t0`` = submitTime)::
+
+    Submitted   [t0, t0 + submitted_seconds)
+    Validating  [.., + validating_seconds)        → Failed here when the input is refused
+    Scheduled   [.., t_start = .. + scheduled_seconds)
+    InProgress  [t_start, t_start + processing_seconds + n * per_request_seconds) → Completed
+    timeout     t0 + timeoutDurationInHours: still Scheduled → Expired (no output);
+                InProgress → PartiallyCompleted (the records done so far are written)
+    stop at s   Stopping until s + cancel_seconds, then Stopped with the records done by s
+
+Records finish evenly in input order during InProgress, so ``processedRecordCount`` rises on Get.
+
+Invariants:
+- The input is read from S3 once, at create, and kept as a local copy: outputs never depend on
+  later changes to the input objects.
+- Outputs (``<output s3Uri>/<jobId>/<input file>.out`` and ``manifest.json.out``) are written to
+  S3 once, the first time the job is seen in a terminal state that has output (Completed,
+  PartiallyCompleted, Stopped); nothing runs in the background.
+- The same ``clientRequestToken`` always answers the same job.
+- Per-job fault directives come from the ``emu_faults`` tag, in the OpenAI ``emu_faults`` grammar
+  (separated by commas or spaces; AWS tag values allow spaces but not commas). ``expire=0``
+  keeps the job Scheduled until it expires; ``expire=F`` has fraction F done at the timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import re
+import threading
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import bedrock_outputs
+from .faults import BatchFaults, FaultSyntaxError, item_error_code, parse_batch_faults, parse_custom_id
+from .store import write_json
+
+if TYPE_CHECKING:
+    from .store import Store
+
+S3_ENDPOINT_ENV = "BATCH_EMULATOR_S3_ENDPOINT"
+RUNNING = frozenset({"Submitted", "Validating", "Scheduled", "InProgress", "Stopping"})
+TERMINAL = frozenset({"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"})
+WITH_OUTPUT = frozenset({"Completed", "PartiallyCompleted", "Stopped"})
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+_ITEM_MESSAGES = {
+    400: "Malformed input request, please reformat your input and try again.",
+    422: "The request could not be processed.",
+    429: "Too many requests, please wait before trying again.",
+    500: "The server encountered an internal error while processing the request.",
+    503: "The service is temporarily unavailable.",
+    504: "The model timed out.",
+    529: "The model is overloaded.",
+}
+
+
+class BedrockError(Exception):
+    """An AWS-style error: HTTP status, ``x-amzn-ErrorType`` name and message."""
+
+    def __init__(self, status: int, name: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.name = name
+        self.message = message
+
+
+def validation(message: str) -> BedrockError:
+    return BedrockError(400, "ValidationException", message)
+
+
+@dataclass
+class BedrockSettings:
+    """Bedrock knobs; change them at run time with ``POST /_emu/bedrock``."""
+
+    s3_endpoint: str | None = None
+    min_records: int = 100
+    max_records: int = 50_000
+    max_file_bytes: int = 1024**3
+    max_job_bytes: int = 5 * 1024**3
+    max_jobs_in_flight: int = 20
+    submitted_seconds: float = 5.0
+    scheduled_seconds: float = 60.0
+    account_id: str = "123456789012"
+    region: str = "us-east-1"
+    require_authorization: bool = False
+    """Unsigned requests are accepted by default (spec E row 9); True demands an Authorization
+    header (any SigV4 signature or bearer key is accepted, never verified)."""
+
+    def restore_defaults(self) -> None:
+        """Every setting back to its default, except the S3 endpoint."""
+        for f in dataclasses.fields(self):
+            if f.name != "s3_endpoint":
+                setattr(self, f.name, f.default)
+
+    def update(self, values: dict[str, Any]) -> None:
+        known = {f.name: f for f in dataclasses.fields(self)}
+        for name, value in values.items():
+            if name not in known:
+                raise ValueError(f"unknown bedrock setting {name!r}; known: {', '.join(sorted(known))}")
+            current = getattr(self, name)
+            if isinstance(current, bool):
+                value = bool(value)
+            elif isinstance(current, int) and value is not None:
+                value = int(value)
+            elif isinstance(current, float) and value is not None:
+                value = float(value)
+            setattr(self, name, value)
+
+
+@dataclass
+class BedrockJob:
+    job_id: str
+    job_arn: str
+    name: str
+    model_id: str
+    role_arn: str
+    token: str | None
+    input_uri: str
+    output_uri: str
+    timeout_hours: int
+    invocation_type: str
+    tags: list[dict[str, str]]
+    submit_time: float
+    seq: int
+    n: int = 0
+    files: list[list[Any]] = field(default_factory=list)
+    """[input file name, record count] in input order."""
+    faults: dict[str, Any] = field(default_factory=dict)
+    fail_message: str | None = None
+    stop_at: float | None = None
+    outputs_written: bool = False
+
+    @property
+    def expires_at(self) -> float:
+        return self.submit_time + self.timeout_hours * 3600.0
+
+
+@dataclass
+class JobView:
+    """A job's state at one instant."""
+
+    status: str
+    done: int
+    errors: int
+    end_time: float | None
+    changed_at: float
+
+
+def iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_time(raw: str) -> float:
+    """An ISO 8601 timestamp or Unix seconds from a query string."""
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    if not isinstance(uri, str) or not uri.startswith("s3://") or len(uri) <= 5:
+        raise validation(f"Invalid S3 URI {uri!r}: expected s3://bucket/key")
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key
+
+
+class S3Access:
+    """A boto3 S3 client on the configured endpoint, used from worker threads only."""
+
+    def __init__(self, settings: BedrockSettings) -> None:
+        self.settings = settings
+        self._client: Any = None
+        self._endpoint: str | None = None
+        self._lock = threading.Lock()
+
+    def client(self) -> Any:
+        endpoint = self.settings.s3_endpoint
+        if not endpoint:
+            raise validation(
+                f"the emulator has no S3 endpoint: start it with --with-s3, set {S3_ENDPOINT_ENV}, "
+                'or POST /_emu/bedrock {"s3_endpoint": ...}'
+            )
+        with self._lock:
+            if self._client is None or self._endpoint != endpoint:
+                import boto3
+                from botocore.config import Config
+
+                self._client = boto3.session.Session().client(
+                    "s3",
+                    endpoint_url=endpoint,
+                    region_name=self.settings.region,
+                    aws_access_key_id="testing",
+                    aws_secret_access_key="testing",
+                    config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
+                )
+                self._endpoint = endpoint
+            return self._client
+
+
+class BedrockJobs:
+    """Every Bedrock job of one emulator, persisted under ``<data dir>/bedrock``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.cfg = store.config
+        self.settings = BedrockSettings(s3_endpoint=os.environ.get(S3_ENDPOINT_ENV) or None)
+        self.s3 = S3Access(self.settings)
+        self.dir = store.root / "bedrock"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.jobs: dict[str, BedrockJob] = {}
+        self.by_token: dict[str, str] = {}
+        self._seq = 0
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._codes: dict[str, list[int | None]] = {}
+        self._create_lock: asyncio.Lock | None = None
+        loaded = []
+        for meta in self.dir.glob("*.json"):
+            with contextlib.suppress(ValueError, TypeError):
+                loaded.append(BedrockJob(**json.loads(meta.read_text())))
+        for job in sorted(loaded, key=lambda j: j.seq):
+            self._index(job)
+        self.mark_counter()
+
+    def mark_counter(self) -> None:
+        """Make ``bedrock`` show in ``/_emu/stats`` ``batches_created`` even before the first job."""
+        self.store.stats.batches_created["bedrock"] += 0
+
+    def _index(self, job: BedrockJob) -> None:
+        self._seq = max(self._seq, job.seq)
+        self.jobs[job.job_id] = job
+        if job.token:
+            self.by_token[job.token] = job.job_id
+
+    def records_path(self, job_id: str) -> Path:
+        return self.dir / f"{job_id}.records.jsonl"
+
+    def save(self, job: BedrockJob) -> None:
+        write_json(self.dir / f"{job.job_id}.json", asdict(job))
+        self.store.save_clock()
+
+    def clear(self) -> None:
+        for job_id in list(self.jobs):
+            for path in (self.dir / f"{job_id}.json", self.records_path(job_id)):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        self.jobs.clear()
+        self.by_token.clear()
+        self._codes.clear()
+        self.settings.restore_defaults()
+        self.mark_counter()
+
+    # ------------------------------------------------------------------ lookup
+
+    def get(self, identifier: str) -> BedrockJob:
+        job_id = identifier.rsplit("/", 1)[-1]
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise BedrockError(404, "ResourceNotFoundException", f"Could not find job {identifier}")
+        return job
+
+    # ------------------------------------------------------------------ create
+
+    async def create(self, body: Any) -> tuple[BedrockJob, bool]:
+        """(job, created): an existing job when ``clientRequestToken`` was seen before."""
+        if self._create_lock is None:
+            self._create_lock = asyncio.Lock()
+        async with self._create_lock:
+            if not isinstance(body, dict):
+                raise validation("The request body must be a JSON object.")
+            token = body.get("clientRequestToken")
+            if token is not None and token in self.by_token:
+                return self.jobs[self.by_token[token]], False
+            job = self._new_job(body)
+            in_flight = sum(
+                1 for j in self.jobs.values() if self.view(j, self.store.clock.now()).status in RUNNING
+            )
+            if in_flight >= self.settings.max_jobs_in_flight:
+                raise BedrockError(
+                    400,
+                    "ServiceQuotaExceededException",
+                    f"You have reached the limit of {self.settings.max_jobs_in_flight} batch inference "
+                    "jobs in progress or submitted. Wait for jobs to end and try again.",
+                )
+            await asyncio.to_thread(self._read_input, job)
+            self._index(job)
+            self.save(job)
+            self.store.stats.batches_created["bedrock"] += 1
+            return job, True
+
+    def _new_job(self, body: dict[str, Any]) -> BedrockJob:
+        for name in ("jobName", "roleArn", "modelId", "inputDataConfig", "outputDataConfig"):
+            if not body.get(name):
+                raise validation(
+                    f"1 validation error detected: Value null at '{name}' failed to satisfy constraint: "
+                    "Member must not be null"
+                )
+        name = str(body["jobName"])
+        if not re.fullmatch(r"[a-zA-Z0-9]{1,63}(-*[a-zA-Z0-9\+\-\.]){0,63}", name) or len(name) > 63:
+            raise validation(f"Value '{name}' at 'jobName' failed to satisfy constraint")
+        token = body.get("clientRequestToken")
+        if token is not None and not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}", str(token)):
+            raise validation("Value at 'clientRequestToken' failed to satisfy constraint")
+        role = str(body["roleArn"])
+        if not role.startswith("arn:"):
+            raise validation(
+                f"Value '{role}' at 'roleArn' failed to satisfy constraint: must be an IAM role ARN"
+            )
+        timeout = body.get("timeoutDurationInHours", 24)
+        if not isinstance(timeout, int) or not 24 <= timeout <= 168:
+            raise validation("Value at 'timeoutDurationInHours' failed to satisfy constraint: 24..168")
+        invocation = body.get("modelInvocationType", "InvokeModel")
+        if invocation not in ("InvokeModel", "Converse"):
+            raise validation(f"Value '{invocation}' at 'modelInvocationType' failed to satisfy constraint")
+        input_uri = ((body["inputDataConfig"] or {}).get("s3InputDataConfig") or {}).get("s3Uri")
+        output_uri = ((body["outputDataConfig"] or {}).get("s3OutputDataConfig") or {}).get("s3Uri")
+        split_s3_uri(input_uri)
+        split_s3_uri(output_uri)
+        tags = body.get("tags") or []
+        if not isinstance(tags, list) or not all(isinstance(t, dict) and "key" in t for t in tags):
+            raise validation("tags must be a list of {key, value}")
+        if len(tags) > 200:
+            raise validation("A job takes at most 200 tags.")
+        directive = next((str(t.get("value", "")) for t in tags if t.get("key") == "emu_faults"), "")
+        try:
+            faults = self.store.faults.batch_defaults.merged(
+                parse_batch_faults(
+                    ",".join(re.split(r"[,\s]+", directive.strip())), self.cfg.expire_done_fraction
+                )
+            )
+        except FaultSyntaxError as exc:
+            raise validation(f"bad emu_faults tag: {exc}") from None
+        self._seq += 1
+        job_id = "".join(random.SystemRandom().choice(_ID_ALPHABET) for _ in range(12))
+        s = self.settings
+        return BedrockJob(
+            job_id=job_id,
+            job_arn=f"arn:aws:bedrock:{s.region}:{s.account_id}:model-invocation-job/{job_id}",
+            name=name,
+            model_id=str(body["modelId"]),
+            role_arn=role,
+            token=str(token) if token is not None else None,
+            input_uri=str(input_uri),
+            output_uri=str(output_uri),
+            timeout_hours=timeout,
+            invocation_type=invocation,
+            tags=[{"key": str(t["key"]), "value": str(t.get("value", ""))} for t in tags],
+            submit_time=self.store.clock.now(),
+            seq=self._seq,
+            faults=faults.to_json(),
+        )
+
+    def _read_input(self, job: BedrockJob) -> None:
+        """Copy the input records locally; a problem becomes the job's validation failure."""
+        try:
+            job.fail_message = self._copy_input(job)
+        except BedrockError:
+            raise
+        except Exception as exc:  # any S3 failure is the job's, as on Bedrock
+            job.fail_message = f"Unable to read the input from {job.input_uri}: {type(exc).__name__}: {exc}"
+        if job.fail_message is None and BatchFaults.from_json(job.faults).fail_validation:
+            job.fail_message = (
+                f"Validation failed (emulated fault: {BatchFaults.from_json(job.faults).fail_validation})."
+            )
+
+    def _copy_input(self, job: BedrockJob) -> str | None:
+        s3 = self.s3.client()
+        bucket, key = split_s3_uri(job.input_uri)
+        out_bucket, _ = split_s3_uri(job.output_uri)
+        try:
+            s3.head_bucket(Bucket=out_bucket)
+        except Exception:
+            return f"The output bucket {out_bucket} does not exist or is not accessible."
+        if key.endswith(".jsonl"):
+            keys = [key]
+        else:
+            prefix = key.rstrip("/") + "/" if key else ""
+            keys = []
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                keys.extend(o["Key"] for o in page.get("Contents") or [] if o["Key"].endswith(".jsonl"))
+            if not keys:
+                return f"No .jsonl files found at {job.input_uri}."
+        total_bytes = 0
+        count = 0
+        files: list[list[Any]] = []
+        with self.records_path(job.job_id).open("wb") as local:
+            for object_key in keys:
+                try:
+                    data = s3.get_object(Bucket=bucket, Key=object_key)["Body"].read()
+                except Exception:
+                    return f"The input file s3://{bucket}/{object_key} does not exist or is not accessible."
+                if len(data) > self.settings.max_file_bytes:
+                    limit = self.settings.max_file_bytes
+                    return f"The input file {object_key} is over the limit of {limit} bytes."
+                total_bytes += len(data)
+                in_file = 0
+                for number, raw in enumerate(data.split(b"\n"), start=1):
+                    if not raw.strip():
+                        continue
+                    try:
+                        record = json.loads(raw)
+                    except ValueError:
+                        return f"Line {number} of {object_key} is not valid JSON."
+                    if not isinstance(record, dict) or "modelInput" not in record:
+                        return f"Line {number} of {object_key} has no modelInput."
+                    record.setdefault("recordId", f"{count + 1:011d}")
+                    local.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+                    count += 1
+                    in_file += 1
+                files.append([object_key.rsplit("/", 1)[-1], in_file])
+        job.n = count
+        job.files = files
+        if total_bytes > self.settings.max_job_bytes:
+            return f"The job's input is over the limit of {self.settings.max_job_bytes} bytes."
+        if count < self.settings.min_records:
+            return (
+                f"The number of records in the input ({count}) is below the minimum of "
+                f"{self.settings.min_records} records per batch inference job."
+            )
+        if count > self.settings.max_records:
+            return (
+                f"The number of records ({count}) is over the limit of {self.settings.max_records} per job."
+            )
+        return None
+
+    # ------------------------------------------------------------------ time
+
+    def _processing(self, job: BedrockJob) -> tuple[float, float]:
+        """(t_start, duration) of the InProgress phase; t_start is inf when it never starts."""
+        c, s = self.cfg, self.settings
+        t_start = job.submit_time + s.submitted_seconds + c.validating_seconds + s.scheduled_seconds
+        duration = c.processing_seconds + job.n * c.per_request_seconds
+        expire = BatchFaults.from_json(job.faults).expire
+        if expire is not None:
+            if expire <= 0 or t_start >= job.expires_at:
+                return float("inf"), duration
+            duration = max(duration, (job.expires_at - t_start) / expire * 1.0000001)
+        return t_start, duration
+
+    def _done_at(self, job: BedrockJob, t: float) -> int:
+        t_start, duration = self._processing(job)
+        if t < t_start:
+            return 0
+        return min(job.n, int((t - t_start) / duration * job.n))
+
+    def view(self, job: BedrockJob, now: float) -> JobView:
+        c, s = self.cfg, self.settings
+        t0 = job.submit_time
+        t_validating = t0 + s.submitted_seconds
+        t_validated = t_validating + c.validating_seconds
+        if job.fail_message is not None:
+            if now < t_validating:
+                return JobView("Submitted", 0, 0, None, t0)
+            if now < t_validated:
+                return JobView("Validating", 0, 0, None, t_validating)
+            return JobView("Failed", 0, 0, t_validated, t_validated)
+        t_start, duration = self._processing(job)
+        natural_end = min(t_start + duration, job.expires_at)
+        if job.stop_at is not None and job.stop_at < natural_end:
+            done = self._done_at(job, job.stop_at)
+            stopped = job.stop_at + c.cancel_seconds
+            if now < stopped:
+                return JobView("Stopping", done, self._errors(job, done), None, job.stop_at)
+            return JobView("Stopped", done, self._errors(job, done), stopped, stopped)
+        if now >= natural_end:
+            done = self._done_at(job, natural_end)
+            if t_start + duration <= job.expires_at:
+                status = "Completed"
+            elif done > 0:
+                status = "PartiallyCompleted"
+            else:
+                status = "Expired"
+            return JobView(status, done, self._errors(job, done), natural_end, natural_end)
+        if now < t_validating:
+            return JobView("Submitted", 0, 0, None, t0)
+        if now < t_validated:
+            return JobView("Validating", 0, 0, None, t_validating)
+        if now < t_start:
+            return JobView("Scheduled", 0, 0, None, t_validated)
+        done = self._done_at(job, now)
+        return JobView("InProgress", done, self._errors(job, done), None, t_start)
+
+    # ------------------------------------------------------------------ records
+
+    def _records(self, job: BedrockJob) -> list[dict[str, Any]]:
+        path = self.records_path(job.job_id)
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+    def _error_codes(self, job: BedrockJob) -> list[int | None]:
+        """The injected or validation error code of each record, in input order (cached)."""
+        cached = self._codes.get(job.job_id)
+        if cached is not None:
+            return cached
+        faults = BatchFaults.from_json(job.faults)
+        kind = bedrock_outputs.family(job.model_id, job.invocation_type)
+        codes: list[int | None] = []
+        for record in self._records(job):
+            record_id = str(record.get("recordId"))
+            explicit, _ = parse_custom_id(record_id)
+            code = item_error_code(self.cfg.seed, record_id, faults, explicit)
+            if code is None and bedrock_outputs.record_problem(kind, record.get("modelInput")):
+                code = 400
+            codes.append(code)
+        self._codes[job.job_id] = codes
+        return codes
+
+    def _errors(self, job: BedrockJob, done: int) -> int:
+        return sum(1 for code in self._error_codes(job)[:done] if code is not None)
+
+    def output_lines(self, job: BedrockJob, done: int) -> dict[str, list[bytes]]:
+        """``<input file>.out`` name → its lines, for the first ``done`` records."""
+        kind = bedrock_outputs.family(job.model_id, job.invocation_type)
+        codes = self._error_codes(job)
+        records = self._records(job)
+        out: dict[str, list[bytes]] = {}
+        position = 0
+        for name, count in job.files:
+            lines = out.setdefault(f"{name}.out", [])
+            for record in records[position : position + count]:
+                if position >= done:
+                    break
+                code = codes[position]
+                line: dict[str, Any] = {"recordId": record["recordId"], "modelInput": record["modelInput"]}
+                if code is None:
+                    line["modelOutput"] = bedrock_outputs.model_output(
+                        kind, job.model_id, record["modelInput"], self.cfg.seed
+                    )
+                else:
+                    problem = bedrock_outputs.record_problem(kind, record.get("modelInput"))
+                    message = problem if code == 400 and problem else _ITEM_MESSAGES.get(code, "Error")
+                    line["error"] = {"errorCode": code, "errorMessage": message}
+                lines.append(json.dumps(line, separators=(",", ":")).encode())
+                position += 1
+            else:
+                continue
+            break
+        if BatchFaults.from_json(job.faults).shuffle or self.cfg.shuffle_results:
+            for name, lines in out.items():
+                random.Random(f"{self.cfg.seed}:{job.job_id}:{name}").shuffle(lines)
+        return out
+
+    def _write_outputs(self, job: BedrockJob, view: JobView) -> None:
+        s3 = self.s3.client()
+        bucket, prefix = split_s3_uri(job.output_uri)
+        base = "/".join(p for p in (prefix.strip("/"), job.job_id) if p)
+        for name, lines in self.output_lines(job, view.done).items():
+            body = b"".join(line + b"\n" for line in lines)
+            s3.put_object(Bucket=bucket, Key=f"{base}/{name}", Body=body)
+        input_tokens = output_tokens = 0
+        for lines in self.output_lines(job, view.done).values():
+            for line in lines:
+                usage = (json.loads(line).get("modelOutput") or {}).get("usage") or {}
+                input_tokens += int(usage.get("input_tokens") or usage.get("inputTokens") or 0)
+                output_tokens += int(usage.get("output_tokens") or usage.get("outputTokens") or 0)
+        manifest = {
+            "totalRecordCount": job.n,
+            "processedRecordCount": view.done,
+            "successRecordCount": view.done - view.errors,
+            "errorRecordCount": view.errors,
+            "inputTokenCount": input_tokens,
+            "outputTokenCount": output_tokens,
+        }
+        s3.put_object(Bucket=bucket, Key=f"{base}/manifest.json.out", Body=json.dumps(manifest).encode())
+
+    async def settle(self, job: BedrockJob) -> JobView:
+        """The job's view now, writing its outputs first when it just reached an ending with output."""
+        view = self.view(job, self.store.clock.now())
+        if view.status in WITH_OUTPUT and not job.outputs_written:
+            lock = self._locks.setdefault(job.job_id, asyncio.Lock())
+            async with lock:
+                if not job.outputs_written:
+                    try:
+                        await asyncio.to_thread(self._write_outputs, job, view)
+                    except BedrockError:
+                        raise
+                    except Exception as exc:
+                        raise BedrockError(
+                            500, "InternalServerException", f"Could not write the job output: {exc}"
+                        ) from None
+                    job.outputs_written = True
+                    self.save(job)
+        return view
+
+    # ------------------------------------------------------------------ API views
+
+    def describe(self, job: BedrockJob, view: JobView) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "jobArn": job.job_arn,
+            "jobName": job.name,
+            "modelId": job.model_id,
+            "roleArn": job.role_arn,
+            "status": view.status,
+            "submitTime": iso(job.submit_time),
+            "lastModifiedTime": iso(view.changed_at),
+            "inputDataConfig": {"s3InputDataConfig": {"s3InputFormat": "JSONL", "s3Uri": job.input_uri}},
+            "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": job.output_uri}},
+            "timeoutDurationInHours": job.timeout_hours,
+            "jobExpirationTime": iso(job.expires_at),
+            "modelInvocationType": job.invocation_type,
+            "totalRecordCount": job.n,
+            "processedRecordCount": view.done,
+            "successRecordCount": view.done - view.errors,
+            "errorRecordCount": view.errors,
+        }
+        if job.token:
+            out["clientRequestToken"] = job.token
+        if view.end_time is not None:
+            out["endTime"] = iso(view.end_time)
+        if view.status == "Failed":
+            out["message"] = job.fail_message
+        elif view.status == "Expired":
+            out["message"] = "The job expired before it could start."
+        elif view.status == "PartiallyCompleted":
+            out["message"] = f"The job reached its timeout with {view.done} of {job.n} records processed."
+        return out
+
+    async def stop(self, job: BedrockJob) -> None:
+        view = self.view(job, self.store.clock.now())
+        if view.status in TERMINAL:
+            raise BedrockError(
+                400,
+                "ConflictException",
+                f"The job {job.job_arn} is in status {view.status} and cannot be stopped.",
+            )
+        if job.stop_at is None:
+            job.stop_at = self.store.clock.now()
+            self.save(job)
+
+    def listed(
+        self,
+        *,
+        after: float | None,
+        before: float | None,
+        status: str | None,
+        name_contains: str | None,
+        descending: bool,
+    ) -> list[BedrockJob]:
+        now = self.store.clock.now()
+        jobs = sorted(self.jobs.values(), key=lambda j: (j.submit_time, j.seq), reverse=descending)
+        return [
+            j
+            for j in jobs
+            if (after is None or j.submit_time >= after)
+            and (before is None or j.submit_time <= before)
+            and (name_contains is None or name_contains in j.name)
+            and (status is None or self.view(j, now).status == status)
+        ]
+
+
+def attach(store: Store) -> BedrockJobs:
+    """Hang the Bedrock jobs off ``store`` (``store.bedrock``) and make ``/_emu/reset`` clear them."""
+    existing = getattr(store, "bedrock", None)
+    if isinstance(existing, BedrockJobs):
+        return existing
+    jobs = BedrockJobs(store)
+    store.bedrock = jobs  # type: ignore[attr-defined]
+    reset = store.reset
+
+    def reset_with_bedrock() -> None:
+        reset()
+        jobs.clear()
+
+    store.reset = reset_with_bedrock  # type: ignore[method-assign]
+    return jobs
