@@ -14,8 +14,10 @@ Errors are AWS-shaped: the status, ``x-amzn-ErrorType: <Name>``, ``x-amzn-Reques
 ``require_authorization`` is set, then a missing ``Authorization`` header is a 403
 ``UnrecognizedClientException``. Server-wide faults (``POST /_emu/faults``) apply here too: ``429``
 → ``ThrottlingException``, ``quota`` → ``ServiceQuotaExceededException``, 500/502/504 →
-``InternalServerException``, 503/529 → ``ServiceUnavailableException``, ``drop``/``reset`` cut the
-connection (after / before the request takes effect).
+``InternalServerException``, 503/529 → ``ServiceUnavailableException``, ``reset`` drops the
+connection before the request takes effect, and ``drop`` lets the request take effect, then answers
+500 ``InternalServerException`` (a lost answer: botocore reads a JSON body cut short as an empty
+success, so cutting the body would hide the case a retried create must survive).
 """
 
 from __future__ import annotations
@@ -84,8 +86,11 @@ def bedrock_route(method: str, path: str) -> Callable[[Handler], Route]:
                 response = await fn(request, jobs)
             except BedrockError as err:
                 response = _error(err)
+            if kind == "drop":
+                lost = "The request was processed but its answer was lost (emulated drop fault)."
+                return _error(BedrockError(500, "InternalServerException", lost))
             response.headers["x-amzn-RequestId"] = str(uuid.uuid4())
-            return CutResponse(response) if kind == "drop" else response
+            return response
 
         return Route(path, endpoint, methods=[method], name=f"bedrock {label}")
 

@@ -446,14 +446,14 @@ class BedrockJobs:
         if expire is not None:
             if expire <= 0 or t_start >= job.expires_at:
                 return float("inf"), duration
-            duration = max(duration, (job.expires_at - t_start) / expire * 1.0000001)
+            duration = max(duration, (job.expires_at - t_start) / expire)
         return t_start, duration
 
     def _done_at(self, job: BedrockJob, t: float) -> int:
         t_start, duration = self._processing(job)
         if t < t_start:
             return 0
-        return min(job.n, int((t - t_start) / duration * job.n))
+        return min(job.n, int((t - t_start) / duration * job.n + 1e-6))
 
     def view(self, job: BedrockJob, now: float) -> JobView:
         c, s = self.cfg, self.settings
