@@ -181,11 +181,16 @@ class AwsClients:
         if self.aws_conn_id:
             from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
+            probe = AwsBaseHook(
+                aws_conn_id=self.aws_conn_id, client_type=service, region_name=self.region_name
+            )
+            # The connection's own ``config_kwargs`` extra wins over this backend's defaults.
+            own = await asyncio.to_thread(lambda: probe.config)
             hook = AwsBaseHook(
                 aws_conn_id=self.aws_conn_id,
                 client_type=service,
                 region_name=self.region_name,
-                config=self._config(service),
+                config=self._config(service).merge(own),
             )
             return await hook.get_async_conn()
         from aiobotocore.session import get_session
