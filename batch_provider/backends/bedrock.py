@@ -19,7 +19,9 @@ Decisions:
   below it is neither padded (padding pays for fake rows) nor sent: :meth:`submit` raises
   :class:`BelowMinimumRecordsError` before any upload or paid call, naming the count, the minimum
   and what to do. With the default chunk size (50,000) only a run's last chunk per model can be
-  short, so a run of at least 100 requests per model is accepted. A retry attempt holding fewer
+  short, so a run of at least 100 requests per model is accepted. Before an attempt's first job
+  the other part files of the attempt are counted too, so a short last chunk stops the run before
+  any job is paid for. A retry attempt holding fewer
   than the minimum raises the same error: its records stay in ``errors.jsonl`` and go to the
   dead letter when the run is closed. Lower the minimum only where the account's quota is lower.
 - **States.** Submitted/Validating/Scheduled → pending; InProgress → running; Stopping →
@@ -37,6 +39,7 @@ Decisions:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -103,14 +106,16 @@ _RETRYABLE_ITEM_CODES = frozenset({408, 429})
 _PREFIX = b'{"recordId":'
 _DECODER = json.JSONDecoder()
 _NOT_ALNUM = re.compile(r"[^a-zA-Z0-9]+")
+_TAG_CHARS = re.compile(r"[^a-zA-Z0-9 ._:/=+@-]")
 
 
 class BelowMinimumRecordsError(InvalidRequestError):
     """A chunk has fewer records than a Bedrock job accepts; nothing was uploaded or created."""
 
-    def __init__(self, count: int, minimum: int) -> None:
+    def __init__(self, count: int, minimum: int, *, part: str | None = None) -> None:
+        which = f"the chunk {part}" if part else "this chunk"
         super().__init__(
-            f"bedrock: a batch job needs at least {minimum} records, this chunk has {count}; nothing "
+            f"bedrock: a batch job needs at least {minimum} records, {which} has {count}; nothing "
             "was sent. Bedrock would fail the job in validation, and padding would pay for fake rows. "
             "Send at least that many requests per model, use another provider for small runs, or set "
             "min_records_per_job lower if your account's quota allows it. For a retry of a few "
@@ -145,6 +150,20 @@ def client_request_token(tags: Mapping[str, str], chunk: Chunk | None = None) ->
         }
     )
     return "bp-" + hashlib.sha256(material.encode()).hexdigest()[:48]
+
+
+def job_tags(tags: Mapping[str, str]) -> list[dict[str, str]]:
+    """``tags`` as Bedrock job tags, made valid: keys 1-128 and values 0-256 characters from
+    ``[a-zA-Z0-9 ._:/=+@-]``. Commas become spaces (so comma lists stay readable), any other
+    character ``_``; keys AWS reserves (``aws:``) are left out."""
+    out: list[dict[str, str]] = []
+    for key, value in tags.items():
+        clean_key = _TAG_CHARS.sub("_", str(key))[:128]
+        if not clean_key or clean_key.lower().startswith("aws:"):
+            continue
+        clean_value = _TAG_CHARS.sub("_", str(value).replace(",", " "))[:256]
+        out.append({"key": clean_key, "value": clean_value})
+    return out
 
 
 def job_name(token: str) -> str:
@@ -307,6 +326,8 @@ class BedrockBackend(BatchBackend):
             )
         if not chunk.model:
             raise ValueError("a Bedrock chunk needs its model id")
+        if chunk.index == 0:
+            await asyncio.to_thread(self._check_sibling_parts, chunk)
         token, input_key, output_prefix = self._locations(tags, chunk)
         s3 = await self._aws.client("s3")
         await upload_file(s3, chunk.path, self.input_bucket, input_key, chunk.byte_size)
@@ -330,7 +351,7 @@ class BedrockBackend(BatchBackend):
         if self.invocation_type != "InvokeModel":
             request["modelInvocationType"] = self.invocation_type
         if self.send_tags and tags:
-            request["tags"] = [{"key": str(k), "value": str(v)} for k, v in tags.items()]
+            request["tags"] = job_tags(tags)
         with aws_errors("create model invocation job"):
             created = await bedrock.create_model_invocation_job(**request)
         return BatchRef(
@@ -342,6 +363,24 @@ class BedrockBackend(BatchBackend):
             created_at=datetime.now(UTC),
             model=chunk.model,
         )
+
+    def _check_sibling_parts(self, chunk: Chunk) -> None:
+        """Before the first job of an attempt, refuse when any part file next to ``chunk``'s (the
+        attempt's other chunks) is below the minimum, so no job is paid for in a run that would
+        stop at a later chunk. Best effort: a folder that cannot be listed is not checked."""
+        try:
+            siblings = [p for p in chunk.path.parent.iterdir() if p.name.endswith(".jsonl")]
+        except (AttributeError, OSError, NotImplementedError):
+            return
+        for part in sorted(siblings, key=lambda p: p.name):
+            if part.name == chunk.path.name:
+                continue
+            count = 0
+            with part.open("rb") as fh:
+                while block := fh.read(1 << 20):
+                    count += block.count(b"\n")
+            if 0 < count < self.min_records_per_job:
+                raise BelowMinimumRecordsError(count, self.min_records_per_job, part=part.name)
 
     async def _job(self, batch_id: str) -> dict[str, Any]:
         bedrock = await self._aws.client("bedrock")
@@ -522,4 +561,5 @@ __all__ = [
     "ModelFamily",
     "client_request_token",
     "job_name",
+    "job_tags",
 ]

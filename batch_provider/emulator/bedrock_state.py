@@ -557,11 +557,12 @@ class BedrockJobs:
         s3 = self.s3.client()
         bucket, prefix = split_s3_uri(job.output_uri)
         base = "/".join(p for p in (prefix.strip("/"), job.job_id) if p)
-        for name, lines in self.output_lines(job, view.done).items():
+        files = self.output_lines(job, view.done)
+        for name, lines in files.items():
             body = b"".join(line + b"\n" for line in lines)
             s3.put_object(Bucket=bucket, Key=f"{base}/{name}", Body=body)
         input_tokens = output_tokens = 0
-        for lines in self.output_lines(job, view.done).values():
+        for lines in files.values():
             for line in lines:
                 usage = (json.loads(line).get("modelOutput") or {}).get("usage") or {}
                 input_tokens += int(usage.get("input_tokens") or usage.get("inputTokens") or 0)

@@ -267,3 +267,11 @@ async def test_aws_connection_builds_the_clients(emu: Any, tmp_path: Any, monkey
         state = await backend.status(handle.batch_ids[0])
         assert state.native_status == "Completed"
         assert len([r async for r in backend.results(handle.batches[0])]) == 10
+
+
+def test_job_tags_are_made_valid() -> None:
+    from batch_provider.backends.bedrock import job_tags
+
+    tags = job_tags({"team": "a,b", "dag": "x*y", "aws:reserved": "v", "k" * 200: "v" * 300})
+    assert tags[0] == {"key": "team", "value": "a b"} and tags[1] == {"key": "dag", "value": "x_y"}
+    assert len(tags) == 3 and len(tags[2]["key"]) == 128 and len(tags[2]["value"]) == 256

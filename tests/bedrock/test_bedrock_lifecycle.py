@@ -220,3 +220,48 @@ async def test_structured_output_and_nova_family(emu: Any, tmp_path: Path) -> No
                 assert record["parsed"]["label"] in ("bug", "question")
                 assert json.loads(record["output_text"]) == record["parsed"]
                 assert record["usage"]["input_tokens"] > 0
+
+
+async def test_short_last_chunk_stops_the_run_before_the_first_job(emu: Any, tmp_path: Path) -> None:
+    emu.bedrock_settings(min_records=10)
+    run_dir = run_directory(tmp_path, dag_id="d", run_id="tail")
+    key = RunKey(dag_id="d", task_id="submit", run_id="tail")
+    before = jobs_created(emu)
+    async with backend_for(emu, min_records_per_job=10) as backend:
+        with pytest.raises(BelowMinimumRecordsError, match=r"part-00002\.jsonl has 4"):
+            await submit_run(
+                backend,
+                builder().render(iter_list(rows(44))),
+                run_dir,
+                run_key=key,
+                conn_id=None,
+                max_requests_per_batch=20,
+            )
+    assert jobs_created(emu) == before
+
+
+async def test_full_cycle_under_random_http_faults_makes_one_job_per_chunk(emu: Any, tmp_path: Path) -> None:
+    """Throttling, 5xx and lost answers on every Bedrock call: botocore retries, the token
+    de-duplicates the creates."""
+    emu.bedrock_settings(min_records=10)
+    run_dir = run_directory(tmp_path, dag_id="d", run_id="faults")
+    key = RunKey(dag_id="d", task_id="submit", run_id="faults")
+    before = jobs_created(emu)
+    emu.set_faults({"fault_rate": 0.3, "fault_kinds": ["429", "500", "503", "drop"], "retry_after": 0})
+    async with backend_for(emu, min_records_per_job=10) as backend:
+        handle = await submit_run(
+            backend,
+            builder().render(iter_list(rows(60))),
+            run_dir,
+            run_key=key,
+            conn_id=None,
+            max_requests_per_batch=20,
+        )
+        await wait_all(backend, handle, emu)
+        summary = await collect_run(backend, handle, run_dir)
+    faults = emu.stats()["faults"]
+    emu.clear_faults()
+    assert sum(faults.values()) > 0
+    assert jobs_created(emu) - before == 3 and len(set(handle.batch_ids)) == 3
+    assert summary.succeeded == 60
+    assert_accounted(run_dir, 60)
