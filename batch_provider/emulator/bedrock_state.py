@@ -232,11 +232,6 @@ class BedrockJobs:
                 loaded.append(BedrockJob(**json.loads(meta.read_text())))
         for job in sorted(loaded, key=lambda j: j.seq):
             self._index(job)
-        self.mark_counter()
-
-    def mark_counter(self) -> None:
-        """Make ``bedrock`` show in ``/_emu/stats`` ``batches_created`` even before the first job."""
-        self.store.stats.batches_created["bedrock"] += 0
 
     def _index(self, job: BedrockJob) -> None:
         self._seq = max(self._seq, job.seq)
@@ -260,7 +255,6 @@ class BedrockJobs:
         self.by_token.clear()
         self._codes.clear()
         self.settings.restore_defaults()
-        self.mark_counter()
 
     # ------------------------------------------------------------------ lookup
 

@@ -75,13 +75,13 @@ def test_full_lifecycle_idempotent_create_and_outputs(emu: Any) -> None:
     client = bedrock_client(emu)
     prefix = fresh_prefix()
     uri = put_input(emu, 118, prefix=prefix, bad_ids=("emu-fail500-x", "BADBODY"))
-    before = emu.stats()["batches_created"]["bedrock"]
+    before = emu.stats()["batches_created"].get("bedrock", 0)
     arn = create(
         client, uri, prefix, clientRequestToken=f"tok-{prefix}", tags=[{"key": "team", "value": "eval"}]
     )
     again = create(client, uri, prefix, clientRequestToken=f"tok-{prefix}")
     assert again == arn, "the same clientRequestToken answers the same job"
-    assert emu.stats()["batches_created"]["bedrock"] == before + 1
+    assert emu.stats()["batches_created"].get("bedrock", 0) == before + 1
 
     job = client.get_model_invocation_job(jobIdentifier=arn)
     assert job["status"] in {"Submitted", "Validating", "Scheduled", "InProgress"}

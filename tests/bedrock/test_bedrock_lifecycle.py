@@ -40,7 +40,7 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def jobs_created(emu: Any) -> int:
-    return int(emu.stats()["batches_created"]["bedrock"])
+    return int(emu.stats()["batches_created"].get("bedrock", 0))
 
 
 async def wait_all(backend: Any, handle: Any, emu: Any) -> None:
