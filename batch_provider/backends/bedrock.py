@@ -539,7 +539,7 @@ class BedrockBackend(BatchBackend):
             finish_reason=answer.finish_reason,
             usage=answer.usage,
             raw=output,
-            model=answer.model or model,
+            model=model or answer.model,
         )
 
     async def delete_input(self, ref: BatchRef) -> None:

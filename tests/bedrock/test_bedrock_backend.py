@@ -275,3 +275,28 @@ def test_job_tags_are_made_valid() -> None:
     tags = job_tags({"team": "a,b", "dag": "x*y", "aws:reserved": "v", "k" * 200: "v" * 300})
     assert tags[0] == {"key": "team", "value": "a b"} and tags[1] == {"key": "dag", "value": "x_y"}
     assert len(tags) == 3 and len(tags[2]["key"]) == 128 and len(tags[2]["value"]) == 256
+
+
+def test_options_from_an_aws_connection() -> None:
+    from batch_provider.backends.bedrock_connection import bedrock_options
+
+    extra = {
+        "role_arn": "arn:aws:iam::1:role/airflow",
+        "bedrock_role_arn": ROLE,
+        "bedrock_s3_uri": "s3://bkt/x",
+    }
+    options = bedrock_options(
+        "aws_default", {**extra, "bedrock_timeout_hours": "48"}, invocation_type="Converse"
+    )
+    assert options == {
+        "aws_conn_id": "aws_default",
+        "role_arn": ROLE,
+        "s3_uri": "s3://bkt/x",
+        "timeout_hours": 48,
+        "invocation_type": "Converse",
+    }
+    assert isinstance(create_backend("bedrock", **options), BedrockBackend)
+    with pytest.raises(ValueError, match="bedrock_role_arn"):
+        bedrock_options("aws_default", {"role_arn": ROLE, "bedrock_s3_uri": "s3://bkt/x"})
+    with pytest.raises(ValueError, match="bedrock_s3_uri"):
+        bedrock_options("aws_default", {"bedrock_role_arn": ROLE})

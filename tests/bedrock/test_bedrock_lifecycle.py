@@ -118,6 +118,11 @@ async def test_partially_completed_keeps_output_and_retries_the_rest(emu: Any, t
         assert (state.native_status, state.ending) == ("PartiallyCompleted", BatchEnding.EXPIRED)
         assert state.counts.succeeded == 50 and state.counts.expired == 50
         summary = await collect_run(backend, handle, run_dir)
+        ref = handle.batches[0]
+        bucket, key = ref.input_file_id[5:].split("/", 1)
+        assert s3_client(emu).list_objects_v2(Bucket=bucket, Prefix=key)["KeyCount"] == 1
+        await backend.delete_input(ref)
+        assert s3_client(emu).list_objects_v2(Bucket=bucket, Prefix=key)["KeyCount"] == 0
     assert summary.succeeded == 50 and summary.unresolved_by_status == {"expired": 50}
     assert summary.retryable == 50
     assert_accounted(run_dir, 100)
