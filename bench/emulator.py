@@ -6,9 +6,9 @@ Starts the emulator as a real process (one uvicorn worker), then
    ``--client-procs`` processes, as an SDK-like client sees it) and with a minimal raw-socket
    keep-alive client (the server's own capacity: the Python HTTP client costs more CPU per request
    than the server does). The emulator's CPU time per request is printed for both;
-2. creates a synthetic Anthropic batch (``POST /_emu/synthetic``) whose results are generated on
-   the fly, streams ``--gb`` gigabytes of results, and reports MB/s and the emulator's peak RSS
-   (``VmHWM`` from ``/proc/<pid>/status``).
+2. creates synthetic batches (``POST /_emu/synthetic``) whose results are generated on the fly
+   (Anthropic results stream, OpenAI output file), streams ``--gb`` gigabytes of each, and reports
+   MB/s and the emulator's peak RSS (``VmHWM`` from ``/proc/<pid>/status``).
 
 Usage: ``.venv/bin/python bench/emulator.py [--quick] [--seconds 10] [--gb 1] [--concurrency 32]``
 """
@@ -142,23 +142,24 @@ async def poll(base_url: str, ids: list[str], seconds: float, concurrency: int) 
 
 
 def stream_results(
-    emu: EmulatorProcess, gigabytes: float, text_bytes: int = 10_000
+    emu: EmulatorProcess, provider: str, gigabytes: float, text_bytes: int = 10_000
 ) -> tuple[int, float, int]:
-    per_line = text_bytes + 330
-    n = max(1, int(gigabytes * 1e9 / per_line))
-    info = emu.synthetic(requests=n, text_bytes=text_bytes)
-    headers = {"x-api-key": "bench", "anthropic-version": "2023-06-01"}
-    total = 0
-    start = time.perf_counter()
-    with (
-        httpx.Client(timeout=300) as client,
-        client.stream("GET", info["results_url"], headers=headers) as resp,
-    ):
-        resp.raise_for_status()
-        for chunk in resp.iter_raw(1 << 20):
-            total += len(chunk)
-    elapsed = time.perf_counter() - start
-    return total, elapsed, n
+    """Create a synthetic batch of about ``gigabytes`` GB of results and stream them once."""
+    n = max(1, int(gigabytes * 1e9 / (text_bytes + 330)))
+    with httpx.Client(base_url=emu.base_url, timeout=300) as client:
+        spec = {"provider": provider, "requests": n, "text_bytes": text_bytes}
+        info = client.post("/_emu/synthetic", json=spec).json()
+        if provider == "openai":
+            url, headers = f"/v1/files/{info['output_file_id']}/content", AUTH
+        else:
+            url, headers = info["results_url"], {"x-api-key": "bench", "anthropic-version": "2023-06-01"}
+        total = 0
+        start = time.perf_counter()
+        with client.stream("GET", url, headers=headers) as resp:
+            resp.raise_for_status()
+            for chunk in resp.iter_raw(1 << 20):
+                total += len(chunk)
+        return total, time.perf_counter() - start, n
 
 
 def main() -> int:
@@ -168,6 +169,7 @@ def main() -> int:
     ap.add_argument("--gb", type=float, default=1.0)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--batches", type=int, default=200, help="batches to poll round-robin")
+    ap.add_argument("--stream", choices=("anthropic", "openai", "both"), default="both")
     ap.add_argument("--client-procs", type=int, default=1, help="processes running httpx2 clients")
     args = ap.parse_args()
     if args.quick:
@@ -198,13 +200,14 @@ def main() -> int:
                 f"emulator CPU {1e6 * server_cpu / max(ok, 1):.0f} us/request"
             )
 
-        total, secs, n = stream_results(emu, args.gb)
+        for provider in ("anthropic", "openai") if args.stream == "both" else (args.stream,):
+            total, secs, n = stream_results(emu, provider, args.gb)
+            print(
+                f"results stream [{provider}]: {total / 1e6:,.0f} MB ({n:,} results) in {secs:.1f} s "
+                f"-> {total / 1e6 / secs:,.0f} MB/s"
+            )
         hwm = vm_kib(emu.pid, "VmHWM")
-        print(
-            f"results stream: {total / 1e6:,.0f} MB ({n:,} results) in {secs:.1f} s "
-            f"-> {total / 1e6 / secs:,.0f} MB/s"
-        )
-        print(f"  emulator RSS before stream {rss0 / 1024:.0f} MiB, peak RSS (VmHWM) {hwm / 1024:.0f} MiB")
+        print(f"emulator RSS before streams {rss0 / 1024:.0f} MiB, peak RSS (VmHWM) {hwm / 1024:.0f} MiB")
     return 0
 
 

@@ -2,8 +2,9 @@
 
 ``GET /_emu/health``, ``GET /_emu/clock``, ``POST /_emu/advance?seconds=N``,
 ``GET|POST|DELETE /_emu/faults``, ``GET /_emu/stats``, ``POST /_emu/reset``, ``GET /_emu/config``,
-``POST /_emu/synthetic`` (a large pre-ended Anthropic batch whose results are generated on the fly:
-``{"requests": N, "text_bytes": L}``; about ``N * (L + 330)`` bytes of results).
+``POST /_emu/synthetic`` (a large finished batch whose results are generated on the fly while
+streamed: ``{"provider": "anthropic"|"openai", "requests": N, "text_bytes": L}``; about
+``N * (L + 330)`` bytes; OpenAI answers with ``output_file_id`` and its exact ``bytes``).
 """
 
 from __future__ import annotations
@@ -95,8 +96,20 @@ async def synthetic(request: Request) -> Response:
         return _bad(f"bad synthetic spec: {exc}")
     if n < 1 or text_bytes < 0:
         return _bad("requests must be >= 1 and text_bytes >= 0")
-    rec = store.anthropic.create_synthetic(n, text_bytes, processing)
     base = str(request.base_url).rstrip("/")
+    if spec.get("provider", "anthropic") == "openai":
+        orec = store.openai.create_synthetic(n, text_bytes)
+        view = store.openai.view(orec, await store.openai.plan(orec), store.clock.now())
+        return JSONResponse(
+            {
+                "provider": "openai",
+                "id": orec.id,
+                "requests": n,
+                "output_file_id": view["output_file_id"],
+                "bytes": store.files.records[view["output_file_id"]].bytes,
+            }
+        )
+    rec = store.anthropic.create_synthetic(n, text_bytes, processing)
     return JSONResponse(
         {
             "provider": "anthropic",

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from starlette.concurrency import iterate_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .errors import ApiError, not_found
+from .openai_state import synthetic_chunks
 from .store import FileRecord, Store, new_id
 from .web import api_route, cut_stream, int_param, json_body
 
@@ -119,6 +121,8 @@ async def file_content(request: Request, store: Store) -> Response:
                 yield chunk
 
     body: AsyncIterator[bytes] = chunks()
+    if rec.synthetic_lines:
+        body = iterate_in_threadpool(synthetic_chunks(rec.synthetic_lines, rec.synthetic_text_bytes))
     owner = store.openai.output_owner(rec.id)
     if owner is not None:
         faults = store.openai.plans[owner.id].faults

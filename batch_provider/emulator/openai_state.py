@@ -34,6 +34,7 @@ import random
 import shutil
 from array import array
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,6 +106,9 @@ class OpenAIBatch:
     input_missing: bool = False
     seq: int = 0
     downloads: int = 0
+    synthetic_text_bytes: int | None = None
+    """Set for ``/_emu/synthetic`` batches: completed at once, output generated on the fly."""
+    synthetic_n: int = 0
 
 
 class OpenAIBatches:
@@ -250,9 +254,41 @@ class OpenAIBatches:
                 )
         return dict(metadata)
 
+    def create_synthetic(self, n: int, text_bytes: int) -> OpenAIBatch:
+        """A batch that is already completed, with ``n`` generated output lines (see README)."""
+        now = self.store.clock.now()
+        rec = OpenAIBatch(
+            id=new_id("batch_"),
+            endpoint="/v1/chat/completions",
+            input_file_id="file-synthetic",
+            completion_window="24h",
+            metadata={"emu_synthetic": "true"},
+            created_at=now,
+            expires_at=now + self.cfg.completion_window_seconds,
+            faults=BatchFaults().to_json(),
+            output_ttl=self.cfg.file_ttl_seconds,
+            seq=self._seq + 1,
+            synthetic_text_bytes=text_bytes,
+            synthetic_n=n,
+        )
+        self._index(rec)
+        self._save(rec)
+        self.store.stats.batches_created["openai"] += 1
+        return rec
+
     async def plan(self, rec: OpenAIBatch) -> Plan:
         plan = self.plans.get(rec.id)
         if plan is not None:
+            return plan
+        if rec.synthetic_text_bytes is not None:
+            n, tok = rec.synthetic_n, _synthetic_tokens(rec.synthetic_text_bytes)
+            plan = Plan(
+                n=n,
+                model=SYNTHETIC_MODEL,
+                in_prefix=array("q", range(0, 10 * (n + 1), 10)),
+                out_prefix=array("q", range(0, tok * (n + 1), tok)) if tok else array("q", [0] * (n + 1)),
+            )
+            self.plans[rec.id] = plan
             return plan
         fut = self._plan_tasks.get(rec.id)
         if fut is None:
@@ -375,6 +411,8 @@ class OpenAIBatches:
     def timeline(self, rec: OpenAIBatch, plan: Plan) -> tuple[float, float]:
         """(t_v, t_p): end of validation, end of processing (inf when it can never finish)."""
         cfg = self.cfg
+        if rec.synthetic_text_bytes is not None:
+            return rec.created_at, rec.created_at
         t_v = rec.created_at + cfg.validating_seconds
         if plan.faults.expire is not None:
             return t_v, math.inf
@@ -393,7 +431,7 @@ class OpenAIBatches:
         """The API Batch object at emulated time ``now`` (registers output files once terminal)."""
         cfg = self.cfg
         t_v, t_p = self.timeline(rec, plan)
-        t_fin = t_p + cfg.finalizing_seconds
+        t_fin = t_p + (cfg.finalizing_seconds if rec.synthetic_text_bytes is None else 0.0)
         ts: dict[str, float | None] = dict.fromkeys(
             (
                 "in_progress_at",
@@ -496,7 +534,20 @@ class OpenAIBatches:
                 continue
             fid = "file-" + outputs.short_id(outputs.body_hash(0, f"{rec.id}:{kind}"))
             self.owners[fid] = rec.id
-            if fid not in self.store.files.records:
+            if fid not in self.store.files.records and rec.synthetic_text_bytes is not None:
+                self.store.files.add(
+                    FileRecord(
+                        id=fid,
+                        bytes=count * synthetic_line_length(rec.synthetic_text_bytes),
+                        created_at=int(ended),
+                        filename=f"{rec.id}_{kind}.jsonl",
+                        purpose="batch_output",
+                        expires_at=int(ended + rec.output_ttl),
+                        synthetic_lines=count,
+                        synthetic_text_bytes=rec.synthetic_text_bytes,
+                    )
+                )
+            elif fid not in self.store.files.records:
                 created = int(ended)
                 self.store.files.add_pending(
                     FileRecord(
@@ -598,6 +649,49 @@ class OpenAIBatches:
                 items.append(rec)
             i -= 1
         return items, i >= 0
+
+
+SYNTHETIC_MODEL = "gpt-synthetic"
+
+
+def _synthetic_tokens(text_bytes: int) -> int:
+    return math.ceil(text_bytes / 4)
+
+
+def _synthetic_parts(text_bytes: int) -> tuple[bytes, bytes, bytes, bytes]:
+    tok = _synthetic_tokens(text_bytes)
+    filler = ("lorem ipsum dolor sit amet " * (text_bytes // 27 + 1))[:text_bytes]
+    body_tail = (
+        '","object":"chat.completion","created":0,"model":"' + SYNTHETIC_MODEL + '","choices":[{"index":0,'
+        '"message":{"role":"assistant","content":"' + filler + '","refusal":null,"annotations":[]},'
+        '"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":'
+        + str(tok)
+        + ',"total_tokens":'
+        + str(tok + 10)
+        + '}}},"error":null}\n'
+    )
+    return (
+        b'{"id":"batch_req_synth',
+        b'","custom_id":"synth-',
+        b'","response":{"status_code":200,"body":{"id":"chatcmpl-synth',
+        body_tail.encode(),
+    )
+
+
+def synthetic_line_length(text_bytes: int) -> int:
+    return sum(len(p) for p in _synthetic_parts(text_bytes)) + 3 * 8
+
+
+def synthetic_chunks(lines: int, text_bytes: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The output file of a synthetic batch: ``lines`` fixed-length lines, built per ~1 MiB chunk."""
+    a, b, c, tail = _synthetic_parts(text_bytes)
+    per_chunk = max(1, chunk // synthetic_line_length(text_bytes))
+    for start in range(0, lines, per_chunk):
+        parts = []
+        for i in range(start, min(lines, start + per_chunk)):
+            num = b"%08d" % i
+            parts.append(a + num + b + num + c + num + tail)
+        yield b"".join(parts)
 
 
 def _err(code: str, message: str, *, param: str | None = None, line: int | None = None) -> dict[str, Any]:

@@ -55,6 +55,9 @@ class FileRecord:
     expires_at: int | None = None
     seq: int = 0
     pending: bool = False
+    synthetic_lines: int = 0
+    """> 0: content generated on the fly (``/_emu/synthetic``), never stored; see openai_state."""
+    synthetic_text_bytes: int = 0
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -87,7 +90,7 @@ class FileStore:
             except (ValueError, TypeError):
                 continue
         for rec in sorted(loaded, key=lambda r: (r.seq, r.created_at)):
-            if (self.dir / f"{rec.id}.bin").exists():
+            if rec.synthetic_lines or (self.dir / f"{rec.id}.bin").exists():
                 self.records[rec.id] = rec
                 self._seq = max(self._seq, rec.seq)
 

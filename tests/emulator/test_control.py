@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import anthropic
 import httpx
 import openai
@@ -105,3 +107,19 @@ def test_cli_parser_accepts_emulator_options() -> None:
     )
     assert args.command == "emulator" and args.time_factor == 3600 and args.fault_rate == 0.3
     assert args.set == ["openai_max_requests=10"]
+
+
+def test_openai_synthetic_output_file(emu: EmulatorProcess, oai: openai.OpenAI) -> None:
+    r = httpx.post(
+        f"{emu.base_url}/_emu/synthetic", json={"provider": "openai", "requests": 250, "text_bytes": 500}
+    )
+    info = r.json()
+    b = oai.batches.retrieve(info["id"])
+    assert b.status == "completed" and b.request_counts.completed == 250
+    meta = oai.files.retrieve(b.output_file_id)
+    assert meta.bytes == info["bytes"]
+    content = oai.files.content(b.output_file_id).content
+    assert len(content) == meta.bytes
+    lines = [json.loads(x) for x in content.splitlines()]
+    assert len(lines) == 250 and len({x["custom_id"] for x in lines}) == 250
+    assert len(lines[0]["response"]["body"]["choices"][0]["message"]["content"]) == 500
