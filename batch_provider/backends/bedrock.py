@@ -43,6 +43,7 @@ import asyncio
 import hashlib
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -52,6 +53,7 @@ from batch_provider.backends.base import BatchBackend, Chunk, EncodedRequest
 from batch_provider.backends.bedrock_aws import (
     AwsClients,
     AwsRetryPolicy,
+    JobQuotaError,
     aws_errors,
     join_key,
     list_keys,
@@ -202,6 +204,10 @@ class BedrockBackend(BatchBackend):
         invocation_type: ``InvokeModel`` (model-native bodies) or ``Converse``.
         min_records_per_job: records a job needs at least (default 100; see the module docstring).
         send_tags: ``False`` sends no job tags (``find`` still works through the token).
+        wait_for_job_slot_seconds: how long a create waits, polling every
+            ``job_slot_poll_seconds``, while the account is at its cap of submitted plus running
+            jobs (``ServiceQuotaExceededException``). Default 0: raise ``RateLimitedError`` at once
+            (Airflow's task retry then re-attaches to the jobs already made and goes on).
     """
 
     provider: ClassVar[Provider] = Provider.BEDROCK
@@ -228,6 +234,8 @@ class BedrockBackend(BatchBackend):
         limits: ProviderLimits | None = None,
         policy: AwsRetryPolicy | None = None,
         send_tags: bool = True,
+        wait_for_job_slot_seconds: float = 0.0,
+        job_slot_poll_seconds: float = 60.0,
     ) -> None:
         if not role_arn:
             raise ValueError(
@@ -252,6 +260,8 @@ class BedrockBackend(BatchBackend):
             self.limits.min_requests_per_batch if min_records_per_job is None else int(min_records_per_job)
         )
         self.send_tags = send_tags
+        self.wait_for_job_slot_seconds = float(wait_for_job_slot_seconds)
+        self.job_slot_poll_seconds = float(job_slot_poll_seconds)
         self.policy = policy or AwsRetryPolicy()
         self._aws = AwsClients(
             region_name=region_name,
@@ -352,8 +362,7 @@ class BedrockBackend(BatchBackend):
             request["modelInvocationType"] = self.invocation_type
         if self.send_tags and tags:
             request["tags"] = job_tags(tags)
-        with aws_errors("create model invocation job"):
-            created = await bedrock.create_model_invocation_job(**request)
+        created = await self._create_job(bedrock, request)
         return BatchRef(
             provider=self.provider,
             batch_id=created["jobArn"],
@@ -381,6 +390,20 @@ class BedrockBackend(BatchBackend):
                     count += block.count(b"\n")
             if 0 < count < self.min_records_per_job:
                 raise BelowMinimumRecordsError(count, self.min_records_per_job, part=part.name)
+
+    async def _create_job(self, bedrock: Any, request: dict[str, Any]) -> dict[str, Any]:
+        """CreateModelInvocationJob; while the account is at its cap of jobs in flight, wait for a
+        slot up to ``wait_for_job_slot_seconds`` (re-sending is safe: the token de-duplicates)."""
+        deadline = time.monotonic() + self.wait_for_job_slot_seconds
+        while True:
+            try:
+                with aws_errors("create model invocation job"):
+                    return await bedrock.create_model_invocation_job(**request)
+            except JobQuotaError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                await asyncio.sleep(min(self.job_slot_poll_seconds, remaining))
 
     async def _job(self, batch_id: str) -> dict[str, Any]:
         bedrock = await self._aws.client("bedrock")

@@ -54,6 +54,10 @@ _AUTH_CODES = frozenset(
 _NOT_FOUND_CODES = frozenset({"ResourceNotFoundException", "NoSuchKey", "NoSuchBucket", "404"})
 
 
+class JobQuotaError(RateLimitedError):
+    """A Bedrock quota refused the call: usually the cap on submitted plus running jobs."""
+
+
 @dataclass(frozen=True)
 class AwsRetryPolicy:
     """Timeouts and botocore retry settings, in seconds."""
@@ -83,7 +87,7 @@ def mapped_error(exc: Exception, operation: str) -> BatchProviderError:
         if code in ("ThrottlingException", "TooManyRequestsException", "SlowDown"):
             return RateLimitedError(text, status_code=status, provider=PROVIDER)
         if code == "ServiceQuotaExceededException":
-            return RateLimitedError(
+            return JobQuotaError(
                 text + " (too many jobs in flight, or a size quota: wait for running jobs to end)",
                 status_code=status,
                 provider=PROVIDER,

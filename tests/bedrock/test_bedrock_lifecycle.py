@@ -270,3 +270,41 @@ async def test_full_cycle_under_random_http_faults_makes_one_job_per_chunk(emu: 
     assert jobs_created(emu) - before == 3 and len(set(handle.batch_ids)) == 3
     assert summary.succeeded == 60
     assert_accounted(run_dir, 60)
+
+
+async def test_create_waits_for_a_job_slot(emu: Any, tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    from batch_provider.backends.errors import RateLimitedError
+
+    emu.bedrock_settings(min_records=10, max_jobs_in_flight=0)
+    key = RunKey(dag_id="d", task_id="submit", run_id="slot")
+    async with backend_for(emu, min_records_per_job=10) as impatient:
+        with pytest.raises(RateLimitedError, match="ServiceQuotaExceededException"):
+            await submit_run(
+                impatient,
+                builder().render(iter_list(rows(10))),
+                run_directory(tmp_path / "a", dag_id="d", run_id="slot"),
+                run_key=key,
+                conn_id=None,
+            )
+    async with backend_for(
+        emu, min_records_per_job=10, wait_for_job_slot_seconds=30, job_slot_poll_seconds=0.1
+    ) as patient:
+
+        async def free_a_slot() -> None:
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(emu.bedrock_settings, max_jobs_in_flight=20)
+
+        started = time.monotonic()
+        freeing = asyncio.create_task(free_a_slot())
+        handle = await submit_run(
+            patient,
+            builder().render(iter_list(rows(10))),
+            run_directory(tmp_path / "b", dag_id="d", run_id="slot"),
+            run_key=key,
+            conn_id=None,
+        )
+        await freeing
+    assert time.monotonic() - started >= 0.4 and len(handle.batch_ids) == 1
