@@ -21,9 +21,9 @@ Decisions:
   and what to do. With the default chunk size (50,000) only a run's last chunk per model can be
   short, so a run of at least 100 requests per model is accepted. Before an attempt's first job
   the other part files of the attempt are counted too, so a short last chunk stops the run before
-  any job is paid for. A retry attempt holding fewer
-  than the minimum raises the same error: its records stay in ``errors.jsonl`` and go to the
-  dead letter when the run is closed. Lower the minimum only where the account's quota is lower.
+  any job is paid for. A retry attempt holding fewer than the minimum raises the same error: its
+  records stay in ``errors.jsonl`` with their first errors and go to the dead letter when the run
+  is closed (``write_dead_letter``). Lower the minimum only where the account's quota is lower.
 - **States.** Submitted/Validating/Scheduled → pending; InProgress → running; Stopping →
   finalizing; Completed → ended/completed; PartiallyCompleted → ended/**expired** (Bedrock stops a
   job at its timeout with part of the records done; the records with output are kept and the

@@ -308,3 +308,29 @@ async def test_create_waits_for_a_job_slot(emu: Any, tmp_path: Path) -> None:
         )
         await freeing
     assert time.monotonic() - started >= 0.4 and len(handle.batch_ids) == 1
+
+
+async def test_retry_below_the_minimum_is_refused_and_the_run_closes_with_a_dead_letter(
+    emu: Any, tmp_path: Path
+) -> None:
+    run_dir = run_directory(tmp_path, dag_id="d", run_id="small-retry")
+    key = RunKey(dag_id="d", task_id="submit", run_id="small-retry")
+    async with backend_for(emu) as backend:
+        handle = await submit_run(
+            backend,
+            builder().render(iter_list(rows(100))),
+            run_dir,
+            run_key=key,
+            conn_id=None,
+            tags={"emu_faults": "item_errors=0.2:500"},
+        )
+        await wait_all(backend, handle, emu)
+        first = await collect_run(backend, handle, run_dir)
+        assert 0 < first.retryable < 100
+        before = jobs_created(emu)
+        with pytest.raises(BelowMinimumRecordsError, match=f"has {first.retryable};"):
+            await resubmit_retryable(backend, handle, run_dir, run_key=key, max_attempts=3)
+        assert jobs_created(emu) == before
+        closed = write_dead_letter(backend, run_dir)
+    assert closed.dead_letter == first.retryable and closed.succeeded == 100 - first.retryable
+    assert_accounted(run_dir, 100)
