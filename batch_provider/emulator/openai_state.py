@@ -124,6 +124,7 @@ class OpenAIBatches:
         self.plans: dict[str, Plan] = {}
         self._plan_tasks: dict[str, asyncio.Future[Plan]] = {}
         self.owners: dict[str, str] = {}
+        self._terminal_files: dict[str, tuple[str | None, str | None]] = {}
         """output/error file id → batch id, for per-batch download faults."""
         loaded = []
         for meta in self.dir.glob("batch_*.json"):
@@ -162,6 +163,7 @@ class OpenAIBatches:
         self.pos.clear()
         self.plans.clear()
         self.owners.clear()
+        self._terminal_files.clear()
 
     # ------------------------------------------------------------------ create / plan
 
@@ -495,8 +497,13 @@ class OpenAIBatches:
             }
         output_file_id = error_file_id = None
         if status in ("completed", "expired", "cancelled") and validated:
-            ended = ts["completed_at"] or ts["expired_at"] or ts["cancelled_at"] or now
-            output_file_id, error_file_id = self._output_files(rec, plan, status, done, failed, ended)
+            files = self._terminal_files.get(rec.id)
+            if files is None:
+                ended = ts["completed_at"] or ts["expired_at"] or ts["cancelled_at"] or now
+                files = self._terminal_files[rec.id] = self._output_files(
+                    rec, plan, status, done, failed, ended
+                )
+            output_file_id, error_file_id = files
         body: dict[str, Any] = {
             "id": rec.id,
             "object": "batch",
@@ -762,6 +769,11 @@ def _body_problem(endpoint: str, body: dict[str, Any]) -> tuple[str, str] | None
     elif endpoint == "/v1/embeddings":
         if not outputs.embedding_inputs(body):
             return "'input' must be a non-empty string or array.", "input"
+        dims = body.get("dimensions")
+        if dims is not None and (
+            not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= 4096
+        ):
+            return "Invalid value for 'dimensions': expected an integer within 1..4096.", "dimensions"
     elif endpoint == "/v1/completions" and body.get("prompt") in (None, "", []):
         return "Missing required parameter: 'prompt'.", "prompt"
     for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):

@@ -194,7 +194,7 @@ def instance_for_schema(schema: Any, rng: random.Random, root: Any = None, depth
         props = schema.get("properties") or {}
         return {k: instance_for_schema(v, rng, root, depth + 1) for k, v in props.items()}
     if typ == "array":
-        lo = int(schema.get("minItems", 1))
+        lo = min(int(schema.get("minItems", 1)), 1000)
         hi = int(schema.get("maxItems", max(lo, 3)))
         n = rng.randint(lo, max(lo, min(hi, lo + 2)))
         return [instance_for_schema(schema.get("items", {}), rng, root, depth + 1) for _ in range(n)]
@@ -236,12 +236,12 @@ def _fake_string(schema: dict[str, Any], rng: random.Random) -> str:
         return f"{rng.getrandbits(32):08x}-0000-4000-8000-{rng.getrandbits(48):012x}"
     if fmt in ("uri", "url"):
         return f"https://example.com/{rng.randrange(1000)}"
-    lo = int(schema.get("minLength", 0))
+    lo = min(int(schema.get("minLength", 0)), 100_000)
     hi = int(schema.get("maxLength", 10_000))
     words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 3)))
-    while len(words) < lo:
-        words += " " + rng.choice(_WORDS)
-    return words[:hi]
+    if len(words) < lo:
+        words = (words + " ") * (lo // (len(words) + 1) + 1)
+    return words[:hi] if hi >= lo else words[:lo]
 
 
 def _resolve_ref(root: Any, ref: str) -> Any:
