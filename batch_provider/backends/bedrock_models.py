@@ -10,6 +10,8 @@ the model family, read from the model id:
   ``inferenceConfig``).
 - ``Converse`` invocation type, any model: the Converse request body (the Nova shape without
   ``schemaVersion``).
+- ``meta.llama3*`` / ``meta.llama4*``: ``prompt`` in the Llama 3 chat template, ``max_gen_len``,
+  ``temperature``. No structured output (a response schema is refused: use Converse).
 
 Cross-region inference profiles (``us.anthropic...``, ``global.anthropic...``) and profile ARNs
 resolve to the family of the model they name. Other families accept ``LLMRequest.native`` as the
@@ -40,6 +42,7 @@ _IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", 
 class ModelFamily(StrEnum):
     ANTHROPIC = "anthropic"
     NOVA = "nova"
+    LLAMA = "llama"
     CONVERSE = "converse"
     OTHER = "other"
 
@@ -61,6 +64,8 @@ def family_of(model_id: str, invocation_type: str = "InvokeModel") -> ModelFamil
         return ModelFamily.ANTHROPIC
     if base.startswith("amazon.nova"):
         return ModelFamily.NOVA
+    if base.startswith(("meta.llama3", "meta.llama4")):
+        return ModelFamily.LLAMA
     return ModelFamily.OTHER
 
 
@@ -75,6 +80,8 @@ def model_input(request: LLMRequest, family: ModelFamily) -> dict[str, Any]:
             body.setdefault("anthropic_version", ANTHROPIC_VERSION)
             if request.max_tokens is not None:
                 body.setdefault("max_tokens", request.max_tokens)
+        elif family is ModelFamily.LLAMA and request.max_tokens is not None:
+            body.setdefault("max_gen_len", request.max_tokens)
         elif family in (ModelFamily.NOVA, ModelFamily.CONVERSE) and request.max_tokens is not None:
             config = dict(body.get("inferenceConfig") or {})
             config.setdefault("maxTokens", request.max_tokens)
@@ -83,11 +90,14 @@ def model_input(request: LLMRequest, family: ModelFamily) -> dict[str, Any]:
         body = _anthropic_body(request)
     elif family in (ModelFamily.NOVA, ModelFamily.CONVERSE):
         body = _converse_body(request, nova=family is ModelFamily.NOVA)
+    elif family is ModelFamily.LLAMA:
+        body = _llama_body(request)
     else:
         raise RequestRejected(
             request.custom_id,
             "model",
-            f"no request translation for model {request.model!r} (known: anthropic.*, amazon.nova*); "
+            f"no request translation for model {request.model!r} (known: anthropic.*, amazon.nova*, "
+            "meta.llama3*/4*); "
             "give a native modelInput or use invocation_type='Converse'",
         )
     body.update(request.extra)
@@ -102,6 +112,10 @@ def _check_body(custom_id: str, body: dict[str, Any], family: ModelFamily) -> No
             raise RequestRejected(custom_id, "max_tokens", "Anthropic models require max_tokens")
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise RequestRejected(custom_id, "max_tokens", f"must be at least 1, got {max_tokens!r}")
+    if family is ModelFamily.LLAMA:
+        if not body.get("prompt"):
+            raise RequestRejected(custom_id, "messages", "no messages given")
+        return
     if family is not ModelFamily.OTHER and not body.get("messages"):
         raise RequestRejected(custom_id, "messages", "no messages given")
 
@@ -202,6 +216,34 @@ def _converse_body(request: LLMRequest, *, nova: bool) -> dict[str, Any]:
             ],
             "toolChoice": {"tool": {"name": STRUCTURED_TOOL}},
         }
+    return body
+
+
+def _llama_body(request: LLMRequest) -> dict[str, Any]:
+    """Llama 3 chat template; text only."""
+    if request.response_schema is not None:
+        raise RequestRejected(
+            request.custom_id,
+            "response_schema",
+            "Llama on InvokeModel has no structured output; use Converse",
+        )
+    turns: list[tuple[str, str]] = [("system", request.system)] if request.system else []
+    for message in _messages(request):
+        if not isinstance(message.content, str) and any(isinstance(p, ImagePart) for p in message.content):
+            raise RequestRejected(request.custom_id, "messages", "images need invocation_type='Converse'")
+        turns.append((message.role, message.text()))
+    if not any(role == "user" for role, _ in turns):
+        return {}
+    prompt = "<|begin_of_text|>" + "".join(
+        f"<|start_header_id|>{role}<|end_header_id|>\n\n{text}<|eot_id|>" for role, text in turns
+    )
+    body: dict[str, Any] = {"prompt": prompt + "<|start_header_id|>assistant<|end_header_id|>\n\n"}
+    if request.max_tokens is not None:
+        body["max_gen_len"] = request.max_tokens
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.stop:
+        raise RequestRejected(request.custom_id, "stop", "Llama on InvokeModel has no stop sequences")
     return body
 
 

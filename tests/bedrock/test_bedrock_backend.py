@@ -128,7 +128,22 @@ def test_nova_converse_and_native_bodies() -> None:
     )
     assert native == {"prompt": "hi", "max_gen_len": 9}
     with pytest.raises(RequestRejected, match="no request translation"):
-        offline().encode(LLMRequest(custom_id="l2", model="meta.llama3-70b-instruct-v1:0", input="hi"))
+        offline().encode(LLMRequest(custom_id="l2", model="cohere.command-r-v1:0", input="hi"))
+
+
+def test_llama_prompt_template() -> None:
+    llama = "us.meta.llama3-3-70b-instruct-v1:0"
+    body = decoded(offline(), LLMRequest(custom_id="l1", model=llama, system="S", input="hi", max_tokens=7))
+    assert body == {
+        "prompt": "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        "max_gen_len": 7,
+    }
+    with pytest.raises(RequestRejected, match="Converse"):
+        offline().encode(
+            LLMRequest(custom_id="l2", model=llama, input="hi", response_schema={"type": "object"})
+        )
 
 
 def test_model_families_and_record_ids() -> None:

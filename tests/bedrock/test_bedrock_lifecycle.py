@@ -334,3 +334,22 @@ async def test_retry_below_the_minimum_is_refused_and_the_run_closes_with_a_dead
         closed = write_dead_letter(backend, run_dir)
     assert closed.dead_letter == first.retryable and closed.succeeded == 100 - first.retryable
     assert_accounted(run_dir, 100)
+
+
+async def test_llama_family_end_to_end(emu: Any, tmp_path: Path) -> None:
+    emu.bedrock_settings(min_records=10)
+    run_dir = run_directory(tmp_path, dag_id="d", run_id="llama")
+    async with backend_for(emu, min_records_per_job=10) as backend:
+        handle = await submit_run(
+            backend,
+            builder("meta.llama3-3-70b-instruct-v1:0").render(iter_list(rows(10))),
+            run_dir,
+            run_key=RunKey(dag_id="d", task_id="submit", run_id="llama"),
+            conn_id=None,
+        )
+        await wait_all(backend, handle, emu)
+        summary = await collect_run(backend, handle, run_dir)
+    assert summary.succeeded == 10
+    for record in read_lines(run_dir.results):
+        assert record["output_text"] and record["finish_reason"] == "stop"
+        assert record["usage"]["input_tokens"] > 0 and record["usage"]["output_tokens"] > 0
