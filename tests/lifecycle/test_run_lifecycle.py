@@ -49,6 +49,13 @@ def batches_created(emulator: Any, provider: str) -> int:
     return int(emulator.stats().get("batches_created", {}).get(provider, 0))
 
 
+async def submit_rows(
+    backend: Any, provider: str, data: list[dict[str, Any]], run_dir: Any, key: RunKey, **options: Any
+) -> Any:
+    items = builder(provider).render(iter_list(data))
+    return await submit_run(backend, items, run_dir, run_key=key, conn_id=None, **options)
+
+
 async def wait_all(backend: Any, handle: Any, emulator: Any) -> None:
     emulator.advance(2 * 86400)
     await watch_batches(
@@ -119,40 +126,19 @@ async def test_rerun_reattaches_and_other_input_is_refused(
     key = RunKey(dag_id="d", task_id="submit", run_id="r1")
     before = batches_created(emulator, provider)
     async with backend_for(provider, emulator) as backend:
-        first = await submit_run(
-            backend,
-            builder(provider).render(iter_list(rows(12))),
-            run_dir,
-            run_key=key,
-            conn_id=None,
-            max_requests_per_batch=5,
-        )
-        again = await submit_run(
-            backend,
-            builder(provider).render(iter_list(rows(12))),
-            run_dir,
-            run_key=key,
-            conn_id=None,
-            max_requests_per_batch=5,
-        )
+        first = await submit_rows(backend, provider, rows(12), run_dir, key, max_requests_per_batch=5)
+        again = await submit_rows(backend, provider, rows(12), run_dir, key, max_requests_per_batch=5)
         assert again.batch_ids == first.batch_ids
         assert batches_created(emulator, provider) - before == 3
         with pytest.raises(LedgerConflictError, match="different input"):
-            await submit_run(
-                backend,
-                builder(provider).render(iter_list(rows(13))),
-                run_dir,
-                run_key=key,
-                conn_id=None,
-                max_requests_per_batch=5,
-            )
+            await submit_rows(backend, provider, rows(13), run_dir, key, max_requests_per_batch=5)
         with pytest.raises(LedgerConflictError, match="ledger of"):
-            await submit_run(
+            await submit_rows(
                 backend,
-                builder(provider).render(iter_list(rows(12))),
+                provider,
+                rows(12),
                 run_dir,
-                run_key=key.model_copy(update={"task_id": "other"}),
-                conn_id=None,
+                key.model_copy(update={"task_id": "other"}),
                 max_requests_per_batch=5,
             )
     assert batches_created(emulator, provider) - before == 3
@@ -167,28 +153,14 @@ async def test_crash_between_create_and_ledger_write_reattaches(
     key = RunKey(dag_id="d", task_id="submit", run_id="crash")
     before = batches_created(emulator, provider)
     async with backend_for(provider, emulator) as backend:
-        first = await submit_run(
-            backend,
-            builder(provider).render(iter_list(rows(8))),
-            run_dir,
-            run_key=key,
-            conn_id=None,
-            max_requests_per_batch=4,
-        )
+        first = await submit_rows(backend, provider, rows(8), run_dir, key, max_requests_per_batch=4)
         ledger = Ledger.load(run_dir)
         assert ledger is not None
         lost = ledger.attempts[1].chunks[1]
         assert lost.intent_at is not None
         lost.batch = None  # as if the process died right after the create call returned
         ledger.save(run_dir)
-        again = await submit_run(
-            backend,
-            builder(provider).render(iter_list(rows(8))),
-            run_dir,
-            run_key=key,
-            conn_id=None,
-            max_requests_per_batch=4,
-        )
+        again = await submit_rows(backend, provider, rows(8), run_dir, key, max_requests_per_batch=4)
     assert sorted(again.batch_ids) == sorted(first.batch_ids)
     assert batches_created(emulator, provider) - before == 2
     matched = Ledger.load(run_dir).attempts[1].chunks[1].matched_by
@@ -206,9 +178,7 @@ async def test_retry_recovers_transient_failures_and_dead_letters_the_rest(
     key = RunKey(dag_id="d", task_id="submit", run_id="retry")
     emulator.set_faults({"batch_faults": "item_errors=0.3:500/529,expire=0.6"})
     async with backend_for(provider, emulator) as backend:
-        handle = await submit_run(
-            backend, builder(provider).render(iter_list(data)), run_dir, run_key=key, conn_id=None
-        )
+        handle = await submit_rows(backend, provider, data, run_dir, key)
         await wait_all(backend, handle, emulator)
         first = await collect_run(backend, handle, run_dir)
         assert first.retryable > 0 and first.accounted
@@ -235,14 +205,7 @@ async def test_budget_cap_stops_submit_before_any_paid_call(emulator: Any, tmp_p
     before = batches_created(emulator, "openai")
     async with backend_for("openai", emulator) as backend:
         with pytest.raises(BudgetExceededError, match=r"over max_cost_usd=\$0\.0000.*nothing was sent"):
-            await submit_run(
-                backend,
-                builder("openai").render(iter_list(rows(40))),
-                run_dir,
-                run_key=key,
-                conn_id=None,
-                max_cost_usd=0.00001,
-            )
+            await submit_rows(backend, "openai", rows(40), run_dir, key, max_cost_usd=0.00001)
     assert batches_created(emulator, "openai") == before
     ledger = Ledger.load(run_dir)
     assert ledger is not None and all(c.intent_at is None for c in ledger.attempts[1].chunks)
@@ -264,14 +227,7 @@ async def test_unchanged_input_costs_nothing_the_second_time(
         for run_id in ("first", "second"):
             run_dir = run_directory(tmp_path / "runs", dag_id="d", run_id=run_id)
             key = RunKey(dag_id="d", task_id="submit", run_id=run_id)
-            handle = await submit_run(
-                backend,
-                builder(provider).render(iter_list(data)),
-                run_dir,
-                run_key=key,
-                conn_id=None,
-                cache=cache,
-            )
+            handle = await submit_rows(backend, provider, data, run_dir, key, cache=cache)
             await wait_all(backend, handle, emulator)
             summaries.append((handle, await collect_run(backend, handle, run_dir, cache=cache)))
             assert_accounted(run_dir, 15)
@@ -292,9 +248,7 @@ async def test_estimate_is_within_twenty_percent_once_history_exists(emulator: A
             run_dir = run_directory(tmp_path, dag_id="nightly", run_id=run_id)
             key = RunKey(dag_id="nightly", task_id="submit", run_id=run_id)
             data = rows(60, prefix=run_id)
-            handle = await submit_run(
-                backend, builder("anthropic").render(iter_list(data)), run_dir, run_key=key, conn_id=None
-            )
+            handle = await submit_rows(backend, "anthropic", data, run_dir, key)
             await wait_all(backend, handle, emulator)
             summary = await collect_run(backend, handle, run_dir)
             errors.append(summary.estimate_error_pct)
