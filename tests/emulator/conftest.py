@@ -18,9 +18,8 @@ KEY = "sk-emulator-test"
 def emu() -> Iterator[EmulatorProcess]:
     with running_emulator(time_factor=1.0, seed=7) as proc:
         yield proc
-        log = proc.log_tail()
-        if "Traceback" in log:
-            print(log)  # shown with -s or on failure: server-side errors are bugs
+        log = proc.log_tail(20_000)
+        assert "Traceback" not in log, f"the emulator logged a server-side error:\n{log}"
 
 
 @pytest.fixture(autouse=True)

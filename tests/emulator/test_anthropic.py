@@ -291,3 +291,39 @@ def test_synthetic_batch_streams_generated_results(emu: EmulatorProcess, anth: a
     res = results(anth, info["id"])
     assert len(res) == 300
     assert len(next(iter(res.values())).result.message.content[0].text) == 2000
+
+
+def test_garbage_params_never_500(emu: EmulatorProcess, anth: anthropic.Anthropic) -> None:
+    reqs = [
+        {"custom_id": "g1", "params": {"model": CLAUDE, "max_tokens": 5, "messages": "hi"}},
+        {
+            "custom_id": "g2",
+            "params": {
+                "model": CLAUDE,
+                "max_tokens": 50,
+                "system": 7,
+                "messages": [{"role": "user", "content": [{"type": "image"}, 3]}],
+                "tools": [{"name": "t", "input_schema": "nope"}],
+                "output_format": {"type": "json_schema", "schema": []},
+            },
+        },
+        {"custom_id": "g3", "params": {"model": 5, "max_tokens": "many", "messages": []}},
+        {
+            "custom_id": "g4",
+            "params": {
+                "model": CLAUDE,
+                "max_tokens": 10**9,
+                "messages": [{"role": "user", "content": "big cap"}],
+            },
+        },
+    ]
+    b = anth.messages.batches.create(requests=reqs)
+    emu.advance(5000)
+    b = anth.messages.batches.retrieve(b.id)
+    assert b.request_counts.processing == 0
+    assert b.request_counts.succeeded + b.request_counts.errored == 4
+    res = results(anth, b.id)
+    assert res["g1"].result.type == "errored" and res["g3"].result.type == "errored"
+    assert res["g4"].result.type == "succeeded"
+    r = httpx.post(f"{emu.base_url}/v1/messages/batches", headers=HEADERS, content=b"{nope")
+    assert r.status_code == 400 and r.json()["type"] == "error"

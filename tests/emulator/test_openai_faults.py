@@ -317,3 +317,52 @@ def test_restart_keeps_batches_files_and_clock(tmp_path) -> None:
         assert client.batches.retrieve(pending.id).status in ("validating", "in_progress")
         proc.advance(5000)
         assert client.batches.retrieve(pending.id).status == "completed"
+
+
+def test_garbage_inputs_never_500(emu: EmulatorProcess, oai: openai.OpenAI) -> None:
+    weird = [
+        {
+            "custom_id": "w1",
+            "method": "POST",
+            "url": ENDPOINT,
+            "body": {"model": "gpt-6-luna", "messages": "hi"},
+        },
+        {
+            "custom_id": "w2",
+            "method": "POST",
+            "url": ENDPOINT,
+            "body": {
+                "model": "gpt-6-luna",
+                "messages": [{"role": "user", "content": [1, None, {"x": 2}]}],
+                "response_format": {"type": "json_schema", "json_schema": {"schema": {"$ref": "#/nowhere"}}},
+                "tools": [{"type": "function", "function": "nope"}],
+                "tool_choice": {"type": "function"},
+            },
+        },
+        {
+            "custom_id": "w3",
+            "method": "POST",
+            "url": ENDPOINT,
+            "body": {
+                "model": "gpt-6-luna",
+                "messages": [{"role": "user", "content": "x"}],
+                "max_tokens": True,
+            },
+        },
+    ]
+    b = create(oai, weird)
+    garbage = oai.files.create(file=("g.jsonl", bytes(range(256)) * 10), purpose="batch")
+    g = oai.batches.create(input_file_id=garbage.id, endpoint=ENDPOINT, completion_window="24h")
+    emu.advance(5000)
+    b = oai.batches.retrieve(b.id)
+    assert b.status == "completed"
+    assert b.request_counts.completed + b.request_counts.failed == 3
+    read_jsonl(oai, b.output_file_id)
+    read_jsonl(oai, b.error_file_id)
+    g = oai.batches.retrieve(g.id)
+    assert g.status == "failed" and g.errors.data[0].code == "invalid_json_line"
+    headers = {"Authorization": "Bearer k"}
+    for path in ("/v1/files?limit=abc", "/v1/batches?limit=0", "/v1/files?order=sideways"):
+        assert httpx.get(f"{emu.base_url}{path}", headers=headers).status_code == 400
+    assert httpx.post(f"{emu.base_url}/v1/files", headers=headers, content=b"x").status_code == 400
+    assert httpx.post(f"{emu.base_url}/v1/batches", headers=headers, json=[1, 2]).status_code == 400
