@@ -17,8 +17,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-# Before anything imports airflow (it reads its configuration once).
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bp-airflow-home-"))
+# Before anything imports airflow (it reads its configuration once). Tests never touch a real
+# Airflow home, even when the developer's environment names one.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="bp-airflow-home-")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 from batch_provider.emulator.process import EmulatorProcess, running_emulator  # noqa: E402

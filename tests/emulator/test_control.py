@@ -123,3 +123,51 @@ def test_openai_synthetic_output_file(emu: EmulatorProcess, oai: openai.OpenAI) 
     lines = [json.loads(x) for x in content.splitlines()]
     assert len(lines) == 250 and len({x["custom_id"] for x in lines}) == 250
     assert len(lines[0]["response"]["body"]["choices"][0]["message"]["content"]) == 500
+
+
+def test_random_fault_rate_is_deterministic_per_seed(emu: EmulatorProcess) -> None:
+    def pattern() -> list[int]:
+        emu.set_faults(
+            {"fault_rate": 0.5, "fault_kinds": ["500", "503"], "fault_routes": ["GET /v1/batches"]}
+        )
+        with httpx.Client(base_url=emu.base_url, headers={"Authorization": "Bearer k"}) as client:
+            codes = [client.get("/v1/batches").status_code for _ in range(30)]
+            assert client.get("/v1/files").status_code == 200  # not in fault_routes
+        return codes
+
+    first, second = pattern(), pattern()
+    assert first == second
+    assert {200, 500, 503} <= set(first)
+
+
+def test_uploaded_files_expire(emu: EmulatorProcess, oai: openai.OpenAI) -> None:
+    short = oai.files.create(
+        file=("s.jsonl", b"{}"), purpose="batch", expires_after={"anchor": "created_at", "seconds": 3600}
+    )
+    default = oai.files.create(file=("d.jsonl", b"{}"), purpose="batch")
+    assert short.expires_at == short.created_at + 3600
+    assert default.expires_at == default.created_at + 30 * 86400
+    emu.advance(3601)
+    with pytest.raises(openai.NotFoundError):
+        oai.files.retrieve(short.id)
+    assert oai.files.retrieve(default.id).id == default.id
+    emu.advance(30 * 86400)
+    with pytest.raises(openai.NotFoundError):
+        oai.files.content(default.id)
+
+
+def test_anthropic_batches_survive_restart(tmp_path) -> None:
+    with running_emulator(time_factor=1.0, data_dir=tmp_path / "state") as emu:
+        client = anthropic.Anthropic(base_url=emu.base_url, api_key="k", max_retries=0)
+        done = client.messages.batches.create(requests=[claude_request("a"), claude_request("emu-fail-b")])
+        emu.advance(2000)
+        running = client.messages.batches.create(requests=[claude_request("c")])
+        before = [r.model_dump() for r in client.messages.batches.results(done.id)]
+        emu.restart()
+        client = anthropic.Anthropic(base_url=emu.base_url, api_key="k", max_retries=0)
+        assert [r.model_dump() for r in client.messages.batches.results(done.id)] == before
+        assert [b.id for b in client.messages.batches.list()] == [running.id, done.id]
+        assert client.messages.batches.retrieve(running.id).processing_status == "in_progress"
+        emu.advance(2000)
+        assert client.messages.batches.retrieve(running.id).processing_status == "ended"
+        assert emu.stats()["batches_created"]["anthropic"] == 0  # counters are per process
