@@ -154,3 +154,16 @@ def test_batch_urls():
         "http://127.0.0.1:8787/v1/messages/batches/b"
     )
     assert BatchLink(index=1).name == "LLM Batch 2"
+
+
+def test_poke_mode_on_kill_cancels_when_asked(scripted):
+    sensor = BatchSensor(
+        task_id="wait", handle=handle().model_dump(mode="json"), deferrable=False, cancel_on_kill=True
+    )
+    sensor.poke(context())
+    sensor.on_kill()
+    assert ScriptedBackend.instances[-1].cancelled == ["b1", "b2"]
+    quiet = BatchSensor(task_id="wait", handle=handle().model_dump(mode="json"), deferrable=False)
+    quiet.poke(context())
+    quiet.on_kill()
+    assert ScriptedBackend.instances[-1].cancelled == []

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import AIRFLOW_ENV, emulator_connections
+from conftest import AIRFLOW_ENV, API_KEY, emulator_connections
 
 from batch_provider.emulator.process import running_emulator
 
@@ -76,7 +76,9 @@ def test_wait_task_is_deferred_while_the_batch_runs(tmp_path):
     home.mkdir()
     db = home / "airflow.db"
     port = free_port()
-    with running_emulator(time_factor=150.0) as emu:  # a 30-request batch takes ~9 s
+    # A 30-request batch takes ~30 s: well past the time the single slot needs for the side task
+    # and the wait task's start, so the trigger meets a running batch (see snag 1 in the notes).
+    with running_emulator(time_factor=45.0) as emu:
         env = {
             **os.environ,
             **AIRFLOW_ENV,
@@ -149,6 +151,21 @@ def test_wait_task_is_deferred_while_the_batch_runs(tmp_path):
     )
     assert trigger_logs, "no trigger log written by the triggerer"
     assert "batches ended" in "".join(p.read_text() for p in trigger_logs)
+    # the link to the batch was stored for the waiting task, and the key went nowhere
+    with sqlite3.connect(db, timeout=10) as conn:
+        link = conn.execute(
+            "select value from xcom where task_id='llm.wait' and key='_link_BatchLink_0'"
+        ).fetchone()
+        stored = [
+            str(row)
+            for table in ("xcom", "trigger", "rendered_task_instance_fields")
+            for row in conn.execute(f"select * from {table}").fetchall()
+        ]
+    assert link and f"{emu.base_url}/v1/batches/batch_" in str(link[0])
+    assert not any(API_KEY in row for row in stored)
+    assert not any(
+        API_KEY in p.read_text(errors="replace") for p in (home / "logs").rglob("*") if p.is_file()
+    )
     shutil.rmtree(home / "logs", ignore_errors=True)
 
 

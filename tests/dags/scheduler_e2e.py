@@ -1,10 +1,11 @@
-"""A run for the real scheduler + triggerer test: the wait task defers while a ~9 s batch runs,
-and ``side`` (needing the single executor slot) runs meanwhile."""
+"""A run for the real scheduler + triggerer test: the wait task defers while a ~30 s batch runs,
+and ``side`` (needing the single executor slot) runs meanwhile. ``retries=1`` absorbs the
+executor's occasional late "finished" report after a resumed task (a known scheduler race)."""
 
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import DAG, task
@@ -13,7 +14,13 @@ from batch_provider.task_group import llm_batch_group
 
 TICKETS = Path(__file__).resolve().parents[2] / "dags" / "data" / "tickets" / "2026-11-20.jsonl"
 
-with DAG(dag_id="scheduler_e2e", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+with DAG(
+    dag_id="scheduler_e2e",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=2)},
+) as dag:
     group = llm_batch_group(
         "llm",
         provider="openai",
