@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import anthropic
 import httpx
@@ -171,3 +175,30 @@ def test_anthropic_batches_survive_restart(tmp_path) -> None:
         emu.advance(2000)
         assert client.messages.batches.retrieve(running.id).processing_status == "ended"
         assert emu.stats()["batches_created"]["anthropic"] == 0  # counters are per process
+
+
+def test_cli_entry_serves(tmp_path) -> None:
+    port_file = tmp_path / "port"
+    code = "import sys; from batch_provider.cli import main; sys.exit(main())"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "emulator", "--port", "0", "--port-file", str(port_file)],
+        cwd=str(Path(__file__).resolve().parents[2]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            if port_file.exists() and port_file.read_text():
+                break
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port_file.read_text()}"
+        for _ in range(100):
+            try:
+                if httpx.get(f"{url}/_emu/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        assert httpx.get(f"{url}/_emu/config").json()["time_factor"] == 1.0
+    finally:
+        proc.terminate()
+        proc.wait(10)
