@@ -28,49 +28,12 @@ import random
 import struct
 from typing import Any
 
-_WORDS = [
-    "the",
-    "model",
-    "reviewed",
-    "input",
-    "and",
-    "found",
-    "clear",
-    "signal",
-    "with",
-    "modest",
-    "noise",
-    "overall",
-    "result",
-    "is",
-    "positive",
-    "negative",
-    "neutral",
-    "summary",
-    "notes",
-    "that",
-    "key",
-    "points",
-    "include",
-    "data",
-    "quality",
-    "timing",
-    "scope",
-    "risk",
-    "value",
-    "customer",
-    "request",
-    "response",
-    "shows",
-    "strong",
-    "evidence",
-    "for",
-    "this",
-    "label",
-    "given",
-    "context",
-    "above",
-]
+_VOCABULARY = (
+    "the model reviewed input and found clear signal with modest noise overall result is "
+    "positive negative neutral summary notes that key points include data quality timing scope risk "
+    "value customer request response shows strong evidence for this label given context above"
+)
+_WORDS = tuple(_VOCABULARY.split())
 
 
 def body_hash(seed: int, body: Any) -> int:
