@@ -1,0 +1,92 @@
+"""SIGKILL the submitting process at every step of submit, rerun it, and check that each chunk
+has exactly one batch at the provider and that every row comes back after wait + collect."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import crash_submit
+import pytest
+from rel_support import backend_for, base_url, batches_created, read_lines, wait_until_ended
+
+from batch_provider.core.collection import collect_run
+from batch_provider.core.handle import RunHandle
+from batch_provider.core.ledger import Ledger
+from batch_provider.core.rundir import run_directory
+
+CHILD = Path(__file__).with_name("crash_submit.py")
+ROWS = 10
+PER_BATCH = 4  # chunks of 4, 4 and 2 requests
+CHUNKS = 3
+
+POINTS = {
+    "openai": [
+        ("requests_written", 0),
+        ("intent_written", 1),
+        ("file_uploaded", 1),
+        ("batch_created", 1),
+        ("ledger_written", 1),
+        ("xcom_pushed", 0),
+    ],
+    "anthropic": [
+        ("requests_written", 0),
+        ("intent_written", 1),
+        ("batch_created", 0),
+        ("batch_created", 1),
+        ("batch_created", 2),
+        ("ledger_written", 1),
+        ("xcom_pushed", 0),
+    ],
+}
+CASES = [(provider, point, chunk) for provider, points in POINTS.items() for point, chunk in points]
+
+
+def run_child(args: dict[str, Any]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(CHILD), json.dumps(args)], capture_output=True, text=True, timeout=180
+    )
+
+
+@pytest.mark.parametrize(("provider", "point", "chunk"), CASES, ids=[f"{p}-{c}-{k}" for p, c, k in CASES])
+async def test_crash_at_each_submit_step_then_rerun_pays_once(
+    provider: str, point: str, chunk: int, fresh_emulator: Any, tmp_path: Path
+) -> None:
+    emulator = fresh_emulator
+    args = {
+        "provider": provider,
+        "base_url": base_url(provider, emulator),
+        "run_root": str(tmp_path),
+        "run_id": f"crash__{point}_{chunk}",
+        "rows": ROWS,
+        "max_requests_per_batch": PER_BATCH,
+        "crash": point,
+        "chunk": chunk,
+    }
+    crashed = run_child(args)
+    assert crashed.returncode == -9, f"the child did not die at {point}: {crashed.stderr[-2000:]}"
+    created_before_rerun = batches_created(emulator, provider)
+    assert created_before_rerun <= CHUNKS
+
+    # the rerun (the task's next try), in this process, with no crash
+    await crash_submit.main({**args, "crash": None})
+    handle = RunHandle.model_validate_json((tmp_path / "handle.json").read_text())
+
+    # one batch per chunk at the provider, whatever the crash point
+    assert batches_created(emulator, provider) == CHUNKS, emulator.stats()
+    assert len(handle.batch_ids) == CHUNKS == len(set(handle.batch_ids))
+    run_dir = run_directory(tmp_path, dag_id="crash_dag", run_id=args["run_id"], group="llm")
+    ledger = Ledger.load(run_dir)
+    assert ledger is not None
+    assert [c.request_count for c in ledger.attempts[1].chunks] == [4, 4, 2]
+    assert all(c.batch is not None for c in ledger.attempts[1].chunks)
+
+    async with backend_for(provider, emulator) as backend:
+        await wait_until_ended(backend, handle.batch_ids, emulator)
+        summary = await collect_run(backend, handle, run_dir)
+    assert summary.accounted and summary.succeeded == ROWS and summary.unresolved == 0
+    ids = sorted(r["custom_id"] for r in read_lines(run_dir.results))
+    assert ids == [f"c-{i:04d}" for i in range(ROWS)]
