@@ -1,0 +1,137 @@
+"""The whole lifecycle (submit → watch → collect → retry → dead letter) while 30 % of all API
+calls fail (429 with Retry-After, 500, 503, 529, dropped and reset connections), with per-item
+errors and one expiring batch, for each provider: every input row ends in exactly one of
+results, dead letter and rejects; no id twice; one batch per ledger chunk; the manifest adds up.
+
+A step that fails because the provider stayed unreachable is run again, as Airflow retries a
+task: each step must be safe to repeat."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from rel_support import MODELS, assert_every_row_once, backend_for, batches_created, read_lines
+
+from batch_provider.backends.errors import BatchProviderError
+from batch_provider.core.collection import collect_run
+from batch_provider.core.ledger import Ledger, RunKey
+from batch_provider.core.records import iter_list
+from batch_provider.core.render import RequestBuilder
+from batch_provider.core.retry import resubmit_retryable, write_dead_letter
+from batch_provider.core.rundir import run_directory
+from batch_provider.core.submission import submit_run
+from batch_provider.core.watch import watch_batches
+
+T = TypeVar("T")
+TASK_TRIES = 10
+
+STORM = {
+    "fault_rate": 0.3,
+    "fault_kinds": ["429", "500", "503", "529", "drop", "reset"],
+    "fault_routes": ["*"],
+    "retry_after": 1,
+    "batch_faults": "item_errors=0.15:500/429",
+}
+
+
+async def as_task(step: Callable[[], Awaitable[T]], tries: list[str]) -> T:
+    """Run ``step`` like an Airflow task with retries: a provider error fails the try."""
+    for _ in range(TASK_TRIES):
+        try:
+            return await step()
+        except BatchProviderError as exc:
+            tries.append(f"{type(exc).__name__}: {exc}")
+    raise AssertionError(f"step still failing after {TASK_TRIES} tries: {tries[-3:]}")
+
+
+def storm_rows() -> list[dict[str, Any]]:
+    data = [{"id": f"s-{i:04d}", "text": f"storm row {i} " + "word " * (i % 6)} for i in range(44)]
+    data[0]["id"] = "emu-expire-s-0000"  # the first chunk's batch expires with half of it done
+    data[5]["id"] = "emu-fail400-s-0005"  # refused by the provider: never retried, dead letter
+    del data[7]["text"]  # the template cannot render it: rejected before paying
+    del data[31]["text"]
+    data.append({"id": "s-0002", "text": "a duplicate id"})  # rejected as a duplicate
+    return data
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_fault_storm_full_lifecycle_loses_nothing_and_pays_once(
+    provider: str, fresh_emulator: Any, tmp_path: Path
+) -> None:
+    emulator = fresh_emulator
+    data = storm_rows()
+    input_ids = [r["id"] for r in data[:-1]] + ["s-0002"]  # the duplicate is a reject of its own
+    run_dir = run_directory(tmp_path, dag_id="storm", run_id=f"storm__{provider}", group="llm")
+    key = RunKey(dag_id="storm", task_id="llm.submit", run_id=f"storm__{provider}")
+    builder = RequestBuilder(template="Classify: {{ text }}", model=MODELS[provider], max_tokens=32)
+    emulator.set_faults(STORM)
+    tries: list[str] = []
+
+    async with backend_for(provider, emulator) as backend:
+
+        async def submit() -> Any:
+            return await submit_run(
+                backend,
+                builder.render(iter_list(data)),
+                run_dir,
+                run_key=key,
+                conn_id="c",
+                max_requests_per_batch=10,
+            )
+
+        handle = await as_task(submit, tries)
+        assert handle.counts.inputs == 45 and handle.counts.rejected == 3
+        for _ in range(3):
+            emulator.advance(2 * 86400)
+
+            async def wait(h: Any = handle) -> Any:
+                return await watch_batches(
+                    backend, h.batch_ids, deadline=None, poll_interval_min=0.05, poll_interval_max=0.3
+                )
+
+            await as_task(wait, tries)
+
+            async def collect(h: Any = handle) -> Any:
+                return await collect_run(backend, h, run_dir)
+
+            summary = await as_task(collect, tries)
+            assert summary.accounted, summary
+
+            async def retry(h: Any = handle) -> Any:
+                return await resubmit_retryable(backend, h, run_dir, run_key=key, max_attempts=3)
+
+            nxt = await as_task(retry, tries)
+            if nxt is None:
+                break
+            handle = nxt
+        final = write_dead_letter(backend, run_dir)
+
+    stats = emulator.stats()
+    emulator.clear_faults()
+    assert stats["faults_total"] >= 10, f"the storm hardly happened: {stats['faults']}"
+    assert stats["faults"].get("batch_expire", 0) >= 1, stats["faults"]
+
+    manifest = assert_every_row_once(run_dir, input_ids, final=True)
+    assert final.finished and final.attempts >= 2
+    assert manifest["succeeded"] > 0
+    dead = {r["custom_id"]: r for r in read_lines(run_dir.dead_letter)}
+    assert "emu-fail400-s-0005" in dead and dead["emu-fail400-s-0005"]["error"]["retryable"] is False
+    rejects = {r["custom_id"] for r in read_lines(run_dir.rejects)}
+    assert {"s-0007", "s-0031", "s-0002"} <= rejects
+    results = read_lines(run_dir.results)
+    assert "s-0002" in {r["custom_id"] for r in results}, "the original of the duplicate id was lost"
+
+    # one batch per ledger chunk: nothing paid twice despite dropped creates and task retries
+    ledger = Ledger.load(run_dir)
+    assert ledger is not None
+    recorded = ledger.all_batches()
+    assert len({b.batch_id for b in recorded}) == len(recorded)
+    assert (
+        batches_created(emulator, provider)
+        == len(recorded)
+        == sum(len(a.chunks) for a in ledger.attempts.values())
+    ), (stats["batches_created"], [b.batch_id for b in recorded], tries)
