@@ -385,7 +385,7 @@ class AnthropicBatches:
             yield from _synthetic_chunks(rec, self.cfg.seed)
             return
         path = self.requests_path(rec.id)
-        shuffle = plan.faults.shuffle or self.cfg.shuffle_results
+        shuffle = plan.faults.shuffle or self.cfg.shuffle_results or self.cfg.anthropic_results_shuffled
         buf: list[bytes] = []
         size = 0
         with path.open("rb") as fh:

@@ -55,6 +55,9 @@ class EmulatorConfig:
     """Write ``batch_cancelled`` lines for unrun requests of a cancelled OpenAI batch (spec E row 4)."""
     shuffle_results: bool = False
     """Shuffle every output file / results stream (the ``shuffle`` fault does it per batch)."""
+    anthropic_results_shuffled: bool = True
+    """Anthropic results come in a deterministic shuffled order by default (spec E row 7: no order
+    is guaranteed); false serves them in request order unless a shuffle fault asks otherwise."""
     embedding_dim: int = 1536
     organization: str = "org-emulator"
 

@@ -271,7 +271,14 @@ def test_results_stream_dropped_by_server_fault(emu: EmulatorProcess, anth: anth
 
 @pytest.fixture(scope="module")
 def small_limits() -> Iterator[EmulatorProcess]:
-    args = ["--set", "anthropic_max_requests=3", "--set", "anthropic_max_body_bytes=4000"]
+    args = [
+        "--set",
+        "anthropic_max_requests=3",
+        "--set",
+        "anthropic_max_body_bytes=4000",
+        "--set",
+        "anthropic_results_shuffled=false",
+    ]
     with running_emulator(time_factor=1.0, extra_args=args) as proc:
         yield proc
 
@@ -327,3 +334,19 @@ def test_garbage_params_never_500(emu: EmulatorProcess, anth: anthropic.Anthropi
     assert res["g4"].result.type == "succeeded"
     r = httpx.post(f"{emu.base_url}/v1/messages/batches", headers=HEADERS, content=b"{nope")
     assert r.status_code == 400 and r.json()["type"] == "error"
+
+
+def test_results_order_shuffled_by_default_and_configurable(
+    emu: EmulatorProcess, anth: anthropic.Anthropic, small_limits: EmulatorProcess
+) -> None:
+    reqs = [claude_request(f"o{i}") for i in range(3)]
+    ids = [r["custom_id"] for r in reqs]
+    ordered = anthropic.Anthropic(base_url=small_limits.base_url, api_key="k", max_retries=0)
+    b = ordered.messages.batches.create(requests=reqs)
+    small_limits.advance(5000)
+    assert list(results(ordered, b.id)) == ids
+    many = [claude_request(f"m{i:02d}") for i in range(30)]
+    b = anth.messages.batches.create(requests=many)
+    emu.advance(5000)
+    got = list(results(anth, b.id))
+    assert sorted(got) == [r["custom_id"] for r in many] and got != [r["custom_id"] for r in many]
