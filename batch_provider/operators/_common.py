@@ -56,6 +56,11 @@ def parse_handle(value: Any) -> RunHandle:
             value = json.loads(value)
         except ValueError:
             value = ast.literal_eval(value)
+    if isinstance(value, dict) and not {"run_path", "provider", "batches"} <= value.keys():
+        raise ValueError(
+            f"not a run handle (keys: {sorted(value)[:8]}): pass the submit task's return value, "
+            "e.g. handle=submit.output"
+        )
     if not isinstance(value, dict):
         raise ValueError(
             f"expected the submit task's handle (a dict), got {type(value).__name__}: check the "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
@@ -446,8 +446,8 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
             upstream = sorted(self.upstream_task_ids)
             if len(upstream) == 1:
                 value = context["ti"].xcom_pull(task_ids=upstream[0])
-        if isinstance(value, dict) and "handle" in value and "run_path" not in value:
-            value = value["handle"]
+        if isinstance(value, dict) and isinstance(value.get("handle"), dict):
+            value = value["handle"]  # the collect task's summary carries the handle it collected
         return upstream_handle(self, context, value)
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -508,8 +508,6 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
 
     def _wait_in_worker(self, hook: LLMBatchHook, handle: RunHandle) -> None:
         self._watching = handle
-        from datetime import datetime
-
         deadline = deadline_after(self.attempt_timeout)
 
         async def wait() -> None:

@@ -167,3 +167,18 @@ def test_poke_mode_on_kill_cancels_when_asked(scripted):
     quiet.poke(context())
     quiet.on_kill()
     assert ScriptedBackend.instances[-1].cancelled == []
+
+
+def test_retry_takes_the_handle_from_the_collect_summary():
+    from airflow.sdk import DAG
+
+    h = handle().model_copy(update={"conn_id": "my_openai"}).model_dump(mode="json")
+    with DAG("d2"):
+        collect = CollectBatchOperator(task_id="collect", handle=h)
+        retry = RetryBatchOperator(task_id="retry")
+        collect >> retry
+    ctx = context()
+    ctx["ti"].xcom_pull.return_value = {"run_path": h["run_path"], "provider": "openai", "handle": h}
+    assert retry._latest_handle(ctx).conn_id == "my_openai"
+    with pytest.raises(ValueError, match="not a run handle"):
+        parse_handle({"run_path": "x", "provider": "openai", "succeeded": 3})
