@@ -143,14 +143,21 @@ def fault_error(provider: str, kind: str, retry_after: float) -> ApiError:
             headers={"x-should-retry": "false"},
         )
     status = int(kind)
+    # 503 and 529 carry Retry-After (RFC 9110 allows it on 503); other 5xx leave the backoff to the client.
+    headers = (
+        {"retry-after": str(max(0, math.ceil(retry_after))), "retry-after-ms": str(int(retry_after * 1000))}
+        if status in (503, 529)
+        else {}
+    )
     if provider == "anthropic":
-        return ApiError(status, f"Emulated {status} fault.", _anthropic_type(status))
+        return ApiError(status, f"Emulated {status} fault.", _anthropic_type(status), headers=headers)
     if status == 529:
         status = 503
     return ApiError(
         status,
         f"The server had an error while processing your request (emulated {kind} fault).",
         "server_error",
+        headers=headers,
     )
 
 

@@ -235,6 +235,7 @@ def test_server_errors(emu: EmulatorProcess, oai: openai.OpenAI, kind: str, stat
         oai.batches.list()
     assert exc.value.status_code == status
     assert isinstance(exc.value.body, dict) and exc.value.body["type"] == "server_error"
+    assert ("retry-after" in exc.value.response.headers) == (status == 503)
 
 
 @pytest.mark.parametrize("kind", ["drop", "reset"])
@@ -263,7 +264,8 @@ def test_bad_fault_settings_rejected(emu: EmulatorProcess) -> None:
 
 
 def test_fault_storm_lifecycle_completes_with_retries(emu: EmulatorProcess) -> None:
-    emu.set_faults({"fault_rate": 0.3, "retry_after": 0.05, "fault_kinds": ["429", "500", "503", "529"]})
+    # 429/503/529 carry retry-after-ms, so the SDK's retries stay short.
+    emu.set_faults({"fault_rate": 0.3, "retry_after": 0.05, "fault_kinds": ["429", "503", "529"]})
     client = openai.OpenAI(base_url=f"{emu.base_url}/v1", api_key="k", max_retries=10)
     before = emu.stats()["faults_total"]
     b = create(client, [chat_line(f"storm{i}") for i in range(5)])
