@@ -211,7 +211,9 @@ def _route_match(pattern: str, method: str, path: str) -> bool:
     if pattern in ("*", ""):
         return True
     if pattern in ("openai", "anthropic"):
-        return ("anthropic" if path.startswith("/v1/messages/batches") else "openai") == pattern
+        if path.startswith("/v1/messages/batches"):
+            return pattern == "anthropic"
+        return pattern == "openai" and path.startswith("/v1/")
     if " " not in pattern:
         pattern = "* " + pattern
     return fnmatch.fnmatchcase(f"{method} {path}", pattern)
