@@ -32,7 +32,7 @@ Decisions:
   rest are ``cancelled`` and retryable); Failed → ended/failed.
 - **recordId** carries the ``custom_id``. Bedrock's documentation asks for alphanumeric ids;
   this backend accepts ``[a-zA-Z0-9_-]{1,64}`` (the Anthropic rule), so a DAG switching from
-  Anthropic keeps its ids. ``BEDROCK_RECORD_LIMITS`` states it.
+  Anthropic keeps its ids. ``BEDROCK_LIMITS`` states it.
 - **Item errors**: ``errorCode`` 408/429/5xx are retryable, other codes are not.
 - ``manifest.json.out`` is never read as records.
 """
@@ -45,7 +45,6 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -82,13 +81,6 @@ from batch_provider.core.models import (
     Provider,
     ResultRecord,
 )
-
-BEDROCK_RECORD_LIMITS = replace(
-    BEDROCK_LIMITS,
-    custom_id_pattern=re.compile(r"[a-zA-Z0-9_-]{1,64}"),
-    custom_id_rule="1 to 64 characters from a-z, A-Z, 0-9, '_' and '-'",
-)
-"""Bedrock's limits with the recordId rule this backend uses (see the module docstring)."""
 
 INPUT_FILE = "records.jsonl"
 _STATUS: dict[str, tuple[BatchStatus, BatchEnding | None]] = {
@@ -250,7 +242,7 @@ class BedrockBackend(BatchBackend):
             raise ValueError(f"timeout_hours={timeout_hours} is outside Bedrock's 24..168")
         if invocation_type not in ("InvokeModel", "Converse"):
             raise ValueError(f"invocation_type must be 'InvokeModel' or 'Converse', got {invocation_type!r}")
-        self.limits = limits or BEDROCK_RECORD_LIMITS
+        self.limits = limits or BEDROCK_LIMITS
         self.role_arn = role_arn
         self.input_bucket, self.input_prefix = split_s3_uri(s3_input_uri)
         self.output_bucket, self.output_prefix = split_s3_uri(s3_output_uri)
@@ -578,7 +570,6 @@ class BedrockBackend(BatchBackend):
 
 
 __all__ = [
-    "BEDROCK_RECORD_LIMITS",
     "BedrockBackend",
     "BelowMinimumRecordsError",
     "ModelFamily",

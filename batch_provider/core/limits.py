@@ -73,8 +73,9 @@ BEDROCK_LIMITS = ProviderLimits(
     max_requests_per_batch=50_000,
     max_bytes_per_batch=1024 * MB,
     max_bytes_per_request=1024 * MB,
-    custom_id_pattern=re.compile(r"[a-zA-Z0-9]{1,64}"),
-    custom_id_rule="1 to 64 alphanumeric characters",
+    # Anthropic's rule, so ids move between Anthropic and Bedrock unchanged.
+    custom_id_pattern=re.compile(r"[a-zA-Z0-9_-]{1,64}"),
+    custom_id_rule="1 to 64 characters from a-z, A-Z, 0-9, '_' and '-'",
     one_model_per_batch=True,
     min_requests_per_batch=100,
 )

@@ -7,6 +7,7 @@ Invariants:
   table with their own file without a release; their rows win.
 - A model is matched by exact id, else by the longest table id that prefixes it (snapshot ids
   like ``gpt-6-luna-2026-09-22`` match ``gpt-6-luna``).
+- Bedrock cross-region inference-profile prefixes (``us.``, ``eu.``, ``global.`` …) are ignored.
 - An unknown model has an unknown cost (``None``), never a guessed one.
 - ``Usage.input_tokens`` excludes cache reads and writes, which are priced on their own.
 """
@@ -14,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -23,6 +25,7 @@ from pydantic import BaseModel, Field
 from batch_provider.core.models import Usage
 
 MILLION = 1_000_000
+_INFERENCE_PROFILE = re.compile(r"^(?:us|eu|apac|us-gov|global|jp|au|ca)\.(?=[a-z0-9-]+\.)")
 
 
 class LongContextTier(BaseModel):
@@ -103,6 +106,8 @@ class PriceTable:
     def lookup(self, provider: str, model: str | None) -> PriceRow | None:
         if not model:
             return None
+        if provider == "bedrock":
+            model = _INFERENCE_PROFILE.sub("", model)
         exact = self._rows.get((provider, model))
         if exact is not None:
             return exact

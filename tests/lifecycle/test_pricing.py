@@ -44,3 +44,10 @@ def test_user_override_wins(tmp_path: Path) -> None:
     )
     cost = load_price_table(override).cost("openai", "gpt-6-luna", Usage(input_tokens=1_000_000))
     assert cost.standard_usd == pytest.approx(1.0) and cost.batch_usd == pytest.approx(0.5)
+
+
+def test_bedrock_inference_profiles_and_snapshots_match_the_base_model() -> None:
+    table = default_price_table()
+    row = table.lookup("bedrock", "us.anthropic.claude-haiku-4-5-20251001-v1:0")
+    assert row is not None and row.model == "anthropic.claude-haiku-4-5"
+    assert table.lookup("bedrock", "meta.llama4-scout-17b-instruct-v1:0") is None
