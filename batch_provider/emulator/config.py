@@ -26,7 +26,7 @@ class EmulatorConfig:
     validating_seconds: float = 30.0
     processing_seconds: float = 1200.0
     """Base processing time of a batch; each request adds ``per_request_seconds``."""
-    per_request_seconds: float = 2.0
+    per_request_seconds: float = 0.5
     finalizing_seconds: float = 60.0
     cancel_seconds: float = 60.0
     """OpenAI ``cancelling`` → ``cancelled`` and Anthropic ``canceling`` → ``ended`` delay (spec: ≤600)."""

@@ -30,13 +30,13 @@ def test_full_lifecycle_counts_rise_and_outputs_parse(emu: EmulatorProcess, oai:
     assert b.in_progress_at is not None and b.request_counts.total == 10
     first = b.request_counts.completed
 
-    emu.advance(600)  # about half of 1220 s of processing
+    emu.advance(600)  # about half of the 1205 s of processing
     b = oai.batches.retrieve(batch.id)
     assert b.status == "in_progress"
     assert first < b.request_counts.completed < 10
     assert b.model == MODEL
 
-    emu.advance(640)  # processing ends at 30 + 1220 s, finalizing lasts 60 s
+    emu.advance(640)  # processing ends at 30 + 1205 s, finalizing lasts 60 s
     b = oai.batches.retrieve(batch.id)
     assert b.status == "finalizing" and b.finalizing_at is not None
     assert b.request_counts.completed == 10 and b.output_file_id is None
