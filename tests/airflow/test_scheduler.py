@@ -1,60 +1,100 @@
 """Through the real services: scheduler (LocalExecutor, one slot), dag-processor, api-server and
-triggerer as separate processes on SQLite. The wait task must sit in ``deferred`` while the batch
-runs, leaving the only executor slot to another task, and the run must succeed."""
+triggerer as separate processes on SQLite.
+
+- The wait task sits in ``deferred`` while the batch runs, leaving the only executor slot to
+  another task, and the run succeeds.
+- Marking a deferred wait task failed makes the triggerer call ``on_kill``, which cancels the
+  remote batch (``cancel_on_kill=True``).
+"""
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import AIRFLOW_ENV, API_KEY, emulator_connections
 
-from batch_provider.emulator.process import running_emulator
+from batch_provider.emulator.process import EmulatorProcess, running_emulator
 
 COMPONENTS = ("api-server", "dag-processor", "scheduler", "triggerer")
+
+
+@dataclass
+class Services:
+    home: Path
+    db: Path
+    env: dict[str, str]
+    emu: EmulatorProcess
+    api: str
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "component-logs"
+
+    def airflow(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "airflow", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def query(self, sql: str, *params: object) -> list[tuple]:
+        with sqlite3.connect(self.db, timeout=10) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def task_states(self, dag_id: str) -> dict[str, str]:
+        rows = self.query("select task_id, state from task_instance where dag_id=?", dag_id)
+        return dict(rows)
+
+    def run_state(self, dag_id: str) -> str | None:
+        rows = self.query("select state from dag_run where dag_id=?", dag_id)
+        return rows[0][0] if rows else None
+
+    def wait_registered(self, dag_id: str) -> None:
+        for _ in range(120):
+            try:
+                if self.query("select is_paused from dag where dag_id=?", dag_id) == [(0,)]:
+                    return
+            except sqlite3.OperationalError:
+                pass
+            time.sleep(1)
+        pytest.fail(f"the dag-processor never registered {dag_id}:\n{self.tail()}")
+
+    def trigger(self, dag_id: str) -> str:
+        self.wait_registered(dag_id)
+        done = self.airflow("dags", "trigger", dag_id, "-o", "json")
+        assert done.returncode == 0, done.stderr[-3000:]
+        return self.query("select run_id from dag_run where dag_id=?", dag_id)[0][0]
+
+    def token(self) -> str:
+        passwords = json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())
+        resp = httpx.post(
+            f"{self.api}/auth/token", json={"username": "admin", "password": passwords["admin"]}, timeout=30
+        )
+        resp.raise_for_status()
+        return resp.json()["access_token"]
+
+    def tail(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(self.logs.glob("*.log")))
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def airflow(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "airflow", *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def task_states(db: Path) -> dict[str, str]:
-    with sqlite3.connect(db, timeout=10) as conn:
-        rows = conn.execute(
-            "select task_id, state from task_instance where dag_id='scheduler_e2e'"
-        ).fetchall()
-    return {task_id: state for task_id, state in rows}
-
-
-def dag_registered(db: Path) -> bool:
-    try:
-        with sqlite3.connect(db, timeout=10) as conn:
-            row = conn.execute("select is_paused from dag where dag_id='scheduler_e2e'").fetchone()
-    except sqlite3.OperationalError:
-        return False
-    return row is not None and not row[0]
-
-
-def run_state(db: Path) -> str | None:
-    with sqlite3.connect(db, timeout=10) as conn:
-        row = conn.execute("select state from dag_run where dag_id='scheduler_e2e'").fetchone()
-    return row[0] if row else None
 
 
 def stop(procs: dict[str, subprocess.Popen]) -> None:
@@ -70,11 +110,11 @@ def stop(procs: dict[str, subprocess.Popen]) -> None:
             proc.wait()
 
 
-@pytest.mark.timeout(400)
-def test_wait_task_is_deferred_while_the_batch_runs(tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
-    db = home / "airflow.db"
+@pytest.fixture(scope="module")
+def services(tmp_path_factory) -> Iterator[Services]:
+    root = tmp_path_factory.mktemp("services")
+    home = root / "home"
+    (home / "component-logs").mkdir(parents=True)
     port = free_port()
     # A 30-request batch takes ~30 s: well past the time the single slot needs for the side task
     # and the wait task's start, so the trigger meets a running batch (see snag 1 in the notes).
@@ -84,7 +124,7 @@ def test_wait_task_is_deferred_while_the_batch_runs(tmp_path):
             **AIRFLOW_ENV,
             **emulator_connections(emu.base_url),
             "AIRFLOW_HOME": str(home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{db}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "1",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
@@ -97,45 +137,39 @@ def test_wait_task_is_deferred_while_the_batch_runs(tmp_path):
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
-            "BATCH_PROVIDER_RUN_PATH": f"file://{tmp_path / 'runs'}",
+            "BATCH_PROVIDER_RUN_PATH": f"file://{root / 'runs'}",
         }
-        migrated = airflow(env, "db", "migrate")
+        services = Services(home, home / "airflow.db", env, emu, f"http://127.0.0.1:{port}")
+        migrated = services.airflow("db", "migrate")
         assert migrated.returncode == 0, migrated.stderr[-3000:]
-        logs = home / "component-logs"
-        logs.mkdir()
         procs: dict[str, subprocess.Popen] = {}
         try:
             for name in COMPONENTS:
                 procs[name] = subprocess.Popen(
                     [sys.executable, "-m", "airflow", name],
                     env=env,
-                    stdout=(logs / f"{name}.log").open("wb"),
+                    stdout=(services.logs / f"{name}.log").open("wb"),
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
-            for _ in range(120):
-                if dag_registered(db):
-                    break
-                time.sleep(1)
-            else:
-                pytest.fail("the dag-processor never registered scheduler_e2e:\n" + _tail(logs))
-            triggered = airflow(env, "dags", "trigger", "scheduler_e2e")
-            assert triggered.returncode == 0, triggered.stderr[-3000:]
-
-            snapshots: list[tuple[dict[str, str], dict]] = []
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline and run_state(db) not in ("success", "failed"):
-                states = task_states(db)
-                batches = emu.stats()["batches_created"]["openai"]
-                snapshots.append((states, {"batches": batches}))
-                time.sleep(0.5)
-            final = task_states(db)
-            assert run_state(db) == "success", (final, _tail(logs))
-            assert emu.stats()["batches_created"]["openai"] == 1
+            yield services
         finally:
             stop(procs)
 
-    deferred = [s for s, _ in snapshots if s.get("llm.wait") == "deferred"]
+
+@pytest.mark.timeout(400)
+def test_wait_task_is_deferred_while_the_batch_runs(services):
+    services.trigger("scheduler_e2e")
+    snapshots: list[dict[str, str]] = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and services.run_state("scheduler_e2e") not in ("success", "failed"):
+        snapshots.append(services.task_states("scheduler_e2e"))
+        time.sleep(0.5)
+    final = services.task_states("scheduler_e2e")
+    assert services.run_state("scheduler_e2e") == "success", (final, services.tail())
+    assert services.emu.stats()["batches_created"]["openai"] == 1
+
+    deferred = [s for s in snapshots if s.get("llm.wait") == "deferred"]
     assert deferred, "the wait task was never seen deferred"
     # while the wait task was deferred, the single executor slot ran another task
     assert any(s.get("side") in ("running", "success") for s in deferred), snapshots
@@ -146,28 +180,65 @@ def test_wait_task_is_deferred_while_the_batch_runs(tmp_path):
         "llm.retry": "success",
         "side": "success",
     }
-    trigger_logs = list((home / "logs").rglob("*llm.wait*/*trigger*")) or list(
-        (home / "logs").rglob("*.log.trigger.*")
-    )
+    logs = services.home / "logs"
+    trigger_logs = list((logs / "dag_id=scheduler_e2e").rglob("*.log.trigger.*"))
     assert trigger_logs, "no trigger log written by the triggerer"
     assert "batches ended" in "".join(p.read_text() for p in trigger_logs)
     # the link to the batch was stored for the waiting task, and the key went nowhere
-    with sqlite3.connect(db, timeout=10) as conn:
-        link = conn.execute(
-            "select value from xcom where task_id='llm.wait' and key='_link_BatchLink_0'"
-        ).fetchone()
-        stored = [
-            str(row)
-            for table in ("xcom", "trigger", "rendered_task_instance_fields")
-            for row in conn.execute(f"select * from {table}").fetchall()
-        ]
-    assert link and f"{emu.base_url}/v1/batches/batch_" in str(link[0])
-    assert not any(API_KEY in row for row in stored)
-    assert not any(
-        API_KEY in p.read_text(errors="replace") for p in (home / "logs").rglob("*") if p.is_file()
+    link = services.query(
+        "select value from xcom where dag_id=? and task_id=? and key=?",
+        "scheduler_e2e",
+        "llm.wait",
+        "_link_BatchLink_0",
     )
-    shutil.rmtree(home / "logs", ignore_errors=True)
+    assert link and f"{services.emu.base_url}/v1/batches/batch_" in str(link[0][0])
+    stored = [
+        str(row)
+        for table in ("xcom", "trigger", "rendered_task_instance_fields")
+        for row in services.query(f"select * from {table}")
+    ]
+    assert not any(API_KEY in row for row in stored)
+    assert not any(API_KEY in p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file())
 
 
-def _tail(logs: Path) -> str:
-    return "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(logs.glob("*.log")))
+@pytest.mark.timeout(400)
+def test_marking_the_deferred_task_failed_cancels_the_batch(services):
+    run_id = services.trigger("scheduler_kill")
+    deadline = time.monotonic() + 200
+    while services.task_states("scheduler_kill").get("llm.wait") != "deferred":
+        assert time.monotonic() < deadline, (services.task_states("scheduler_kill"), services.tail())
+        time.sleep(0.5)
+    time.sleep(3)  # let the triggerer pick the trigger up
+    headers = {"Authorization": f"Bearer {services.token()}"}
+    resp = httpx.patch(
+        f"{services.api}/api/v2/dags/scheduler_kill/dagRuns/{run_id}/taskInstances/llm.wait",
+        json={"new_state": "failed"},
+        headers=headers,
+        timeout=30,
+    )
+    assert resp.status_code == 200, resp.text
+    batch_ids = [
+        json.loads(row[0])["batches"][0]["batch_id"]
+        for row in services.query(
+            "select value from xcom where dag_id=? and task_id=? and key=?",
+            "scheduler_kill",
+            "llm.submit",
+            "return_value",
+        )
+    ]
+    status = None
+    while time.monotonic() < deadline:
+        got = httpx.get(
+            f"{services.emu.base_url}/v1/batches/{batch_ids[0]}",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=30,
+        )
+        status = got.json()["status"]
+        if status in ("cancelling", "cancelled"):
+            break
+        time.sleep(0.5)
+    assert status in ("cancelling", "cancelled"), (status, services.tail())
+    trigger_logs = "".join(
+        p.read_text() for p in (services.home / "logs" / "dag_id=scheduler_kill").rglob("*.log.trigger.*")
+    )
+    assert "Task killed: cancelling 1 batch(es)" in trigger_logs

@@ -38,3 +38,17 @@ with DAG(
         return "ran while the batch was being watched"
 
     dag.get_task("llm.submit") >> side()
+
+
+with DAG(dag_id="scheduler_kill", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as kill_dag:
+    llm_batch_group(
+        "llm",
+        provider="openai",
+        input_path=str(TICKETS),
+        prompt_template="{{ subject }}",
+        model="gpt-4o-mini",
+        max_tokens=32,
+        poll_interval=1.0,
+        max_poll_interval=2.0,
+        cancel_on_kill=True,
+    )
