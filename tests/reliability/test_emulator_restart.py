@@ -25,7 +25,11 @@ from batch_provider.emulator.process import running_emulator
 
 
 def status_polls(emulator: Any) -> int:
-    return sum(n for route, n in emulator.stats()["requests"].items() if route.startswith("GET") and "batches/" in route)
+    return sum(
+        n
+        for route, n in emulator.stats()["requests"].items()
+        if route.startswith("GET") and "batches/" in route
+    )
 
 
 @pytest.mark.timeout(240)
@@ -38,7 +42,9 @@ async def test_wait_rides_out_an_emulator_restart(provider: str, tmp_path: Path,
         conn_id = f"rel_restart_{provider}"
         monkeypatch.setenv(
             f"AIRFLOW_CONN_{conn_id.upper()}",
-            json.dumps({"conn_type": f"llm_{provider}", "host": base_url(provider, emulator), "password": "k"}),
+            json.dumps(
+                {"conn_type": f"llm_{provider}", "host": base_url(provider, emulator), "password": "k"}
+            ),
         )
         run_dir = run_directory(tmp_path / "runs", dag_id="restart", run_id="r1")
         key = RunKey(dag_id="restart", task_id="submit", run_id="r1")
@@ -87,7 +93,9 @@ async def test_wait_rides_out_an_emulator_restart(provider: str, tmp_path: Path,
             await asyncio.to_thread(emulator.start)
             assert emulator.pid != first_pid
             states = [await backend.status(b) for b in handle.batch_ids]
-            assert all(s.status is not BatchStatus.ENDED for s in states), "the batches ended before the restart"
+            assert all(s.status is not BatchStatus.ENDED for s in states), (
+                "the batches ended before the restart"
+            )
             emulator.advance(2 * 86400)
 
             final = await asyncio.wait_for(watcher, 120)
