@@ -171,7 +171,8 @@ async def list_files(request: Request, store: Store) -> Response:
 async def create_batch(request: Request, store: Store) -> Response:
     rec = await store.openai.create(await json_body(request))
     plan = await store.openai.plan(rec)
-    return JSONResponse(store.openai.view(rec, plan, store.clock.now()))
+    # The answer describes the batch as created (always ``validating``), however long planning took.
+    return JSONResponse(store.openai.view(rec, plan, rec.created_at))
 
 
 @api_route("openai", "GET", "/v1/batches/{batch_id}")
