@@ -12,6 +12,7 @@ _BACKENDS: dict[Provider, str] = {
     Provider.OPENAI_COMPATIBLE: "batch_provider.backends.openai:OpenAICompatibleBackend",
     Provider.ANTHROPIC: "batch_provider.backends.anthropic:AnthropicBackend",
     Provider.BEDROCK: "batch_provider.backends.bedrock:BedrockBackend",
+    Provider.GEMINI: "batch_provider.backends.gemini:GeminiBackend",
 }
 
 

@@ -80,9 +80,21 @@ BEDROCK_LIMITS = ProviderLimits(
     min_requests_per_batch=100,
 )
 
+GEMINI_LIMITS = ProviderLimits(
+    # Batch mode documents a 2 GB input file and ~20 MB inline; no request-count limit is
+    # documented, so the count cap is this project's assumption.
+    max_requests_per_batch=100_000,
+    max_bytes_per_batch=2048 * MB,
+    max_bytes_per_request=20 * MB,
+    custom_id_pattern=re.compile(r"[^\n\r]{1,512}", re.S),
+    custom_id_rule="1 to 512 characters, no line breaks",
+    one_model_per_batch=True,
+)
+
 LIMITS: dict[Provider, ProviderLimits] = {
     Provider.OPENAI: OPENAI_LIMITS,
     Provider.OPENAI_COMPATIBLE: OPENAI_LIMITS,
     Provider.ANTHROPIC: ANTHROPIC_LIMITS,
     Provider.BEDROCK: BEDROCK_LIMITS,
+    Provider.GEMINI: GEMINI_LIMITS,
 }
