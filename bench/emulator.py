@@ -2,8 +2,8 @@
 
 Starts the emulator as a real process (one uvicorn worker), then
 1. polls ``GET /v1/batches/{id}`` (round-robin over many batches) for ``--seconds`` and reports
-   requests/s against the 1,000 req/s target, twice: with httpx2 async clients (bounded pools, in
-   ``--client-procs`` processes, as an SDK-like client sees it) and with a minimal raw-socket
+   requests/s against the 1,000 req/s target, twice: with an httpx2 async client (bounded pool, as an
+   SDK-like client sees it) and with a minimal raw-socket
    keep-alive client (the server's own capacity: the Python HTTP client costs more CPU per request
    than the server does). The emulator's CPU time per request is printed for both;
 2. creates synthetic batches (``POST /_emu/synthetic``) whose results are generated on the fly
@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import io
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -102,22 +101,6 @@ async def raw_poll(port: int, ids: list[str], seconds: float, concurrency: int) 
     return ok, errors, time.perf_counter() - start
 
 
-def _poll_proc(args: tuple[str, list[str], float, int]) -> tuple[int, int, float]:
-    return asyncio.run(poll(*args))
-
-
-def poll_procs(
-    base_url: str, ids: list[str], seconds: float, concurrency: int, procs: int
-) -> tuple[int, int, float]:
-    if procs <= 1:
-        return asyncio.run(poll(base_url, ids, seconds, concurrency))
-    with multiprocessing.get_context("spawn").Pool(procs) as pool:
-        parts = pool.map(
-            _poll_proc, [(base_url, ids[i::procs] or ids, seconds, concurrency) for i in range(procs)]
-        )
-    return sum(p[0] for p in parts), sum(p[1] for p in parts), max(p[2] for p in parts)
-
-
 async def poll(base_url: str, ids: list[str], seconds: float, concurrency: int) -> tuple[int, int, float]:
     limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     ok = errors = 0
@@ -170,7 +153,6 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--batches", type=int, default=200, help="batches to poll round-robin")
     ap.add_argument("--stream", choices=("anthropic", "openai", "both"), default="both")
-    ap.add_argument("--client-procs", type=int, default=1, help="processes running httpx2 clients")
     args = ap.parse_args()
     if args.quick:
         args.seconds, args.gb, args.batches = 2.0, 0.1, 50
@@ -180,10 +162,7 @@ def main() -> int:
         ids = create_batches(emu, args.batches)
         rss0 = vm_kib(emu.pid, "VmRSS")
         runs = [
-            (
-                f"httpx2 x{args.client_procs} procs",
-                lambda: poll_procs(emu.base_url, ids, args.seconds, args.concurrency, args.client_procs),
-            ),
+            ("httpx2", lambda: asyncio.run(poll(emu.base_url, ids, args.seconds, args.concurrency))),
             ("raw sockets", lambda: asyncio.run(raw_poll(emu.port, ids, args.seconds, args.concurrency))),
         ]
         for name, run in runs:
