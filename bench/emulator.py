@@ -2,10 +2,10 @@
 
 Starts the emulator as a real process (one uvicorn worker), then
 1. polls ``GET /v1/batches/{id}`` (round-robin over many batches) for ``--seconds`` and reports
-   requests/s against the 1,000 req/s target, twice: with an httpx2 async client (bounded pool, as an
-   SDK-like client sees it) and with a minimal raw-socket
-   keep-alive client (the server's own capacity: the Python HTTP client costs more CPU per request
-   than the server does). The emulator's CPU time per request is printed for both;
+   requests/s against the 1,000 req/s target, twice: with an httpx2 async client (bounded pool, as
+   an SDK-like client sees it) and with a minimal raw-socket keep-alive client (the server's own
+   capacity: a Python HTTP client spends more CPU per request than the emulator does, and both
+   share this machine's two cores). The emulator's CPU time per request is printed for both;
 2. creates synthetic batches (``POST /_emu/synthetic``) whose results are generated on the fly
    (Anthropic results stream, OpenAI output file), streams ``--gb`` gigabytes of each, and reports
    MB/s and the emulator's peak RSS (``VmHWM`` from ``/proc/<pid>/status``).
