@@ -14,7 +14,15 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import anthropic_routes, bedrock_routes, bedrock_state, control, openai_routes
+from . import (
+    anthropic_routes,
+    bedrock_routes,
+    bedrock_state,
+    control,
+    gemini_routes,
+    gemini_state,
+    openai_routes,
+)
 from .config import EmulatorConfig
 from .errors import ApiError
 from .store import Store
@@ -36,6 +44,7 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
     config = config or EmulatorConfig()
     store = Store(config)
     bedrock_state.attach(store)
+    gemini_state.attach(store)
     install_log_filter()
 
     @asynccontextmanager
@@ -44,7 +53,13 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
         store.close()
 
     app = Starlette(
-        routes=[*openai_routes.ROUTES, *anthropic_routes.ROUTES, *bedrock_routes.ROUTES, *control.ROUTES],
+        routes=[
+            *openai_routes.ROUTES,
+            *anthropic_routes.ROUTES,
+            *bedrock_routes.ROUTES,
+            *gemini_routes.ROUTES,
+            *control.ROUTES,
+        ],
         exception_handlers={404: _http_error, 405: _http_error},
         lifespan=lifespan,
     )
