@@ -192,7 +192,7 @@ async def bench(args: argparse.Namespace, base_url: str) -> list[tuple[Figures, 
     print(f"  created in {time.perf_counter() - t0:.1f}s", flush=True)
     policy = TransportPolicy(
         max_connections=args.connections,
-        max_keepalive_connections=args.connections,
+        max_keepalive_connections=args.keepalive,
         max_in_flight=args.in_flight or None,
     )
     api_base = base_url + "/v1" if provider == "openai" else base_url
@@ -216,7 +216,7 @@ async def bench(args: argparse.Namespace, base_url: str) -> list[tuple[Figures, 
         base_url=base_url,
         headers=headers,
         timeout=httpx.Timeout(connect=10, read=120, write=120, pool=120),
-        limits=httpx.Limits(max_connections=args.connections, max_keepalive_connections=args.connections),
+        limits=httpx.Limits(max_connections=args.connections, max_keepalive_connections=args.keepalive),
     )
 
     async def via_backend(batch_id: str) -> Any:
@@ -278,6 +278,9 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=float, default=20.0, help="steady: seconds per client")
     parser.add_argument("--connections", type=int, default=100, help="pool size, same for every client")
+    parser.add_argument(
+        "--keepalive", type=int, default=20, help="idle connections kept, same for every client"
+    )
     parser.add_argument(
         "--in-flight", type=int, default=100, help="backend transport's max_in_flight (0: unbounded)"
     )

@@ -61,7 +61,10 @@ class TransportPolicy:
     write_timeout: float = 120.0
     pool_timeout: float = 60.0
     max_connections: int = 100
-    max_keepalive_connections: int = 50
+    max_keepalive_connections: int = 20
+    """Idle connections kept open. The pool checks every idle connection on each request, so a
+    small keep-alive set keeps the per-call CPU cost low while bursts may still open up to
+    ``max_connections``."""
     max_in_flight: int | None = 100
     """Bound on concurrent requests through this transport (``None``: the pool alone). Waiting on a
     semaphore costs a few microseconds per call, while building a request and queueing it in the

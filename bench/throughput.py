@@ -1,0 +1,254 @@
+"""End-to-end throughput and memory of split → submit → wait → collect against the emulator.
+
+For each ``--requests`` size, a fresh child process (so ``ru_maxrss`` is that run's own peak):
+starts the emulator, generates chat requests, splits them into part files (chunks by the
+provider's limits), submits every chunk, advances the emulator clock until every batch ended,
+and collects every batch through :func:`reconcile` into ``results.jsonl``. It prints MB/s of each
+phase next to a raw ``cp`` of the same bytes on the same disk in the same run, and peak RSS.
+
+- submit MB/s = part-file bytes ÷ (split + upload) seconds; split includes building the
+  ``LLMRequest`` objects, as rendering would in a real run;
+- collect MB/s = ``results.jsonl`` bytes ÷ (download + parse + reconcile + write) seconds;
+  it includes the emulator generating output files on first read.
+
+    .venv/bin/python bench/throughput.py --requests 100000 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from batch_provider.backends.anthropic import AnthropicBackend
+from batch_provider.backends.base import BatchBackend, Chunk
+from batch_provider.backends.openai import OpenAIBackend
+from batch_provider.core.jsonl import JsonlWriter
+from batch_provider.core.models import BatchRef, LLMRequest
+from batch_provider.core.reconcile import expected_ids, reconcile
+from batch_provider.core.split import split_requests
+from batch_provider.emulator.process import running_emulator
+
+MB = 1024 * 1024
+KEY = "sk-bench-key"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def requests(count: int, model: str) -> Iterator[LLMRequest]:
+    for i in range(count):
+        yield LLMRequest(
+            custom_id=f"req-{i:08d}",
+            model=model,
+            system="Classify the ticket as positive, neutral or negative. Answer with one word.",
+            messages=[
+                {"role": "user", "content": f"Ticket {i}: the delivery was late but support was helpful."}
+            ],
+            max_tokens=16,
+        )
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir())
+
+
+def timed_cp(source: Path, target: Path) -> float:
+    """Seconds for ``cp -r source target`` (target removed first and after)."""
+    shutil.rmtree(target, ignore_errors=True)
+    started = time.perf_counter()
+    subprocess.run(["cp", "-r", str(source), str(target)], check=True)
+    subprocess.run(["sync", "-f", str(target)], check=False)
+    seconds = time.perf_counter() - started
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.unlink()
+    return seconds
+
+
+async def submit_chunks(backend: BatchBackend, chunks: list[Chunk], concurrency: int) -> list[BatchRef]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(chunk: Chunk) -> BatchRef:
+        async with gate:
+            return await backend.submit(chunk, tags={"bench": "throughput"})
+
+    return list(await asyncio.gather(*(one(c) for c in chunks)))
+
+
+async def wait_all(backend: BatchBackend, refs: list[BatchRef], emu) -> dict[str, object]:
+    emu.advance(10_000_000)
+    states = {}
+    pending = list(refs)
+    while pending:
+        for ref in list(pending):
+            state = await backend.status(ref.batch_id)
+            if state.is_terminal:
+                states[ref.batch_id] = state
+                pending.remove(ref)
+        if pending:
+            await asyncio.sleep(0.2)
+    return states
+
+
+async def collect(
+    backend: BatchBackend,
+    refs: list[BatchRef],
+    chunks: list[Chunk],
+    states: dict,
+    out: Path,
+    concurrency: int,
+) -> Counter[str]:
+    """Reconcile every batch into ``out``; ``concurrency`` batches download at once."""
+    counts: Counter[str] = Counter()
+    by_index = {c.index: c for c in chunks}
+    gate = asyncio.Semaphore(concurrency)
+    with JsonlWriter(out) as writer:
+
+        async def one(ref: BatchRef) -> None:
+            async with gate:
+                expected = await asyncio.to_thread(expected_ids, by_index[ref.chunk_index].path, backend)
+                async for record in reconcile(ref, expected, states[ref.batch_id], backend.results(ref)):
+                    counts[record.status.value] += 1
+                    writer.write_line(record.model_dump_json().encode())
+
+        await asyncio.gather(*(one(r) for r in refs))
+    return counts
+
+
+async def run_once(
+    count: int, provider: str, workdir: Path, concurrency: int
+) -> dict[str, float | int | str]:
+    parts = workdir / "parts"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    extra = ["--log-level", "warning"]
+    with running_emulator(time_factor=600.0, extra_args=extra) as emu:
+        backend: BatchBackend
+        if provider == "openai":
+            backend = OpenAIBackend(KEY, emu.base_url + "/v1")
+            model = "gpt-6-luna"
+        else:
+            backend = AnthropicBackend(KEY, emu.base_url)
+            model = "claude-haiku-4-5"
+        async with backend:
+            figures: dict[str, float | int | str] = {"requests": count, "provider": provider}
+            started = time.perf_counter()
+            rss_at_100k = 0.0
+            chunks: list[Chunk] = []
+            stream = split_requests(requests(count, model), backend, parts)
+            for chunk in stream:
+                chunks.append(chunk)
+                if not rss_at_100k and stream.counts.inputs >= 100_000:
+                    rss_at_100k = peak_rss_mb()
+            split_s = time.perf_counter() - started
+            part_bytes = dir_bytes(parts)
+            started = time.perf_counter()
+            refs = await submit_chunks(backend, chunks, concurrency)
+            upload_s = time.perf_counter() - started
+            figures.update(
+                chunks=len(chunks),
+                part_mb=part_bytes / MB,
+                split_s=split_s,
+                upload_s=upload_s,
+                rss_split_100k_mb=rss_at_100k or peak_rss_mb(),
+                rss_after_submit_mb=peak_rss_mb(),
+            )
+            cp_parts_s = timed_cp(parts, workdir / "parts.cp")
+
+            started = time.perf_counter()
+            states = await wait_all(backend, refs, emu)
+            figures["wait_s"] = time.perf_counter() - started
+
+            results = workdir / "results.jsonl"
+            started = time.perf_counter()
+            counts = await collect(backend, refs, chunks, states, results, concurrency)
+            collect_s = time.perf_counter() - started
+            result_bytes = results.stat().st_size
+            cp_results_s = timed_cp(results, workdir / "results.cp.jsonl")
+            assert sum(counts.values()) == count, counts
+            figures.update(
+                collect_s=collect_s,
+                results_mb=result_bytes / MB,
+                cp_parts_mb_s=part_bytes / MB / cp_parts_s,
+                cp_results_mb_s=result_bytes / MB / cp_results_s,
+                submit_mb_s=part_bytes / MB / (split_s + upload_s),
+                split_mb_s=part_bytes / MB / split_s,
+                upload_mb_s=part_bytes / MB / upload_s,
+                collect_mb_s=result_bytes / MB / collect_s,
+                counts=json.dumps(dict(counts)),
+                peak_rss_mb=peak_rss_mb(),
+            )
+            figures["submit_ratio"] = float(figures["submit_mb_s"]) / float(figures["cp_parts_mb_s"])
+            figures["collect_ratio"] = float(figures["collect_mb_s"]) / float(figures["cp_results_mb_s"])
+    shutil.rmtree(workdir, ignore_errors=True)
+    return figures
+
+
+def report(figures: dict) -> None:
+    n = figures["requests"]
+    print(f"\n== {n:,} {figures['provider']} requests, {figures['chunks']} chunks ==")
+    print(
+        f"submit : {figures['part_mb']:8.1f} MB in {figures['split_s'] + figures['upload_s']:7.1f}s "
+        f"= {figures['submit_mb_s']:7.1f} MB/s   (split {figures['split_mb_s']:.1f} MB/s, "
+        f"upload {figures['upload_mb_s']:.1f} MB/s)   cp {figures['cp_parts_mb_s']:7.1f} MB/s   "
+        f"ratio {figures['submit_ratio']:.3f}"
+    )
+    print(
+        f"collect: {figures['results_mb']:8.1f} MB in {figures['collect_s']:7.1f}s "
+        f"= {figures['collect_mb_s']:7.1f} MB/s   cp {figures['cp_results_mb_s']:7.1f} MB/s   "
+        f"ratio {figures['collect_ratio']:.3f}"
+    )
+    print(f"wait   : {figures['wait_s']:.1f}s   records {figures['counts']}")
+    print(
+        f"peak RSS: after 100k split {figures['rss_split_100k_mb']:.0f} MB, after submit "
+        f"{figures['rss_after_submit_mb']:.0f} MB, end of run {figures['peak_rss_mb']:.0f} MB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--provider", choices=["openai", "anthropic"], default="openai")
+    parser.add_argument("--concurrency", type=int, default=4, help="chunks uploaded / collected at once")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path(__file__).resolve().parents[1] / ".tmp" / "bench"
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        figures = asyncio.run(run_once(args.requests[0], args.provider, args.workdir, args.concurrency))
+        print("FIGURES " + json.dumps(figures), flush=True)
+        return
+    rows = []
+    for count in args.requests:
+        cmd = [sys.executable, __file__, "--child", "--requests", str(count), "--provider", args.provider]
+        cmd += ["--concurrency", str(args.concurrency), "--workdir", str(args.workdir / f"n{count}")]
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        line = next(ln for ln in done.stdout.splitlines() if ln.startswith("FIGURES "))
+        figures = json.loads(line.removeprefix("FIGURES "))
+        report(figures)
+        rows.append(figures)
+    if len(rows) > 1:
+        print(
+            "\npeak RSS by size: " + ", ".join(f"{r['requests']:,}: {r['peak_rss_mb']:.0f} MB" for r in rows)
+        )
+
+
+if __name__ == "__main__":
+    main()
