@@ -36,7 +36,13 @@ import httpx2
 
 from batch_provider.backends import gemini_wire as gw
 from batch_provider.backends.base import BatchBackend, Chunk, EncodedRequest
-from batch_provider.backends.errors import ConflictError, InvalidRequestError, NotFoundError, RequestRejected
+from batch_provider.backends.errors import (
+    AuthenticationError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    RequestRejected,
+)
 from batch_provider.backends.transport import ErrorInfo, Transport, TransportPolicy
 from batch_provider.backends.wire import (
     check_custom_id,
@@ -374,7 +380,8 @@ class GeminiBackend(BatchBackend):
     async def delete_input(self, ref: BatchRef) -> None:
         if not ref.input_file_id or not ref.input_file_id.startswith("files/"):
             return
-        with contextlib.suppress(NotFoundError):
+        # Google answers 403 "may not exist" for a file it already removed (files live 48 h).
+        with contextlib.suppress(NotFoundError, AuthenticationError):
             await self._http.request("DELETE", self._v(ref.input_file_id), operation="delete input file")
 
     async def aclose(self) -> None:
