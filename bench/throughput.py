@@ -89,7 +89,7 @@ async def submit_chunks(backend: BatchBackend, chunks: list[Chunk], concurrency:
 
 
 async def wait_all(backend: BatchBackend, refs: list[BatchRef], emu) -> dict[str, object]:
-    emu.advance(10_000_000)
+    emu.advance(100_000)
     states = {}
     pending = list(refs)
     while pending:
@@ -134,7 +134,7 @@ async def run_once(
     parts = workdir / "parts"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    extra = ["--log-level", "warning"]
+    extra = ["--log-level", "warning", "--per-request-seconds", "0.01"]
     with running_emulator(time_factor=600.0, extra_args=extra) as emu:
         backend: BatchBackend
         if provider == "openai":
@@ -239,7 +239,7 @@ def main() -> None:
     for count in args.requests:
         cmd = [sys.executable, __file__, "--child", "--requests", str(count), "--provider", args.provider]
         cmd += ["--concurrency", str(args.concurrency), "--workdir", str(args.workdir / f"n{count}")]
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
         line = next(ln for ln in done.stdout.splitlines() if ln.startswith("FIGURES "))
         figures = json.loads(line.removeprefix("FIGURES "))
         report(figures)
