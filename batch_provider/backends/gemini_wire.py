@@ -58,6 +58,24 @@ _STATES: dict[str, tuple[BatchStatus, BatchEnding | None]] = {
     "CANCELLED": (BatchStatus.ENDED, BatchEnding.CANCELLED),
     "EXPIRED": (BatchStatus.ENDED, BatchEnding.EXPIRED),
 }
+GRPC_CODES = {
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    6: "ALREADY_EXISTS",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    15: "DATA_LOSS",
+    16: "UNAUTHENTICATED",
+}
 _RETRYABLE_STATUSES = frozenset(
     {"RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED", "ABORTED", "UNKNOWN"}
 )
@@ -217,11 +235,15 @@ def _short_state(native: str) -> str:
     return native.removeprefix("BATCH_STATE_").removeprefix("JOB_STATE_")
 
 
-def _count(stats: dict[str, Any], name: str) -> int:
+def _int(value: Any) -> int:
     try:
-        return int(stats.get(name) or 0)
+        return int(value or 0)
     except (TypeError, ValueError):
         return 0
+
+
+def _count(stats: dict[str, Any], name: str) -> int:
+    return _int(stats.get(name))
 
 
 def state_of(operation: dict[str, Any]) -> BatchState:
@@ -252,7 +274,7 @@ def state_of(operation: dict[str, Any]) -> BatchState:
         error_message=message,
         retryable=ending is BatchEnding.FAILED
         and isinstance(error, dict)
-        and error.get("status") == "RESOURCE_EXHAUSTED",
+        and _status_name(error, _int(error.get("code"))) == "RESOURCE_EXHAUSTED",
         created_at=parse_timestamp(batch.get("createTime")),
         ended_at=parse_timestamp(batch.get("endTime")) if status is BatchStatus.ENDED else None,
     )
@@ -266,14 +288,23 @@ def _finish_reason(candidate: dict[str, Any]) -> str | None:
     return str(reason).lower() if reason else None
 
 
+def _status_name(error: dict[str, Any], code: int) -> str:
+    """The canonical status: given as ``status`` (REST envelopes) or from a gRPC ``code``."""
+    if error.get("status"):
+        return str(error["status"])
+    return GRPC_CODES.get(code, "") if 0 < code < 100 else ""
+
+
 def error_record(key: str, batch_id: str, error: Any, raw: dict[str, Any], model: str | None) -> ResultRecord:
+    """An item error: a ``google.rpc.Status`` (gRPC ``code``, ``message``), or an HTTP-style
+    ``{"code": 500, "status": "INTERNAL"}``; both are read."""
     error = error if isinstance(error, dict) else {"message": str(error)}
-    status = str(error.get("status") or "")
     try:
         code = int(error.get("code") or 0)
     except (TypeError, ValueError):
         code = 0
-    retryable = status in _RETRYABLE_STATUSES or code in (408, 429) or code >= 500
+    status = _status_name(error, code)
+    http_retryable = code >= 100 and (code in (408, 429) or code >= 500)
     return failed(
         key,
         PROVIDER,
@@ -281,7 +312,7 @@ def error_record(key: str, batch_id: str, error: Any, raw: dict[str, Any], model
         status=ItemStatus.ERRORED,
         type=status or (f"http_{code}" if code else "request_error"),
         message=str(error.get("message") or status or "the request failed"),
-        retryable=retryable,
+        retryable=status in _RETRYABLE_STATUSES or http_retryable,
         code=str(code) if code else None,
         raw=raw,
         model=model,

@@ -17,6 +17,8 @@ Invariants:
   order, ``metadata`` echoed); file batches answer ``output.responsesFile`` (``files/batch-<id>``),
   whose lines ``{"key", "response" | "error"}`` are generated while streamed.
 - Partial outputs of EXPIRED and CANCELLED batches hold only the finished requests.
+- Item errors and a failed batch's ``error`` are ``google.rpc.Status`` objects (gRPC ``code``,
+  ``message``), as the SDK's ``JobError`` reads them.
 - Fault directives: the first request's key (``emu-expire-…``, ``emu-shuffle-…``, ``emu-drop-…``,
   ``emu-errors20-…``), an ``emu_faults=<OpenAI directive list>`` token in ``displayName``, the
   server-wide ``batch_faults``, and per-request ``emu-fail<code>-`` keys.
@@ -52,14 +54,15 @@ TERMINAL = frozenset(
     {"BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED"}
 )
 ITEM_STATUS = {
-    400: "INVALID_ARGUMENT",
-    422: "INVALID_ARGUMENT",
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-    529: "UNAVAILABLE",
+    400: ("INVALID_ARGUMENT", 3),
+    422: ("INVALID_ARGUMENT", 3),
+    429: ("RESOURCE_EXHAUSTED", 8),
+    500: ("INTERNAL", 13),
+    503: ("UNAVAILABLE", 14),
+    504: ("DEADLINE_EXCEEDED", 4),
+    529: ("UNAVAILABLE", 14),
 }
+"""Injected HTTP-style item status → (canonical status, gRPC code of the ``google.rpc.Status``)."""
 CHUNK = 1 << 20
 
 
@@ -298,7 +301,7 @@ class GeminiBatches:
                 plan.fail[idx] = (400, problem)
             elif code is not None:
                 plan.injected[f"item_{code}"] += 1
-                plan.fail[idx] = (code, f"{ITEM_STATUS[code]} (emulated fault, status {code}).")
+                plan.fail[idx] = (code, f"{ITEM_STATUS[code][0]} (emulated fault, status {code}).")
         self.plans[rec.id] = plan
         return plan
 
@@ -382,7 +385,10 @@ class GeminiBatches:
             batch["endTime"] = rfc3339(view.ended_at)
         operation: dict[str, Any] = {"name": rec.name, "metadata": batch, "done": ended}
         if view.state == "BATCH_STATE_FAILED":
-            operation["error"] = {"code": 400, "message": rec.fail_message, "status": "INVALID_ARGUMENT"}
+            operation["error"] = {
+                "code": 3,
+                "message": rec.fail_message,
+            }  # google.rpc.Status: INVALID_ARGUMENT
             return operation
         if ended:
             output: dict[str, Any]
@@ -400,13 +406,7 @@ class GeminiBatches:
         failure = plan.fail.get(idx)
         if failure is not None:
             code, message = failure
-            return {
-                "error": {
-                    "code": 400 if code == 422 else code,
-                    "message": message,
-                    "status": ITEM_STATUS[code],
-                }
-            }
+            return {"error": {"code": ITEM_STATUS[code][1], "message": message}}
         return {"response": gemini_outputs.generate(entry["request"], rec.model, self.cfg.seed)}
 
     def inlined(self, rec: GeminiBatch, done: int) -> list[dict[str, Any]]:
