@@ -219,3 +219,14 @@ async def test_full_cycle_under_random_faults(emu: EmulatorProcess, tmp_path: Pa
     stats = emu.stats()
     assert stats["faults_total"] >= 3
     assert stats["batches_created"]["anthropic"] == 3
+
+
+async def test_submit_from_object_storage(emu: EmulatorProcess, anthropic: AnthropicBackend) -> None:
+    from upath import UPath
+
+    run = await submit_all(
+        anthropic, [msg(f"s-{i}") for i in range(4)], UPath("memory://anthropic-submit/parts")
+    )
+    await end_all(emu, anthropic, run.refs)
+    counts = assert_invariant(run.inputs, await run.collect())
+    assert counts[ItemStatus.SUCCEEDED] == 4

@@ -246,3 +246,12 @@ async def test_full_cycle_under_random_faults(emu: EmulatorProcess, tmp_path: Pa
     stats = emu.stats()
     assert stats["faults_total"] >= 3
     assert stats["batches_created"]["openai"] == 3
+
+
+async def test_submit_from_object_storage(emu: EmulatorProcess, openai: OpenAIBackend) -> None:
+    from upath import UPath
+
+    run = await submit_all(openai, [chat(f"s-{i}") for i in range(4)], UPath("memory://openai-submit/parts"))
+    await end_all(emu, openai, run.refs)
+    counts = assert_invariant(run.inputs, await run.collect())
+    assert counts[ItemStatus.SUCCEEDED] == 4

@@ -101,3 +101,19 @@ def test_seen_ids_grows_and_detects_duplicates() -> None:
         assert all(seen.add(f"id-{i}") for i in range(5000))
         assert not any(seen.add(f"id-{i}") for i in range(0, 5000, 7))
         assert len(seen) == 5000
+
+
+def test_object_storage_parts_dir() -> None:
+    """Any UPath-like directory works: only ``/``, ``open("wb")`` and ``mkdir`` are used."""
+    from upath import UPath
+
+    parts = UPath("memory://split-test/run-1/parts")
+    backend = AnthropicBackend(api_key="k")
+    stream = split_requests(
+        (req(i) for i in range(5)), backend, parts, limits=backend.limits.lowered(max_requests_per_batch=2)
+    )
+    chunks = list(stream)
+    assert [c.request_count for c in chunks] == [2, 2, 1]
+    assert str(chunks[0].path).startswith("memory://")
+    assert fingerprint_file(chunks[0].path) == fingerprint_lines(iter_path_lines(chunks[0].path))
+    assert [backend.custom_id_of(line) for line in iter_path_lines(chunks[2].path)] == ["r-4"]
