@@ -207,6 +207,9 @@ class GeminiBackend(BatchBackend):
                     return httpx2.Response(200, json=operation)
             return None
 
+        # Only a name carrying the chunk's identity can tell its batch apart from others.
+        identified = bool(tags.get("bp_run") and tags.get("bp_chunk"))
+
         response = await self._http.request(
             "POST",
             self._v(f"{_model_path(chunk.model)}:batchGenerateContent"),
@@ -214,7 +217,7 @@ class GeminiBackend(BatchBackend):
             content=content,
             headers={"content-type": "application/json"},
             idempotent=False,
-            recover=adopt_existing,
+            recover=adopt_existing if identified else None,
         )
         operation = response.json()
         return self._ref(
@@ -303,7 +306,7 @@ class GeminiBackend(BatchBackend):
             if created is not None and created < created_after:
                 continue
             named = gw.tags_of_display_name(batch.get("displayName"))
-            if all(named.get(key) == gw._clean(value) for key, value in tags.items()):
+            if all(named.get(key) == gw.clean_tag(value) for key, value in tags.items()):
                 state = gw.state_of(operation)
                 found.append(self._ref(operation, chunk_index=index, request_count=state.counts.total))
         return found

@@ -187,7 +187,8 @@ def wants_json(line: bytes) -> bool:
 # ----------------------------------------------------------------------------- display names
 
 
-def _clean(value: str) -> str:
+def clean_tag(value: str) -> str:
+    """A tag name or value as written in a display name (whitespace becomes ``_``)."""
     return _WHITESPACE.sub("_", str(value))
 
 
@@ -197,7 +198,7 @@ def display_name(tags: Mapping[str, str], limit: int = DISPLAY_NAME_MAX) -> str:
     ordered = sorted(tags.items(), key=lambda kv: (kv[0] not in ("bp_run", "bp_chunk"), kv[0] != "bp_run"))
     out = ""
     for key, value in ordered:
-        token = f"{_clean(key).replace('=', '_')}={_clean(value)}"
+        token = f"{clean_tag(key).replace('=', '_')}={clean_tag(value)}"
         candidate = f"{out} {token}" if out else token
         if len(candidate) > limit:
             if key in ("bp_run", "bp_chunk"):

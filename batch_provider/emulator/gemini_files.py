@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ class UploadSession:
 
 
 class GeminiFiles:
-    def __init__(self, root: Path, ttl_seconds: float) -> None:
+    def __init__(self, root: Path, ttl_seconds: Callable[[], float]) -> None:
         self.dir = root / "files"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ttl_seconds = ttl_seconds
@@ -176,7 +177,7 @@ class GeminiFiles:
             mime_type=session.mime_type,
             size_bytes=session.received,
             created_at=now,
-            expires_at=now + self.ttl_seconds,
+            expires_at=now + self.ttl_seconds(),
         )
         self._partial(session.id).replace(self.path(rec.id))
         write_json(self.dir / f"{rec.id}.json", asdict(rec))

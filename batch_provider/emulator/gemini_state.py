@@ -149,7 +149,7 @@ class GeminiBatches:
         self.settings = GeminiSettings()
         self.dir = store.root / "gemini"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.files = GeminiFiles(self.dir, self.settings.file_ttl_seconds)
+        self.files = GeminiFiles(self.dir, lambda: self.settings.file_ttl_seconds)
         self.records: dict[str, GeminiBatch] = {}
         self.plans: dict[str, Plan] = {}
         self._inline_cache: dict[tuple[str, int], list[dict[str, Any]]] = {}

@@ -187,3 +187,15 @@ async def test_transient_faults_are_retried_and_the_key_stays_out_of_urls(emu: A
     assert any("/upload/v1beta/files" in url for url in urls)
     faults = emu.stats()["faults"]
     assert faults.get("http_429", 0) >= 1 and faults.get("http_503", 0) >= 2
+
+
+async def test_quota_429_is_not_waited_out_and_unknown_batch_is_not_found(emu: Any) -> None:
+    from batch_provider.backends.errors import NotFoundError, RateLimitedError
+
+    emu.set_faults({"rules": [{"match": "GET /v1beta/batches/*", "kind": "quota", "times": 1}]})
+    async with backend_for(emu) as backend:
+        with pytest.raises(RateLimitedError) as limited:
+            await backend.status("batches/nope")
+        assert KEY not in str(limited.value)
+        with pytest.raises(NotFoundError):
+            await backend.status("nope")
