@@ -18,6 +18,7 @@ Nothing here imports Airflow: the trigger, the sensor's poke mode and plain scri
 from __future__ import annotations
 
 import asyncio
+import heapq
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -30,7 +31,7 @@ from batch_provider.core.models import BatchEnding, BatchState
 
 DEFAULT_POLL_INTERVAL_MIN = 5.0
 DEFAULT_POLL_INTERVAL_MAX = 300.0
-DEFAULT_MAX_IN_FLIGHT = 32
+DEFAULT_MAX_IN_FLIGHT = 64
 GROWTH = 0.1
 """Interval as a fraction of the time already spent waiting: after 10 min, poll once a minute."""
 
@@ -183,48 +184,94 @@ async def watch_batches(
 ) -> dict[str, BatchState]:
     """Poll until every batch is terminal; return each batch's final state.
 
+    Each batch keeps its own schedule (no round waits for the slowest poll): a poll is started
+    when the batch is due and a slot is free, and the batch is due again ``next_interval`` after
+    its answer. ``on_progress`` gets one :class:`Progress` per sweep, i.e. once every batch still
+    pending at the sweep's start has been polled again (it may be a coroutine function).
     ``deadline`` is an aware datetime; past it, :class:`WatchTimeout` is raised with the last
-    states seen. ``on_progress`` gets one :class:`Progress` per round (it may be a coroutine
-    function, for async loggers).
+    states seen.
     """
     if poll_interval_min <= 0 or poll_interval_max < poll_interval_min:
         raise ValueError("need 0 < poll_interval_min <= poll_interval_max")
     ids = list(dict.fromkeys(batch_ids))
+    order = {b: i for i, b in enumerate(ids)}
     states: dict[str, BatchState] = {}
-    pending = list(ids)
+    pending = set(ids)
     started = time.monotonic()
-    round_no = 0
-    delays = {b: random.uniform(0, poll_interval_min) for b in ids} if jitter and len(ids) > 1 else {}
+    spread = poll_interval_min if jitter and len(ids) > 1 else 0.0
+    # batches waiting for their next poll, by due time; a polling batch is in ``running`` instead
+    queue = [(started + random.uniform(0, spread), i, b) for i, b in enumerate(ids)]
+    heapq.heapify(queue)
+    running: dict[asyncio.Task[BatchState | None], str] = {}
+    sweep, sweep_no, transient = set(ids), 0, 0
 
-    while pending:
-        round_no += 1
-        _check_deadline(deadline, states, pending, len(ids))
-        polled, transient = await poll_round(backend, pending, max_in_flight=max_in_flight, delays=delays)
-        delays = {}
-        states.update(polled)
-        pending = [b for b in ids if b not in states or not states[b].is_terminal]
-        elapsed = time.monotonic() - started
-        wait = next_interval(elapsed, poll_interval_min, poll_interval_max) if pending else None
-        if wait is not None and deadline is not None:
-            wait = max(0.0, min(wait, (deadline - datetime.now(UTC)).total_seconds()))
-        if on_progress is not None:
-            outcome = on_progress(
-                summarise(
-                    states,
-                    len(ids),
-                    round_no=round_no,
-                    elapsed=elapsed,
-                    next_poll=wait,
-                    transient_errors=transient,
+    async def poll(batch_id: str) -> BatchState | None:
+        try:
+            return await backend.status(batch_id)
+        except BatchProviderError as exc:
+            if exc.retryable:
+                return None
+            raise
+
+    try:
+        while pending:
+            if deadline is not None and datetime.now(UTC) >= deadline:
+                _check_deadline(deadline, states, [b for b in ids if b in pending], len(ids))
+            now = time.monotonic()
+            while queue and queue[0][0] <= now and len(running) < max_in_flight:
+                _, _, batch_id = heapq.heappop(queue)
+                running[asyncio.ensure_future(poll(batch_id))] = batch_id
+            # with every slot taken, only a finished poll can let the next one start
+            timeout = max(0.0, queue[0][0] - now) if queue and len(running) < max_in_flight else None
+            if deadline is not None:
+                left = max(0.0, (deadline - datetime.now(UTC)).total_seconds())
+                timeout = left if timeout is None else min(timeout, left)
+            if not running:
+                await asyncio.sleep(timeout or 0)
+                continue
+            done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                batch_id = running.pop(task)
+                state = task.result()  # a non-retryable error propagates from here
+                finished = time.monotonic()
+                if state is None:
+                    transient += 1
+                else:
+                    states[batch_id] = state
+                    if state.is_terminal:
+                        pending.discard(batch_id)
+                if batch_id in pending:
+                    wait = next_interval(finished - started, poll_interval_min, poll_interval_max)
+                    heapq.heappush(queue, (finished + wait, order[batch_id], batch_id))
+                sweep.discard(batch_id)
+            if not sweep or not pending:
+                sweep_no += 1
+                await _report(
+                    on_progress,
+                    summarise(
+                        states,
+                        len(ids),
+                        round_no=sweep_no,
+                        elapsed=time.monotonic() - started,
+                        next_poll=max(0.0, queue[0][0] - time.monotonic()) if queue else None,
+                        transient_errors=transient,
+                    ),
                 )
-            )
-            if asyncio.iscoroutine(outcome):
-                await outcome
-        if wait is not None:
-            if deadline is not None and wait <= 0:
-                _check_deadline(deadline, states, pending, len(ids))
-            await asyncio.sleep(wait)
+                sweep, transient = set(pending), 0
+    finally:
+        for task in running:
+            task.cancel()
     return {b: states[b] for b in ids}
+
+
+async def _report(
+    on_progress: Callable[[Progress], Awaitable[None] | None] | None, progress: Progress
+) -> None:
+    if on_progress is None:
+        return
+    outcome = on_progress(progress)
+    if asyncio.iscoroutine(outcome):
+        await outcome
 
 
 def _check_deadline(

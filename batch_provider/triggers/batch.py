@@ -39,7 +39,7 @@ class BatchWaitTrigger(BaseTrigger):
 
     :param conn_id: Airflow connection to build the backend from.
     :param provider: provider name (``openai``, ``openai_compatible``, ``anthropic``).
-    :param batch_ids: the batches to watch.
+    :param batch_ids: the batches to watch (one id may be given as a string).
     :param deadline: ISO-8601 aware datetime; None waits without limit.
     :param poll_interval_min: first interval in seconds; it grows with the time waited.
     :param poll_interval_max: cap on the interval in seconds.
@@ -51,7 +51,7 @@ class BatchWaitTrigger(BaseTrigger):
         *,
         conn_id: str,
         provider: str,
-        batch_ids: list[str],
+        batch_ids: list[str] | str,
         deadline: str | None = None,
         poll_interval_min: float = DEFAULT_POLL_INTERVAL_MIN,
         poll_interval_max: float = DEFAULT_POLL_INTERVAL_MAX,
@@ -60,7 +60,7 @@ class BatchWaitTrigger(BaseTrigger):
         super().__init__()
         self.conn_id = conn_id
         self.provider = Provider(provider).value
-        self.batch_ids = list(batch_ids)
+        self.batch_ids = [batch_ids] if isinstance(batch_ids, str) else list(batch_ids)
         self.deadline = deadline
         self.poll_interval_min = float(poll_interval_min)
         self.poll_interval_max = float(poll_interval_max)

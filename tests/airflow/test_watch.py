@@ -85,3 +85,25 @@ def test_eta_from_progress():
     )
     assert p.eta_seconds == pytest.approx(180)
     assert "25/100 requests done (25%)" in p.line() and "1 errored so far" in p.line()
+
+
+async def test_in_flight_bound_and_per_batch_schedules():
+    import asyncio
+
+    class Slow(ScriptedBackend):
+        in_flight = 0
+        peak = 0
+
+        async def status(self, batch_id):
+            Slow.in_flight += 1
+            Slow.peak = max(Slow.peak, Slow.in_flight)
+            await asyncio.sleep(0.01)
+            Slow.in_flight -= 1
+            return await super().status(batch_id)
+
+    backend = Slow(polls_to_end=2)
+    ids = [f"b{i}" for i in range(20)]
+    states = await watch_batches(backend, ids, poll_interval_min=0.01, max_in_flight=3)
+    assert Slow.peak == 3
+    assert all(s.is_terminal for s in states.values()) and list(states) == ids
+    assert set(backend.polls.values()) == {3}  # never polled again once ended
