@@ -17,8 +17,14 @@ Decisions:
 - **States.** ``BATCH_STATE_*`` and ``JOB_STATE_*`` both map: PENDING → pending, RUNNING →
   running, SUCCEEDED → completed, FAILED → failed, CANCELLED → cancelled (finished requests
   keep their results), EXPIRED → expired (results present are kept; the rest become ``expired``).
-- **Item errors** (``{"code","message","status"}``) are retryable for RESOURCE_EXHAUSTED,
-  UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED, ABORTED and any 408/429/5xx code.
+- **Part files are upload files**: each line is ``{"key": custom_id, "request": {...}}``, so file
+  mode uploads the part file byte for byte; inline mode rewraps each line as
+  ``{"request": ..., "metadata": {"key": ...}}`` and joins results on the echoed ``metadata.key``.
+- **Item errors** (``google.rpc.Status``: gRPC ``code`` and ``message``; an HTTP-style ``code`` with
+  ``status`` is read too) are retryable for RESOURCE_EXHAUSTED, UNAVAILABLE, INTERNAL,
+  DEADLINE_EXCEEDED, ABORTED, UNKNOWN and any 408/429/5xx code.
+- ``api_version`` defaults to ``v1beta``, where the batch API is documented (``google-genai``
+  3.x defaults to ``v1`` for other calls).
 - The API key travels only in the ``x-goog-api-key`` header, never in a URL. A resumable upload
   URL the server names is always sent to this backend's own host.
 """
@@ -111,9 +117,9 @@ class GeminiBackend(BatchBackend):
         base_url: API root without the version (default ``https://generativelanguage.googleapis.com``;
             the emulator's URL in tests).
         api_version: ``v1beta`` (the version batch mode is served under).
-        inline_max_bytes: the largest inline create body; larger chunks are uploaded as a file.
-        display_name_prefix: unused by ``find``; prepended as a ``name=`` tag for people reading
-            the batch list.
+        inline_max_bytes: the largest inline create body; larger chunks are uploaded as a file
+            (0: always upload).
+        policy / limits / client: transport policy, lowered limits, a caller-owned HTTP client.
     """
 
     provider: ClassVar[Provider] = Provider.GEMINI
@@ -127,18 +133,18 @@ class GeminiBackend(BatchBackend):
         base_url: str | None = None,
         *,
         api_version: str = "v1beta",
-        inline_max_bytes: int = DEFAULT_INLINE_MAX_BYTES,
+        inline_max_bytes: int | str = DEFAULT_INLINE_MAX_BYTES,
         policy: TransportPolicy | None = None,
         limits: ProviderLimits | None = None,
         client: httpx2.AsyncClient | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("a Gemini backend needs api_key (sent in the x-goog-api-key header)")
-        if inline_max_bytes < 0:
+        self.inline_max_bytes = int(inline_max_bytes)  # a connection extra arrives as text
+        if self.inline_max_bytes < 0:
             raise ValueError("inline_max_bytes must be >= 0")
         self.limits = limits or LIMITS[self.provider]
-        self.api_version = api_version.strip("/")
-        self.inline_max_bytes = int(inline_max_bytes)
+        self.api_version = str(api_version).strip("/")
         self._http = Transport(
             provider=self.provider.value,
             base_url=base_url or self.default_base_url,
