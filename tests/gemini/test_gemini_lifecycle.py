@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from gemini_support import (
     FILE,
@@ -14,17 +15,21 @@ from gemini_support import (
     assert_accounted,
     backend_for,
     batches_created,
+    builder,
     read_lines,
     rows,
     submit_rows,
     wait_all,
 )
 
+from batch_provider.backends.errors import NotFoundError, RateLimitedError
 from batch_provider.core.collection import collect_run
 from batch_provider.core.ledger import Ledger, RunKey
 from batch_provider.core.models import BatchEnding, BatchStatus
+from batch_provider.core.records import iter_list
 from batch_provider.core.retry import resubmit_retryable, write_dead_letter
 from batch_provider.core.rundir import run_directory
+from batch_provider.core.submission import submit_run
 
 MODES = pytest.mark.parametrize("inline_max_bytes", [INLINE, FILE], ids=["inline", "file"])
 
@@ -157,8 +162,6 @@ async def test_create_answer_lost_is_adopted_not_repeated(emu: Any, tmp_path: Pa
 
 
 async def test_transient_faults_are_retried_and_the_key_stays_out_of_urls(emu: Any, tmp_path: Path) -> None:
-    import httpx2
-
     urls: list[str] = []
 
     async def record(request: httpx2.Request) -> None:
@@ -190,8 +193,6 @@ async def test_transient_faults_are_retried_and_the_key_stays_out_of_urls(emu: A
 
 
 async def test_quota_429_is_not_waited_out_and_unknown_batch_is_not_found(emu: Any) -> None:
-    from batch_provider.backends.errors import NotFoundError, RateLimitedError
-
     emu.set_faults({"rules": [{"match": "GET /v1beta/batches/*", "kind": "quota", "times": 1}]})
     async with backend_for(emu) as backend:
         with pytest.raises(RateLimitedError) as limited:
@@ -199,3 +200,28 @@ async def test_quota_429_is_not_waited_out_and_unknown_batch_is_not_found(emu: A
         assert KEY not in str(limited.value)
         with pytest.raises(NotFoundError):
             await backend.status("nope")
+
+
+@MODES
+async def test_structured_output_parsed_and_broken_download_restarted(
+    emu: Any, tmp_path: Path, inline_max_bytes: int
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"label": {"type": "string", "enum": ["bug", "question"]}, "score": {"type": "number"}},
+        "required": ["label", "score"],
+    }
+    run_dir = run_directory(tmp_path, dag_id="d", run_id="json")
+    key = RunKey(dag_id="d", task_id="submit", run_id="json")
+    items = builder(response_schema=schema).render(iter_list(rows(30)))
+    async with backend_for(emu, inline_max_bytes) as backend:
+        handle = await submit_run(
+            backend, items, run_dir, run_key=key, conn_id=None, tags={"emu_faults": "drop,shuffle"}
+        )
+        await wait_all(backend, handle, emu)
+        summary = await collect_run(backend, handle, run_dir)
+    assert summary.succeeded == 30 and summary.unresolved == 0
+    parsed = [r["parsed"] for r in read_lines(run_dir.results)]
+    assert all(p["label"] in ("bug", "question") and isinstance(p["score"], float | int) for p in parsed)
+    if inline_max_bytes == FILE:
+        assert emu.stats()["faults"].get("stream_drop", 0) >= 1
