@@ -137,3 +137,19 @@ def test_bad_create_bodies_are_400s(emu: Any) -> None:
     big = {"batch": {"inputConfig": {"requests": {"requests": [{"request": {"contents": "x" * 2000}}]}}}}
     too_big = httpx.post(url, headers=headers, json=big)
     assert too_big.status_code == 400 and "payload size" in too_big.json()["error"]["message"]
+
+
+def test_batches_and_files_survive_a_restart(client: Any, emu: Any, tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"key": "only", "request": {"contents": [{"parts": [{"text": "x"}]}]}}) + "\n")
+    uploaded = client.files.upload(file=path, config={"mime_type": "application/jsonl"})
+    job = client.batches.create(model=MODEL, src=uploaded.name, config={"display_name": "restart"})
+    emu.restart()
+    assert client.files.get(name=uploaded.name).size_bytes == path.stat().st_size
+    emu.advance(86400)
+    done = client.batches.get(name=job.name)
+    assert done.state == types.JobState.JOB_STATE_SUCCEEDED and done.display_name == "restart"
+    body = client.files.download(file=done.dest.file_name)
+    assert json.loads(body)["key"] == "only"
+    names = [j.name for j in client.batches.list(config={"page_size": 2})]
+    assert job.name in names and len(names) == len(set(names))
