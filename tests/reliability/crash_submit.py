@@ -6,10 +6,10 @@ Usage: ``python crash_submit.py '<json args>'`` with keys ``provider``, ``base_u
 ``<run_root>/handle.json`` (what the task would push to XCom) and exits 0.
 
 Points: ``requests_written`` (part files and ledger chunks on disk, nothing sent),
-``intent_written`` (the chunk's intent recorded, nothing sent for it), ``file_uploaded`` (OpenAI:
-the input file is uploaded, no batch), ``batch_created`` (the provider answered the create call,
-the ledger does not know), ``ledger_written`` (the chunk's batch is in the ledger), ``xcom_pushed``
-(the handle was handed over, the task did not finish).
+``intent_written`` (the chunk's intent recorded, nothing sent for it), ``file_uploaded``
+(OpenAI, Bedrock: the chunk's input file is uploaded, no batch), ``batch_created`` (the
+provider answered the create call, the ledger does not know), ``ledger_written`` (the chunk's
+batch is in the ledger), ``xcom_pushed`` (the handle was handed over, the task did not finish).
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ from batch_provider.core.render import RequestBuilder
 from batch_provider.core.rundir import run_directory
 from batch_provider.core.submission import submit_run
 
-MODELS = {"openai": "gpt-6-luna", "anthropic": "claude-haiku-4-5"}
+MODELS = {
+    "openai": "gpt-6-luna",
+    "anthropic": "claude-haiku-4-5",
+    "bedrock": "anthropic.claude-haiku-4-5-20251001-v1:0",
+}
 
 
 def die() -> None:
@@ -77,10 +81,28 @@ def install_crash(point: str | None, chunk: int, backend: object) -> None:
 
         cls._upload = upload  # type: ignore[attr-defined]
 
+    if getattr(cls, "provider", None) is not None and cls.provider.value == "bedrock":
+        from batch_provider.backends import bedrock
+
+        original_put = bedrock.upload_file
+        uploads = {"n": 0}
+
+        async def put(*a: object, **kw: object) -> object:
+            done = await original_put(*a, **kw)
+            uploads["n"] += 1
+            if point == "file_uploaded" and uploads["n"] == chunk + 1:
+                die()
+            return done
+
+        bedrock.upload_file = put  # type: ignore[assignment]
+
 
 async def main(args: dict) -> None:
     provider = args["provider"]
-    backend = create_backend(provider, api_key=args.get("api_key", "test-key"), base_url=args["base_url"])
+    if provider == "bedrock":
+        backend = create_backend(provider, **args["backend_options"])
+    else:
+        backend = create_backend(provider, api_key=args.get("api_key", "test-key"), base_url=args["base_url"])
     install_crash(args.get("crash"), int(args.get("chunk", 0)), backend)
     root = Path(args["run_root"])
     run_dir = run_directory(root, dag_id="crash_dag", run_id=args["run_id"], group="llm")

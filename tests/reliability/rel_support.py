@@ -28,6 +28,21 @@ FAST_POLICY = TransportPolicy(
 )
 
 
+def bedrock_options(emulator: Any, prefix: str, **extra: Any) -> dict[str, Any]:
+    """Constructor options of a Bedrock backend on the emulator's Bedrock face and moto S3."""
+    return {
+        "role_arn": "arn:aws:iam::123456789012:role/BedrockBatchRole",
+        "s3_input_uri": f"s3://rel-in/{prefix}",
+        "s3_output_uri": f"s3://rel-out/{prefix}",
+        "region_name": "us-east-1",
+        "bedrock_endpoint_url": emulator.base_url,
+        "s3_endpoint_url": emulator.s3_endpoint,
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+        **extra,
+    }
+
+
 def base_url(provider: str, emulator: Any) -> str:
     return f"{emulator.base_url}/v1" if provider == "openai" else emulator.base_url
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import crash_submit
 import pytest
-from rel_support import backend_for, base_url, batches_created, read_lines, wait_until_ended
+from rel_support import backend_for, base_url, batches_created, bedrock_options, read_lines, wait_until_ended
 
 from batch_provider.core.collection import collect_run
 from batch_provider.core.handle import RunHandle
@@ -90,3 +90,51 @@ async def test_crash_at_each_submit_step_then_rerun_pays_once(
     assert summary.accounted and summary.succeeded == ROWS and summary.unresolved == 0
     ids = sorted(r["custom_id"] for r in read_lines(run_dir.results))
     assert ids == [f"c-{i:04d}" for i in range(ROWS)]
+
+
+BEDROCK_POINTS = [
+    ("requests_written", 0),
+    ("intent_written", 1),
+    ("file_uploaded", 1),
+    ("batch_created", 1),
+    ("ledger_written", 1),
+    ("xcom_pushed", 0),
+]
+
+
+@pytest.mark.parametrize(
+    ("point", "chunk"), BEDROCK_POINTS, ids=[f"bedrock-{p}-{c}" for p, c in BEDROCK_POINTS]
+)
+async def test_bedrock_crash_at_each_submit_step_then_rerun_pays_once(
+    point: str, chunk: int, bedrock_emulator: Any, tmp_path: Path
+) -> None:
+    from batch_provider.backends.registry import create_backend
+
+    emu = bedrock_emulator
+    prefix = f"{point}-{chunk}"
+    emu.bedrock_settings(min_records=10)
+    options = bedrock_options(emu, prefix, min_records_per_job=10)
+    args = {
+        "provider": "bedrock",
+        "backend_options": options,
+        "run_root": str(tmp_path),
+        "run_id": f"crash__{prefix}",
+        "rows": 30,
+        "max_requests_per_batch": 10,
+        "crash": point,
+        "chunk": chunk,
+    }
+    before = batches_created(emu, "bedrock")
+    crashed = run_child(args)
+    assert crashed.returncode == -9, f"the child did not die at {point}: {crashed.stderr[-2000:]}"
+    await crash_submit.main({**args, "crash": None})
+    handle = RunHandle.model_validate_json((tmp_path / "handle.json").read_text())
+    assert batches_created(emu, "bedrock") - before == 3, emu.stats()
+    assert len(set(handle.batch_ids)) == 3
+    run_dir = run_directory(tmp_path, dag_id="crash_dag", run_id=args["run_id"], group="llm")
+    async with create_backend("bedrock", **options) as backend:
+        emu.advance(2 * 86400)
+        await wait_until_ended(backend, handle.batch_ids, emu, advance=False)
+        summary = await collect_run(backend, handle, run_dir)
+    assert summary.accounted and summary.succeeded == 30 and summary.unresolved == 0
+    assert sorted(r["custom_id"] for r in read_lines(run_dir.results)) == [f"c-{i:04d}" for i in range(30)]
