@@ -225,3 +225,27 @@ async def test_structured_output_parsed_and_broken_download_restarted(
     assert all(p["label"] in ("bug", "question") and isinstance(p["score"], float | int) for p in parsed)
     if inline_max_bytes == FILE:
         assert emu.stats()["faults"].get("stream_drop", 0) >= 1
+
+
+@MODES
+async def test_fault_storm_still_one_batch_per_chunk(emu: Any, tmp_path: Path, inline_max_bytes: int) -> None:
+    emu.set_faults(
+        {
+            "fault_rate": 0.3,
+            "fault_kinds": ["429", "500", "503", "drop"],
+            "fault_routes": ["* /v1beta/*", "* /upload/*", "* /download/*"],
+            "retry_after": 0,
+        }
+    )
+    run_dir = run_directory(tmp_path, dag_id="d", run_id="storm")
+    key = RunKey(dag_id="d", task_id="submit", run_id="storm")
+    before = batches_created(emu)
+    async with backend_for(emu, inline_max_bytes) as backend:
+        handle = await submit_rows(backend, rows(30), run_dir, key, max_requests_per_batch=10)
+        await wait_all(backend, handle, emu)
+        summary = await collect_run(backend, handle, run_dir)
+    faults = emu.stats()["faults"]
+    emu.clear_faults()
+    assert batches_created(emu) - before == 3 and len(handle.batch_ids) == 3
+    assert summary.succeeded == 30 and summary.accounted
+    assert sum(n for kind, n in faults.items() if kind.startswith("http_")) > 0
