@@ -165,7 +165,7 @@ def _page(request: Request, default: int) -> tuple[int, int]:
 async def create_batch(request: Request, batches: GeminiBatches) -> Response:
     body = await _json(request, batches.settings.inline_max_bytes)
     rec = await batches.create(request.path_params["model"], body)
-    return JSONResponse(batches.operation(rec))
+    return JSONResponse(await asyncio.to_thread(batches.operation, rec))
 
 
 @gemini_route("GET", V + "/batches")
@@ -173,7 +173,8 @@ async def list_batches(request: Request, batches: GeminiBatches) -> Response:
     size, offset = _page(request, 50)
     every = batches.listed()
     with_inlined = batches.settings.list_inlined_responses
-    page = [batches.operation(rec, with_inlined=with_inlined) for rec in every[offset : offset + size]]
+    chosen = every[offset : offset + size]
+    page = await asyncio.to_thread(lambda: [batches.operation(r, with_inlined=with_inlined) for r in chosen])
     body: dict[str, Any] = {"operations": page}
     if offset + size < len(every):
         body["nextPageToken"] = str(offset + size)
@@ -188,7 +189,8 @@ async def cancel_batch(request: Request, batches: GeminiBatches) -> Response:
 
 @gemini_route("GET", V + "/batches/{batch}")
 async def get_batch(request: Request, batches: GeminiBatches) -> Response:
-    return JSONResponse(batches.operation(batches.get(request.path_params["batch"])))
+    # Building a plan or inlined responses reads the whole request file: off the event loop.
+    return JSONResponse(await asyncio.to_thread(batches.operation, batches.get(request.path_params["batch"])))
 
 
 @gemini_route("DELETE", V + "/batches/{batch}")

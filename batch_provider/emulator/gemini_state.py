@@ -222,7 +222,11 @@ class GeminiBatches:
         if inline is not None:
             if not isinstance(inline, list) or not inline:
                 raise invalid("* batch.input_config.requests.requests: at least one request is required")
-            await asyncio.to_thread(self._write_inline, rec, inline)
+            try:
+                await asyncio.to_thread(self._write_inline, rec, inline)
+            except GeminiError:
+                self.requests_path(rec.id).unlink(missing_ok=True)
+                raise
         else:
             try:
                 source_file = self.files.get(str(file_name), self.store.clock.now())
@@ -236,7 +240,7 @@ class GeminiBatches:
         self.records[rec.id] = rec
         self.save(rec)
         self.store.stats.batches_created["gemini"] += 1
-        self.store.stats.count_plan(self.plan(rec))
+        self.store.stats.count_plan(await asyncio.to_thread(self.plan, rec))
         return rec
 
     def _display_name_faults(self, name: str) -> BatchFaults:
