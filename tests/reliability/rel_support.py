@@ -12,7 +12,11 @@ from batch_provider.backends.registry import create_backend
 from batch_provider.backends.transport import TransportPolicy
 from batch_provider.core.watch import watch_batches
 
-MODELS = {"openai": "gpt-6-luna", "anthropic": "claude-haiku-4-5"}
+MODELS = {
+    "openai": "gpt-6-luna",
+    "anthropic": "claude-haiku-4-5",
+    "bedrock": "anthropic.claude-haiku-4-5-20251001-v1:0",
+}
 
 # Short waits so a fault storm costs seconds, not minutes; enough attempts to ride out 30 % faults.
 FAST_POLICY = TransportPolicy(
