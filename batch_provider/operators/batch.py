@@ -115,7 +115,8 @@ class _BatchOperatorMixin:
     conn_id: str | None
 
     def _hook(self, provider: str | None = None, conn_id: str | None = None) -> LLMBatchHook:
-        return LLMBatchHook(conn_id=conn_id or self.conn_id, provider=provider or self.provider)
+        """The hook for a run: the run's provider; this task's ``conn_id`` if set, else the run's."""
+        return LLMBatchHook(conn_id=self.conn_id or conn_id, provider=provider or self.provider)
 
 
 class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
@@ -331,8 +332,9 @@ class CollectBatchOperator(_BatchOperatorMixin, BaseOperator):
     cancelled batches are kept. Returns ``RunSummary.for_xcom()`` plus the ``handle``.
 
     :param handle: the submit task's handle; default the only upstream task's return value.
-    :param results_asset: an Asset (or True for :func:`results_asset`'s default) to emit when the
-        results are written, with the run's paths and counts in the event's ``extra``.
+    :param results_asset: an Asset to emit when the results are written, with the run's paths
+        and counts in the event's ``extra``.
+    :param conn_id: use this connection instead of the one recorded in the handle.
     """
 
     template_fields: Sequence[str] = ("handle",)
@@ -342,7 +344,7 @@ class CollectBatchOperator(_BatchOperatorMixin, BaseOperator):
         self,
         *,
         handle: Any = None,
-        results_asset: Asset | bool | None = None,
+        results_asset: Asset | None = None,
         provider: str | None = None,
         conn_id: str | None = None,
         **kwargs: Any,
@@ -396,6 +398,7 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
     :param attempt_timeout: how long to wait for each resubmitted attempt.
     :param cancel_on_timeout: cancel an attempt's batches when its wait times out.
     :param results_asset: Asset emitted with the final results.
+    :param conn_id: use this connection instead of the one recorded in the handle.
     """
 
     template_fields: Sequence[str] = ("handle", "max_attempts")
