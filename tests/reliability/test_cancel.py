@@ -157,3 +157,59 @@ async def test_sensor_on_kill_in_poke_mode_cancels(
     assert not worker.is_alive(), "the sensor never saw the cancelled batches end"
     assert "error" not in outcome, outcome
     await collect_after_cancel(provider, emulator, handle, run_dir, key)
+
+
+async def test_bedrock_cancel_keeps_partial_results(tmp_path: Path) -> None:
+    """Bedrock through ``cancel_batches``, what both ``on_kill`` paths call: the jobs stop, the
+    records done before are collected, the rest are cancelled + retryable."""
+    import boto3
+    from botocore.config import Config
+    from rel_support import bedrock_options
+
+    from batch_provider.backends.registry import create_backend
+    from batch_provider.triggers.batch import cancel_batches
+
+    with running_emulator(time_factor=1.0, with_s3=True) as emulator:
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=emulator.s3_endpoint,
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}),
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        for bucket in ("rel-in", "rel-out"):
+            s3.create_bucket(Bucket=bucket)
+        emulator.bedrock_settings(min_records=10)
+        options = bedrock_options(emulator, "cancel", min_records_per_job=10)
+        run_dir = run_directory(tmp_path, dag_id="cancel", run_id="bedrock")
+        key = RunKey(dag_id="cancel", task_id="submit", run_id="bedrock")
+        data = [{"id": f"k-{i:03d}", "text": f"row {i}"} for i in range(ROWS)]
+        builder = RequestBuilder(template="Say {{ text }}", model=MODELS["bedrock"], max_tokens=16)
+        async with create_backend("bedrock", **options) as backend:
+            handle = await submit_run(
+                backend,
+                builder.render(iter_list(data)),
+                run_dir,
+                run_key=key,
+                conn_id=None,
+                max_requests_per_batch=20,
+            )
+            assert len(handle.batch_ids) == 2
+            emulator.advance(30 + 600)  # in progress, about half done
+            outcome = await cancel_batches(backend, handle.batch_ids)
+            assert set(outcome.values()) <= {"Stopping", "Stopped"}, outcome
+            emulator.advance(3600)
+            states = [await backend.status(b) for b in handle.batch_ids]
+            assert {s.ending.value for s in states if s.ending} == {"cancelled"}, states
+            assert all(s.status is BatchStatus.ENDED for s in states), states
+            summary = await collect_run(backend, handle, run_dir)
+            assert summary.accounted
+            results, errors = read_lines(run_dir.results), read_lines(run_dir.errors)
+            assert results and len(results) + len(errors) == ROWS
+            cancelled = [e for e in errors if e["status"] == "cancelled"]
+            assert cancelled and all(e["error"]["retryable"] for e in cancelled)
+            retry = await resubmit_retryable(backend, handle, run_dir, run_key=key, max_attempts=2)
+            assert retry is not None and retry.counts.submitted == len(cancelled) + sum(
+                1 for e in errors if e["status"] != "cancelled" and e["error"]["retryable"]
+            )
