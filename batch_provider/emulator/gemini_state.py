@@ -86,6 +86,8 @@ class GeminiSettings:
             if name not in known:
                 raise ValueError(f"unknown gemini setting {name!r}; known: {', '.join(sorted(known))}")
             current = getattr(self, name)
+            if isinstance(current, bool) and isinstance(value, str):
+                value = value.lower() in ("1", "true", "yes", "on")
             setattr(self, name, type(current)(value))
 
     def restore_defaults(self) -> None:
