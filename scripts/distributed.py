@@ -54,9 +54,10 @@ S3_CONN_ID = "bp_s3"
 RUN_BUCKET = "bp-runs"
 
 # Emulated seconds: validating 30 + processing 1200 + 2 per request + finalizing 60 ≈ 1350 for the
-# 30 tickets. At a time factor of 45 a batch runs for about 30 real seconds: long enough to kill a
-# triggerer while the batches are in flight and let the other one take over.
-DEFAULT_TIME_FACTOR = 45.0
+# 30 tickets. At a time factor of 30 a batch runs for about 45 real seconds: long enough for the
+# four runs to reach their wait on a busy 2-core machine, to kill a triggerer while the batches are
+# in flight, and to let the other one take over.
+DEFAULT_TIME_FACTOR = 30.0
 
 # The runs of the fail-over scenario: (dag_id, logical date, conf). The logical dates pick the
 # sample inputs in dags/data (a daily run's data interval is the day before its logical date).
@@ -366,7 +367,11 @@ class DistributedStack:
     def _claim_redis_db(self) -> None:
         """An empty Redis db number from 15 down (db 0 is left to others)."""
         for db in range(15, 0, -1):
-            if _redis_command(db, "DBSIZE") == "0":
+            # SET NX makes the claim atomic: two stacks starting at once never share a broker
+            if (
+                _redis_command(db, "DBSIZE") == "0"
+                and _redis_command(db, "SET", "bp-dist-claim", self.db_name, "NX") == "OK"
+            ):
                 self.redis_db = db
                 return
         raise RuntimeError("no empty Redis database (1-15) to use as the Celery broker")
@@ -612,6 +617,8 @@ class FailoverReport:
     killed: str = ""
     survivor: str = ""
     triggers_moved: dict[int, tuple[int | None, int | None]] = field(default_factory=dict)
+    moved_tasks: dict[int, str] = field(default_factory=dict)
+    """``{trigger id: "dag_id/run_id/task_id"}`` of the triggers the killed triggerer held."""
     batch_status_at_kill: dict[str, str] = field(default_factory=dict)
     chunks: int = 0
     batch_ids: list[str] = field(default_factory=list)
@@ -634,36 +641,51 @@ def run_failover(stack: DistributedStack, log: Any = print) -> FailoverReport:
         report.runs[run_id] = dag_id
         log(f"triggered {dag_id}: {run_id}")
 
-    # Every run's wait task deferred, and its trigger held by a triggerer.
-    def all_waiting() -> dict[str, int] | None:
-        waits = {k: v for k, v in stack.triggers_of_tasks().items() if k.endswith(".wait")}
-        if len(waits) < len(report.runs):
-            return None
-        assignment = stack.trigger_assignment()
-        if any(assignment.get(tid) is None for tid in waits.values()):
-            return None
-        return waits
+    # Kill once every run's wait task has been deferred (or has already finished), at a moment
+    # when triggers are held: best when all four wait at once, but a loaded machine may let an
+    # early batch end before the last run defers.
+    seen_deferred: set[str] = set()
 
-    waits = stack._wait_for(all_waiting, 240, "not every run's wait task got deferred", interval=0.5)
-    report.timings["all_deferred_s"] = round(time.monotonic() - t0, 1)
+    def kill_moment() -> dict[str, int] | None:
+        waits = {k: v for k, v in stack.triggers_of_tasks().items() if k.endswith(".wait")}
+        assignment = stack.trigger_assignment()
+        held = {k: t for k, t in waits.items() if assignment.get(t) is not None}
+        seen_deferred.update(k.rsplit("/", 1)[0] for k in held)
+        done = {
+            f"{d}/{r}"
+            for d, r in stack.sql(
+                "select dag_id, run_id from task_instance where task_id like '%%.wait' and state = 'success'"
+            )
+        }
+        runs = {f"{d}/{r}" for r, d in report.runs.items()}
+        if len(held) == len(runs) or (held and runs <= seen_deferred | done):
+            return held
+        return None
+
+    waits = stack._wait_for(kill_moment, 300, "the wait tasks never got deferred", interval=0.5)
+    report.timings["deferred_s"] = round(time.monotonic() - t0, 1)
     report.memory_mb = stack.memory_mb()
     assignment = stack.trigger_assignment()
-    holders = {assignment[tid] for tid in waits.values()}
     by_job = {job: name for name, job in stack.triggerer_jobs.items()}
     counts = {
-        name: sum(1 for tid in waits.values() if assignment[tid] == job) for job, name in by_job.items()
+        name: sum(1 for tid in waits.values() if assignment.get(tid) == job) for job, name in by_job.items()
     }
     victim = max(counts, key=counts.get)
     report.killed = victim
     report.survivor = next(n for n in stack.triggerer_jobs if n != victim)
-    log(f"triggers per triggerer: {counts} (holders {holders}); SIGKILL {victim}")
+    log(f"{len(waits)} of {len(report.runs)} wait triggers held, per triggerer: {counts}; SIGKILL {victim}")
 
+    held_runs = {
+        key.split("/")[1] for key, tid in waits.items() if assignment.get(tid) == stack.triggerer_jobs[victim]
+    }
     for ledger in stack.ledgers().values():
-        for provider, batch_id in batches_of(ledger):
-            report.batch_status_at_kill[batch_id] = stack.batch_status(provider, batch_id)
+        if ledger["run_key"]["run_id"] in held_runs:
+            for provider, batch_id in batches_of(ledger):
+                report.batch_status_at_kill[batch_id] = stack.batch_status(provider, batch_id)
     victim_job = stack.triggerer_jobs[victim]
     survivor_job = stack.triggerer_jobs[report.survivor]
-    moved = {tid: assignment[tid] for tid in waits.values() if assignment[tid] == victim_job}
+    moved = {tid: assignment[tid] for tid in waits.values() if assignment.get(tid) == victim_job}
+    report.moved_tasks = {tid: key for key, tid in waits.items() if tid in moved}
     stack.kill(victim)
     report.timings["killed_at_s"] = round(time.monotonic() - t0, 1)
 
