@@ -177,3 +177,16 @@ def test_bad_input(case: dict[str, Any], conns: Any, tmp_path: Path) -> None:
         (r.get("row"), r["custom_id"][:20], r["error"]["message"][:60]) for r in rejects
     ]
     assert CANARY not in json.dumps(handle) and CANARY not in json.dumps(rejects)
+
+
+def test_operator_error_traceback_has_no_unrelated_exception(conns: Any, tmp_path: Path) -> None:
+    """The task log shows the whole chain: an input error must not be shown as raised "during
+    handling of" an unrelated exception, which sends the reader after the wrong problem."""
+    import traceback
+
+    case = next(c for c in CASES if c["name"] == "empty_file")
+    with pytest.raises(Exception) as caught:
+        submit(case, tmp_path, tmp_path / "runs", CORPUS / case["file"])
+    shown = "".join(traceback.format_exception(caught.value))
+    assert "holds no rows" in shown
+    assert "During handling of the above exception" not in shown, shown
