@@ -274,9 +274,9 @@ def main() -> None:
     parser.add_argument("--patterns", nargs="+", choices=["burst", "steady"], default=["burst", "steady"])
     parser.add_argument("--rounds", type=int, default=3, help="burst rounds")
     parser.add_argument(
-        "--interval", type=float, default=20.0, help="steady: seconds between polls of a batch"
+        "--interval", type=float, default=30.0, help="steady: seconds between polls of a batch"
     )
-    parser.add_argument("--duration", type=float, default=20.0, help="steady: seconds per client")
+    parser.add_argument("--duration", type=float, default=30.0, help="steady: seconds per client")
     parser.add_argument("--connections", type=int, default=100, help="pool size, same for every client")
     parser.add_argument(
         "--keepalive", type=int, default=20, help="idle connections kept, same for every client"
