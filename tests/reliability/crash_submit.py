@@ -108,6 +108,8 @@ async def main(args: dict) -> None:
     run_dir = run_directory(root, dag_id="crash_dag", run_id=args["run_id"], group="llm")
     key = RunKey(dag_id="crash_dag", task_id="llm.submit", run_id=args["run_id"])
     data = [{"id": f"c-{i:04d}", "text": f"row {i} " + "word " * (i % 5)} for i in range(args["rows"])]
+    for i in args.get("flaky_rows", []):  # a retryable server error on the first attempt
+        data[i]["id"] = f"emu-fail500-c-{i:04d}"
     builder = RequestBuilder(template="Classify: {{ text }}", model=MODELS[provider], max_tokens=32)
     async with backend:
         handle = await submit_run(
@@ -123,5 +125,27 @@ async def main(args: dict) -> None:
         die()
 
 
+async def retry_main(args: dict) -> None:
+    """The retry task: resubmit the retryable errors of the collected attempt in
+    ``<run_root>/handle.json``; writes the new attempt's handle to ``<run_root>/retry_handle.json``."""
+    from batch_provider.core.handle import RunHandle
+    from batch_provider.core.retry import resubmit_retryable
+
+    provider = args["provider"]
+    backend = create_backend(provider, api_key="test-key", base_url=args["base_url"])
+    install_crash(args.get("crash"), int(args.get("chunk", 0)), backend)
+    root = Path(args["run_root"])
+    handle = RunHandle.model_validate_json((root / "handle.json").read_text())
+    run_dir = run_directory(root, dag_id="crash_dag", run_id=args["run_id"], group="llm")
+    key = RunKey(dag_id="crash_dag", task_id="llm.submit", run_id=args["run_id"])
+    async with backend:
+        new = await resubmit_retryable(backend, handle, run_dir, run_key=key, max_attempts=3)
+    assert new is not None
+    (root / "retry_handle.json").write_text(new.model_dump_json())
+    if args.get("crash") == "xcom_pushed":
+        die()
+
+
 if __name__ == "__main__":
-    asyncio.run(main(json.loads(sys.argv[1])))
+    ARGS = json.loads(sys.argv[1])
+    asyncio.run(retry_main(ARGS) if ARGS.get("phase") == "retry" else main(ARGS))

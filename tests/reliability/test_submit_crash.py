@@ -138,3 +138,53 @@ async def test_bedrock_crash_at_each_submit_step_then_rerun_pays_once(
         summary = await collect_run(backend, handle, run_dir)
     assert summary.accounted and summary.succeeded == 30 and summary.unresolved == 0
     assert sorted(r["custom_id"] for r in read_lines(run_dir.results)) == [f"c-{i:04d}" for i in range(30)]
+
+
+RETRY_POINTS = [("requests_written", 0), ("intent_written", 1), ("batch_created", 1), ("ledger_written", 1)]
+RETRY_CASES = [(p, c, k) for p in ("openai", "anthropic") for c, k in RETRY_POINTS]
+
+
+@pytest.mark.parametrize(
+    ("provider", "point", "chunk"), RETRY_CASES, ids=[f"retry-{p}-{c}-{k}" for p, c, k in RETRY_CASES]
+)
+async def test_crash_in_the_retry_task_then_rerun_pays_once(
+    provider: str, point: str, chunk: int, fresh_emulator: Any, tmp_path: Path
+) -> None:
+    """The same for the retry task: attempt 2 (two retryable rows per chunk, so every attempt-2
+    chunk has the same size) gets exactly one batch per chunk however the task died."""
+    emulator = fresh_emulator
+    args = {
+        "provider": provider,
+        "base_url": base_url(provider, emulator),
+        "run_root": str(tmp_path),
+        "run_id": f"retry__{point}_{chunk}",
+        "rows": 12,
+        "max_requests_per_batch": 4,
+        "flaky_rows": [0, 1, 4, 5, 8, 9],
+        "crash": None,
+    }
+    await crash_submit.main(args)  # attempt 1, in this process
+    first = RunHandle.model_validate_json((tmp_path / "handle.json").read_text())
+    run_dir = run_directory(tmp_path, dag_id="crash_dag", run_id=args["run_id"], group="llm")
+    async with backend_for(provider, emulator) as backend:
+        await wait_until_ended(backend, first.batch_ids, emulator)
+        collected = await collect_run(backend, first, run_dir)
+    assert collected.retryable == 6 and batches_created(emulator, provider) == 3
+
+    crashed = run_child({**args, "phase": "retry", "crash": point, "chunk": chunk})
+    assert crashed.returncode == -9, f"the child did not die at {point}: {crashed.stderr[-2000:]}"
+    await crash_submit.retry_main({**args, "phase": "retry"})
+    retry = RunHandle.model_validate_json((tmp_path / "retry_handle.json").read_text())
+    assert retry.attempt == 2 and retry.counts.submitted == 6
+    assert batches_created(emulator, provider) == 3 + 3, emulator.stats()["batches_created"]
+    ledger = Ledger.load(run_dir)
+    assert [c.request_count for c in ledger.attempts[2].chunks] == [2, 2, 2]
+    assert len({c.batch.batch_id for c in ledger.attempts[2].chunks}) == 3
+    async with backend_for(provider, emulator) as backend:
+        await wait_until_ended(backend, retry.batch_ids, emulator)
+        second = await collect_run(backend, retry, run_dir)
+    # the emu-fail500 rows fail again: 6 succeeded in attempt 1, 6 unresolved after attempt 2
+    assert second.accounted and second.succeeded == 6 and second.unresolved == 6
+    assert {r["custom_id"] for r in read_lines(run_dir.attempt_errors(2))} == {
+        f"emu-fail500-c-{i:04d}" for i in args["flaky_rows"]
+    }
