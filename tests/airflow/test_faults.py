@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from conftest import emulator_connections
+from airflow_setup import emulator_connections
 from dagutil import load_dags, read_jsonl, task_states, xcom
 
 from batch_provider.emulator.process import running_emulator

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import API_KEY, conn_json
+from airflow_setup import API_KEY, conn_json
 
 from batch_provider import get_provider_info
 from batch_provider.backends.anthropic import AnthropicBackend
@@ -110,7 +110,7 @@ def test_cli_lists_hooks_triggers_and_links():
     import subprocess
     import sys
 
-    from conftest import AIRFLOW_ENV
+    from airflow_setup import AIRFLOW_ENV
 
     env = {**os.environ, **AIRFLOW_ENV}
     out = subprocess.run(

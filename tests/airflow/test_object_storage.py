@@ -39,7 +39,7 @@ def moto_s3(monkeypatch):
         region_name="us-east-1",
     )
     s3.create_bucket(Bucket="llm")
-    from conftest import REPO
+    from airflow_setup import REPO
 
     s3.upload_file(str(REPO / TICKETS), "llm", "in/tickets.jsonl")
     yield s3

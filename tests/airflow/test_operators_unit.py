@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout, TaskDeferred
 from airflow_fakes import ScriptedBackend
-from conftest import API_KEY, conn_json
+from airflow_setup import API_KEY, conn_json
 
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.models import BatchRef

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import AIRFLOW_ENV, API_KEY, emulator_connections
+from airflow_setup import AIRFLOW_ENV, API_KEY, emulator_connections
 
 from batch_provider.emulator.process import EmulatorProcess, running_emulator
 
@@ -160,6 +160,11 @@ def services(tmp_path_factory) -> Iterator[Services]:
 @pytest.mark.timeout(400)
 def test_wait_task_is_deferred_while_the_batch_runs(services):
     services.trigger("scheduler_e2e")
+    # the dag-processor parsed every example DAG without an import error
+    assert services.query("select filename, stacktrace from import_error") == []
+    examples = {"document_summarisation", "historical_backfill", "manual_batch", "nightly_ticket_enrichment"}
+    registered = {row[0] for row in services.query("select dag_id from dag")}
+    assert examples | {"ticket_enrichment_report"} <= registered
     snapshots: list[dict[str, str]] = []
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and services.run_state("scheduler_e2e") not in ("success", "failed"):

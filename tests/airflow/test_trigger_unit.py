@@ -9,7 +9,7 @@ import pytest
 from airflow.sdk.module_loading import import_string
 from airflow.triggers.base import TriggerEvent
 from airflow_fakes import ScriptedBackend
-from conftest import API_KEY, conn_json
+from airflow_setup import API_KEY, conn_json
 
 from batch_provider.triggers.batch import BatchWaitTrigger
 
