@@ -124,3 +124,13 @@ def test_manual_batch_params_are_validated():
     for name, bad in (("provider", "mistral"), ("max_attempts", 9), ("input_path", "no-scheme")):
         with pytest.raises(ParamValidationError):
             dag.params.get_param(name).resolve(bad)
+
+
+def test_records_from_xcom_and_native_requests_file(run_root, llm_conns):
+    run = load_dags("test_dags/input_kinds.py").dag.test()
+    assert str(run.state) == "success", task_states(run)
+    from_xcom = read_jsonl(run_folder(run_root, "input_kinds", "from_xcom") / "results.jsonl")
+    assert sorted(r["custom_id"] for r in from_xcom) == [f"q{i}" for i in range(5)]
+    native = read_jsonl(run_folder(run_root, "input_kinds", "native") / "results.jsonl")
+    assert sorted(r["custom_id"] for r in native) == [f"n{i}" for i in range(4)]
+    assert llm_conns.stats()["batches_created"]["openai"] == 2
