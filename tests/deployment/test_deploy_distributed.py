@@ -104,6 +104,15 @@ def test_triggerer_failover_runs_every_dag_once(stack, artifacts_dir):
         assert manifest["succeeded"] == manifest["inputs"] > 0, dag_id
         assert manifest["run_path"].startswith(stack.run_path), dag_id
 
+    # what an operator reads in the task logs: the estimate at submit, the counts at collect
+    for run_id, dag_id in report.runs.items():
+        group = GROUPS[dag_id]
+        submit = log_events(task_log_dir(stack, dag_id, run_id, f"{group}.submit") / "attempt=1.log")
+        assert any(e.startswith("Cost estimate (batch prices)") for e in submit), dag_id
+        assert any(re.match(r"Chunk 1/1: created batch \S+ \(\d+ requests", e) for e in submit), dag_id
+        collect = log_events(task_log_dir(stack, dag_id, run_id, f"{group}.collect") / "attempt=1.log")
+        assert any(re.match(r"Attempt 1 collected: \d+ succeeded, 0 unresolved", e) for e in collect), dag_id
+
     # the survivor's trigger logs show the taken-over waits progressing to the end
     for key in report.moved_tasks.values():
         dag_id, run_id, task_id = key.split("/", 2)
@@ -200,9 +209,9 @@ def test_ui_shows_deferred_wait_batch_link_and_params_form(stack, artifacts_dir)
             batch_page.wait_for_load_state()
             assert batch_page.url == batch_url
             batch = json.loads(batch_page.locator("pre").first.inner_text())
-            pretty = batch_page.get_by_label("Pretty-print")
-            if pretty.count():  # Chromium's JSON viewer
-                pretty.check()
+            pretty = batch_page.get_by_role("checkbox")
+            if pretty.count():  # Chromium's JSON viewer: "Pretty-print"
+                pretty.first.check()
             assert batch["id"] == batch_id and batch["object"] == "batch"
             assert batch["metadata"]["pipeline"] == "ticket-enrichment"
             shot(batch_page, "batch-behind-the-link")
