@@ -522,29 +522,37 @@ def main() -> None:
     parser.add_argument("--resume-grace", type=float, default=30.0, help="resume wait beyond one interval")
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--keep-logs", metavar="DIR", help="copy each phase's triggerer log here")
+    parser.add_argument(
+        "--phases",
+        default="worst,grouped,same-n,anchor",
+        help="comma list: worst (Nx1), grouped (N/BxB), same-n (ours at the anchor's N), anchor",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: small N, short window")
     args = parser.parse_args()
     if args.quick:
-        args.batches, args.per_trigger, args.anchor_batches = 200, 20, 50
+        args.batches, args.per_trigger, args.anchor_batches = 200, 20, min(args.anchor_batches, 50)
         args.duration, args.interval, args.ended, args.warmup_cap = 15.0, 5.0, 5, 60.0
-    phases = [
-        Phase(f"ours {args.batches}x1", OURS, args.batches),
-        Phase(f"ours {args.batches}x{args.per_trigger}", OURS, args.batches, args.per_trigger),
-    ]
-    if args.anchor_batches:
+    wanted = set(args.phases.split(","))
+    phases = []
+    if "worst" in wanted:
+        phases.append(Phase(f"ours {args.batches}x1", OURS, args.batches))
+    if "grouped" in wanted:
+        phases.append(Phase(f"ours {args.batches}x{args.per_trigger}", OURS, args.batches, args.per_trigger))
+    if args.anchor_batches and wanted & {"same-n", "anchor"}:
         try_anchor = subprocess.run(
             [sys.executable, "-c", f"import {ANCHOR.rsplit('.', 1)[0]}"],
             env={**os.environ, "PYTHONPATH": args.anchor_path},
             capture_output=True,
         )
+        if "same-n" in wanted:
+            phases.append(Phase(f"ours {args.anchor_batches}x1", OURS, args.anchor_batches))
         if try_anchor.returncode:
             print(
                 f"anchor skipped: {ANCHOR} does not import from {args.anchor_path}; install it with\n"
                 f"  .venv/bin/uv pip install --python .venv/bin/python --target {args.anchor_path} "
                 "--no-deps apache-airflow-providers-openai openai distro tqdm"
             )
-        else:
-            phases.append(Phase(f"ours {args.anchor_batches}x1", OURS, args.anchor_batches))
+        elif "anchor" in wanted:
             phases.append(Phase(f"anchor {args.anchor_batches}x1", ANCHOR, args.anchor_batches))
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
