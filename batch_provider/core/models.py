@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 
 class Provider(StrEnum):
@@ -93,6 +93,18 @@ class LLMRequest(BaseModel):
     endpoint: str | None = None
     """OpenAI-wire endpoint (``/v1/chat/completions``, ``/v1/responses``, ``/v1/embeddings``).
     Default: derived from ``kind``. Ignored by providers with a single endpoint."""
+    _row: int | None = PrivateAttr(default=None)
+    """1-based input row, when the request came from a file or list; never serialised, so it
+    affects neither fingerprints nor cache keys."""
+
+    @property
+    def row(self) -> int | None:
+        return self._row
+
+    def at_row(self, row: int) -> LLMRequest:
+        """This request, remembering the input row it came from (for rejects)."""
+        self._row = row
+        return self
 
     def prompt_text(self) -> str:
         """All prompt text (system, messages, input, native body) for length-based estimates."""

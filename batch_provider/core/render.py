@@ -92,10 +92,11 @@ class RequestBuilder:
             return custom_id
         try:
             if self._build is not None:
-                return self._from_callable(number, custom_id, row)
-            if self._template is not None:
-                return self._from_template(custom_id, row)
-            return self._from_request_row(custom_id, row)
+                item = self._from_callable(number, custom_id, row)
+            elif self._template is not None:
+                item = self._from_template(custom_id, row)
+            else:
+                item = self._from_request_row(custom_id, row)
         except jinja2.UndefinedError as exc:
             return RejectedRow(
                 row=number,
@@ -113,6 +114,7 @@ class RequestBuilder:
             return RejectedRow(
                 row=number, custom_id=custom_id, field=field, reason=f"row {number}: {message}"
             )
+        return item.at_row(number) if isinstance(item, LLMRequest) else item
 
     def _defaults(self) -> dict[str, Any]:
         values: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens, "kind": self.kind}
