@@ -74,6 +74,9 @@ def test_stack_has_every_component(config):
     assert commands.count("api-server") == 1
     assert commands.count("celery worker") >= 2
     assert commands.count("triggerer") == 2
+    # metrics go to the optional exporter service by default
+    statsd_host = services["airflow-scheduler"]["environment"]["AIRFLOW__METRICS__STATSD_HOST"]
+    assert statsd_host in services and "metrics" in services[statsd_host]["profiles"]
 
 
 def test_airflow_services_share_one_configuration(config):
