@@ -282,7 +282,7 @@ def main() -> None:
         "--keepalive", type=int, default=20, help="idle connections kept, same for every client"
     )
     parser.add_argument(
-        "--in-flight", type=int, default=100, help="backend transport's max_in_flight (0: unbounded)"
+        "--in-flight", type=int, default=20, help="backend transport's max_in_flight (0: unbounded)"
     )
     parser.add_argument(
         "--httpx-batches", type=int, default=1000, help="batches for the httpx 0.28 run (0: skip)"

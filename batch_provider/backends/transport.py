@@ -63,12 +63,13 @@ class TransportPolicy:
     max_connections: int = 100
     max_keepalive_connections: int = 20
     """Idle connections kept open. The pool checks every idle connection on each request, so a
-    small keep-alive set keeps the per-call CPU cost low while bursts may still open up to
-    ``max_connections``."""
-    max_in_flight: int | None = 100
-    """Bound on concurrent requests through this transport (``None``: the pool alone). Waiting on a
-    semaphore costs a few microseconds per call, while building a request and queueing it in the
-    pool costs far more, so a burst of thousands of calls stays spread over many loop iterations."""
+    small keep-alive set keeps the per-call CPU cost low."""
+    max_in_flight: int | None = 20
+    """Bound on concurrent requests through this transport (``None``: the pool alone). Callers
+    beyond it wait on a semaphore (a few microseconds) instead of queueing in the pool, whose cost
+    grows with queued requests and open connections; keeping it at ``max_keepalive_connections``
+    also means no connection is opened only to be closed again. Throughput is about
+    ``max_in_flight / latency``: raise both for slow links with many concurrent calls."""
     max_attempts: int = 6
     backoff_base: float = 0.5
     backoff_cap: float = 8.0
