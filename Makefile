@@ -19,6 +19,7 @@ demo: install
 
 ## Run the test suite (and the linter).
 test: install
+	scripts/system-deps.sh
 	$(VENV)/bin/ruff check batch_provider dags tests bench scripts
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
