@@ -22,7 +22,7 @@ from batch_provider.core.collection import RunSummary, rebuild_outputs
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger, LedgerAttempt, LedgerChunk, RunKey
 from batch_provider.core.rundir import RunDirectory, remove_tree
-from batch_provider.core.submission import handle_for, submit_pending
+from batch_provider.core.submission import OnCreated, handle_for, submit_pending
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ async def resubmit_retryable(
     run_key: RunKey,
     tags: Mapping[str, str] | None = None,
     max_attempts: int,
+    on_created: OnCreated | None = None,
 ) -> RunHandle | None:
     """Create attempt ``handle.attempt + 1`` from the retryable errors of ``handle``'s attempt.
 
@@ -113,7 +114,7 @@ async def resubmit_retryable(
         log.info("Attempt %d: resubmitting %d retryable requests", attempt, len(wanted))
     else:
         log.info("Attempt %d is in the ledger already: re-attaching", attempt)
-    await submit_pending(backend, ledger, run_dir, attempt=attempt, tags=tags or {})
+    await submit_pending(backend, ledger, run_dir, attempt=attempt, tags=tags or {}, on_created=on_created)
     return handle_for(ledger, run_dir, attempt=attempt, conn_id=handle.conn_id)
 
 

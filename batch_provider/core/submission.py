@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -39,6 +39,8 @@ from batch_provider.core.rundir import RunDirectory, remove_tree
 from batch_provider.core.split import RequestSplitter
 
 log = logging.getLogger(__name__)
+
+OnCreated = Callable[[BatchRef], None]
 
 # Clocks of this host and the provider may disagree; look a little before the recorded intent.
 _CLOCK_SKEW = timedelta(minutes=5)
@@ -228,6 +230,7 @@ async def submit_run(
     max_cost_usd: float | None = None,
     cache: ResultCache | None = None,
     prices: PriceTable | None = None,
+    on_created: OnCreated | None = None,
 ) -> RunHandle:
     """Split ``items`` into chunks in ``run_dir`` and create one batch per chunk, exactly once.
 
@@ -235,7 +238,8 @@ async def submit_run(
     already created and creates only the missing ones. Raises ``LedgerConflictError`` when the run
     folder holds another task's or another input's ledger, and ``BudgetExceededError`` before any
     paid call when the estimate is over ``max_cost_usd``. Requests answered before are served from
-    ``cache`` and not sent.
+    ``cache`` and not sent. ``on_created`` is called once per batch actually created (never for
+    one re-attached), e.g. to count it in metrics.
     """
     ledger = Ledger.load(run_dir)
     if ledger is not None:
@@ -273,7 +277,7 @@ async def submit_run(
             )
         log.info("Re-attaching to the ledger in %s (%d chunks)", run_dir, len(first.chunks))
     _check_budget(run_dir, first, max_cost_usd)
-    await submit_pending(backend, ledger, run_dir, attempt=1, tags=tags or {})
+    await submit_pending(backend, ledger, run_dir, attempt=1, tags=tags or {}, on_created=on_created)
     return handle_for(ledger, run_dir, attempt=1, conn_id=conn_id)
 
 
@@ -302,6 +306,7 @@ async def submit_pending(
     *,
     attempt: int,
     tags: Mapping[str, str],
+    on_created: OnCreated | None = None,
 ) -> None:
     """Create a batch for every chunk of ``attempt`` the ledger has none for, recording each."""
     entry = ledger.attempts[attempt]
@@ -329,6 +334,8 @@ async def submit_pending(
         ref = await backend.submit(_chunk_of(run_dir, chunk), tags=all_tags)
         chunk.batch = ref
         ledger.save(run_dir)
+        if on_created is not None:
+            on_created(ref)
         log.info(
             "Chunk %d/%d: created batch %s (%d requests, %.1f MB)",
             chunk.index + 1,
