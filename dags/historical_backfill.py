@@ -28,14 +28,16 @@ with DAG(
     dag_id="historical_backfill",
     schedule=CronDataIntervalTimetable("@monthly", timezone="UTC"),
     start_date=datetime(2026, 1, 1),
+    end_date=datetime(2026, 6, 30),
     catchup=False,
     max_active_runs=3,
     tags=["llm-batch", "example"],
     doc_md="""
 ### Historical backfill
 
-Tags a month of product reviews (`data/reviews/YYYY-MM.jsonl`) with sentiment, topics and whether
-a defect is reported. `catchup` is off: history is processed on demand with a backfill, e.g.
+Tags a month of product reviews (`data/reviews/YYYY-MM.jsonl`, January to June 2026) with
+sentiment, topics and whether a defect is reported. The DAG covers that period only (`end_date`)
+and `catchup` is off: history is processed on demand with a backfill, e.g.
 
 ```
 airflow backfill create --dag-id historical_backfill \\
