@@ -13,7 +13,10 @@ Phases (same run, same machine):
   anchor Nx1   ``OpenAIBatchTrigger`` from apache-airflow-providers-openai (blocking SDK call in
                ``async def run``), at ``--anchor-batches``, from ``--anchor-path`` (a directory on
                the triggerer's PYTHONPATH only); ours is also run at that N for same-N ratios.
-Every trigger polls every ``--interval`` seconds (ours: poll_interval_min = max = interval).
+Every trigger polls every ``--interval`` seconds (ours: poll_interval_min = max = interval). The
+triggerer reaches the emulator through ``_triggerer_proxy.py``, which delays every response by
+``--latency-ms`` (default 100 ms, a plausible provider round trip; the emulator itself answers in
+well under a millisecond, which hides what a blocking client costs).
 
 Figures, over a window of ``--duration`` s that opens once every batch was polled once (or after
 ``--warmup-cap`` s):
@@ -54,7 +57,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,6 +153,25 @@ def database(kind: str, home: Path) -> Iterator[str]:
             )
             conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
+
+
+@contextmanager
+def latency_proxy(upstream_port: int, delay: float, work: Path) -> Iterator[str]:
+    """Start ``_triggerer_proxy.py`` in front of the emulator; yields its base URL."""
+    port_file = work / "proxy.port"
+    cmd = [sys.executable, str(BENCH / "_triggerer_proxy.py"), str(upstream_port), str(delay), str(port_file)]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the latency proxy did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port_file.read_text().strip()}"
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 def resumed_at(engine: sqlalchemy.Engine, map_indexes: list[int]) -> dict[int, float]:
@@ -322,133 +344,129 @@ def run_phase(phase: Phase, args: argparse.Namespace) -> Result:
     result = Result(phase, args.interval)
     fig = result.figures
     work = Path(tempfile.mkdtemp(prefix="bench-triggerer-"))
-    triggerer: Triggerer | None = None
-    sampler: Sampler | None = None
-    try:
-        with (
-            running_emulator(time_factor=1.0, extra_args=EMULATOR_ARGS) as emu,
-            database(args.db, work) as url,
-        ):
-            print(f"[{phase.name}] creating {phase.batches} batches …", flush=True)
-            batch_ids = asyncio.run(create_batches(emu.base_url, "openai", phase.batches))
-            specs = trigger_specs(phase, batch_ids, args.interval)
-            probe_path = work / "lag.txt"
-            (work / "dags").mkdir()
-            (work / "dags" / "bench_triggerer.py").write_text(DAG_FILE)
-            spec_file = work / "spec.json"
-            spec_file.write_text(
-                json.dumps(
-                    {
-                        "dags_folder": str(work / "dags"),
-                        "triggers": specs,
-                        "probe": [PROBE, {"path": str(probe_path), "period": 0.02}],
-                    }
-                )
+    # Unwound in reverse: the triggerer stops before its DB is dropped and the emulator stops.
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
+        emu = stack.enter_context(running_emulator(time_factor=1.0, extra_args=EMULATOR_ARGS))
+        url = stack.enter_context(database(args.db, work))
+        print(f"[{phase.name}] creating {phase.batches} batches …", flush=True)
+        batch_ids = asyncio.run(create_batches(emu.base_url, "openai", phase.batches))
+        specs = trigger_specs(phase, batch_ids, args.interval)
+        probe_path = work / "lag.txt"
+        (work / "dags").mkdir()
+        (work / "dags" / "bench_triggerer.py").write_text(DAG_FILE)
+        spec_file = work / "spec.json"
+        spec_file.write_text(
+            json.dumps(
+                {
+                    "dags_folder": str(work / "dags"),
+                    "triggers": specs,
+                    "probe": [PROBE, {"path": str(probe_path), "period": 0.02}],
+                }
             )
-            anchor_path = args.anchor_path if phase.classpath == ANCHOR else None
-            env = airflow_env(work, url, emu.base_url, len(specs) + 10, anchor_path)
-            print(f"[{phase.name}] migrating the DB and inserting {len(specs)} deferred tasks …", flush=True)
-            run_command(env, [*AIRFLOW, "db", "migrate"])
-            run_command(env, [sys.executable, str(BENCH / "_triggerer_db.py"), str(spec_file)])
-            engine = sqlalchemy.create_engine(url)
+        )
+        anchor_path = args.anchor_path if phase.classpath == ANCHOR else None
+        api_url = emu.base_url
+        if args.latency_ms:
+            api_url = stack.enter_context(latency_proxy(emu.port, args.latency_ms / 1000, work))
+        env = airflow_env(work, url, api_url, len(specs) + 10, anchor_path)
+        print(f"[{phase.name}] migrating the DB and inserting {len(specs)} deferred tasks …", flush=True)
+        run_command(env, [*AIRFLOW, "db", "migrate"])
+        run_command(env, [sys.executable, str(BENCH / "_triggerer_db.py"), str(spec_file)])
+        engine = sqlalchemy.create_engine(url)
+        stack.callback(engine.dispose)
 
-            polls_start = status_polls(emu)
-            started = time.time()
-            triggerer = Triggerer(env, work / "triggerer.log")
-            triggerer.find_runner()
-            sampler = Sampler(triggerer)
-            sampler.start()
+        polls_start = status_polls(emu)
+        started = time.time()
+        triggerer = Triggerer(env, work / "triggerer.log")
+        if args.keep_logs:  # copied once the triggerer has stopped
+            kept = Path(args.keep_logs) / f"triggerer-{phase.name.replace(' ', '_')}.log"
+            stack.callback(lambda: shutil.copy(triggerer.log, kept))
+        stack.callback(triggerer.stop)
+        triggerer.find_runner()
+        sampler = Sampler(triggerer)
+        sampler.start()
+        stack.callback(sampler.halt.set)
 
-            # Warm-up: every trigger assigned, every batch polled once (or the cap).
-            deadline = time.monotonic() + args.warmup_cap
-            first_round = None
-            while time.monotonic() < deadline:
-                if triggerer.proc.poll() is not None:
-                    raise RuntimeError(f"triggerer exited:\n{triggerer.log.read_text()[-3000:]}")
-                if status_polls(emu) - polls_start >= phase.batches and assigned(engine) >= len(specs):
-                    first_round = time.time() - started
-                    break
-                time.sleep(0.5)
-            fig["first_round_s"] = first_round
-            time.sleep(args.settle)
+        # Warm-up: every trigger assigned, every batch polled once (or the cap).
+        deadline = time.monotonic() + args.warmup_cap
+        first_round = None
+        while time.monotonic() < deadline:
+            if triggerer.proc.poll() is not None:
+                raise RuntimeError(f"triggerer exited:\n{triggerer.log.read_text()[-3000:]}")
+            if status_polls(emu) - polls_start >= phase.batches and assigned(engine) >= len(specs):
+                first_round = time.time() - started
+                break
+            time.sleep(0.5)
+        fig["first_round_s"] = first_round
+        time.sleep(args.settle)
 
-            print(f"[{phase.name}] measuring for {args.duration:.0f}s …", flush=True)
-            emu_proc = psutil.Process(emu.pid)
-            load0 = os.getloadavg()
-            emu_cpu0 = sum(emu_proc.cpu_times()[:2])
-            cpu0 = triggerer.cpu_seconds()
-            polls0, t0 = status_polls(emu), time.time()
-            time.sleep(args.duration)
-            polls1, t1 = status_polls(emu), time.time()
-            cpu1 = triggerer.cpu_seconds()
-            emu_cpu1 = sum(emu_proc.cpu_times()[:2])
-            window = t1 - t0
-            polls = polls1 - polls0
-            cpu = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
-            fig.update(
-                polls=polls,
-                polls_per_s=polls / window,
-                target_per_s=phase.batches / args.interval,
-                cpu_ms_per_poll=1000 * cpu[0] / polls if polls else float("nan"),
-                runner_cores=cpu[1] / window,
-                others_cores=(cpu[0] - cpu[1]) / window,
-                emulator_cores=(emu_cpu1 - emu_cpu0) / window,
-                load=(load0[0], os.getloadavg()[0]),
-            )
-            lags = [
-                float(lag)
-                for line in (probe_path.read_text().splitlines() if probe_path.exists() else [])
-                for stamp, lag in [line.split()]
-                if t0 <= float(stamp) <= t1
-            ]
-            fig.update(
-                lag_samples=len(lags),
-                lag_p50=pct(lags, 0.5),
-                lag_p99=pct(lags, 0.99),
-                lag_max=max(lags, default=float("nan")),
-                blocked_frac=sum(lags) / 1000 / window,
-            )
-            in_window = [s for s in sampler.samples if t0 <= s[0] <= t1]
-            fig.update(
-                rss_runner_peak=max(s[2] for s in sampler.samples),
-                rss_total_peak=max(s[1] for s in sampler.samples),
-                rss_runner_steady=statistics.median(s[2] for s in in_window),
-                rss_total_steady=statistics.median(s[1] for s in in_window),
-            )
+        print(f"[{phase.name}] measuring for {args.duration:.0f}s …", flush=True)
+        emu_proc = psutil.Process(emu.pid)
+        load0 = os.getloadavg()
+        emu_cpu0 = sum(emu_proc.cpu_times()[:2])
+        cpu0 = triggerer.cpu_seconds()
+        polls0, t0 = status_polls(emu), time.time()
+        time.sleep(args.duration)
+        polls1, t1 = status_polls(emu), time.time()
+        cpu1 = triggerer.cpu_seconds()
+        emu_cpu1 = sum(emu_proc.cpu_times()[:2])
+        window = t1 - t0
+        polls = polls1 - polls0
+        cpu = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
+        fig.update(
+            polls=polls,
+            polls_per_s=polls / window,
+            target_per_s=phase.batches / args.interval,
+            cpu_ms_per_poll=1000 * cpu[0] / polls if polls else float("nan"),
+            runner_cores=cpu[1] / window,
+            others_cores=(cpu[0] - cpu[1]) / window,
+            emulator_cores=(emu_cpu1 - emu_cpu0) / window,
+            load=(load0[0], os.getloadavg()[0]),
+        )
+        lags = [
+            float(lag)
+            for line in (probe_path.read_text().splitlines() if probe_path.exists() else [])
+            for stamp, lag in [line.split()]
+            if t0 <= float(stamp) <= t1
+        ]
+        fig.update(
+            lag_samples=len(lags),
+            lag_p50=pct(lags, 0.5),
+            lag_p99=pct(lags, 0.99),
+            lag_max=max(lags, default=float("nan")),
+            blocked_frac=sum(lags) / 1000 / window,
+        )
+        in_window = [s for s in sampler.samples if t0 <= s[0] <= t1]
+        fig.update(
+            rss_runner_peak=max(s[2] for s in sampler.samples),
+            rss_total_peak=max(s[1] for s in sampler.samples),
+            rss_runner_steady=statistics.median(s[2] for s in in_window),
+            rss_total_steady=statistics.median(s[1] for s in in_window),
+        )
 
-            # Resume: end every batch of a few triggers, wait for their TaskInstances.
-            chosen = sorted(random.Random(7).sample(range(len(specs)), min(args.ended, len(specs))))
-            members = {i: specs[i][1].get("batch_ids") or [specs[i][1]["batch_id"]] for i in chosen}
-            print(f"[{phase.name}] ending the batches of {len(chosen)} triggers …", flush=True)
-            ended = asyncio.run(cancel_all(emu.base_url, [b for group in members.values() for b in group]))
-            end_time = {i: max(ended[b] for b in group) for i, group in members.items()}
-            wait_until = time.monotonic() + args.interval + args.resume_grace
-            seen: dict[int, float] = {}
-            while time.monotonic() < wait_until and len(seen) < len(chosen):
-                seen = resumed_at(engine, chosen)
-                time.sleep(0.5)
-            delays = [seen[i] - end_time[i] for i in chosen if i in seen]
-            fig.update(
-                resumed=len(seen),
-                ended=len(chosen),
-                resume_p50=pct(delays, 0.5),
-                resume_max=max(delays, default=float("nan")),
-                resume_within_interval=sum(d <= args.interval for d in delays),
-            )
-            log_text = triggerer.log.read_text(errors="replace")
-            fig["blocked_warnings"] = log_text.count("async thread was blocked")
-            fig["trigger_errors"] = log_text.count("Trigger failed") + log_text.count("Traceback")
-            engine.dispose()
-    finally:
-        if sampler is not None:
-            sampler.halt.set()
-        if triggerer is not None:
-            triggerer.stop()
-            if args.keep_logs:
-                shutil.copy(
-                    triggerer.log, Path(args.keep_logs) / f"triggerer-{phase.name.replace(' ', '_')}.log"
-                )
-        shutil.rmtree(work, ignore_errors=True)
+        # Resume: end every batch of a few triggers, wait for their TaskInstances.
+        chosen = sorted(random.Random(7).sample(range(len(specs)), min(args.ended, len(specs))))
+        members = {i: specs[i][1].get("batch_ids") or [specs[i][1]["batch_id"]] for i in chosen}
+        print(f"[{phase.name}] ending the batches of {len(chosen)} triggers …", flush=True)
+        ended = asyncio.run(cancel_all(emu.base_url, [b for group in members.values() for b in group]))
+        end_time = {i: max(ended[b] for b in group) for i, group in members.items()}
+        wait_until = time.monotonic() + args.interval + args.resume_grace
+        seen: dict[int, float] = {}
+        while time.monotonic() < wait_until and len(seen) < len(chosen):
+            seen = resumed_at(engine, chosen)
+            time.sleep(0.5)
+        delays = [seen[i] - end_time[i] for i in chosen if i in seen]
+        fig.update(
+            resumed=len(seen),
+            ended=len(chosen),
+            resume_p50=pct(delays, 0.5),
+            resume_max=max(delays, default=float("nan")),
+            resume_within_interval=sum(d <= args.interval for d in delays),
+        )
+        log_text = triggerer.log.read_text(errors="replace")
+        fig["blocked_warnings"] = log_text.count("async thread was blocked")
+        fig["trigger_errors"] = log_text.count("Trigger failed") + log_text.count("Traceback")
     return result
 
 
@@ -458,8 +476,8 @@ def run_phase(phase: Phase, args: argparse.Namespace) -> Result:
 def report(results: list[Result], args: argparse.Namespace) -> None:
     print()
     print(
-        f"triggerer benchmark: interval {args.interval:.0f}s, window {args.duration:.0f}s, db {args.db}, "
-        f"{os.cpu_count()} cores"
+        f"triggerer benchmark: interval {args.interval:.0f}s, window {args.duration:.0f}s, API latency "
+        f"{args.latency_ms:.0f} ms, db {args.db}, {os.cpu_count()} cores"
     )
     head = (
         f"{'phase':22} {'trig':>6} {'polls/s':>8} {'%tgt':>5} {'ms/poll':>7} {'runner':>6} {'sup':>5} "
@@ -485,7 +503,7 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             print(f"  ! {f['trigger_errors']} trigger failures/tracebacks in the triggerer log")
     print(LEGEND)
     anchor = next((r for r in results if r.phase.classpath == ANCHOR), None)
-    if anchor is None:
+    if anchor is None or len(results) < 2:
         return
     print()
     print(f"ratios vs {anchor.phase.name} (ours/anchor polls/s; anchor/ours lag p99 and lag max):")
@@ -514,6 +532,9 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=float, default=60.0, help="measurement window, seconds")
     parser.add_argument("--interval", type=float, default=30.0, help="poll interval of every trigger")
+    parser.add_argument(
+        "--latency-ms", type=float, default=100.0, help="added to every API response (0: direct)"
+    )
     parser.add_argument(
         "--ended", type=int, default=20, help="triggers whose batches end for the resume test"
     )
