@@ -5,6 +5,8 @@ triggerer as separate processes on SQLite.
   another task, and the run succeeds.
 - Marking a deferred wait task failed makes the triggerer call ``on_kill``, which cancels the
   remote batch (``cancel_on_kill=True``).
+- ``airflow backfill create`` over months gives each interval its own run folder and batch;
+  reprocessing the same months re-attaches to those batches instead of creating new ones.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Services:
     env: dict[str, str]
     emu: EmulatorProcess
     api: str
+    runs: Path
 
     @property
     def logs(self) -> Path:
@@ -138,8 +141,9 @@ def services(tmp_path_factory) -> Iterator[Services]:
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
             "BATCH_PROVIDER_RUN_PATH": f"file://{root / 'runs'}",
+            "BATCH_EXAMPLES_POLL_INTERVAL": "2",
         }
-        services = Services(home, home / "airflow.db", env, emu, f"http://127.0.0.1:{port}")
+        services = Services(home, home / "airflow.db", env, emu, f"http://127.0.0.1:{port}", root / "runs")
         migrated = services.airflow("db", "migrate")
         assert migrated.returncode == 0, migrated.stderr[-3000:]
         procs: dict[str, subprocess.Popen] = {}
@@ -247,3 +251,61 @@ def test_marking_the_deferred_task_failed_cancels_the_batch(services):
         p.read_text() for p in (services.home / "logs" / "dag_id=scheduler_kill").rglob("*.log.trigger.*")
     )
     assert "Task killed: cancelling 1 batch(es)" in trigger_logs
+
+
+def backfill_runs(services: Services) -> dict[str, str]:
+    rows = services.query(
+        "select run_id, state from dag_run where dag_id='historical_backfill' and run_type='backfill'"
+    )
+    return dict(rows)
+
+
+def create_backfill(services: Services, *args: str) -> None:
+    """``airflow backfill create``, retried: on SQLite the CLI's insert can meet a locked database
+    while the scheduler writes."""
+    for _ in range(5):
+        done = services.airflow("backfill", "create", "--dag-id", "historical_backfill", *args)
+        if done.returncode == 0:
+            return
+        time.sleep(3)
+    pytest.fail(done.stderr[-3000:])
+
+
+def wait_backfill(services: Services, count: int) -> dict[str, str]:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        runs = backfill_runs(services)
+        open_backfills = services.query("select count(*) from backfill where completed_at is null")[0][0]
+        finished = all(state in ("success", "failed") for state in runs.values())
+        if len(runs) == count and finished and not open_backfills:
+            return runs
+        time.sleep(1)
+    pytest.fail(f"backfill did not finish: {backfill_runs(services)}\n{services.tail()}")
+
+
+@pytest.mark.timeout(600)
+def test_backfill_over_months_and_reprocessing_reattaches(services):
+    services.wait_registered("historical_backfill")
+    before = services.emu.stats()["batches_created"]["openai"]
+    months = ("--from-date", "2026-02-01", "--to-date", "2026-03-01")
+    create_backfill(services, *months)
+    runs = wait_backfill(services, 2)
+    assert set(runs.values()) == {"success"}, (runs, services.tail())
+    folders = sorted(p.parent.name for p in (services.runs / "historical_backfill").glob("*/tag_reviews"))
+    assert len(folders) == 2  # one run folder per interval
+    assert services.emu.stats()["batches_created"]["openai"] == before + 2
+
+    create_backfill(services, *months, "--reprocess-behavior", "completed")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        tries = services.query(
+            "select count(*) from task_instance where dag_id='historical_backfill' "
+            "and task_id='tag_reviews.retry' and state='success' and try_number >= 2"
+        )[0][0]
+        if tries == 2:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"reprocessing did not finish: {services.task_states('historical_backfill')}")
+    assert set(backfill_runs(services)) == set(runs)  # the same runs, cleared and run again
+    assert services.emu.stats()["batches_created"]["openai"] == before + 2  # nothing paid twice
