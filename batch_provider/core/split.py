@@ -142,8 +142,9 @@ class RequestSplitter:
         max_count = self._limits.max_requests_per_batch
         max_bytes = self._limits.max_bytes_per_batch - self._overhead
         try:
-            for row, request in enumerate(requests):
+            for position, request in enumerate(requests, start=1):
                 self.counts.inputs += 1
+                row = request.row or position
                 try:
                     encoded = self.backend.encode(request)
                 except RequestRejected as exc:

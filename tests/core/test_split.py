@@ -77,10 +77,14 @@ def test_rejections_and_duplicates(tmp_path: Path) -> None:
     chunks = list(stream)
     assert sum(c.request_count for c in chunks) == 3
     assert [(r.row, r.custom_id, r.field) for r in rejected] == [
-        (2, "r-0", "custom_id"),
-        (4, "bad id", "custom_id"),
-        (5, "no-max", "max_tokens"),
-    ]
+        (3, "r-0", "custom_id"),
+        (5, "bad id", "custom_id"),
+        (6, "no-max", "max_tokens"),
+    ], "rows are 1-based positions when requests carry no input row"
+    requests[2].at_row(40)
+    rejected.clear()
+    list(split_requests(requests, backend, tmp_path / "again", on_reject=rejected.append))
+    assert rejected[0].row == 40, "a request's own input row wins"
     assert "duplicate" in rejected[0].reason
     assert stream.counts.inputs == 6 and stream.counts.rejected == 3
 
