@@ -66,6 +66,15 @@ CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
 EMBEDDINGS = "/v1/embeddings"
 ENDPOINTS = (CHAT, RESPONSES, EMBEDDINGS)
+BATCH_ENDPOINTS = (
+    *ENDPOINTS,
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
+)
+"""Endpoints the Batch API accepts; native bodies may target any of them."""
 
 _STATUS: dict[str, tuple[BatchStatus, BatchEnding | None]] = {
     "validating": (BatchStatus.PENDING, None),
@@ -172,6 +181,12 @@ class OpenAIBackend(BatchBackend):
         check_custom_id(request, self.limits)
         check_max_tokens(request)
         endpoint = request.endpoint or (EMBEDDINGS if request.kind is RequestKind.EMBEDDING else CHAT)
+        if endpoint not in BATCH_ENDPOINTS:
+            raise RequestRejected(
+                request.custom_id,
+                "endpoint",
+                f"{endpoint!r} is not a Batch API endpoint; use one of {', '.join(BATCH_ENDPOINTS)}",
+            )
         if request.native is not None:
             body = self._native_body(request, endpoint)
         elif endpoint == CHAT:

@@ -220,3 +220,13 @@ def test_compatible_backend_needs_base_url() -> None:
 def test_custom_id_of_escaped_ids(openai: OpenAIBackend) -> None:
     encoded = openai.encode(chat(custom_id='quote"and\\slash é'))
     assert openai.custom_id_of(encoded.line) == 'quote"and\\slash é'
+
+
+def test_openai_rejects_an_endpoint_the_batch_api_does_not_serve() -> None:
+    backend = OpenAIBackend(api_key="k")
+    bad = LLMRequest(custom_id="e1", endpoint="/v1/chat/completion", native={"model": "m", "messages": [{}]})
+    with pytest.raises(RequestRejected) as info:
+        backend.encode(bad)
+    assert info.value.field == "endpoint" and "/v1/chat/completions" in info.value.reason
+    moderation = LLMRequest(custom_id="e2", endpoint="/v1/moderations", native={"model": "m", "input": "x"})
+    assert backend.encode(moderation).endpoint == "/v1/moderations"
