@@ -22,6 +22,7 @@ from typing import Any
 
 from batch_provider.backends.base import BatchBackend, Chunk
 from batch_provider.core.cache import ResultCache
+from batch_provider.core.catalog import request_problem
 from batch_provider.core.handle import InputCounts, RunHandle
 from batch_provider.core.jsonl import iter_path_lines
 from batch_provider.core.ledger import (
@@ -77,6 +78,7 @@ class _Intake:
     run_dir: RunDirectory
     cache: ResultCache | None
     prices: PriceTable
+    allow_unknown_models: bool = False
     inputs: int = 0
     rejected: int = 0
     cached: int = 0
@@ -97,6 +99,11 @@ class _Intake:
         for item in items:
             self.inputs += 1
             self.digest.update(_item_json(item) + b"\n")
+            if isinstance(item, LLMRequest):
+                problem = request_problem(
+                    self.backend.provider, item, allow_unknown_models=self.allow_unknown_models
+                )
+                item = problem or item
             if isinstance(item, RejectedRow):
                 self.reject(rejects, item)
                 continue
@@ -135,6 +142,7 @@ def _intake(
     prices: PriceTable,
     max_requests_per_batch: int | None,
     max_bytes_per_batch: int | None,
+    allow_unknown_models: bool,
 ) -> LedgerAttempt:
     """Write attempt 1's part files, rejects and cache hits; estimate what the parts will cost."""
     limits = backend.limits.lowered(
@@ -143,7 +151,7 @@ def _intake(
     parts_dir = run_dir.requests_dir(1)
     remove_tree(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
-    intake = _Intake(backend, run_dir, cache, prices)
+    intake = _Intake(backend, run_dir, cache, prices, allow_unknown_models)
     with (
         run_dir.rejects.open("wb") as rejects,
         run_dir.cached.open("wb") as cached,
@@ -231,13 +239,15 @@ async def submit_run(
     cache: ResultCache | None = None,
     prices: PriceTable | None = None,
     on_created: OnCreated | None = None,
+    allow_unknown_models: bool = False,
 ) -> RunHandle:
     """Split ``items`` into chunks in ``run_dir`` and create one batch per chunk, exactly once.
 
     Calling it again with the same ``run_key`` and the same input re-attaches to the batches
     already created and creates only the missing ones. Raises ``LedgerConflictError`` when the run
     folder holds another task's or another input's ledger, and ``BudgetExceededError`` before any
-    paid call when the estimate is over ``max_cost_usd``. Requests answered before are served from
+    paid call when the estimate is over ``max_cost_usd``. Requests for a model the provider is not
+    known to serve are rejected unless ``allow_unknown_models``. Requests answered before are served from
     ``cache`` and not sent. ``on_created`` is called once per batch actually created (never for
     one re-attached), e.g. to count it in metrics.
     """
@@ -253,6 +263,7 @@ async def submit_run(
             prices=prices or default_price_table(),
             max_requests_per_batch=max_requests_per_batch,
             max_bytes_per_batch=max_bytes_per_batch,
+            allow_unknown_models=allow_unknown_models,
         )
         first.tags = dict(tags or {})
         ledger = ledger or Ledger(run_key=run_key, provider=backend.provider)

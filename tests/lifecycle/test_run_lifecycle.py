@@ -16,6 +16,7 @@ from batch_provider.backends.registry import create_backend
 from batch_provider.core.cache import ResultCache
 from batch_provider.core.collection import collect_run
 from batch_provider.core.ledger import Ledger, LedgerConflictError, RunKey
+from batch_provider.core.models import LLMRequest, Message
 from batch_provider.core.records import iter_list
 from batch_provider.core.render import RequestBuilder
 from batch_provider.core.retry import resubmit_retryable, write_dead_letter
@@ -24,6 +25,7 @@ from batch_provider.core.submission import BudgetExceededError, submit_run
 from batch_provider.core.watch import watch_batches
 
 MODELS = {"openai": "gpt-6-luna", "anthropic": "claude-haiku-4-5"}
+USER = Message(role="user", content="hello")
 
 
 def backend_for(provider: str, emulator: Any):
@@ -258,3 +260,39 @@ async def test_estimate_is_within_twenty_percent_once_history_exists(emulator: A
     first, second = errors
     assert first is not None and second is not None
     assert abs(second) <= 20, f"estimate off by {second}% with history (first run: {first}%)"
+
+
+async def test_unknown_models_and_absurd_max_tokens_are_rejected_before_paying(
+    emulator: Any, tmp_path: Path
+) -> None:
+    items = [
+        LLMRequest(custom_id="known", model="gpt-6-luna-2026-09-22", max_tokens=10, messages=[USER]).at_row(
+            1
+        ),
+        LLMRequest(custom_id="unknown", model="gpt-does-not-exist-9", max_tokens=10, messages=[USER]).at_row(
+            2
+        ),
+        LLMRequest(custom_id="huge", model="gpt-6-luna", max_tokens=10_000_000, messages=[USER]).at_row(3),
+    ]
+    async with backend_for("openai", emulator) as backend:
+        run_dir = run_directory(tmp_path, dag_id="d", run_id="models")
+        handle = await submit_run(
+            backend, items, run_dir, run_key=RunKey(dag_id="d", task_id="s", run_id="m"), conn_id=None
+        )
+        rejects = {r["custom_id"]: r for r in read_lines(run_dir.rejects)}
+        assert handle.counts.submitted == 1 and set(rejects) == {"unknown", "huge"}
+        assert rejects["unknown"]["error"]["field"] == "model" and rejects["unknown"]["row"] == 2
+        assert (
+            rejects["huge"]["error"]["field"] == "max_tokens"
+            and "10000000" in rejects["huge"]["error"]["message"]
+        )
+        allowed_dir = run_directory(tmp_path, dag_id="d", run_id="allowed")
+        allowed = await submit_run(
+            backend,
+            items[:2],
+            allowed_dir,
+            run_key=RunKey(dag_id="d", task_id="s", run_id="a"),
+            conn_id=None,
+            allow_unknown_models=True,
+        )
+        assert allowed.counts.submitted == 2 and allowed.counts.rejected == 0
