@@ -133,3 +133,15 @@ async def test_error_messages_are_scrubbed() -> None:
         assert "k-123" not in repr(transport)
     finally:
         await transport.aclose()
+
+
+def test_backends_share_one_tls_context() -> None:
+    """Loading the CA bundle per backend would block a triggerer's loop for every trigger."""
+    from batch_provider.backends.registry import create_backend
+    from batch_provider.backends.transport import shared_ssl_context
+
+    contexts = {
+        id(create_backend(provider, api_key="k")._http._client._transport._pool._ssl_context)
+        for provider in ("openai", "anthropic", "openai")
+    }
+    assert contexts == {id(shared_ssl_context())}
