@@ -19,7 +19,8 @@ _OPENAI_FIELDS = {
 PROVIDER_INFO: dict = {
     "package-name": "airflow-provider-llm-batch",
     "name": "LLM Batch APIs",
-    "description": "Submit, wait for, collect and retry LLM Batch API jobs (OpenAI, Anthropic, AWS Bedrock).",
+    "description": "Submit, wait for, collect and retry LLM Batch API jobs (OpenAI, Anthropic, "
+    "Google Gemini, and AWS Bedrock through an amazon-provider aws connection).",
     "versions": ["0.1.0"],
     "integrations": [
         {
@@ -74,6 +75,28 @@ PROVIDER_INFO: dict = {
                 "anthropic_version": _text_field(
                     "API version", "anthropic-version header; empty for the version the backend targets"
                 ),
+            },
+        },
+        {
+            "connection-type": "llm_gemini",
+            "hook-class-name": "batch_provider.hooks.batch.GeminiBatchHook",
+            "hook-name": "Gemini Batch API",
+            "ui-field-behaviour": {
+                "hidden-fields": _HIDDEN,
+                "relabeling": {"password": "API Key", "host": "Base URL (optional)"},
+                "placeholders": {
+                    "host": "https://generativelanguage.googleapis.com",
+                    "password": "AIza...",
+                },
+            },
+            "conn-fields": {
+                "api_version": _text_field("API version", "URL version segment; empty for v1beta"),
+                "inline_max_bytes": {
+                    "label": "Inline max bytes",
+                    "description": "Batches up to this size are sent inline; larger ones are uploaded "
+                    "as a file first. Empty for the backend's default.",
+                    "schema": {"type": ["integer", "null"], "minimum": 0},
+                },
             },
         },
     ],

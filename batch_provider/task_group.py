@@ -17,6 +17,17 @@ from batch_provider.core.watch import DEFAULT_POLL_INTERVAL_MAX, DEFAULT_POLL_IN
 from batch_provider.operators.batch import CollectBatchOperator, RetryBatchOperator, SubmitBatchOperator
 from batch_provider.sensors.batch import DEFAULT_TIMEOUT, BatchSensor
 
+TASK_DOCS: dict[str, str] = {
+    "submit": "Renders the input rows into requests and submits them as provider batches "
+    "(rows answered before come from the result cache; bad rows go to rejects.jsonl).",
+    "wait": "Waits, in the triggerer, until every batch of the run has ended.",
+    "collect": "Downloads the batches' results into the run folder (results, errors, manifest) "
+    "and stores the successes in the result cache.",
+    "retry": "Resubmits retryable failures until they succeed or attempts run out, then writes "
+    "the dead letter file and the final manifest.",
+}
+"""One sentence per task of the group, shown as the task's doc in the UI; see ``task_docs``."""
+
 
 def llm_batch_group(
     group_id: str,
@@ -35,6 +46,11 @@ def llm_batch_group(
     metadata: Mapping[str, str] | None = None,
     submit_retries: int = 2,
     tooltip: str | None = None,
+    max_cost_usd: float | None = None,
+    cache_path: str | None = None,
+    use_cache: bool = True,
+    cache_ttl: timedelta | float | None = None,
+    task_docs: Mapping[str, str] | None = None,
     **submit_kwargs: Any,
 ) -> TaskGroup:
     """Build the group ``group_id`` with tasks ``submit``, ``wait``, ``collect`` and ``retry``.
@@ -44,7 +60,20 @@ def llm_batch_group(
     ``results_asset`` is emitted by the last task (``retry``) once the results are final.
     ``submit_retries``: Airflow retries of the submit task, which re-attach to batches already
     created rather than paying twice.
+    ``max_cost_usd``: the submit task fails, creating no batch, when the estimate is over it.
+    ``cache_path`` / ``use_cache`` / ``cache_ttl``: the result cache (default
+    ``<run_path>/_cache``), given to submit, collect and retry alike so hits are served and
+    successes stored in the same place.
+    ``task_docs``: ``doc_md`` per task id (``submit``, ``wait``, ``collect``, ``retry``),
+    replacing the defaults in :data:`TASK_DOCS`.
     """
+    docs = {**TASK_DOCS, **(task_docs or {})}
+    cache = {
+        "run_path": submit_kwargs.pop("run_path", None),
+        "cache_path": cache_path,
+        "use_cache": use_cache,
+        "cache_ttl": cache_ttl,
+    }
     with TaskGroup(group_id, tooltip=tooltip or f"LLM batch run ({provider or 'from connection'})") as group:
         submit = SubmitBatchOperator(
             task_id="submit",
@@ -53,6 +82,9 @@ def llm_batch_group(
             metadata=metadata,
             retries=submit_retries,
             retry_delay=timedelta(seconds=10),
+            max_cost_usd=max_cost_usd,
+            doc_md=docs["submit"],
+            **cache,
             **submit_kwargs,
         )
         wait = BatchSensor(
@@ -64,8 +96,11 @@ def llm_batch_group(
             max_poll_interval=max_poll_interval,
             cancel_on_timeout=cancel_on_timeout,
             cancel_on_kill=cancel_on_kill,
+            doc_md=docs["wait"],
         )
-        collect = CollectBatchOperator(task_id="collect", handle=submit.output)
+        collect = CollectBatchOperator(
+            task_id="collect", handle=submit.output, doc_md=docs["collect"], **cache
+        )
         retry = RetryBatchOperator(
             task_id="retry",
             max_attempts=max_attempts,
@@ -78,6 +113,8 @@ def llm_batch_group(
             cancel_on_kill=cancel_on_kill,
             results_asset=results_asset,
             metadata=metadata,
+            doc_md=docs["retry"],
+            **cache,
         )
         submit >> wait >> collect >> retry
     return group

@@ -46,7 +46,7 @@ Connection: `llm_anthropic_default` (type *Anthropic Message Batches API*).
             '<document name="{{ name }}">\n{{ text }}\n</document>'
         ),
         system="You write precise, neutral summaries. Never invent facts that are not in the document.",
-        model="claude-sonnet-4-5",
+        model="claude-sonnet-5-5",
         max_tokens=400,
         metadata={"cost_centre": "strategy"},
         max_attempts=2,

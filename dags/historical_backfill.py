@@ -59,7 +59,7 @@ Connection: `llm_openai_default`.
         input_path=DATA + "/reviews/{{ data_interval_start.strftime('%Y-%m') }}.jsonl",
         prompt_template="Product: {{ product }}\nStars: {{ stars }}\nReview: {{ text }}",
         system="Tag the review: overall sentiment, up to three topics, and whether it reports a defect.",
-        model="gpt-4o-mini",
+        model="gpt-6-luna",
         max_tokens=200,
         response_schema=REVIEW_SCHEMA,
         metadata={"cost_centre": "insights", "pipeline": "review-backfill"},

@@ -27,7 +27,7 @@ with DAG(
             title="Provider",
             description="Which Batch API to use; its default connection (llm_<provider>_default) is used.",
         ),
-        "model": Param("gpt-4o-mini", type="string", minLength=1, title="Model"),
+        "model": Param("gpt-6-luna", type="string", minLength=1, title="Model"),
         "input_path": Param(
             DATA + "/tickets/2026-11-20.jsonl",
             type="string",
@@ -39,6 +39,7 @@ with DAG(
         "prompt": Param(
             "Summarise this ticket in one sentence:\n{{ subject }}\n{{ body }}",
             type="string",
+            format="multiline",
             minLength=1,
             title="Prompt template",
             description="Jinja over each input row's columns, e.g. {{ subject }}.",

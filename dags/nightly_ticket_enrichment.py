@@ -78,7 +78,7 @@ run without a key. Inputs: set `BATCH_EXAMPLES_DATA` to read them from object st
         input_path=DATA + "/tickets/{{ data_interval_start.strftime('%Y-%m-%d') }}.jsonl",
         prompt_template=PROMPT,
         system="You are a support operations analyst. Answer only with the requested JSON.",
-        model="gpt-4o-mini",
+        model="gpt-6-luna",
         max_tokens=300,
         response_schema=TICKET_SCHEMA,
         metadata={"cost_centre": "support-ops", "pipeline": "ticket-enrichment"},

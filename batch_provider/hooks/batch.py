@@ -5,17 +5,21 @@ Invariants:
   only to the backend's constructor: it is never logged, stored on the hook, pushed to XCom or
   put into trigger kwargs.
 - ``host`` is the base URL (empty: the provider's public API); ``password`` is the key.
+- Bedrock is the exception: it uses a plain amazon-provider ``aws`` connection (credentials,
+  region, endpoints read by ``AwsBaseHook``) plus ``bedrock_*`` extras; no key passes through here.
 - ``get_backend`` is for workers; ``aget_backend`` is for triggers and other async code, where a
   blocking connection lookup would stall the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, ClassVar
 
 from airflow.sdk import BaseHook
 
 from batch_provider.backends.base import BatchBackend
+from batch_provider.backends.bedrock_connection import bedrock_options
 from batch_provider.backends.registry import create_backend
 from batch_provider.core.models import Provider
 
@@ -23,12 +27,16 @@ CONN_TYPE_PROVIDER: dict[str, Provider] = {
     "llm_openai": Provider.OPENAI,
     "llm_openai_compatible": Provider.OPENAI_COMPATIBLE,
     "llm_anthropic": Provider.ANTHROPIC,
+    "llm_gemini": Provider.GEMINI,
+    "aws": Provider.BEDROCK,
 }
 
 DEFAULT_CONN_IDS: dict[Provider, str] = {
     Provider.OPENAI: "llm_openai_default",
     Provider.OPENAI_COMPATIBLE: "llm_openai_compatible_default",
     Provider.ANTHROPIC: "llm_anthropic_default",
+    Provider.GEMINI: "llm_gemini_default",
+    Provider.BEDROCK: "aws_default",
 }
 
 
@@ -36,6 +44,7 @@ EXTRA_OPTIONS: dict[Provider, tuple[str, ...]] = {
     Provider.OPENAI: ("organization", "project"),
     Provider.OPENAI_COMPATIBLE: ("organization", "project"),
     Provider.ANTHROPIC: ("anthropic_version",),
+    Provider.GEMINI: ("api_version", "inline_max_bytes"),
 }
 """Connection extras (the form's ``conn-fields``) passed to each backend's constructor."""
 
@@ -44,13 +53,24 @@ class MissingApiKeyError(ValueError):
     """The connection has no API key; the message names the connection, never a value."""
 
 
+def provider_of(name: Provider | str) -> Provider:
+    """``name`` as a Provider; a ValueError naming the known providers when it is not one."""
+    try:
+        return Provider(name)
+    except ValueError:
+        known = ", ".join(p.value for p in Provider)
+        raise ValueError(f"unknown provider {name!r}; known providers: {known}") from None
+
+
 class LLMBatchHook(BaseHook):
     """Builds the backend for one connection.
 
     :param conn_id: Airflow connection id. Default: the provider's default connection
-        (``llm_openai_default``, ``llm_openai_compatible_default``, ``llm_anthropic_default``).
-    :param provider: ``openai``, ``openai_compatible`` or ``anthropic``. Default: derived from
-        the connection type, then from the connection's ``provider`` extra.
+        (``llm_openai_default``, ``llm_openai_compatible_default``, ``llm_anthropic_default``,
+        ``llm_gemini_default``, ``aws_default`` for Bedrock).
+    :param provider: ``openai``, ``openai_compatible``, ``anthropic``, ``gemini`` or ``bedrock``.
+        Default: derived from the connection type (``aws`` is Bedrock), then from the
+        connection's ``provider`` extra.
     """
 
     conn_name_attr = "conn_id"
@@ -61,7 +81,7 @@ class LLMBatchHook(BaseHook):
 
     def __init__(self, conn_id: str | None = None, provider: Provider | str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        explicit = Provider(provider) if provider else None
+        explicit = provider_of(provider) if provider else None
         self._explicit_provider = explicit or type(self).provider
         default_for = self._explicit_provider or Provider.OPENAI
         self.conn_id = conn_id or DEFAULT_CONN_IDS.get(default_for, type(self).default_conn_name)
@@ -73,15 +93,18 @@ class LLMBatchHook(BaseHook):
             return CONN_TYPE_PROVIDER[conn.conn_type]
         extra = conn.extra_dejson or {}
         if extra.get("provider"):
-            return Provider(extra["provider"])
+            return provider_of(extra["provider"])
         raise ValueError(
             f"connection {self.conn_id!r} (type {conn.conn_type!r}) does not say which provider it is "
-            "for: pass provider=..., use an llm_openai / llm_openai_compatible / llm_anthropic "
-            "connection, or set the 'provider' extra"
+            "for: pass provider=..., use an llm_openai / llm_openai_compatible / llm_anthropic / "
+            "llm_gemini or aws connection, or set the 'provider' extra"
         )
 
     def _options(self, conn: Any) -> tuple[Provider, dict[str, Any]]:
         provider = self._provider_for(conn)
+        if provider is Provider.BEDROCK:
+            # Pure: reads extras only; AwsBaseHook resolves credentials lazily inside the backend.
+            return provider, bedrock_options(self.conn_id, conn.extra_dejson or {})
         if not conn.password:
             raise MissingApiKeyError(
                 f"connection {self.conn_id!r} has no API key: set its password (shown as 'API Key' "
@@ -107,7 +130,11 @@ class LLMBatchHook(BaseHook):
         return self._provider_for(self.get_connection(self.conn_id))
 
     def get_base_url(self) -> str | None:
-        return base_url_of(self.get_connection(self.conn_id))
+        """The connection's base URL for links; None for Bedrock (links come from the job ARN)."""
+        conn = self.get_connection(self.conn_id)
+        if self._provider_for(conn) is Provider.BEDROCK:
+            return None
+        return base_url_of(conn)
 
     def get_backend(self) -> BatchBackend:
         """A new backend for this connection; the caller closes it (``async with``/``aclose``)."""
@@ -117,6 +144,9 @@ class LLMBatchHook(BaseHook):
     async def aget_backend(self) -> BatchBackend:
         """Async twin of :meth:`get_backend`, for triggers."""
         provider, options = self._options(await self.aget_connection(self.conn_id))
+        if provider is Provider.BEDROCK:
+            # The first build imports aiobotocore and the amazon provider: keep it off the loop.
+            return await asyncio.to_thread(create_backend, provider, **options)
         return create_backend(provider, **options)
 
     def get_conn(self) -> BatchBackend:
@@ -127,6 +157,8 @@ class LLMBatchHook(BaseHook):
             self._options(self.get_connection(self.conn_id))
         except Exception as exc:
             return False, str(exc)
+        if self.get_provider() is Provider.BEDROCK:
+            return True, "aws connection has the Bedrock role and S3 location extras"
         return True, "connection has an API key and a usable base URL"
 
 
@@ -156,6 +188,16 @@ class AnthropicBatchHook(LLMBatchHook):
     conn_type = "llm_anthropic"
     hook_name = "Anthropic Message Batches API"
     provider = Provider.ANTHROPIC
+
+
+class GeminiBatchHook(LLMBatchHook):
+    """Connection type ``llm_gemini``: the Gemini Batch API (key in the password, optional base
+    URL in the host, ``api_version`` and ``inline_max_bytes`` extras)."""
+
+    default_conn_name = "llm_gemini_default"
+    conn_type = "llm_gemini"
+    hook_name = "Gemini Batch API"
+    provider = Provider.GEMINI
 
 
 def base_url_of(conn: Any) -> str | None:

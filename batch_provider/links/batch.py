@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import attrs
 from airflow.sdk import BaseOperatorLink
@@ -29,15 +30,39 @@ MAX_LINKED_BATCHES = 3
 CONSOLE_URLS: dict[Provider, str] = {
     Provider.OPENAI: "https://platform.openai.com/batches/{batch_id}",
     Provider.ANTHROPIC: "https://console.anthropic.com/workspaces/default/batches/{batch_id}",
+    Provider.GEMINI: "https://aistudio.google.com/batches/{batch_id}",
 }
 
-PUBLIC_API_ROOTS = ("https://api.openai.com", "https://api.anthropic.com")
+PUBLIC_API_ROOTS = (
+    "https://api.openai.com",
+    "https://api.anthropic.com",
+    "https://generativelanguage.googleapis.com",
+)
+
+BEDROCK_CONSOLE = "https://console.aws.amazon.com/bedrock/home?region={region}#/batch-inference/jobs/{job_id}"
+
+
+def bedrock_url(job_arn: str) -> str:
+    """The AWS console page of a Bedrock job, from its ARN
+    (``arn:aws:bedrock:<region>:<account>:model-invocation-job/<id>``)."""
+    parts = job_arn.split(":")
+    region = parts[3] if len(parts) > 5 and parts[3] else "us-east-1"
+    job_id = job_arn.rsplit("/", 1)[-1]
+    return BEDROCK_CONSOLE.format(region=region, job_id=quote(job_id, safe=""))
 
 
 def batch_url(provider: Provider | str, batch_id: str, base_url: str | None = None) -> str:
     """The page for one batch: the provider's console, or the batch on a custom base URL."""
     provider = Provider(provider)
+    if provider is Provider.BEDROCK:
+        return bedrock_url(batch_id)
     custom = base_url and not base_url.rstrip("/").startswith(PUBLIC_API_ROOTS)
+    if provider is Provider.GEMINI:
+        # Gemini ids are resource names ("batches/<id>"): the slash is part of the path, not the id.
+        name = batch_id if batch_id.startswith("batches/") else f"batches/{batch_id}"
+        if not custom:
+            return CONSOLE_URLS[provider].format(batch_id=quote(name.removeprefix("batches/"), safe=""))
+        return f"{(base_url or '').rstrip('/')}/v1beta/{name}"
     if not custom and provider in CONSOLE_URLS:
         return CONSOLE_URLS[provider].format(batch_id=batch_id)
     root = (base_url or "").rstrip("/")

@@ -86,10 +86,16 @@ def upstream_handle(task: Any, context: Any, handle: Any) -> RunHandle:
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine from synchronous task code, also when a loop is already running here."""
+    """Run a coroutine from synchronous task code, also when a loop is already running here.
+
+    ``asyncio.run`` is called outside any ``except`` block, so the coroutine's own errors are not
+    chained to the "no running event loop" probe in the task log."""
     try:
         asyncio.get_running_loop()
+        running = True
     except RuntimeError:
+        running = False
+    if not running:
         return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coro).result()

@@ -18,6 +18,8 @@ from typing import Any
 from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from batch_provider import metrics
+from batch_provider.core.cache import ResultCache
 from batch_provider.core.collection import RunSummary, collect_run
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger, RunKey
@@ -26,7 +28,7 @@ from batch_provider.core.records import iter_list, iter_records
 from batch_provider.core.render import RequestBuilder
 from batch_provider.core.retry import resubmit_retryable, write_dead_letter
 from batch_provider.core.rundir import run_directory, safe_segment
-from batch_provider.core.submission import handle_for, submit_run
+from batch_provider.core.submission import BudgetExceededError, handle_for, submit_run
 from batch_provider.core.watch import DEFAULT_POLL_INTERVAL_MAX, DEFAULT_POLL_INTERVAL_MIN, watch_batches
 from batch_provider.hooks.batch import LLMBatchHook
 from batch_provider.links.batch import batch_links, persist_batch_links
@@ -40,6 +42,9 @@ from batch_provider.operators._common import (
     upstream_handle,
 )
 from batch_provider.triggers.batch import BatchWaitTrigger, cancel_batches
+
+CACHE_FOLDER = "_cache"
+"""The default result cache, under the run path beside the DAG folders: shared by every run."""
 
 DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 TEXT_SUFFIXES = (".md", ".txt", ".rst", ".html")
@@ -108,15 +113,59 @@ def _publish(context: Any, outlets: Sequence[Any], summary: RunSummary) -> None:
             events[outlet].extra = extra
 
 
+def metric_tags(context: Any) -> dict[str, str]:
+    ti = context["ti"]
+    return {"dag_id": str(ti.dag_id), "task_id": str(ti.task_id)}
+
+
+def log_cost(log: Any, summary: RunSummary) -> None:
+    """One line with the run's tokens and dollars; unpriced models and cache hits when there are any."""
+    cost = summary.cost
+    line = "%d input / %d output tokens, $%.4f at batch prices (synchronous $%.4f, saved $%.4f)"
+    args: list[Any] = [
+        summary.usage.input_tokens,
+        summary.usage.output_tokens,
+        cost.batch_usd,
+        cost.standard_usd,
+        cost.savings_usd,
+    ]
+    if cost.unpriced_models or cost.unpriced_tokens:
+        line += "; %d tokens of unpriced models not counted: %s"
+        args += [cost.unpriced_tokens, ", ".join(cost.unpriced_models) or "?"]
+    if summary.cached > 0:
+        line += "; %d answered from the cache, saving $%.4f"
+        args += [summary.cached, summary.cache_savings_usd]
+    log.info(line, *args)
+
+
 class _BatchOperatorMixin:
-    """Connection handling shared by the batch operators."""
+    """Connection and result-cache handling shared by the batch operators.
+
+    Submit, collect and retry of one run must use the same cache settings: submit serves hits
+    from it, collect and retry store the successes in it (``llm_batch_group`` passes them to all
+    three).
+    """
 
     provider: str | None
     conn_id: str | None
+    run_path: str | ObjectStoragePath | None
+    cache_path: str | ObjectStoragePath | None
+    use_cache: bool
+    cache_ttl: timedelta | float | None
 
     def _hook(self, provider: str | None = None, conn_id: str | None = None) -> LLMBatchHook:
         """The hook for a run: the run's provider; this task's ``conn_id`` if set, else the run's."""
         return LLMBatchHook(conn_id=self.conn_id or conn_id, provider=provider or self.provider)
+
+    def _cache(self) -> ResultCache | None:
+        """The result cache: ``cache_path``, else ``<run_path>/_cache``; None when ``use_cache`` is off."""
+        if not self.use_cache:
+            return None
+        path = self.cache_path
+        if not path:
+            path = str(self.run_path or default_run_path()).rstrip("/") + "/" + CACHE_FOLDER
+        ttl = seconds_of(self.cache_ttl)
+        return ResultCache(as_storage_path(path), ttl=None if ttl is None else timedelta(seconds=ttl))
 
 
 class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
@@ -156,6 +205,12 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
     :param input_format: ``jsonl``, ``csv`` or ``parquet`` when the suffix does not say.
     :param max_requests_per_batch: lower the provider's per-batch request limit.
     :param max_bytes_per_batch: lower the provider's per-batch byte limit.
+    :param max_cost_usd: refuse to create any batch when the estimated ceiling (every request
+        using its whole ``max_tokens``) is over this many dollars; the task fails without retry.
+    :param cache_path: result cache location; default ``<run_path>/_cache``. Requests answered
+        before (same provider, model, prompt and options) are served from it and not paid again.
+    :param use_cache: ``False`` turns the result cache off for this task.
+    :param cache_ttl: cache entries older than this (seconds or timedelta) are misses.
     """
 
     template_fields: Sequence[str] = (
@@ -169,6 +224,7 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         "metadata",
         "run_path",
         "group",
+        "cache_path",
     )
     template_fields_renderers = {"metadata": "json", "records": "json"}
     ui_color = "#d4e8f7"
@@ -198,6 +254,10 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         input_format: str | None = None,
         max_requests_per_batch: int | None = None,
         max_bytes_per_batch: int | None = None,
+        max_cost_usd: float | None = None,
+        cache_path: str | ObjectStoragePath | None = None,
+        use_cache: bool = True,
+        cache_ttl: timedelta | float | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -248,6 +308,10 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         self.input_format = input_format
         self.max_requests_per_batch = max_requests_per_batch
         self.max_bytes_per_batch = max_bytes_per_batch
+        self.max_cost_usd = max_cost_usd
+        self.cache_path = cache_path
+        self.use_cache = use_cache
+        self.cache_ttl = cache_ttl
 
     def _group(self) -> str:
         if self.group:
@@ -291,8 +355,14 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         hook = self._hook()
         provider = hook.get_provider()
         items = self._builder(context).render(self._rows())
+        cache = self._cache()
+        tags = metric_tags(context)
         self.log.info(
-            "Submitting %s batch run into %s (connection %r)", provider.value, run_dir, hook.conn_id
+            "Submitting %s batch run into %s (connection %r, cache %s)",
+            provider.value,
+            run_dir,
+            hook.conn_id,
+            cache.root if cache is not None else "off",
         )
 
         async def submit() -> RunHandle:
@@ -306,9 +376,18 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
                     tags={str(k): str(v) for k, v in (self.metadata or {}).items()},
                     max_requests_per_batch=self.max_requests_per_batch,
                     max_bytes_per_batch=self.max_bytes_per_batch,
+                    max_cost_usd=self.max_cost_usd,
+                    cache=cache,
+                    on_created=metrics.batch_created_counter(tags),
                 )
 
-        handle = run_sync(submit())
+        try:
+            handle = run_sync(submit())
+        except BudgetExceededError as exc:
+            # Retrying cannot change the estimate: fail now, with the reason in the task log.
+            self.log.error("%s", exc)
+            raise AirflowFailException(str(exc)) from exc
+        metrics.rows_rejected(provider.value, handle.counts.rejected, tags)
         urls = persist_batch_links(context, provider, handle.batch_ids, hook.get_base_url())
         self.log.info(
             "%d inputs: %d submitted in %d batch(es), %d rejected (see %s), %d answered from cache",
@@ -335,9 +414,11 @@ class CollectBatchOperator(_BatchOperatorMixin, BaseOperator):
     :param results_asset: an Asset to emit when the results are written, with the run's paths
         and counts in the event's ``extra``.
     :param conn_id: use this connection instead of the one recorded in the handle.
+    :param run_path, cache_path, use_cache, cache_ttl: the result cache successes are stored in;
+        the same values as the submit task's (see :class:`SubmitBatchOperator`).
     """
 
-    template_fields: Sequence[str] = ("handle",)
+    template_fields: Sequence[str] = ("handle", "run_path", "cache_path")
     ui_color = "#e0f0d9"
 
     def __init__(
@@ -347,6 +428,10 @@ class CollectBatchOperator(_BatchOperatorMixin, BaseOperator):
         results_asset: Asset | None = None,
         provider: str | None = None,
         conn_id: str | None = None,
+        run_path: str | ObjectStoragePath | None = None,
+        cache_path: str | ObjectStoragePath | None = None,
+        use_cache: bool = True,
+        cache_ttl: timedelta | float | None = None,
         **kwargs: Any,
     ):
         outlets = list(kwargs.pop("outlets", None) or [])
@@ -356,15 +441,20 @@ class CollectBatchOperator(_BatchOperatorMixin, BaseOperator):
         self.handle = handle
         self.provider = provider
         self.conn_id = conn_id
+        self.run_path = run_path
+        self.cache_path = cache_path
+        self.use_cache = use_cache
+        self.cache_ttl = cache_ttl
 
     def execute(self, context: Any) -> dict[str, Any]:
         handle = upstream_handle(self, context, self.handle)
         hook = self._hook(handle.provider.value, handle.conn_id)
         run_dir = run_dir_of(handle)
+        cache = self._cache()
 
         async def collect() -> RunSummary:
             async with hook.get_backend() as backend:
-                return await collect_run(backend, handle, run_dir)
+                return await collect_run(backend, handle, run_dir, cache=cache)
 
         summary = run_sync(collect())
         self.log.info(
@@ -377,6 +467,7 @@ class CollectBatchOperator(_BatchOperatorMixin, BaseOperator):
             summary.inputs,
             summary.run_path,
         )
+        log_cost(self.log, summary)
         _publish(context, self.outlets, summary)
         return {**summary.for_xcom(), "handle": handle.model_dump(mode="json")}
 
@@ -399,9 +490,11 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
     :param cancel_on_timeout: cancel an attempt's batches when its wait times out.
     :param results_asset: Asset emitted with the final results.
     :param conn_id: use this connection instead of the one recorded in the handle.
+    :param run_path, cache_path, use_cache, cache_ttl: the result cache successes are stored in;
+        the same values as the submit task's (see :class:`SubmitBatchOperator`).
     """
 
-    template_fields: Sequence[str] = ("handle", "max_attempts")
+    template_fields: Sequence[str] = ("handle", "max_attempts", "run_path", "cache_path")
     ui_color = "#f7e4d4"
     operator_extra_links = batch_links()
 
@@ -421,6 +514,10 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         metadata: Mapping[str, str] | None = None,
         provider: str | None = None,
         conn_id: str | None = None,
+        run_path: str | ObjectStoragePath | None = None,
+        cache_path: str | ObjectStoragePath | None = None,
+        use_cache: bool = True,
+        cache_ttl: timedelta | float | None = None,
         **kwargs: Any,
     ):
         outlets = list(kwargs.pop("outlets", None) or [])
@@ -441,6 +538,10 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         self.metadata = metadata
         self.provider = provider
         self.conn_id = conn_id
+        self.run_path = run_path
+        self.cache_path = cache_path
+        self.use_cache = use_cache
+        self.cache_ttl = cache_ttl
         self._watching: RunHandle | None = None
 
     def _latest_handle(self, context: Any) -> RunHandle:
@@ -466,7 +567,7 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
             if ledger is None:
                 raise AirflowException(f"{run_dir} has no ledger: was the submit task run?")
 
-            new = run_sync(self._resubmit(hook, handle, ledger))
+            new = run_sync(self._resubmit(hook, handle, ledger, metric_tags(context)))
             if new is None:
                 return self._finish(context, handle)
             self.log.info(
@@ -494,11 +595,14 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
                     kwargs={"handle": new.model_dump(mode="json")},
                     timeout=_defer_timeout(self.attempt_timeout, self.max_poll_interval),
                 )
-            self._wait_in_worker(hook, new)
+            states = self._wait_in_worker(hook, new)
+            record_waits(new.provider.value, {"states": states}, metric_tags(context))
             self._collect(hook, new)
             handle = new
 
-    async def _resubmit(self, hook: LLMBatchHook, handle: RunHandle, ledger: Ledger) -> RunHandle | None:
+    async def _resubmit(
+        self, hook: LLMBatchHook, handle: RunHandle, ledger: Ledger, metric_labels: dict[str, str]
+    ) -> RunHandle | None:
         async with hook.get_backend() as backend:
             return await resubmit_retryable(
                 backend,
@@ -507,15 +611,17 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
                 run_key=ledger.run_key,
                 tags={str(k): str(v) for k, v in (self.metadata or {}).items()},
                 max_attempts=int(self.max_attempts),
+                on_created=metrics.batch_created_counter(metric_labels),
             )
 
-    def _wait_in_worker(self, hook: LLMBatchHook, handle: RunHandle) -> None:
+    def _wait_in_worker(self, hook: LLMBatchHook, handle: RunHandle) -> dict[str, dict[str, Any]]:
+        """Wait for the attempt's batches; their final states as a trigger event carries them."""
         self._watching = handle
         deadline = deadline_after(self.attempt_timeout)
 
-        async def wait() -> None:
+        async def wait() -> dict[str, Any]:
             async with hook.get_backend() as backend:
-                await watch_batches(
+                return await watch_batches(
                     backend,
                     handle.batch_ids,
                     deadline=datetime.fromisoformat(deadline) if deadline else None,
@@ -524,13 +630,16 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
                     on_progress=lambda p: self.log.info("%s", p.line()),
                 )
 
-        run_sync(wait())
+        states = run_sync(wait())
         self._watching = None
+        return {k: v.model_dump(mode="json") for k, v in states.items()}
 
     def _collect(self, hook: LLMBatchHook, handle: RunHandle) -> RunSummary:
+        cache = self._cache()
+
         async def collect() -> RunSummary:
             async with hook.get_backend() as backend:
-                return await collect_run(backend, handle, run_dir_of(handle))
+                return await collect_run(backend, handle, run_dir_of(handle), cache=cache)
 
         summary = run_sync(collect())
         self.log.info(
@@ -541,6 +650,7 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
             summary.unresolved_by_status,
             summary.inputs,
         )
+        log_cost(self.log, summary)
         return summary
 
     def resume(
@@ -557,6 +667,7 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
             )
         if status != "success":
             raise AirflowException(f"waiting for attempt {current.attempt} failed: {event.get('message')}")
+        record_waits(current.provider.value, event, metric_tags(context))
         self._collect(hook, current)
         return self._next_round(context, current)
 
@@ -577,6 +688,7 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
             summary = write_dead_letter(backend, run_dir_of(handle))
         finally:
             run_sync(backend.aclose())
+        metrics.run_finished(summary, metric_tags(context))
         self.log.info(
             "Run final after %d attempt(s): %d succeeded, %d in dead letter, %d rejected of %d inputs",
             summary.attempts,
@@ -585,6 +697,7 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
             summary.rejected,
             summary.inputs,
         )
+        log_cost(self.log, summary)
         if summary.dead_letter and self.fail_on_dead_letter:
             raise AirflowFailException(
                 f"{summary.dead_letter} item(s) still failed after {summary.attempts} attempt(s); "
@@ -597,6 +710,20 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         if self.cancel_on_kill and self._watching is not None:
             handle = self._watching
             _cancel(self._hook(handle.provider.value, handle.conn_id), handle.batch_ids, self.log)
+
+
+def record_waits(provider: str, event: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+    """``batch_wait`` for each ended batch of a trigger event whose state carries both times."""
+    for state in (event.get("states") or {}).values():
+        created, ended = state.get("created_at"), state.get("ended_at")
+        if not (created and ended and state.get("ending")):
+            continue
+        seconds = (_as_datetime(ended) - _as_datetime(created)).total_seconds()
+        metrics.batch_waited(provider, max(seconds, 0.0), str(state["ending"]), tags)
+
+
+def _as_datetime(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 
 def _defer_timeout(timeout: timedelta | float | None, max_poll_interval: float) -> timedelta | None:

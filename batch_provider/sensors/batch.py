@@ -24,7 +24,7 @@ from batch_provider.core.watch import (
 from batch_provider.hooks.batch import LLMBatchHook
 from batch_provider.links.batch import batch_links, persist_batch_links
 from batch_provider.operators._common import deadline_after, run_sync, upstream_handle
-from batch_provider.operators.batch import _cancel, _defer_timeout
+from batch_provider.operators.batch import _cancel, _defer_timeout, metric_tags, record_waits
 from batch_provider.triggers.batch import BatchWaitTrigger
 
 DEFAULT_TIMEOUT = timedelta(hours=25)
@@ -139,6 +139,7 @@ class BatchSensor(BaseSensorOperator):
             for state in event.get("states", {}).values():
                 endings[state.get("ending") or "?"] = endings.get(state.get("ending") or "?", 0) + 1
             self.log.info("All %d batch(es) ended: %s", len(handle.batches), endings)
+            record_waits(handle.provider.value, event, metric_tags(context))
             return handle.model_dump(mode="json")
         if status == "timeout":
             if self.cancel_on_timeout:

@@ -27,7 +27,7 @@ def submit_op(**kwargs) -> SubmitBatchOperator:
         provider=kwargs.pop("provider", "openai"),
         input_path=str(TICKETS),
         prompt_template="{{ subject }}",
-        model=kwargs.pop("model", "gpt-4o-mini"),
+        model=kwargs.pop("model", "gpt-6-luna"),
         max_tokens=32,
         **kwargs,
     )
@@ -42,7 +42,7 @@ def context(run_id: str = "manual__1"):
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 async def test_trigger_watches_real_batches(llm_conns, run_root, provider):
-    model = "gpt-4o-mini" if provider == "openai" else "claude-haiku-4-5"
+    model = "gpt-6-luna" if provider == "openai" else "claude-haiku-4-5"
     handle = await asyncio.to_thread(
         submit_op(provider=provider, model=model, max_requests_per_batch=10).execute, context()
     )
@@ -97,7 +97,7 @@ CRASHING_SUBMIT = textwrap.dedent(
     OpenAIBackend.submit = submit_then_die
     from batch_provider.operators import SubmitBatchOperator
     op = SubmitBatchOperator(task_id="submit", provider="openai", input_path={tickets!r},
-                             prompt_template="{{{{ subject }}}}", model="gpt-4o-mini", max_tokens=32)
+                             prompt_template="{{{{ subject }}}}", model="gpt-6-luna", max_tokens=32)
     ti = mock.MagicMock(dag_id="d", task_id="submit", map_index=-1)
     op.execute({{"ti": ti, "run_id": "scheduled__crash", "params": {{}}}})
     """

@@ -1,0 +1,55 @@
+"""Summaries of a folder of documents with the Gemini Batch API."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.sdk import DAG
+
+from batch_provider.operators.batch import results_asset
+from batch_provider.task_group import llm_batch_group
+
+DATA = os.environ.get("BATCH_EXAMPLES_DATA", f"file://{Path(__file__).resolve().parent / 'data'}")
+POLL_SECONDS = float(os.environ.get("BATCH_EXAMPLES_POLL_INTERVAL", "60"))
+
+DOCUMENT_SUMMARIES_GEMINI = results_asset("document_summarisation_gemini", "summarise")
+
+with DAG(
+    dag_id="document_summarisation_gemini",
+    schedule=None,
+    start_date=datetime(2026, 11, 1),
+    catchup=False,
+    tags=["llm-batch", "example", "gemini"],
+    doc_md="""
+### Document summarisation (Gemini)
+
+Summarises every Markdown document in `data/documents/` through the Gemini Batch API: one
+request per document (its file name is the request id), a five-sentence summary plus the
+decisions or actions it contains. Small runs are sent inline; larger ones are uploaded as a
+file first (`inline_max_bytes` extra).
+
+Connection: `llm_gemini_default` (type *Gemini Batch API*): the API key (`AIza...`), and
+optionally a base URL (an emulator or a proxy).
+""",
+) as dag:
+    llm_batch_group(
+        "summarise",
+        provider="gemini",
+        conn_id="llm_gemini_default",
+        input_path=DATA + "/documents",
+        prompt_template=(
+            "Summarise the document below in at most five sentences for a busy executive, then list "
+            "any decisions requested or actions agreed, one per line.\n\n"
+            '<document name="{{ name }}">\n{{ text }}\n</document>'
+        ),
+        system="You write precise, neutral summaries. Never invent facts that are not in the document.",
+        model="gemini-2.5-flash",
+        max_tokens=400,
+        metadata={"cost_centre": "strategy"},
+        max_attempts=2,
+        timeout=timedelta(hours=25),
+        poll_interval=POLL_SECONDS,
+        results_asset=DOCUMENT_SUMMARIES_GEMINI,
+    )
