@@ -76,4 +76,5 @@ def emulator_connections(base_url: str) -> dict[str, str]:
         "AIRFLOW_CONN_LLM_OPENAI_DEFAULT": conn_json("llm_openai", f"{base_url}/v1"),
         "AIRFLOW_CONN_LLM_OPENAI_COMPATIBLE_DEFAULT": conn_json("llm_openai_compatible", f"{base_url}/v1"),
         "AIRFLOW_CONN_LLM_ANTHROPIC_DEFAULT": conn_json("llm_anthropic", base_url),
+        "AIRFLOW_CONN_LLM_GEMINI_DEFAULT": conn_json("llm_gemini", base_url),
     }
