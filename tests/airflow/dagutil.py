@@ -47,7 +47,12 @@ def xcom(dag_run: Any, task_id: str, key: str = "return_value") -> Any:
         if row is None:
             return None
         value = row.value
-        return json.loads(value) if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value  # a plain string value, e.g. a link URL
 
 
 def read_jsonl(path: Path) -> list[dict]:
