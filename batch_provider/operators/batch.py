@@ -191,8 +191,10 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
 
     Returns (XCom) the run handle: run directory, provider, conn_id and batch ids.
 
-    :param provider: ``openai``, ``openai_compatible`` or ``anthropic``; default from the connection.
-    :param conn_id: Airflow connection; default ``llm_<provider>_default``.
+    :param provider: ``openai``, ``openai_compatible``, ``anthropic``, ``gemini`` or ``bedrock``;
+        default from the connection (an ``aws`` connection is Bedrock).
+    :param conn_id: Airflow connection; default ``llm_<provider>_default`` (``aws_default`` for
+        Bedrock, whose connection carries the ``bedrock_*`` extras).
     :param model: model for every request (rows/requests may set their own).
     :param max_tokens: output-token limit per request.
     :param system: system prompt (a Jinja template over the row).

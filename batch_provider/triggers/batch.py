@@ -38,7 +38,8 @@ class BatchWaitTrigger(BaseTrigger):
     """Wait until every batch in ``batch_ids`` has ended, or ``deadline`` passes.
 
     :param conn_id: Airflow connection to build the backend from.
-    :param provider: provider name (``openai``, ``openai_compatible``, ``anthropic``).
+    :param provider: provider name (``openai``, ``openai_compatible``, ``anthropic``, ``gemini``,
+        ``bedrock``); for Bedrock ``conn_id`` is an ``aws`` connection.
     :param batch_ids: the batches to watch (one id may be given as a string).
     :param deadline: ISO-8601 aware datetime; None waits without limit.
     :param poll_interval_min: first interval in seconds; it grows with the time waited.
