@@ -43,6 +43,12 @@ from batch_provider.operators._common import (
 )
 from batch_provider.triggers.batch import BatchWaitTrigger, cancel_batches
 
+
+class TaskBudgetExceededError(BudgetExceededError, AirflowFailException):
+    """The submit task's estimate is over ``max_cost_usd``: fails the task without Airflow retries
+    (a retry cannot change the estimate) and is still a :class:`BudgetExceededError`."""
+
+
 CACHE_FOLDER = "_cache"
 """The default result cache, under the run path beside the DAG folders: shared by every run."""
 
@@ -386,9 +392,8 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         try:
             handle = run_sync(submit())
         except BudgetExceededError as exc:
-            # Retrying cannot change the estimate: fail now, with the reason in the task log.
             self.log.error("%s", exc)
-            raise AirflowFailException(str(exc)) from exc
+            raise TaskBudgetExceededError(str(exc)) from exc
         metrics.rows_rejected(provider.value, handle.counts.rejected, tags)
         urls = persist_batch_links(context, provider, handle.batch_ids, hook.get_base_url())
         self.log.info(

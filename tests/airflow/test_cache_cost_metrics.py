@@ -104,6 +104,7 @@ def submit_context(run_id: str) -> dict[str, Any]:
 def test_max_cost_usd_fails_the_submit_before_any_batch(run_root, llm_conns, capfd):
     from airflow.sdk.exceptions import AirflowFailException
 
+    from batch_provider.core.submission import BudgetExceededError
     from batch_provider.operators import SubmitBatchOperator
 
     records = [{"id": f"r{i}", "text": "word " * 200} for i in range(20)]
@@ -116,8 +117,9 @@ def test_max_cost_usd_fails_the_submit_before_any_batch(run_root, llm_conns, cap
         max_tokens=4000,
         max_cost_usd=0.0001,
     )
-    with pytest.raises(AirflowFailException, match="max_cost_usd"):
+    with pytest.raises(AirflowFailException, match="max_cost_usd") as caught:
         op.execute(submit_context("over_budget"))
+    assert isinstance(caught.value, BudgetExceededError)  # fails without Airflow retries
     assert "nothing was sent" in "".join(capfd.readouterr())  # the task log shows why
     stats = llm_conns.stats()
     assert stats["batches_created"]["openai"] == 0 and stats["files_uploaded"] == 0
