@@ -2,9 +2,10 @@
 
 Invariants:
 - Checked only for first-party catalogs (OpenAI, Anthropic): a model id that matches no known id
-  or prefix (the price table's models and ``known_models`` in ``data/prices.json``) is rejected
-  before anything is paid, unless the task allows unknown models (a model newer than this
-  package). Other providers (compatible services, Bedrock, Gemini) name models too freely to check.
+  or prefix (the price table's models, an override's included, and ``known_models`` in
+  ``data/prices.json``) is rejected before anything is paid, unless the task allows unknown models
+  (a model newer than this package). Other providers (compatible services, Bedrock, Gemini)
+  name models too freely to check.
 - ``max_tokens`` above the model's known output limit, or above ``MAX_OUTPUT_TOKENS`` for any
   model, is rejected: no model produces that much, so the request is a mistake.
 """
@@ -16,16 +17,21 @@ from functools import cache
 from importlib import resources
 
 from batch_provider.core.models import LLMRequest, Provider, RejectedRow
+from batch_provider.core.pricing import default_price_table
 
 CHECKED_PROVIDERS = frozenset({Provider.OPENAI, Provider.ANTHROPIC})
 MAX_OUTPUT_TOKENS = 1_000_000
 
 
 @cache
-def known_model_prefixes(provider: str) -> tuple[str, ...]:
+def _listed_models(provider: str) -> tuple[str, ...]:
     data = json.loads(resources.files("batch_provider.data").joinpath("prices.json").read_text())
-    priced = [row["model"] for row in data["rows"] if row["provider"] == provider]
-    return tuple(sorted({*priced, *data.get("known_models", {}).get(provider, [])}))
+    return tuple(data.get("known_models", {}).get(provider, []))
+
+
+def known_model_prefixes(provider: str) -> tuple[str, ...]:
+    """Priced models (the packaged table and the user's override) and the listed unpriced ones."""
+    return tuple(sorted({*default_price_table().models(provider), *_listed_models(provider)}))
 
 
 def request_problem(

@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import os
 import re
 from functools import cache
 from importlib import resources
@@ -103,6 +104,9 @@ class PriceTable:
         merged.update(other._rows)
         return PriceTable(list(merged.values()))
 
+    def models(self, provider: str) -> list[str]:
+        return [model for (p, model) in self._rows if p == provider]
+
     def lookup(self, provider: str, model: str | None) -> PriceRow | None:
         if not model:
             return None
@@ -130,14 +134,32 @@ class PriceTable:
         return Cost(batch_usd=standard * row.batch_discount, standard_usd=standard)
 
 
+PRICE_TABLE_ENV = "BATCH_PROVIDER_PRICE_TABLE"
+"""A JSON file (local path or any fsspec URL) whose rows override or extend the packaged table."""
+
+
 @cache
-def default_price_table() -> PriceTable:
+def _packaged_table() -> PriceTable:
     text = resources.files("batch_provider.data").joinpath("prices.json").read_text()
     return PriceTable.from_json(json.loads(text))
 
 
+@cache
+def _table_with_overrides(path: str) -> PriceTable:
+    import fsspec
+
+    with fsspec.open(path, "rb") as fh:
+        return _packaged_table().with_overrides(PriceTable.from_json(json.loads(fh.read())))
+
+
+def default_price_table() -> PriceTable:
+    """The packaged table, with the rows of ``$BATCH_PROVIDER_PRICE_TABLE`` winning when set."""
+    path = os.environ.get(PRICE_TABLE_ENV)
+    return _table_with_overrides(path) if path else _packaged_table()
+
+
 def load_price_table(override_path: Any | None = None) -> PriceTable:
-    """The packaged table, with the rows of ``override_path`` (same JSON shape) winning."""
+    """The default table, with the rows of ``override_path`` (same JSON shape) winning."""
     table = default_price_table()
     if override_path is None:
         return table

@@ -51,3 +51,18 @@ def test_bedrock_inference_profiles_and_snapshots_match_the_base_model() -> None
     row = table.lookup("bedrock", "us.anthropic.claude-haiku-4-5-20251001-v1:0")
     assert row is not None and row.model == "anthropic.claude-haiku-4-5"
     assert table.lookup("bedrock", "meta.llama4-scout-17b-instruct-v1:0") is None
+
+
+def test_environment_override_file_wins_without_a_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    override = tmp_path / "ours.json"
+    override.write_text(
+        json.dumps({"rows": [{"provider": "openai", "model": "gpt-7-nova", "input": 3.0, "output": 6.0}]})
+    )
+    monkeypatch.setenv("BATCH_PROVIDER_PRICE_TABLE", str(override))
+    table = default_price_table()
+    assert table.lookup("openai", "gpt-7-nova") is not None
+    assert table.lookup("openai", "gpt-6-luna") is not None, "packaged rows stay"
+    monkeypatch.delenv("BATCH_PROVIDER_PRICE_TABLE")
+    assert default_price_table().lookup("openai", "gpt-7-nova") is None
