@@ -23,6 +23,7 @@ import asyncio
 import email.utils
 import functools
 import json
+import logging
 import random
 import re
 import ssl
@@ -238,6 +239,18 @@ def error_for_status(
 
 
 _KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_*\-]{4,}|Bearer\s+\S+)")
+
+
+def _quiet_http_client_logs() -> None:
+    """httpx2 logs every request at INFO; a trigger polling thousands of batches would write a
+    task-log line per poll. Keep its warnings unless the user set a level of their own."""
+    for name in ("httpx2", "httpx"):
+        client_log = logging.getLogger(name)
+        if client_log.level == logging.NOTSET:
+            client_log.setLevel(logging.WARNING)
+
+
+_quiet_http_client_logs()
 
 
 @functools.cache

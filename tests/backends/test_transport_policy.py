@@ -145,3 +145,11 @@ def test_backends_share_one_tls_context() -> None:
         for provider in ("openai", "anthropic", "openai")
     }
     assert contexts == {id(shared_ssl_context())}
+
+
+def test_per_request_client_logs_are_quiet_unless_configured() -> None:
+    import logging
+
+    import batch_provider.backends.transport  # noqa: F401 - importing sets the level
+
+    assert logging.getLogger("httpx2").getEffectiveLevel() >= logging.WARNING
