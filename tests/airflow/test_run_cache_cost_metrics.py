@@ -1,5 +1,9 @@
 """The result cache, the cost budget, metrics and the cost line through the operators and the
-task group, against the emulator."""
+task group, against the emulator.
+
+Named to run after ``test_example_dags``: the first ``dag.test()`` in a session registers every
+example DAG's results Asset under that test's run path, and that test reads its Asset's events.
+"""
 
 from __future__ import annotations
 
@@ -164,12 +168,9 @@ def test_cost_line_names_unpriced_models_and_cache_hits():
 
 
 def test_collect_logs_the_cost_line(run_root, llm_conns, capfd):
-    from datetime import UTC, datetime
-
-    dag = load_dags("examples/nightly_ticket_enrichment.py").nightly
-    run = dag.test(logical_date=datetime(2026, 11, 21, tzinfo=UTC))
+    run = load_dags("examples/manual_batch.py").dag.test(run_conf=CONF)
     assert str(run.state) == "success", task_states(run)
-    summary = xcom(run, "enrich.collect")
+    summary = xcom(run, "batch.collect")
     assert summary["cost"]["batch_usd"] > 0  # gpt-6-luna is in the price table
     logged = "".join(capfd.readouterr())
     assert f"${summary['cost']['batch_usd']:.4f} at batch prices (synchronous $" in logged
