@@ -219,6 +219,8 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         before (same provider, model, prompt and options) are served from it and not paid again.
     :param use_cache: ``False`` turns the result cache off for this task.
     :param cache_ttl: cache entries older than this (seconds or timedelta) are misses.
+    :param allow_unknown_models: send requests for OpenAI/Anthropic models this package does not
+        know (a model newer than its price table) instead of rejecting them.
     """
 
     template_fields: Sequence[str] = (
@@ -266,6 +268,7 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         cache_path: str | ObjectStoragePath | None = None,
         use_cache: bool = True,
         cache_ttl: timedelta | float | None = None,
+        allow_unknown_models: bool = False,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -317,6 +320,7 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         self.max_requests_per_batch = max_requests_per_batch
         self.max_bytes_per_batch = max_bytes_per_batch
         self.max_cost_usd = max_cost_usd
+        self.allow_unknown_models = allow_unknown_models
         self.cache_path = cache_path
         self.use_cache = use_cache
         self.cache_ttl = cache_ttl
@@ -387,6 +391,7 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
                     max_cost_usd=self.max_cost_usd,
                     cache=cache,
                     on_created=metrics.batch_created_counter(tags),
+                    allow_unknown_models=self.allow_unknown_models,
                 )
 
         try:
