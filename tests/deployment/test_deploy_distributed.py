@@ -237,7 +237,9 @@ def test_ui_shows_deferred_wait_batch_link_and_params_form(stack, artifacts_dir)
             expect(dialog.locator("input[name=element_provider]")).to_have_value("anthropic")
             dialog.locator("input[name=element_model]").fill("claude-haiku-4-5")
             max_tokens = dialog.get_by_role("spinbutton").first
-            max_tokens.fill("120")
+            # Not the fail-over run's 120: the same request would be served from the result cache.
+            ui_max_tokens = 130 + secrets.randbelow(20)
+            max_tokens.fill(str(ui_max_tokens))
             shot(page, "manual-batch-form")
             dialog.get_by_role("button", name=re.compile("Advanced Options")).click()
             dialog.locator("input[name=dagRunId]").fill(ui_run_id)
@@ -250,7 +252,7 @@ def test_ui_shows_deferred_wait_batch_link_and_params_form(stack, artifacts_dir)
             conf = stack.api("GET", f"/dags/manual_batch/dagRuns/{ui_run_id}")["conf"]
             assert conf["provider"] == "anthropic"
             assert conf["model"] == "claude-haiku-4-5"
-            assert int(conf["max_tokens"]) == 120
+            assert int(conf["max_tokens"]) == ui_max_tokens
             assert stack.emulator_stats()["batches_created"]["anthropic"] == before + 1
             print(f"prompt template as submitted by the form: {conf['prompt']!r}")
 
