@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,30 +19,9 @@ MODEL = "anthropic.claude-haiku-4-5-20251001-v1:0"
 
 ENRICHED_TICKETS_BEDROCK = results_asset("nightly_ticket_enrichment_bedrock", "enrich")
 
-TICKET_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "category": {
-            "type": "string",
-            "enum": ["billing", "technical", "account", "shipping", "feature_request", "complaint", "other"],
-        },
-        "urgency": {"type": "string", "enum": ["low", "medium", "high", "critical"]},
-        "sentiment": {"type": "string", "enum": ["negative", "neutral", "positive"]},
-        "summary": {"type": "string", "maxLength": 200},
-    },
-    "required": ["category", "urgency", "sentiment", "summary"],
-    "additionalProperties": False,
-}
-
-PROMPT = """Classify this customer support ticket.
-
-Customer: {{ customer }}
-Channel: {{ channel }}
-Subject: {{ subject }}
-
-{{ body }}
-
-Return the category, how urgent it is, the customer's sentiment, and a one-sentence summary."""
+TICKET_CLASSIFICATION = Path(__file__).resolve().parent / "data" / "ticket_classification"
+TICKET_SCHEMA = json.loads((TICKET_CLASSIFICATION / "schema.json").read_text())
+PROMPT = (TICKET_CLASSIFICATION / "prompt.jinja").read_text().strip()
 
 with DAG(
     dag_id="nightly_ticket_enrichment_bedrock",
