@@ -365,22 +365,7 @@ class Transport:
             else:
                 if response.is_success:
                     return response
-                info = read_error_info(response)
-                error = error_for_status(self.provider, operation, response.status_code, info, self.scrub)
-                plan = plan_after_status(
-                    self.policy,
-                    attempt=attempt,
-                    elapsed=time.monotonic() - started,
-                    response=response,
-                    info=info,
-                    error=error,
-                    quota_exhausted=self._quota_exhausted(response, info),
-                    rand=self._rand,
-                )
-                if plan.delay is None:
-                    assert plan.error is not None
-                    raise plan.error
-                await self._sleep(plan.delay)
+                await self._wait_or_raise(response, operation, attempt, started)
                 continue
             delay = plan_after_exception(
                 self.policy, attempt=attempt, elapsed=time.monotonic() - started, rand=self._rand
@@ -437,22 +422,28 @@ class Transport:
                 pass
             finally:
                 await response.aclose()
-            info = read_error_info(response)
-            error = error_for_status(self.provider, operation, response.status_code, info, self.scrub)
-            plan = plan_after_status(
-                self.policy,
-                attempt=attempt,
-                elapsed=time.monotonic() - started,
-                response=response,
-                info=info,
-                error=error,
-                quota_exhausted=self._quota_exhausted(response, info),
-                rand=self._rand,
-            )
-            if plan.delay is None:
-                assert plan.error is not None
-                raise plan.error
-            await self._sleep(plan.delay)
+            await self._wait_or_raise(response, operation, attempt, started)
+
+    async def _wait_or_raise(
+        self, response: httpx2.Response, operation: str, attempt: int, started: float
+    ) -> None:
+        """After an error status: sleep as the policy says before the next attempt, or raise."""
+        info = read_error_info(response)
+        error = error_for_status(self.provider, operation, response.status_code, info, self.scrub)
+        plan = plan_after_status(
+            self.policy,
+            attempt=attempt,
+            elapsed=time.monotonic() - started,
+            response=response,
+            info=info,
+            error=error,
+            quota_exhausted=self._quota_exhausted(response, info),
+            rand=self._rand,
+        )
+        if plan.delay is None:
+            assert plan.error is not None
+            raise plan.error
+        await self._sleep(plan.delay)
 
     async def pause_before_restart(self, attempt: int, started: float, operation: str, cause: str) -> None:
         """Wait before restarting a body download that broke off; raise when the policy is spent."""
