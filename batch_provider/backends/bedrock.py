@@ -69,6 +69,7 @@ from batch_provider.backends.bedrock_models import (
 )
 from batch_provider.backends.errors import ConflictError, InvalidRequestError, RequestRejected
 from batch_provider.backends.wire import check_max_tokens, check_size, encode_line, failed, succeeded
+from batch_provider.core.jsonl import loads
 from batch_provider.core.limits import BEDROCK_LIMITS, ProviderLimits
 from batch_provider.core.models import (
     BatchCounts,
@@ -512,7 +513,7 @@ class BedrockBackend(BatchBackend):
         for key in keys:
             async for lines in object_lines(s3, bucket, key, self.policy):
                 for line in lines:
-                    record = self.record_of(json.loads(line), ref.batch_id, ref.model)
+                    record = self.record_of(loads(line), ref.batch_id, ref.model)
                     if record.custom_id in seen:
                         continue
                     seen.add(record.custom_id)

@@ -44,6 +44,7 @@ from batch_provider.backends.errors import (
     ProviderUnavailableError,
     RateLimitedError,
 )
+from batch_provider.core.jsonl import dumps_line
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 
@@ -488,4 +489,4 @@ class Transport:
 
 def encode_json(value: Any) -> bytes:
     """Compact UTF-8 JSON, the one encoding used for request bodies."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return dumps_line(value)

@@ -1,50 +1,49 @@
 """Helpers shared by the HTTP backends: deterministic line encoding, fast custom_id reads,
 streaming part-file bodies, timestamp parsing and lean record construction.
 
-Invariant: every native line starts with ``{"custom_id":`` followed by the id as a JSON string, so
-:func:`custom_id_of_line` reads the id without decoding the whole line.
+Invariant: one JSON codec (:mod:`batch_provider.core.jsonl`) encodes every native line and decodes
+every result line, so a request's bytes, and hence its fingerprint, depend on the request only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx2
+import msgspec
 
 from batch_provider.backends.base import ReadablePath
 from batch_provider.backends.errors import RequestRejected
 from batch_provider.backends.transport import Transport, TruncatedStreamError
-from batch_provider.core.jsonl import aiter_lines
+from batch_provider.core.jsonl import aiter_lines, dumps_line, loads
 from batch_provider.core.limits import ProviderLimits
 from batch_provider.core.models import ItemStatus, LLMRequest, ResultRecord
 
-_PREFIX = b'{"custom_id":'
-_DECODER = json.JSONDecoder()
 READ_BLOCK = 1 << 20
 
 
 def encode_line(value: dict[str, Any]) -> bytes:
     """The one byte encoding of a native line: compact, UTF-8, keys in insertion order."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=False).encode()
+    return dumps_line(value)
+
+
+class _CustomId(msgspec.Struct):
+    custom_id: str
+
+
+_read_custom_id = msgspec.json.Decoder(_CustomId).decode
 
 
 def custom_id_of_line(line: bytes) -> str:
-    """The ``custom_id`` of a native line, read from its fixed prefix when possible."""
-    if line.startswith(_PREFIX):
-        text = line[len(_PREFIX) : len(_PREFIX) + 4 * 1024].decode("utf-8", errors="ignore")
-        try:
-            value, _ = _DECODER.raw_decode(text)
-        except ValueError:
-            value = None
-        if isinstance(value, str):
-            return value
-    decoded = json.loads(line)
-    return str(decoded["custom_id"])
+    """The ``custom_id`` of a native line (the rest of the line is skipped, not built)."""
+    try:
+        return _read_custom_id(line).custom_id
+    except msgspec.DecodeError:
+        return str(loads(line)["custom_id"])
 
 
 def check_custom_id(request: LLMRequest, limits: ProviderLimits) -> None:
@@ -199,7 +198,7 @@ async def stream_records(
             async with transport.stream("GET", path, operation=operation) as response:
                 async for line, terminated in aiter_lines(response.aiter_bytes()):
                     try:
-                        decoded = json.loads(line)
+                        decoded = loads(line)
                     except ValueError:
                         raise TruncatedStreamError(
                             "a results line ended early" if not terminated else "a results line is not JSON"

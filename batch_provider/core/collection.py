@@ -91,7 +91,7 @@ class RunSummary(BaseModel):
 
 
 def _write_line(fh: Any, record: ResultRecord) -> None:
-    fh.write(record.model_dump_json(exclude_none=True).encode() + b"\n")
+    fh.write(record.json_line())
 
 
 async def collect_run(

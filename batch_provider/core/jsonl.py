@@ -3,6 +3,10 @@
 Invariants:
 - Readers accept a missing final newline, ``\\r\\n`` line ends, and skip blank lines.
 - Writers emit compact UTF-8 JSON, one object per line, each line ending in ``\\n``.
+- :func:`loads` accepts exactly what ``json.loads`` accepts and returns the same values;
+  :func:`dumps_line` writes what ``json.dumps(separators=(",", ":"), ensure_ascii=False)`` writes,
+  keys in insertion order, except that exponents have no ``+``/leading zero (``1e16``) and
+  non-finite floats become ``null`` (plain ``json`` would write ``NaN``, which is not JSON).
 - Paths may be ``pathlib.Path`` or an object-storage path (anything with ``.open(mode)``).
 """
 
@@ -13,6 +17,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from types import TracebackType
 from typing import Any, BinaryIO, Protocol
 
+import msgspec
 from pydantic import BaseModel
 
 
@@ -34,17 +39,34 @@ def iter_path_lines(path: OpenablePath) -> Iterator[bytes]:
         yield from iter_lines(fileobj)
 
 
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+
+def loads(data: bytes | str) -> Any:
+    """Decode one JSON document; raises ``json.JSONDecodeError`` (a ``ValueError``) when it is not
+    JSON. msgspec decodes the common case several times faster than ``json``; anything it refuses
+    goes through ``json.loads``, so its error messages and extensions are kept."""
+    try:
+        return _decode(data)
+    except msgspec.DecodeError:
+        return json.loads(data)
+
+
 def read_jsonl(path: OpenablePath) -> Iterator[Any]:
     """Each line of the file at ``path``, decoded."""
     for line in iter_path_lines(path):
-        yield json.loads(line)
+        yield loads(line)
 
 
 def dumps_line(value: Any) -> bytes:
     """One compact JSON line (no newline) for a dict, list or pydantic model."""
     if isinstance(value, BaseModel):
         return value.model_dump_json(exclude_none=False).encode()
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return _encode(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 async def aiter_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes, bool]]:

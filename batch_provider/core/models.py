@@ -99,7 +99,8 @@ class LLMRequest(BaseModel):
 
     @property
     def row(self) -> int | None:
-        return self._row
+        private = self.__pydantic_private__  # read directly: ``self._row`` goes through __getattr__
+        return private.get("_row") if private else None
 
     def at_row(self, row: int) -> LLMRequest:
         """This request, remembering the input row it came from (for rejects)."""
@@ -183,6 +184,13 @@ class ResultRecord(BaseModel):
     @property
     def retryable(self) -> bool:
         return self.status is not ItemStatus.SUCCEEDED and self.error is not None and self.error.retryable
+
+    def json_line(self) -> bytes:
+        """The record as one results-file line (newline included), ``None`` fields left out."""
+        return _RECORD_SERIALIZER.to_json(self, exclude_none=True) + b"\n"
+
+
+_RECORD_SERIALIZER = ResultRecord.__pydantic_serializer__
 
 
 class RejectedRow(BaseModel):

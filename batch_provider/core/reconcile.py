@@ -34,6 +34,7 @@ from batch_provider.core.models import (
 log = logging.getLogger(__name__)
 
 _TRUNCATED = frozenset({"length", "max_tokens", "max_output_tokens"})
+_SUCCEEDED = ItemStatus.SUCCEEDED  # a module global: enum member lookups cost a descriptor call
 
 
 @dataclass
@@ -127,7 +128,7 @@ async def reconcile(
             report.duplicates += 1
             continue
         answered.add(custom_id)
-        if record.status is ItemStatus.SUCCEEDED and wants[custom_id]:
+        if record.status is _SUCCEEDED and wants[custom_id]:
             record, ok = _with_parsed(record)
             if not ok:
                 report.json_failures += 1

@@ -30,6 +30,9 @@ def default_part_name(index: int) -> str:
     return f"part-{index:05d}.jsonl"
 
 
+_MASK64 = (1 << 64) - 1
+
+
 class SeenIds:
     """Membership of custom_ids seen so far, in a flat table of 64-bit digests.
 
@@ -59,7 +62,8 @@ class SeenIds:
                 return False
             self._exact.add(custom_id)
             return True
-        digest = int.from_bytes(hashlib.blake2b(custom_id.encode(), digest_size=8).digest(), "little") or 1
+        # str hashes are 64-bit SipHash, keyed per process: enough for a table that lives in one.
+        digest = (hash(custom_id) & _MASK64) or 1
         table, mask = self._table, self._mask
         slot = digest & mask
         while True:

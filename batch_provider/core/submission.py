@@ -90,7 +90,7 @@ class _Intake:
 
     def reject(self, rejects: Any, row: RejectedRow) -> None:
         self.rejected += 1
-        rejects.write(row.to_record().model_dump_json(exclude_none=True).encode() + b"\n")
+        rejects.write(row.to_record().json_line())
 
     def requests(
         self, items: Iterable[LLMRequest | RejectedRow], rejects: Any, cached: Any, keys: Any
@@ -113,7 +113,7 @@ class _Intake:
                 if hit is not None:
                     self.cached += 1
                     self.cache_savings_usd += self.prices.cost(provider, hit.model, hit.usage).batch_usd
-                    cached.write(hit.model_dump_json(exclude_none=True).encode() + b"\n")
+                    cached.write(hit.json_line())
                     continue
                 keys.write(json.dumps({"custom_id": item.custom_id, "key": key}).encode() + b"\n")
             self.estimator.add(
