@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import resource
 import shutil
@@ -35,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from batch_provider.backends.anthropic import AnthropicBackend
 from batch_provider.backends.base import BatchBackend, Chunk
 from batch_provider.backends.openai import OpenAIBackend
-from batch_provider.core.jsonl import JsonlWriter
 from batch_provider.core.models import BatchRef, LLMRequest
 from batch_provider.core.reconcile import expected_ids, reconcile
 from batch_provider.core.split import split_requests
@@ -49,15 +49,38 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def requests(count: int, model: str) -> Iterator[LLMRequest]:
+SYSTEM = "Classify the ticket as positive, neutral or negative. Answer with one word."
+WORDS = (
+    "the", "delivery", "was", "late", "but", "support", "was", "helpful", "and", "the", "refund",
+    "arrived", "within", "two", "days", "after", "I", "asked", "again", "about", "my", "order",
+    "number", "which", "showed", "as", "shipped", "although", "nothing", "came",
+)
+
+
+def ticket_texts(prompt_chars: int, variants: int = 64) -> list[str]:
+    """``variants`` distinct ticket bodies of about ``prompt_chars`` characters each."""
+    texts = []
+    for v in range(variants):
+        words: list[str] = []
+        length = 0
+        i = v
+        while length < prompt_chars:
+            word = WORDS[(i * 7 + v) % len(WORDS)]
+            words.append(word)
+            length += len(word) + 1
+            i += 1
+        texts.append(" ".join(words)[:prompt_chars])
+    return texts
+
+
+def requests(count: int, model: str, prompt_chars: int) -> Iterator[LLMRequest]:
+    texts = ticket_texts(prompt_chars)
     for i in range(count):
         yield LLMRequest(
             custom_id=f"req-{i:08d}",
             model=model,
-            system="Classify the ticket as positive, neutral or negative. Answer with one word.",
-            messages=[
-                {"role": "user", "content": f"Ticket {i}: the delivery was late but support was helpful."}
-            ],
+            system=SYSTEM,
+            messages=[{"role": "user", "content": f"Ticket {i}: {texts[i % len(texts)]}"}],
             max_tokens=16,
         )
 
@@ -69,6 +92,7 @@ def dir_bytes(path: Path) -> int:
 def timed_cp(source: Path, target: Path) -> float:
     """Seconds for ``cp -r source target`` (target removed first and after)."""
     shutil.rmtree(target, ignore_errors=True)
+    subprocess.run(["sync"], check=False)  # flush what the benchmark wrote, so cp pays for its bytes only
     started = time.perf_counter()
     subprocess.run(["cp", "-r", str(source), str(target)], check=True)
     subprocess.run(["sync", "-f", str(target)], check=False)
@@ -117,21 +141,21 @@ async def collect(
     counts: Counter[str] = Counter()
     by_index = {c.index: c for c in chunks}
     gate = asyncio.Semaphore(concurrency)
-    with JsonlWriter(out) as writer:
+    with out.open("wb", buffering=1 << 20) as fh:
 
         async def one(ref: BatchRef) -> None:
             async with gate:
                 expected = await asyncio.to_thread(expected_ids, by_index[ref.chunk_index].path, backend)
                 async for record in reconcile(ref, expected, states[ref.batch_id], backend.results(ref)):
-                    counts[record.status.value] += 1
-                    writer.write_line(record.model_dump_json().encode())
+                    counts[record.status] += 1
+                    fh.write(record.json_line())
 
         await asyncio.gather(*(one(r) for r in refs))
     return counts
 
 
 async def run_once(
-    count: int, provider: str, workdir: Path, concurrency: int, collect_concurrency: int
+    count: int, prompt_chars: int, provider: str, workdir: Path, concurrency: int, collect_concurrency: int
 ) -> dict[str, float | int | str]:
     parts = workdir / "parts"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -146,12 +170,16 @@ async def run_once(
             backend = AnthropicBackend(KEY, emu.base_url)
             model = "claude-haiku-4-5"
         async with backend:
-            figures: dict[str, float | int | str] = {"requests": count, "provider": provider}
+            figures: dict[str, float | int | str] = {
+                "requests": count,
+                "prompt_chars": prompt_chars,
+                "provider": provider,
+            }
             started = time.perf_counter()
             cpu_started = time.process_time()
             rss_at_100k = 0.0
             chunks: list[Chunk] = []
-            stream = split_requests(requests(count, model), backend, parts)
+            stream = split_requests(requests(count, model, prompt_chars), backend, parts)
             for chunk in stream:
                 chunks.append(chunk)
                 if not rss_at_100k and stream.counts.inputs >= 100_000:
@@ -207,7 +235,11 @@ async def run_once(
 
 def report(figures: dict) -> None:
     n = figures["requests"]
-    print(f"\n== {n:,} {figures['provider']} requests, {figures['chunks']} chunks ==")
+    print(
+        f"\n== {n:,} {figures['provider']} requests with {figures['prompt_chars']:,}-character tickets "
+        f"({figures['part_mb'] * MB / n:,.0f} B per request line, "
+        f"{figures['results_mb'] * MB / n:,.0f} B per result line), {figures['chunks']} chunks =="
+    )
     print(
         f"submit : {figures['part_mb']:8.1f} MB in {figures['split_s'] + figures['upload_s']:7.1f}s "
         f"= {figures['submit_mb_s']:7.1f} MB/s   (split {figures['split_mb_s']:.1f} MB/s, "
@@ -231,6 +263,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--requests", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument(
+        "--prompt-chars",
+        type=int,
+        nargs="+",
+        default=[60, 1200],
+        help="ticket length per request (each size is its own run): 60 is a one-line ticket, "
+        "1200 a ticket of a few paragraphs",
+    )
     parser.add_argument("--provider", choices=["openai", "anthropic"], default="openai")
     parser.add_argument("--concurrency", type=int, default=4, help="chunks uploaded at once")
     parser.add_argument(
@@ -248,21 +288,27 @@ def main() -> None:
     if args.child:
         figures = asyncio.run(
             run_once(
-                args.requests[0], args.provider, args.workdir, args.concurrency, args.collect_concurrency
+                args.requests[0],
+                args.prompt_chars[0],
+                args.provider,
+                args.workdir,
+                args.concurrency,
+                args.collect_concurrency,
             )
         )
         print("FIGURES " + json.dumps(figures), flush=True)
         return
     rows = []
-    for count in args.requests:
+    for prompt_chars, count in itertools.product(args.prompt_chars, args.requests):
         cmd = [sys.executable, __file__, "--child", "--requests", str(count), "--provider", args.provider]
+        cmd += ["--prompt-chars", str(prompt_chars)]
         cmd += [
             "--concurrency",
             str(args.concurrency),
             "--collect-concurrency",
             str(args.collect_concurrency),
         ]
-        cmd += ["--workdir", str(args.workdir / f"n{count}")]
+        cmd += ["--workdir", str(args.workdir / f"n{count}-p{prompt_chars}")]
         done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
         line = next(ln for ln in done.stdout.splitlines() if ln.startswith("FIGURES "))
         figures = json.loads(line.removeprefix("FIGURES "))
@@ -270,7 +316,10 @@ def main() -> None:
         rows.append(figures)
     if len(rows) > 1:
         print(
-            "\npeak RSS by size: " + ", ".join(f"{r['requests']:,}: {r['peak_rss_mb']:.0f} MB" for r in rows)
+            "\npeak RSS by size: "
+            + ", ".join(
+                f"{r['requests']:,} × {r['prompt_chars']:,} chars: {r['peak_rss_mb']:.0f} MB" for r in rows
+            )
         )
 
 

@@ -155,6 +155,7 @@ class OpenAIBackend(BatchBackend):
         completion_window: str = "24h",
     ) -> None:
         self.limits = limits or LIMITS[self.provider]
+        self._provider_name = self.provider.value
         self.completion_window = completion_window
         headers: dict[str, str] = {}
         if organization:
@@ -481,7 +482,7 @@ class OpenAIBackend(BatchBackend):
     def record_of(self, line: dict[str, Any], batch_id: str) -> ResultRecord:
         """One output- or error-file line as a record."""
         custom_id = str(line.get("custom_id"))
-        provider = self.provider.value
+        provider = self._provider_name
         response = line.get("response")
         if response is None:
             error = line.get("error") or {}
@@ -526,7 +527,7 @@ class OpenAIBackend(BatchBackend):
             vectors = [_vector(item.get("embedding")) for item in body.get("data") or []]
             return succeeded(
                 custom_id,
-                self.provider.value,
+                self._provider_name,
                 batch_id,
                 embedding=vectors[0] if len(vectors) == 1 else None,
                 parsed=vectors if len(vectors) > 1 else None,
@@ -545,7 +546,7 @@ class OpenAIBackend(BatchBackend):
             incomplete = (body.get("incomplete_details") or {}).get("reason")
             return succeeded(
                 custom_id,
-                self.provider.value,
+                self._provider_name,
                 batch_id,
                 output_text="".join(texts),
                 finish_reason=incomplete or body.get("status"),
@@ -562,7 +563,7 @@ class OpenAIBackend(BatchBackend):
         cached = (raw_usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
         return succeeded(
             custom_id,
-            self.provider.value,
+            self._provider_name,
             batch_id,
             output_text=content,
             finish_reason=choices[0].get("finish_reason"),

@@ -27,12 +27,13 @@ from batch_provider.core.cache import ResultCache
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import BatchRef, ItemStatus, ResultRecord, Usage
-from batch_provider.core.pricing import Calibration, Cost, PriceTable, default_price_table
+from batch_provider.core.pricing import Calibration, Cost, CostTally, PriceTable, default_price_table
 from batch_provider.core.reconcile import expected_ids, reconcile
 from batch_provider.core.rundir import RunDirectory, read_json, write_json_atomic
 from batch_provider.core.submission import part_custom_ids
 
 log = logging.getLogger(__name__)
+_SUCCEEDED = ItemStatus.SUCCEEDED
 
 
 class BatchFigures(BaseModel):
@@ -88,10 +89,6 @@ class RunSummary(BaseModel):
         data["cost"] = self.cost.summary()
         data["batch_ids"] = [b.batch_id for b in self.batches]
         return data
-
-
-def _write_line(fh: Any, record: ResultRecord) -> None:
-    fh.write(record.json_line())
 
 
 async def collect_run(
@@ -156,19 +153,17 @@ async def _collect_batch(
         )
     expected = expected_ids(run_dir.root / parts[ref.batch_id], backend)
     counts: Counter[str] = Counter()
-    usage = Usage()
-    cost = Cost()
-    provider = ref.provider.value
+    tally = CostTally(prices, ref.provider.value)
     keys = _cache_keys(run_dir, expected) if cache is not None else {}
     async for record in reconcile(ref, expected, state, backend.results(ref)):
         record.attempt = attempt
-        if cache is not None and record.status is ItemStatus.SUCCEEDED and record.custom_id in keys:
+        succeeded = record.status is _SUCCEEDED
+        if succeeded and cache is not None and record.custom_id in keys:
             cache.put(keys[record.custom_id], record)
-        counts[record.status.value] += 1
+        counts[record.status] += 1
         if record.usage.total_tokens:
-            usage = usage + record.usage
-            cost = cost + prices.cost(provider, record.model or ref.model, record.usage)
-        _write_line(results if record.status is ItemStatus.SUCCEEDED else errors, record)
+            tally.add(record.model or ref.model, record.usage)
+        (results if succeeded else errors).write(record.json_line())
     return BatchFigures(
         batch_id=ref.batch_id,
         attempt=attempt,
@@ -178,9 +173,9 @@ async def _collect_batch(
         native_status=state.native_status,
         ending=state.ending.value if state.ending else None,
         error_message=state.error_message,
-        counts=dict(counts),
-        usage=usage,
-        cost=cost,
+        counts={status.value: n for status, n in counts.items()},
+        usage=tally.usage,
+        cost=tally.cost,
         created_at=state.created_at or ref.created_at,
         ended_at=state.ended_at,
     )

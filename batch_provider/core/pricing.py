@@ -134,6 +134,64 @@ class PriceTable:
         return Cost(batch_usd=standard * row.batch_discount, standard_usd=standard)
 
 
+class CostTally:
+    """Usage and cost of many requests, added one request at a time.
+
+    Equals the sum of :meth:`PriceTable.cost` over the requests (up to float rounding): tokens are
+    summed per (model, long-context tier) and priced once, so adding a request costs a few integer
+    additions instead of building ``Usage`` and ``Cost`` objects.
+    """
+
+    def __init__(self, prices: PriceTable, provider: str) -> None:
+        self._prices = prices
+        self._provider = provider
+        self._rows: dict[str | None, PriceRow | None] = {}
+        self._tokens: dict[tuple[str | None, bool], list[int]] = {}
+
+    def add(self, model: str | None, usage: Usage) -> None:
+        if model in self._rows:
+            row = self._rows[model]
+        else:
+            row = self._rows[model] = self._prices.lookup(self._provider, model)
+        tier = row.long_context if row is not None else None
+        long = tier is not None and (
+            usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens > tier.above_input_tokens
+        )
+        sums = self._tokens.get((model, long))
+        if sums is None:
+            sums = self._tokens[(model, long)] = [0, 0, 0, 0]
+        sums[0] += usage.input_tokens
+        sums[1] += usage.output_tokens
+        sums[2] += usage.cache_read_tokens
+        sums[3] += usage.cache_write_tokens
+
+    @property
+    def usage(self) -> Usage:
+        totals = [sum(column) for column in zip(*self._tokens.values(), strict=True)] or [0, 0, 0, 0]
+        return Usage(
+            input_tokens=totals[0],
+            output_tokens=totals[1],
+            cache_read_tokens=totals[2],
+            cache_write_tokens=totals[3],
+        )
+
+    @property
+    def cost(self) -> Cost:
+        total = Cost()
+        for (model, long), (inp, out, read, write) in self._tokens.items():
+            row = self._rows[model]
+            if row is None:
+                unpriced = Cost(unpriced_tokens=inp + out + read + write, unpriced_models=[model or "(none)"])
+                total = total + unpriced
+                continue
+            tier = row.long_context
+            above = tier.above_input_tokens + 1 if long and tier is not None else 0
+            rate_in, rate_out, rate_read, rate_write = row.rates(above)
+            standard = (inp * rate_in + out * rate_out + read * rate_read + write * rate_write) / MILLION
+            total = total + Cost(batch_usd=standard * row.batch_discount, standard_usd=standard)
+        return total
+
+
 PRICE_TABLE_ENV = "BATCH_PROVIDER_PRICE_TABLE"
 """A JSON file (local path or any fsspec URL) whose rows override or extend the packaged table."""
 

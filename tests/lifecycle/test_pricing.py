@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from batch_provider.core.models import Usage
-from batch_provider.core.pricing import default_price_table, load_price_table
+from batch_provider.core.pricing import Cost, CostTally, default_price_table, load_price_table
 
 
 def test_batch_cost_and_savings_by_hand() -> None:
@@ -66,3 +66,25 @@ def test_environment_override_file_wins_without_a_release(
     assert table.lookup("openai", "gpt-6-luna") is not None, "packaged rows stay"
     monkeypatch.delenv("BATCH_PROVIDER_PRICE_TABLE")
     assert default_price_table().lookup("openai", "gpt-7-nova") is None
+
+
+def test_cost_tally_equals_the_sum_of_per_request_costs() -> None:
+    table = default_price_table()
+    requests = [  # both sides of the long-context tiers, cache tokens, unknown and missing models
+        ("claude-sonnet-5-5", Usage(input_tokens=1_000, output_tokens=100, cache_read_tokens=2_000)),
+        ("claude-sonnet-5-5", Usage(input_tokens=300_000, output_tokens=900, cache_write_tokens=5)),
+        ("claude-haiku-5-5", Usage(input_tokens=150_000, output_tokens=1_000)),
+        ("claude-haiku-5-5", Usage(input_tokens=10, output_tokens=3)),
+        ("not-in-the-table", Usage(input_tokens=7, output_tokens=2)),
+        (None, Usage(input_tokens=1, output_tokens=1)),
+    ]
+    tally = CostTally(table, "anthropic")
+    expected = Cost()
+    for model, usage in requests:
+        tally.add(model, usage)
+        expected = expected + table.cost("anthropic", model, usage)
+    assert tally.cost.standard_usd == pytest.approx(expected.standard_usd, rel=1e-12)
+    assert tally.cost.batch_usd == pytest.approx(expected.batch_usd, rel=1e-12)
+    assert tally.cost.unpriced_tokens == expected.unpriced_tokens == 11
+    assert tally.cost.unpriced_models == expected.unpriced_models == ["(none)", "not-in-the-table"]
+    assert tally.usage == sum((u for _, u in requests), Usage())
