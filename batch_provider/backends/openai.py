@@ -75,6 +75,8 @@ BATCH_ENDPOINTS = (
     "/v1/videos",
 )
 """Endpoints the Batch API accepts; native bodies may target any of them."""
+_BATCH_ENDPOINT_SET = frozenset(BATCH_ENDPOINTS)
+_EMBEDDING = RequestKind.EMBEDDING
 
 _STATUS: dict[str, tuple[BatchStatus, BatchEnding | None]] = {
     "validating": (BatchStatus.PENDING, None),
@@ -181,8 +183,8 @@ class OpenAIBackend(BatchBackend):
     def encode(self, request: LLMRequest) -> EncodedRequest:
         check_custom_id(request, self.limits)
         check_max_tokens(request)
-        endpoint = request.endpoint or (EMBEDDINGS if request.kind is RequestKind.EMBEDDING else CHAT)
-        if endpoint not in BATCH_ENDPOINTS:
+        endpoint = request.endpoint or (EMBEDDINGS if request.kind is _EMBEDDING else CHAT)
+        if endpoint not in _BATCH_ENDPOINT_SET:
             raise RequestRejected(
                 request.custom_id,
                 "endpoint",
@@ -202,7 +204,8 @@ class OpenAIBackend(BatchBackend):
                 "endpoint",
                 f"{endpoint!r} needs a native body; known: {', '.join(ENDPOINTS)}",
             )
-        body.update(request.extra)
+        if request.extra:
+            body.update(request.extra)
         model = body.get("model")
         if not model:
             raise RequestRejected(request.custom_id, "model", "no model given")

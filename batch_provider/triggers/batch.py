@@ -5,7 +5,8 @@ Invariants:
   cancel flag: never an API key (the backend is built from the connection inside ``run``) and
   never request or result data.
 - Exactly one event is yielded: ``success`` with each batch's final state, ``timeout`` with the
-  last states seen, or ``error`` with a message (e.g. a wrong key or an unknown batch id).
+  last states seen, or ``error`` with a message (e.g. a wrong key or an unknown batch id). States
+  in events are compact (:func:`event_state`), so an event stays small for hundreds of batches.
 - ``on_kill`` (a user marked the deferred task failed/success or cleared it) cancels the remote
   batches when ``cancel_on_kill`` is set; a triggerer restart or redistribution does not, since
   Airflow calls ``cleanup`` then, not ``on_kill``.
@@ -21,7 +22,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from batch_provider.backends.errors import BatchProviderError
-from batch_provider.core.models import Provider
+from batch_provider.core.models import BatchState, Provider
 from batch_provider.core.watch import (
     DEFAULT_POLL_INTERVAL_MAX,
     DEFAULT_POLL_INTERVAL_MIN,
@@ -115,14 +116,14 @@ class BatchWaitTrigger(BaseTrigger):
                 "status": "timeout",
                 "message": str(exc),
                 "pending": exc.pending,
-                "states": {k: v.model_dump(mode="json") for k, v in exc.states.items()},
+                "states": {k: event_state(v) for k, v in exc.states.items()},
             }
         except BatchProviderError as exc:
             event = {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
         else:
             event = {
                 "status": "success",
-                "states": {k: v.model_dump(mode="json") for k, v in states.items()},
+                "states": {k: event_state(v) for k, v in states.items()},
             }
         finally:
             await backend.aclose()
@@ -139,6 +140,22 @@ class BatchWaitTrigger(BaseTrigger):
             )
         finally:
             await backend.aclose()
+
+
+def event_state(state: BatchState) -> dict[str, Any]:
+    """What the waiting task needs of one batch's state: how it ended, when, and why it failed.
+
+    Events are stored in the metadata DB and read back by the task, so they carry no counts or
+    other figures the collect step reads from the provider anyway (~100 bytes a batch).
+    """
+    compact: dict[str, Any] = {"status": state.status.value, "ending": state.ending and state.ending.value}
+    for key in ("created_at", "ended_at"):
+        value = getattr(state, key)
+        if value is not None:
+            compact[key] = value.isoformat()
+    if state.error_message:
+        compact["error_message"] = state.error_message
+    return compact
 
 
 async def cancel_batches(backend: Any, batch_ids: list[str], log: Any = None) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -101,3 +102,14 @@ async def test_on_kill_cancels_only_when_asked(scripted):
     await make(cancel_on_kill=True).on_kill()
     assert ScriptedBackend.instances[0].cancelled == ["b1", "b2"]
     assert ScriptedBackend.instances[0].closed
+
+
+async def test_success_event_stays_small_for_many_batches(scripted):
+    ids = [f"batch_{i:024d}" for i in range(300)]
+    event = await anext(make(batch_ids=ids).run())
+    assert event.payload["status"] == "success"
+    assert set(event.payload["states"]) == set(ids)
+    states = event.payload["states"].values()
+    assert all(s["ending"] == "completed" and s["status"] == "ended" for s in states)
+    size = len(json.dumps(event.payload))
+    assert size / len(ids) < 160, f"{size / len(ids):.0f} bytes per batch"
