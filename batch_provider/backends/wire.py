@@ -19,7 +19,7 @@ import msgspec
 from batch_provider.backends.base import ReadablePath
 from batch_provider.backends.errors import RequestRejected
 from batch_provider.backends.transport import Transport, TruncatedStreamError
-from batch_provider.core.jsonl import aiter_lines, dumps_line, loads
+from batch_provider.core.jsonl import aiter_line_blocks, dumps_line, loads
 from batch_provider.core.limits import ProviderLimits
 from batch_provider.core.models import ItemStatus, LLMRequest, ResultRecord
 
@@ -199,18 +199,19 @@ async def stream_records(
         attempt += 1
         try:
             async with transport.stream("GET", path, operation=operation) as response:
-                async for line, terminated in aiter_lines(response.aiter_bytes()):
-                    try:
-                        decoded = loads(line)
-                    except ValueError:
-                        raise TruncatedStreamError(
-                            "a results line ended early" if not terminated else "a results line is not JSON"
-                        ) from None
-                    record = to_record(decoded)
-                    if record.custom_id in seen:
-                        continue
-                    seen.add(record.custom_id)
-                    yield record
+                async for lines, terminated in aiter_line_blocks(response.aiter_bytes()):
+                    for line in lines:
+                        try:
+                            decoded = loads(line)
+                        except ValueError:
+                            raise TruncatedStreamError(
+                                "a results line is not JSON" if terminated else "a results line ended early"
+                            ) from None
+                        record = to_record(decoded)
+                        if record.custom_id in seen:
+                            continue
+                        seen.add(record.custom_id)
+                        yield record
             return
         except (httpx2.TransportError, TruncatedStreamError) as exc:
             await transport.pause_before_restart(attempt, started, operation, type(exc).__name__)

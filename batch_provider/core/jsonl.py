@@ -69,10 +69,11 @@ def dumps_line(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-async def aiter_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes, bool]]:
-    """Non-blank lines of a byte stream, each with whether it was newline-terminated.
+async def aiter_line_blocks(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[list[bytes], bool]]:
+    """Non-blank lines of a byte stream, one list per chunk that completes lines, each list with
+    whether its lines were newline-terminated (False only for a final line cut short).
 
-    The flag lets a caller tell a complete final line from a body cut short mid-line.
+    Lists rather than single lines keep the per-line cost of a large download to plain loops.
     """
     pending = b""
     async for chunk in chunks:
@@ -82,13 +83,22 @@ async def aiter_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes
         if b"\n" not in chunk:
             continue
         *complete, pending = pending.split(b"\n")
-        for raw in complete:
-            line = raw.rstrip(b"\r")
-            if line.strip():
-                yield line, True
+        lines = [line for raw in complete if (line := raw.rstrip(b"\r")) and not line.isspace()]
+        if lines:
+            yield lines, True
     tail = pending.rstrip(b"\r")
-    if tail.strip():
-        yield tail, False
+    if tail and not tail.isspace():
+        yield [tail], False
+
+
+async def aiter_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes, bool]]:
+    """Non-blank lines of a byte stream, each with whether it was newline-terminated.
+
+    The flag lets a caller tell a complete final line from a body cut short mid-line.
+    """
+    async for lines, terminated in aiter_line_blocks(chunks):
+        for line in lines:
+            yield line, terminated
 
 
 class JsonlWriter:
