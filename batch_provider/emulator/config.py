@@ -58,6 +58,9 @@ class EmulatorConfig:
     anthropic_results_shuffled: bool = True
     """Anthropic results come in a deterministic shuffled order by default (spec E row 7: no order
     is guaranteed); false serves them in request order unless a shuffle fault asks otherwise."""
+    outputs_at_finalize: bool = False
+    """OpenAI: write a batch's output/error files in the background as soon as its processing is
+    over, reporting ``finalizing`` until both are written (false: write them on their first read)."""
     embedding_dim: int = 1536
     organization: str = "org-emulator"
 

@@ -73,11 +73,15 @@ async def faults(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
-    return JSONResponse(_store(request).stats.to_json())
+    store = _store(request)
+    await store.openai.settle()  # plans still being built count in the stats once built
+    return JSONResponse(store.stats.to_json())
 
 
 async def reset(request: Request) -> Response:
-    _store(request).reset()
+    store = _store(request)
+    await store.openai.settle(outputs=True)  # no worker thread may write into the cleared state
+    store.reset()
     return JSONResponse({"reset": True})
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.concurrency import iterate_in_threadpool
-from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .errors import ApiError, not_found
-from .openai_state import synthetic_chunks
+from .multipart_upload import is_multipart, receive_upload
+from .openai_outputs import synthetic_chunks
 from .store import FileRecord, Store, new_id
 from .web import api_route, cut_stream, int_param, json_body
 
@@ -28,29 +28,62 @@ CHUNK = 1 << 20
 
 @api_route("openai", "POST", "/v1/files")
 async def upload_file(request: Request, store: Store) -> Response:
+    if not is_multipart(request):
+        raise await _error_without_file(request, store)
+    fid = new_id("file-", 22)
+    path = store.files.path(fid)
+    limit = store.config.openai_max_upload_bytes
     try:
-        form = await request.form(max_files=1, max_fields=16)
-    except Exception as exc:
-        raise ApiError(400, f"Could not parse the multipart body: {exc}") from exc
-    try:
-        rec = await _store_upload(form, store)
-    finally:
-        await form.close()
+        try:
+            up = await receive_upload(request, path, limit)
+        except Exception as exc:
+            raise ApiError(400, f"Could not parse the multipart body: {exc}") from exc
+        purpose, ttl = _upload_params(up.fields.get, up.file_field == "file", store)
+        if up.too_large:
+            raise ApiError(400, f"File is too large: the limit is {limit} bytes.", param="file")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    now = store.clock.now()
+    rec = store.files.add(
+        FileRecord(
+            id=fid,
+            bytes=up.size,
+            created_at=int(now),
+            filename=up.filename or "upload.jsonl",
+            purpose=purpose,
+            expires_at=int(now + ttl) if ttl is not None else None,
+        )
+    )
     store.stats.files_uploaded += 1
     return JSONResponse(rec.to_api())
 
 
-async def _store_upload(form: FormData, store: Store) -> FileRecord:
-    purpose = form.get("purpose")
-    upload = form.get("file")
+async def _error_without_file(request: Request, store: Store) -> ApiError:
+    """The 400 for a body that is not multipart, so holds no file (its form fields checked first)."""
+    try:
+        form = await request.form(max_files=1, max_fields=16)
+    except Exception as exc:
+        return ApiError(400, f"Could not parse the multipart body: {exc}")
+    await form.close()
+    try:
+        _upload_params(form.get, False, store)
+    except ApiError as err:
+        return err
+    return ApiError(400, "Missing required parameter: 'file'.", param="file")
+
+
+def _upload_params(get: Callable[[str], Any], has_file: bool, store: Store) -> tuple[str, float | None]:
+    """(purpose, ttl) of an upload from its form fields; ApiError 400 for a bad form."""
+    purpose = get("purpose")
     if not isinstance(purpose, str) or not purpose:
         raise ApiError(400, "Missing required parameter: 'purpose'.", param="purpose")
     if purpose not in FILE_PURPOSES:
         raise ApiError(400, f"Invalid value for 'purpose': {purpose!r}.", param="purpose")
-    if not isinstance(upload, UploadFile):
+    if not has_file:
         raise ApiError(400, "Missing required parameter: 'file'.", param="file")
     ttl: float | None = store.config.file_ttl_seconds if purpose == "batch" else None
-    anchor, seconds = form.get("expires_after[anchor]"), form.get("expires_after[seconds]")
+    anchor, seconds = get("expires_after[anchor]"), get("expires_after[seconds]")
     if anchor is not None or seconds is not None:
         try:
             secs = int(str(seconds))
@@ -63,31 +96,7 @@ async def _store_upload(form: FormData, store: Store) -> FileRecord:
                 param="expires_after",
             )
         ttl = float(secs)
-    fid = new_id("file-", 22)
-    path = store.files.path(fid)
-    size = 0
-    limit = store.config.openai_max_upload_bytes
-    with path.open("wb") as out:
-        while chunk := await upload.read(CHUNK):
-            size += len(chunk)
-            if size > limit:
-                break
-            out.write(chunk)
-    if size > limit:
-        path.unlink(missing_ok=True)
-        raise ApiError(400, f"File is too large: the limit is {limit} bytes.", param="file")
-    now = store.clock.now()
-    rec = store.files.add(
-        FileRecord(
-            id=fid,
-            bytes=size,
-            created_at=int(now),
-            filename=upload.filename or "upload.jsonl",
-            purpose=purpose,
-            expires_at=int(now + ttl) if ttl is not None else None,
-        )
-    )
-    return rec
+    return purpose, ttl
 
 
 async def _file(store: Store, file_id: str) -> FileRecord:
@@ -170,9 +179,7 @@ async def list_files(request: Request, store: Store) -> Response:
 @api_route("openai", "POST", "/v1/batches")
 async def create_batch(request: Request, store: Store) -> Response:
     rec = await store.openai.create(await json_body(request))
-    plan = await store.openai.plan(rec)
-    # The answer describes the batch as created (always ``validating``), however long planning took.
-    return JSONResponse(store.openai.view(rec, plan, rec.created_at))
+    return JSONResponse(await store.openai.created_view(rec))
 
 
 @api_route("openai", "GET", "/v1/batches/{batch_id}")

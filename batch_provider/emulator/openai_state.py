@@ -14,7 +14,14 @@ counts, usage and output files are pure functions of (record, plan, emulated now
     cancel at c                                    → cancelling at c → cancelled at c + cancel_seconds;
                                                    the requests finished by c keep their results
 
+With ``outputs_at_finalize`` the first view after ``t_p`` starts writing the output files in the
+background and the batch stays ``finalizing`` until they are written; it is ``completed`` from
+``max(t_p + finalizing_seconds, outputs_ready_at)``.
+
 Invariants:
+- The plan is built once per batch, in a worker thread started by create (which does not wait);
+  every read of a batch awaits it; a batch created by this process counts in the stats exactly
+  once, when its plan is built.
 - Processing order is file order: "done by time t" is always a prefix of the requests, so counts
   and usage at any t are O(log n) from the plan.
 - Each custom_id ends in exactly one of output file, error file, or (expired/cancelled and
@@ -28,24 +35,35 @@ import asyncio
 import bisect
 import contextlib
 import json
+import logging
 import math
 import os
-import random
 import shutil
 from array import array
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from . import outputs
 from .errors import ApiError, not_found
 from .faults import BatchFaults, FaultSyntaxError, item_error_code, parse_batch_faults, parse_custom_id
+from .openai_outputs import (
+    ITEM_ERRORS,
+    SYNTHETIC_MODEL,
+    OutputJob,
+    synthetic_line_length,
+    synthetic_tokens,
+    write_file,
+)
 from .store import FileRecord, new_id, write_json
 
 if TYPE_CHECKING:
     from .store import Store
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions")
 SDK_ENDPOINTS = (
@@ -57,21 +75,6 @@ SDK_ENDPOINTS = (
 )
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 MAX_ERRORS = 1000
-
-_ITEM_ERRORS: dict[int, tuple[str, str | None, str]] = {
-    400: ("invalid_request_error", None, "Invalid request (emulated fault)."),
-    422: ("invalid_request_error", None, "Unprocessable request (emulated fault)."),
-    429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests (emulated fault)."),
-    500: ("server_error", None, "The server had an error while processing your request (emulated fault)."),
-    503: (
-        "server_error",
-        None,
-        "The engine is currently overloaded, please try again later (emulated fault).",
-    ),
-    504: ("server_error", "timeout", "The request timed out (emulated fault)."),
-    529: ("server_error", None, "The server is overloaded (emulated fault)."),
-}
-
 
 @dataclass
 class Plan:
@@ -109,6 +112,8 @@ class OpenAIBatch:
     synthetic_text_bytes: int | None = None
     """Set for ``/_emu/synthetic`` batches: completed at once, output generated on the fly."""
     synthetic_n: int = 0
+    outputs_ready_at: float | None = None
+    """With ``outputs_at_finalize``: when its output and error files were written (emulated time)."""
 
 
 class OpenAIBatches:
@@ -123,9 +128,15 @@ class OpenAIBatches:
         self.pos: dict[str, int] = {}
         self.plans: dict[str, Plan] = {}
         self._plan_tasks: dict[str, asyncio.Future[Plan]] = {}
+        """Plans being built, by batch id; a task leaves this once its plan is in ``plans``."""
+        self._uncounted: set[str] = set()
+        """Batches created by this process whose plan is not yet counted in the stats."""
+        self._writing: dict[str, asyncio.Future[None]] = {}
+        """Batches whose output/error files are being written in the background (outputs_at_finalize)."""
         self.owners: dict[str, str] = {}
-        self._terminal_files: dict[str, tuple[str | None, str | None]] = {}
         """output/error file id → batch id, for per-batch download faults."""
+        self._terminal_files: dict[str, tuple[str | None, str | None]] = {}
+        """batch id → (output file id, error file id), once registered."""
         loaded = []
         for meta in self.dir.glob("batch_*.json"):
             with contextlib.suppress(ValueError, TypeError):
@@ -162,8 +173,18 @@ class OpenAIBatches:
         self.order.clear()
         self.pos.clear()
         self.plans.clear()
+        self._plan_tasks.clear()
+        self._uncounted.clear()
+        self._writing.clear()
         self.owners.clear()
         self._terminal_files.clear()
+
+    async def settle(self, *, outputs: bool = False) -> None:
+        """Wait until every plan being built (and, with ``outputs``, every file being written in the
+        background) is done, so that counters include them. Failures are left to their readers."""
+        pending = [*self._plan_tasks.values(), *(self._writing.values() if outputs else ())]
+        if pending:
+            await asyncio.wait(pending)
 
     # ------------------------------------------------------------------ create / plan
 
@@ -231,8 +252,17 @@ class OpenAIBatches:
         self._index(rec)
         self._save(rec)
         self.store.stats.batches_created["openai"] += 1
-        self.store.stats.count_plan(await self.plan(rec))
+        # Validation runs after the answer, as at OpenAI; every read of the batch awaits it.
+        self._uncounted.add(rec.id)
+        self._start_plan(rec)
         return rec
+
+    async def created_view(self, rec: OpenAIBatch) -> dict[str, Any]:
+        """The create answer: the batch as created. While ``validating`` the view does not depend on
+        the plan, so it is not awaited (unless validation takes no time)."""
+        if rec.created_at < self.timeline(rec, _NO_PLAN)[0]:
+            return self.view(rec, _NO_PLAN, rec.created_at)
+        return self.view(rec, await self.plan(rec), rec.created_at)
 
     def _check_metadata(self, metadata: Any) -> dict[str, str] | None:
         if metadata is None:
@@ -283,7 +313,7 @@ class OpenAIBatches:
         if plan is not None:
             return plan
         if rec.synthetic_text_bytes is not None:
-            n, tok = rec.synthetic_n, _synthetic_tokens(rec.synthetic_text_bytes)
+            n, tok = rec.synthetic_n, synthetic_tokens(rec.synthetic_text_bytes)
             plan = Plan(
                 n=n,
                 model=SYNTHETIC_MODEL,
@@ -292,15 +322,29 @@ class OpenAIBatches:
             )
             self.plans[rec.id] = plan
             return plan
-        fut = self._plan_tasks.get(rec.id)
-        if fut is None:
-            fut = asyncio.ensure_future(asyncio.to_thread(self._build_plan, rec))
-            self._plan_tasks[rec.id] = fut
+        return await asyncio.shield(self._start_plan(rec))
+
+    def _start_plan(self, rec: OpenAIBatch) -> asyncio.Future[Plan]:
+        """The task building ``rec``'s plan (started once; a failed build is retried by the next read)."""
+        task = self._plan_tasks.get(rec.id)
+        if task is None:
+            task = asyncio.ensure_future(self._run_plan(rec))
+            task.add_done_callback(_observe)
+            self._plan_tasks[rec.id] = task
+        return task
+
+    async def _run_plan(self, rec: OpenAIBatch) -> Plan:
+        """Build the plan in a worker thread, then publish it: into ``plans`` and, the first time for
+        a batch created by this process, into the stats (so each plan is counted exactly once)."""
         try:
-            plan = await asyncio.shield(fut)
+            plan = await asyncio.to_thread(self._build_plan, rec)
         finally:
             self._plan_tasks.pop(rec.id, None)
-        self.plans[rec.id] = plan
+        if self.records.get(rec.id) is rec:  # else the batch was reset away meanwhile
+            self.plans[rec.id] = plan
+            if rec.id in self._uncounted:
+                self._uncounted.discard(rec.id)
+                self.store.stats.count_plan(plan)
         return plan
 
     def _build_plan(self, rec: OpenAIBatch) -> Plan:
@@ -324,7 +368,6 @@ class OpenAIBatches:
             return plan
         seen: set[str] = set()
         emb_inputs = 0
-        created = int(rec.created_at)
         with path.open("rb") as fh:
             for lineno, raw in enumerate(fh, 1):
                 if not raw.strip():
@@ -363,12 +406,12 @@ class OpenAIBatches:
                 refusal = _body_problem(rec.endpoint, body)
                 in_tok = out_tok = 0
                 if code is not None:
-                    plan.fail[idx] = (code, _ITEM_ERRORS[code][2], None)
+                    plan.fail[idx] = (code, ITEM_ERRORS[code][2], None)
                     plan.injected[f"item_{code}"] += 1
                 elif refusal is not None:
                     plan.fail[idx] = (400, refusal[0], refusal[1])
                 else:
-                    _, in_tok, out_tok = _response(rec.endpoint, body, cfg, created, tokens_only=True)
+                    in_tok, out_tok = outputs.openai_usage(rec.endpoint, body, cfg.seed)
                 plan.in_prefix.append(plan.in_prefix[-1] + in_tok)
                 plan.out_prefix.append(plan.out_prefix[-1] + out_tok)
         if plan.n == 0:
@@ -495,15 +538,16 @@ class OpenAIBatches:
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": i + o,
             }
+        if status in ("finalizing", "completed") and c is None and self._writes_at_finalize(rec):
+            self._output_files_once(rec, plan, "completed", done, failed, t_fin)
+            if rec.outputs_ready_at is None:
+                status, ts["completed_at"] = "finalizing", None
+            elif status == "completed":
+                ts["completed_at"] = max(t_fin, rec.outputs_ready_at)
         output_file_id = error_file_id = None
         if status in ("completed", "expired", "cancelled") and validated:
-            files = self._terminal_files.get(rec.id)
-            if files is None:
-                ended = ts["completed_at"] or ts["expired_at"] or ts["cancelled_at"] or now
-                files = self._terminal_files[rec.id] = self._output_files(
-                    rec, plan, status, done, failed, ended
-                )
-            output_file_id, error_file_id = files
+            ended = ts["completed_at"] or ts["expired_at"] or ts["cancelled_at"] or now
+            output_file_id, error_file_id = self._output_files_once(rec, plan, status, done, failed, ended)
         body: dict[str, Any] = {
             "id": rec.id,
             "object": "batch",
@@ -524,6 +568,36 @@ class OpenAIBatches:
         body["usage"] = usage
         body["metadata"] = rec.metadata
         return body
+
+    def _writes_at_finalize(self, rec: OpenAIBatch) -> bool:
+        return self.cfg.outputs_at_finalize and rec.synthetic_text_bytes is None
+
+    def _output_files_once(
+        self, rec: OpenAIBatch, plan: Plan, status: str, done: int, failed: int, ended: float
+    ) -> tuple[str | None, str | None]:
+        """The batch's (output, error) file ids, registered at its first terminal view (or, with
+        ``outputs_at_finalize``, at the end of processing, when their writing starts)."""
+        files = self._terminal_files.get(rec.id)
+        if files is None:
+            files = self._terminal_files[rec.id] = self._output_files(rec, plan, status, done, failed, ended)
+        if self._writes_at_finalize(rec) and rec.outputs_ready_at is None and rec.id not in self._writing:
+            task = asyncio.ensure_future(self._write_files(rec, files))
+            task.add_done_callback(_observe)
+            self._writing[rec.id] = task
+        return files
+
+    async def _write_files(self, rec: OpenAIBatch, files: tuple[str | None, str | None]) -> None:
+        """Write the batch's pending files (each in a worker thread), then stamp ``outputs_ready_at``."""
+        try:
+            for fid in files:
+                frec = self.store.files.records.get(fid) if fid else None
+                if frec is not None:
+                    await self.store.files.ready(frec)
+        finally:
+            self._writing.pop(rec.id, None)
+        if self.records.get(rec.id) is rec:
+            rec.outputs_ready_at = self.store.clock.now()
+            self._save(rec)
 
     def _output_files(
         self, rec: OpenAIBatch, plan: Plan, status: str, done: int, failed: int, ended: float
@@ -575,57 +649,32 @@ class OpenAIBatches:
     ) -> None:
         cfg = self.cfg
         t_v, t_p = self.timeline(rec, plan)
-        step = (t_p - t_v) / max(plan.n, 1) if math.isfinite(t_p) else (rec.expires_at - t_v) / max(plan.n, 1)
-        unrun_code = None
+        end = t_p if math.isfinite(t_p) else rec.expires_at
+        unrun_error = None
         if status == "expired":
-            unrun_code = (
+            unrun_error = (
                 "batch_expired",
                 "This request could not be executed before the completion window expired.",
             )
         elif status == "cancelled" and cfg.cancelled_unrun_error_lines:
-            unrun_code = ("batch_cancelled", "This request was not executed because the batch was cancelled.")
-        tmp = target.with_suffix(".partial")
-        offsets: list[tuple[int, int]] = []
-        with self.input_path(rec.id).open("rb") as src, tmp.open("wb") as out:
-            idx = -1
-            for raw in src:
-                if not raw.strip():
-                    continue
-                idx += 1
-                obj = json.loads(raw)
-                cid = obj["custom_id"]
-                rid = outputs.short_id(outputs.body_hash(cfg.seed, f"{rec.id}:{cid}"))
-                line: dict[str, Any] | None = None
-                if idx < done:
-                    failure = plan.fail.get(idx)
-                    if failure is None and kind == "output":
-                        created = int(t_v + (idx + 1) * step)
-                        resp, _, _ = _response(rec.endpoint, obj["body"], cfg, created)
-                        line = _line(
-                            rid, cid, {"status_code": 200, "request_id": f"req_{rid}", "body": resp}, None
-                        )
-                    elif failure is not None and kind == "error":
-                        st, msg, param = failure
-                        etype, ecode, _ = _ITEM_ERRORS.get(st, _ITEM_ERRORS[400])
-                        err_body = {"error": {"message": msg, "type": etype, "param": param, "code": ecode}}
-                        line = _line(
-                            rid, cid, {"status_code": st, "request_id": f"req_{rid}", "body": err_body}, None
-                        )
-                elif kind == "error" and unrun_code is not None:
-                    line = _line(rid, cid, None, {"code": unrun_code[0], "message": unrun_code[1]})
-                if line is not None:
-                    data = (json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
-                    offsets.append((out.tell(), len(data)))
-                    out.write(data)
-        if plan.faults.shuffle or cfg.shuffle_results:
-            random.Random(outputs.body_hash(cfg.seed, f"{rec.id}:{kind}:shuffle")).shuffle(offsets)
-            with tmp.open("rb") as src, target.open("wb") as out:
-                for off, length in offsets:
-                    src.seek(off)
-                    out.write(src.read(length))
-            tmp.unlink()
-        else:
-            os.replace(tmp, target)
+            unrun_error = (
+                "batch_cancelled",
+                "This request was not executed because the batch was cancelled.",
+            )
+        job = OutputJob(
+            batch_id=rec.id,
+            endpoint=rec.endpoint,
+            kind=kind,
+            done=done,
+            fail=plan.fail,
+            unrun_error=unrun_error,
+            t_v=t_v,
+            step=(end - t_v) / max(plan.n, 1),
+            seed=cfg.seed,
+            embedding_dim=cfg.embedding_dim,
+            shuffle=plan.faults.shuffle or cfg.shuffle_results,
+        )
+        write_file(job, self.input_path(rec.id), target)
 
     # ------------------------------------------------------------------ mutate / list
 
@@ -658,57 +707,18 @@ class OpenAIBatches:
         return items, i >= 0
 
 
-SYNTHETIC_MODEL = "gpt-synthetic"
+_NO_PLAN = Plan()
+"""Stands in for a plan where a view does not depend on it (a batch still validating)."""
 
 
-def _synthetic_tokens(text_bytes: int) -> int:
-    return math.ceil(text_bytes / 4)
-
-
-def _synthetic_parts(text_bytes: int) -> tuple[bytes, bytes, bytes, bytes]:
-    tok = _synthetic_tokens(text_bytes)
-    filler = ("lorem ipsum dolor sit amet " * (text_bytes // 27 + 1))[:text_bytes]
-    body_tail = (
-        '","object":"chat.completion","created":0,"model":"' + SYNTHETIC_MODEL + '","choices":[{"index":0,'
-        '"message":{"role":"assistant","content":"' + filler + '","refusal":null,"annotations":[]},'
-        '"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":'
-        + str(tok)
-        + ',"total_tokens":'
-        + str(tok + 10)
-        + '}}},"error":null}\n'
-    )
-    return (
-        b'{"id":"batch_req_synth',
-        b'","custom_id":"synth-',
-        b'","response":{"status_code":200,"body":{"id":"chatcmpl-synth',
-        body_tail.encode(),
-    )
-
-
-def synthetic_line_length(text_bytes: int) -> int:
-    return sum(len(p) for p in _synthetic_parts(text_bytes)) + 3 * 8
-
-
-def synthetic_chunks(lines: int, text_bytes: int, chunk: int = 1 << 20) -> Iterator[bytes]:
-    """The output file of a synthetic batch: ``lines`` fixed-length lines, built per ~1 MiB chunk."""
-    a, b, c, tail = _synthetic_parts(text_bytes)
-    per_chunk = max(1, chunk // synthetic_line_length(text_bytes))
-    for start in range(0, lines, per_chunk):
-        parts = []
-        for i in range(start, min(lines, start + per_chunk)):
-            num = b"%08d" % i
-            parts.append(a + num + b + num + c + num + tail)
-        yield b"".join(parts)
+def _observe(task: asyncio.Future[Any]) -> None:
+    """Mark a background task's failure as seen: whoever awaits the task gets the exception."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("background task failed: %r", task.exception())
 
 
 def _err(code: str, message: str, *, param: str | None = None, line: int | None = None) -> dict[str, Any]:
     return {"code": code, "message": message, "param": param, "line": line}
-
-
-def _line(
-    rid: str, cid: str, response: dict[str, Any] | None, error: dict[str, Any] | None
-) -> dict[str, Any]:
-    return {"id": f"batch_req_{rid}", "custom_id": cid, "response": response, "error": error}
 
 
 def _check_line(
@@ -716,8 +726,8 @@ def _check_line(
 ) -> dict[str, Any] | tuple[str, dict[str, Any]]:
     """A validation error dict for a bad line, else (custom_id, body)."""
     try:
-        obj = json.loads(raw)
-    except ValueError:
+        obj = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
         obj = None
     if not isinstance(obj, dict):
         return _err("invalid_json_line", "This line is not parseable as valid JSON.")
@@ -781,18 +791,6 @@ def _body_problem(endpoint: str, body: dict[str, Any]) -> tuple[str, str] | None
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             return f"Invalid value for '{key}': expected an integer >= 1.", key
     return None
-
-
-def _response(
-    endpoint: str, body: dict[str, Any], cfg: Any, created: int, tokens_only: bool = False
-) -> tuple[dict[str, Any], int, int]:
-    if tokens_only and endpoint == "/v1/embeddings":
-        tokens = sum(
-            len(x) if isinstance(x, list) else outputs.count_tokens(str(x))
-            for x in outputs.embedding_inputs(body)
-        )
-        return {}, tokens, 0
-    return outputs.openai_response(endpoint, body, cfg.seed, created, cfg.embedding_dim)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -26,7 +26,8 @@ import json
 import math
 import random
 import struct
-from typing import Any
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from typing import Any, NamedTuple
 
 _VOCABULARY = (
     "the model reviewed input and found clear signal with modest noise overall result is "
@@ -34,10 +35,16 @@ _VOCABULARY = (
     "value customer request response shows strong evidence for this label given context above"
 )
 _WORDS = tuple(_VOCABULARY.split())
+_WORD_BITS = len(_WORDS).bit_length()
+
+
+# One encoder for every hash: json.dumps would build a new one per call.
+_HASH_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def body_hash(seed: int, body: Any) -> int:
-    raw = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    """A stable 64-bit hash of ``(seed, body)``: of ``body``'s sorted, compact JSON text."""
+    raw = encode_basestring(body) if isinstance(body, str) else _HASH_ENCODER.encode(body)
     return int.from_bytes(hashlib.blake2b(f"{seed}\x00{raw}".encode(), digest_size=8).digest(), "big")
 
 
@@ -112,8 +119,13 @@ def fake_text(rng: random.Random, max_tokens: int) -> str:
     limit = target * 4
     words: list[str] = []
     length = 0
+    # ``rng.choice(_WORDS)`` inlined (same draws: CPython's choice is _randbelow by getrandbits).
+    getrandbits, n, bits = rng.getrandbits, len(_WORDS), _WORD_BITS
     while length < limit - 8:
-        w = rng.choice(_WORDS)
+        r = getrandbits(bits)
+        while r >= n:
+            r = getrandbits(bits)
+        w = _WORDS[r]
         words.append(w)
         length += len(w) + 1
     text = " ".join(words)[:limit].strip()
@@ -287,17 +299,17 @@ def _json_text(schema: dict[str, Any] | None, rng: random.Random) -> str:
     return _render({"result": fake_text(rng, 12), "score": round(rng.random(), 3)})
 
 
-def openai_response(
-    endpoint: str, body: dict[str, Any], seed: int, created: int, embedding_dim: int
-) -> tuple[dict[str, Any], int, int]:
-    """(response body, input tokens, output tokens) for one successful request."""
-    h = body_hash(seed, body)
-    rng = random.Random(h)
-    model = str(body.get("model") or "unknown-model")
-    if endpoint == "/v1/embeddings":
-        return _embeddings(body, rng, model, embedding_dim)
+class _Generated(NamedTuple):
+    """The generated part of a chat / responses / completions answer."""
+
+    text: str
+    truncated: bool
+    in_tok: int
+    tool_call: tuple[str, dict[str, Any]] | None
+
+
+def _generate(body: dict[str, Any], rng: random.Random) -> _Generated:
     prompt = openai_prompt_text(body)
-    in_tok = count_tokens(prompt)
     cap = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens") or 4096
     cap = max(1, int(cap))
     tool_call = _openai_tool(body)
@@ -308,6 +320,28 @@ def openai_response(
         text, truncated = _fit(_json_text(schema, rng), cap)
     else:
         text, truncated = fake_text(rng, cap), False
+    return _Generated(text, truncated, count_tokens(prompt), tool_call)
+
+
+def openai_usage(endpoint: str, body: dict[str, Any], seed: int) -> tuple[int, int]:
+    """(input tokens, output tokens) of one successful request: exactly those of
+    :func:`openai_response`, without building the response."""
+    if endpoint == "/v1/embeddings":
+        return _embedding_tokens(body), 0
+    g = _generate(body, random.Random(body_hash(seed, body)))
+    return g.in_tok, count_tokens(g.text)
+
+
+def openai_response(
+    endpoint: str, body: dict[str, Any], seed: int, created: int, embedding_dim: int
+) -> tuple[dict[str, Any], int, int]:
+    """(response body, input tokens, output tokens) for one successful request."""
+    h = body_hash(seed, body)
+    rng = random.Random(h)
+    model = str(body.get("model") or "unknown-model")
+    if endpoint == "/v1/embeddings":
+        return _embeddings(body, rng, model, embedding_dim)
+    text, truncated, in_tok, tool_call = _generate(body, rng)
     out_tok = count_tokens(text)
     rid = short_id(h)
     if endpoint == "/v1/responses":
@@ -464,6 +498,14 @@ def embedding_inputs(body: dict[str, Any]) -> list[Any]:
     return list(inp) if isinstance(inp, list) else []
 
 
+def _input_tokens(item: Any) -> int:
+    return len(item) if isinstance(item, list) else count_tokens(str(item))
+
+
+def _embedding_tokens(body: dict[str, Any]) -> int:
+    return sum(_input_tokens(x) for x in embedding_inputs(body))
+
+
 def embedding_dim(body: dict[str, Any], default: int) -> int:
     dims = body.get("dimensions")
     if isinstance(dims, int) and dims > 0:
@@ -479,7 +521,7 @@ def _embeddings(
     data = []
     tokens = 0
     for i, item in enumerate(embedding_inputs(body)):
-        tokens += len(item) if isinstance(item, list) else count_tokens(str(item))
+        tokens += _input_tokens(item)
         vec = [rng.random() - 0.5 for _ in range(dim)]
         norm = math.sqrt(sum(v * v for v in vec)) or 1.0
         vec = [round(v / norm, 7) for v in vec]

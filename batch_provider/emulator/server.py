@@ -39,6 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finalizing-seconds", type=float, default=d.finalizing_seconds)
     p.add_argument("--cancel-seconds", type=float, default=d.cancel_seconds)
     p.add_argument(
+        "--outputs-at-finalize",
+        action="store_true",
+        help="OpenAI: write output files while the batch is finalizing, not on their first read",
+    )
+    p.add_argument(
         "--fault-rate",
         type=float,
         default=d.fault_rate,
@@ -77,6 +82,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         per_request_seconds=args.per_request_seconds,
         finalizing_seconds=args.finalizing_seconds,
         cancel_seconds=args.cancel_seconds,
+        outputs_at_finalize=args.outputs_at_finalize,
         fault_rate=args.fault_rate,
         fault_kinds=[k.strip() for k in args.fault_kinds.split(",") if k.strip()],
         retry_after=args.retry_after,

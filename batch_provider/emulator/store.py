@@ -10,8 +10,9 @@ Layout of the data directory (``--data-dir``, or a temporary directory)::
 Invariants:
 - Records are small JSON documents rewritten whole when they change; derived state (status,
   counts, plans) is recomputed from them and from the clock, so a restart loses nothing.
-- Output files of a batch are *pending* until first read: their content is written once, in a
-  worker thread, then served from disk like any upload.
+- Output files of a batch are *pending* until first read (or until the batch writes them in the
+  background, ``outputs_at_finalize``): their content is written once, in a worker thread, then
+  served from disk like any upload.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import random
 import jsonschema
 import pytest
 
-from batch_provider.emulator import outputs
+from batch_provider.emulator import openai_outputs, outputs
 
 SCHEMAS = [
     {"type": "object", "properties": {"a": {"type": "string", "enum": ["x", "y", "z"]}}, "required": ["a"]},
@@ -91,3 +91,80 @@ def test_embeddings_base64_and_model_default_dims() -> None:
     assert tokens == 2 and len(resp["data"]) == 2
     assert len(base64.b64decode(resp["data"][0]["embedding"])) == 3072 * 4
     json.dumps(resp)
+
+
+def _reference_fake_text(rng: random.Random, max_tokens: int) -> str:
+    """fake_text as first written, with ``rng.choice``."""
+    target = max(1, min(max_tokens, 6 + rng.randrange(40)))
+    limit = target * 4
+    words: list[str] = []
+    length = 0
+    while length < limit - 8:
+        w = rng.choice(outputs._WORDS)
+        words.append(w)
+        length += len(w) + 1
+    text = " ".join(words)[:limit].strip()
+    text = (text[:1].upper() + text[1:] + ".") if len(text) + 1 <= limit else text[:limit]
+    return text or "ok"
+
+
+def test_fake_text_draws_like_random_choice() -> None:
+    for seed in range(3000):
+        a, b = random.Random(seed), random.Random(seed)
+        assert outputs.fake_text(a, seed % 60 + 1) == _reference_fake_text(b, seed % 60 + 1)
+        assert a.random() == b.random()  # the generator is left in the same state
+
+
+USAGE_BODIES = [
+    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi " * 30}]}),
+    (
+        "/v1/chat/completions",
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "classify"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMAS[1]}},
+            "max_tokens": 20,
+        },
+    ),
+    ("/v1/responses", {"model": "m", "input": "hello", "instructions": "be brief", "max_output_tokens": 7}),
+    ("/v1/completions", {"model": "m", "prompt": "once upon", "max_tokens": 5}),
+    ("/v1/embeddings", {"model": "e", "input": ["a", [1, 2, 3], "ccc"], "dimensions": 4}),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "body"), USAGE_BODIES)
+def test_usage_equals_the_responses_usage(endpoint: str, body: dict) -> None:
+    _, in_tok, out_tok = outputs.openai_response(endpoint, body, 3, 0, 16)
+    assert outputs.openai_usage(endpoint, body, 3) == (in_tok, out_tok)
+
+
+@pytest.mark.parametrize(("endpoint", "body"), USAGE_BODIES)
+def test_output_lines_are_compact_json_of_themselves(tmp_path, endpoint: str, body: dict) -> None:
+    """Whichever encoder writes a line (msgspec or json), its bytes are those json.dumps gives."""
+    src = tmp_path / "in.jsonl"
+    lines = [
+        {"custom_id": f"c-{i}-é\u2028", "method": "POST", "url": endpoint, "body": {**body, "user": f"u{i}"}}
+        for i in range(40)
+    ]
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    for kind, fail in (("output", {}), ("error", {i: (500, "boom ✓", None) for i in range(0, 40, 3)})):
+        job = openai_outputs.OutputJob(
+            batch_id="batch_x",
+            endpoint=endpoint,
+            kind=kind,
+            done=30,
+            fail=fail,
+            unrun_error=("batch_expired", "not run"),
+            t_v=1.7e9,
+            step=0.5,
+            seed=3,
+            embedding_dim=16,
+            shuffle=False,
+        )
+        target = tmp_path / f"{kind}.jsonl"
+        openai_outputs.write_file(job, src, target)
+        written = target.read_bytes().splitlines(keepends=True)
+        assert len(written) == (30 if kind == "output" else 10 + 10)
+        for raw in written:
+            again = json.dumps(json.loads(raw), separators=(",", ":"), ensure_ascii=False) + "\n"
+            assert raw == again.encode()
