@@ -160,7 +160,7 @@ async def run_once(
     parts = workdir / "parts"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    extra = ["--log-level", "warning", "--per-request-seconds", "0.01"]
+    extra = ["--log-level", "warning", "--per-request-seconds", "0.01", "--outputs-at-finalize"]
     with running_emulator(time_factor=600.0, extra_args=extra) as emu:
         backend: BatchBackend
         if provider == "openai":

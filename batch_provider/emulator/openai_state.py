@@ -180,8 +180,13 @@ class OpenAIBatches:
         self._terminal_files.clear()
 
     async def settle(self, *, outputs: bool = False) -> None:
-        """Wait until every plan being built (and, with ``outputs``, every file being written in the
-        background) is done, so that counters include them. Failures are left to their readers."""
+        """Build every plan not built yet and wait for it (and, with ``outputs``, for every file being
+        written in the background), so that counters include them. Failures are left to their
+        readers."""
+        for batch_id in list(self._uncounted):
+            rec = self.records.get(batch_id)
+            if rec is not None and batch_id not in self.plans:
+                self._start_plan(rec)
         pending = [*self._plan_tasks.values(), *(self._writing.values() if outputs else ())]
         if pending:
             await asyncio.wait(pending)
@@ -252,9 +257,9 @@ class OpenAIBatches:
         self._index(rec)
         self._save(rec)
         self.store.stats.batches_created["openai"] += 1
-        # Validation runs after the answer, as at OpenAI; every read of the batch awaits it.
+        # Validation runs after the answer, as at OpenAI: it starts on the batch's first read (or
+        # a stats read), so a client uploading many files does not share the CPU with it.
         self._uncounted.add(rec.id)
-        self._start_plan(rec)
         return rec
 
     async def created_view(self, rec: OpenAIBatch) -> dict[str, Any]:

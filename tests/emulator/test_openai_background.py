@@ -36,7 +36,7 @@ def _sdk(tc: TestClient) -> openai.OpenAI:
     return openai.OpenAI(base_url="http://testserver/v1", api_key=KEY, http_client=tc, max_retries=0)
 
 
-def test_create_answers_before_the_plan_is_built_and_stats_wait_for_it(
+def test_create_answers_before_validating_and_stats_wait_for_the_plan(
     app_client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate, building = threading.Event(), threading.Event()
@@ -51,11 +51,13 @@ def test_create_answers_before_the_plan_is_built_and_stats_wait_for_it(
     client = _sdk(app_client)
     batch = create(client, [chat_line(f"r{i}") for i in range(3)], faults="item_errors=1:503,shuffle")
     assert batch.status == "validating" and batch.request_counts.total == 0
-    assert building.wait(5)  # the plan is being built (and blocked) after create answered
+    time.sleep(0.2)
+    assert not building.is_set(), "create validated the file before answering or right after"
 
     stats: dict[str, Any] = {}
     reader = threading.Thread(target=lambda: stats.update(app_client.get("/_emu/stats").json()))
     reader.start()
+    assert building.wait(5)  # the stats read started the plan, which is blocked
     reader.join(0.3)
     assert reader.is_alive(), "GET /_emu/stats answered before the plan it counts was built"
     gate.set()
