@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batch_provider.backends.base import BatchBackend
-from batch_provider.core.jsonl import iter_path_lines
+from batch_provider.core.jsonl import iter_lines, iter_path_lines
 from batch_provider.core.models import (
     BatchEnding,
     BatchRef,
@@ -30,6 +30,7 @@ from batch_provider.core.models import (
     ResultError,
     ResultRecord,
 )
+from batch_provider.core.split import part_ids_path
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,15 @@ class ReconcileReport:
 
 
 def expected_ids(path: Any, backend: BatchBackend) -> dict[str, bool]:
-    """custom_id → "wants JSON output" for every line of a part file, in file order."""
+    """custom_id → "wants JSON output" for every line of a part file, in file order: read from the
+    part's ids sidecar when the splitter wrote one, else decoded from the part file itself."""
+    try:
+        sidecar = part_ids_path(path).open("rb")
+    except FileNotFoundError:
+        sidecar = None
+    if sidecar is not None:
+        with sidecar:
+            return {line[1:].decode(): line[:1] == b"1" for line in iter_lines(sidecar)}
     wants_json = getattr(backend, "wants_json", None)
     ids: dict[str, bool] = {}
     for line in iter_path_lines(path):

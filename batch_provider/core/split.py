@@ -30,6 +30,17 @@ def default_part_name(index: int) -> str:
     return f"part-{index:05d}.jsonl"
 
 
+def part_ids_path(part_path: Any) -> Any:
+    """The sidecar of a part file listing its custom_ids (``part-00000.jsonl`` → ``part-00000.ids``).
+
+    One line per request in part-file order: ``1`` or ``0`` (whether the request asked for
+    JSON-schema output) followed by the custom_id, which never holds a line break. Collect reads
+    it instead of decoding the whole part file again.
+    """
+    name = part_path.name
+    return part_path.with_name(name.removesuffix(".jsonl") + ".ids")
+
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -97,8 +108,15 @@ class _OpenPart:
     index: int
     path: Any
     writer: JsonlWriter
+    ids: JsonlWriter
     model: str | None
     endpoint: str | None
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+        finally:
+            self.ids.close()
 
 
 @dataclass
@@ -114,8 +132,9 @@ class SplitCounts:
 class RequestSplitter:
     """Encodes requests with ``backend`` and writes them into part files under ``parts_dir``.
 
-    ``parts_dir`` may be a ``pathlib.Path`` or an object-storage path: only ``/``, ``open("wb")``
-    and ``mkdir(parents=True, exist_ok=True)`` are used.
+    ``parts_dir`` may be a ``pathlib.Path`` or an object-storage path: only ``/``, ``name``,
+    ``with_name``, ``open("wb")`` and ``mkdir(parents=True, exist_ok=True)`` are used. Each part file
+    gets its ids sidecar (:func:`part_ids_path`).
     """
 
     backend: BatchBackend
@@ -133,6 +152,7 @@ class RequestSplitter:
         self._seen = SeenIds(exact=self.exact_ids)
         self._hash = hashlib.sha256()
         self._next_index = self.first_index
+        self._wants_json = getattr(self.backend, "wants_json", None)
 
     @property
     def fingerprint(self) -> str:
@@ -193,6 +213,8 @@ class RequestSplitter:
                     part = self._open(encoded.model, encoded.endpoint)
                     open_parts[encoded.group] = part
                 part.writer.write_line(encoded.line)
+                wants_json = self._wants_json is not None and self._wants_json(encoded.line)
+                part.ids.write_line((b"1" if wants_json else b"0") + encoded.custom_id.encode())
                 self._hash.update(encoded.line)
                 self._hash.update(b"\n")
                 self.counts.accepted += 1
@@ -201,7 +223,7 @@ class RequestSplitter:
                 yield self._close(part, group)
         finally:
             for part in open_parts.values():
-                part.writer.close()
+                part.close()
 
     def _reject(self, rejected: RejectedRow) -> None:
         self.counts.rejected += 1
@@ -212,10 +234,17 @@ class RequestSplitter:
         index = self._next_index
         self._next_index += 1
         path = self.parts_dir / self.part_name(index)
-        return _OpenPart(index=index, path=path, writer=JsonlWriter(path), model=model, endpoint=endpoint)
+        return _OpenPart(
+            index=index,
+            path=path,
+            writer=JsonlWriter(path),
+            ids=JsonlWriter(part_ids_path(path)),
+            model=model,
+            endpoint=endpoint,
+        )
 
     def _close(self, part: _OpenPart, group: str) -> Chunk:
-        part.writer.close()
+        part.close()
         self.counts.chunks += 1
         self.counts.bytes += part.writer.bytes
         return Chunk(
@@ -296,5 +325,6 @@ __all__ = [
     "default_part_name",
     "fingerprint_file",
     "fingerprint_lines",
+    "part_ids_path",
     "split_requests",
 ]

@@ -24,7 +24,6 @@ from batch_provider.backends.base import BatchBackend, Chunk
 from batch_provider.core.cache import ResultCache
 from batch_provider.core.catalog import request_problem
 from batch_provider.core.handle import InputCounts, RunHandle
-from batch_provider.core.jsonl import iter_path_lines
 from batch_provider.core.ledger import (
     Ledger,
     LedgerAttempt,
@@ -36,6 +35,7 @@ from batch_provider.core.ledger import (
 )
 from batch_provider.core.models import BatchRef, LLMRequest, RejectedRow, RequestKind
 from batch_provider.core.pricing import Calibration, CostEstimator, PriceTable, default_price_table
+from batch_provider.core.reconcile import expected_ids
 from batch_provider.core.rundir import RunDirectory, remove_tree
 from batch_provider.core.split import RequestSplitter
 
@@ -371,7 +371,7 @@ def _chunk_of(run_dir: RunDirectory, chunk: LedgerChunk) -> Chunk:
 
 def part_custom_ids(backend: BatchBackend, run_dir: RunDirectory, part: str) -> list[str]:
     """custom_ids of a part file, in file order."""
-    return [backend.custom_id_of(line) for line in iter_path_lines(run_dir.root / part)]
+    return list(expected_ids(run_dir.root / part, backend))
 
 
 async def _find_created(

@@ -11,7 +11,14 @@ from batch_provider.backends.openai import OpenAIBackend
 from batch_provider.core.jsonl import iter_path_lines
 from batch_provider.core.limits import ANTHROPIC_LIMITS
 from batch_provider.core.models import LLMRequest, RejectedRow
-from batch_provider.core.split import SeenIds, fingerprint_file, fingerprint_lines, split_requests
+from batch_provider.core.reconcile import expected_ids
+from batch_provider.core.split import (
+    SeenIds,
+    fingerprint_file,
+    fingerprint_lines,
+    part_ids_path,
+    split_requests,
+)
 
 
 def req(i: int, model: str = "m1", **fields) -> LLMRequest:
@@ -121,3 +128,31 @@ def test_object_storage_parts_dir() -> None:
     assert str(chunks[0].path).startswith("memory://")
     assert fingerprint_file(chunks[0].path) == fingerprint_lines(iter_path_lines(chunks[0].path))
     assert [backend.custom_id_of(line) for line in iter_path_lines(chunks[2].path)] == ["r-4"]
+    assert expected_ids(chunks[2].path, backend) == {"r-4": False}
+
+
+def test_ids_sidecar_lists_each_part_in_order_with_json_flags(tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
+    backend = OpenAIBackend(api_key="k")
+    requests = [req(i, response_schema=schema if i % 3 == 0 else None) for i in range(7)]
+    limits = backend.limits.lowered(max_requests_per_batch=4)
+    chunks = list(split_requests(requests, backend, tmp_path / "parts", limits=limits))
+    from_parts = [
+        {backend.custom_id_of(line): backend.wants_json(line) for line in iter_path_lines(c.path)}
+        for c in chunks
+    ]
+    assert from_parts == [
+        {"r-0": True, "r-1": False, "r-2": False, "r-3": True},
+        {"r-4": False, "r-5": False, "r-6": True},
+    ]
+    assert [part_ids_path(c.path).name for c in chunks] == ["part-00000.ids", "part-00001.ids"]
+    for chunk, expected in zip(chunks, from_parts, strict=True):
+        chunk.path.unlink()  # the sidecar alone answers
+        assert list(expected_ids(chunk.path, backend).items()) == list(expected.items())
+
+
+def test_expected_ids_without_a_sidecar_decode_the_part_file(tmp_path: Path) -> None:
+    backend = AnthropicBackend(api_key="k")
+    (chunk,) = split_requests([req(i) for i in range(3)], backend, tmp_path / "parts")
+    part_ids_path(chunk.path).unlink()
+    assert expected_ids(chunk.path, backend) == {"r-0": False, "r-1": False, "r-2": False}
