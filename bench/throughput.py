@@ -85,22 +85,21 @@ def requests(count: int, model: str, prompt_chars: int) -> Iterator[LLMRequest]:
         )
 
 
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.iterdir())
+def part_files(path: Path) -> list[Path]:
+    """The part files (the bytes uploaded), without their ids sidecars."""
+    return sorted(path.glob("*.jsonl"))
 
 
-def timed_cp(source: Path, target: Path) -> float:
-    """Seconds for ``cp -r source target`` (target removed first and after)."""
+def timed_cp(sources: list[Path], target: Path) -> float:
+    """Seconds for ``cp`` of ``sources`` into ``target`` plus ``sync`` (target removed first and after)."""
     shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
     subprocess.run(["sync"], check=False)  # flush what the benchmark wrote, so cp pays for its bytes only
     started = time.perf_counter()
-    subprocess.run(["cp", "-r", str(source), str(target)], check=True)
+    subprocess.run(["cp", *map(str, sources), str(target)], check=True)
     subprocess.run(["sync", "-f", str(target)], check=False)
     seconds = time.perf_counter() - started
-    if target.is_dir():
-        shutil.rmtree(target)
-    else:
-        target.unlink()
+    shutil.rmtree(target)
     return seconds
 
 
@@ -185,7 +184,7 @@ async def run_once(
                 if not rss_at_100k and stream.counts.inputs >= 100_000:
                     rss_at_100k = peak_rss_mb()
             split_s = time.perf_counter() - started
-            part_bytes = dir_bytes(parts)
+            part_bytes = sum(p.stat().st_size for p in part_files(parts))
             started = time.perf_counter()
             refs = await submit_chunks(backend, chunks, concurrency)
             upload_s = time.perf_counter() - started
@@ -198,7 +197,7 @@ async def run_once(
                 rss_split_100k_mb=rss_at_100k or peak_rss_mb(),
                 rss_after_submit_mb=peak_rss_mb(),
             )
-            cp_parts_s = timed_cp(parts, workdir / "parts.cp")
+            cp_parts_s = timed_cp(part_files(parts), workdir / "parts.cp")
 
             started = time.perf_counter()
             states = await wait_all(backend, refs, emu)
@@ -211,7 +210,7 @@ async def run_once(
             collect_s = time.perf_counter() - started
             collect_cpu_s = time.process_time() - cpu_started
             result_bytes = results.stat().st_size
-            cp_results_s = timed_cp(results, workdir / "results.cp.jsonl")
+            cp_results_s = timed_cp([results], workdir / "results.cp")
             assert sum(counts.values()) == count, counts
             figures.update(
                 collect_s=collect_s,

@@ -45,6 +45,7 @@ from batch_provider.backends.wire import (
     stream_records,
     succeeded,
     usage,
+    validate_record,
 )
 from batch_provider.core.limits import LIMITS, ProviderLimits
 from batch_provider.core.models import (
@@ -91,6 +92,7 @@ _STATUS: dict[str, tuple[BatchStatus, BatchEnding | None]] = {
 _RETRYABLE_LINE_STATUSES = frozenset({408, 409, 429})
 _UNRUN_CODES = {"batch_expired": ItemStatus.EXPIRED, "batch_cancelled": ItemStatus.CANCELLED}
 _LIST_PAGE = 100
+_EMPTY: dict[str, Any] = {}  # read-only stand-in for a missing object
 
 
 def _quota_exhausted(response: httpx2.Response, info: ErrorInfo) -> bool:
@@ -524,8 +526,7 @@ class OpenAIBackend(BatchBackend):
 
     def _success(self, custom_id: str, batch_id: str, body: dict[str, Any]) -> ResultRecord:
         kind = body.get("object")
-        raw_usage = body.get("usage") or {}
-        common: dict[str, Any] = {"raw": body, "model": body.get("model")}
+        raw_usage = body.get("usage") or _EMPTY
         if kind == "list":  # embeddings
             vectors = [_vector(item.get("embedding")) for item in body.get("data") or []]
             return succeeded(
@@ -535,7 +536,8 @@ class OpenAIBackend(BatchBackend):
                 embedding=vectors[0] if len(vectors) == 1 else None,
                 parsed=vectors if len(vectors) > 1 else None,
                 usage=usage(raw_usage.get("prompt_tokens") or raw_usage.get("input_tokens") or 0),
-                **common,
+                raw=body,
+                model=body.get("model"),
             )
         if kind == "response":  # /v1/responses
             texts = [
@@ -556,24 +558,34 @@ class OpenAIBackend(BatchBackend):
                 usage=usage(
                     (raw_usage.get("input_tokens") or 0) - cached, raw_usage.get("output_tokens"), cached
                 ),
-                **common,
+                raw=body,
+                model=body.get("model"),
             )
-        choices = body.get("choices") or [{}]
-        message = choices[0].get("message") or {}
+        # Chat completions, the bulk of most runs: one flat dict validated in one call.
+        choices = body.get("choices")
+        choice = choices[0] if choices else _EMPTY
+        message = choice.get("message") or _EMPTY
         content = message.get("content")
         if isinstance(content, list):
             content = "".join(p.get("text") or "" for p in content if isinstance(p, dict))
-        cached = (raw_usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        return succeeded(
-            custom_id,
-            self._provider_name,
-            batch_id,
-            output_text=content,
-            finish_reason=choices[0].get("finish_reason"),
-            usage=usage(
-                (raw_usage.get("prompt_tokens") or 0) - cached, raw_usage.get("completion_tokens"), cached
-            ),
-            **common,
+        details = raw_usage.get("prompt_tokens_details")
+        cached = (details.get("cached_tokens") or 0) if details else 0
+        return validate_record(
+            {
+                "custom_id": custom_id,
+                "status": "succeeded",
+                "provider": self._provider_name,
+                "batch_id": batch_id,
+                "output_text": content,
+                "finish_reason": choice.get("finish_reason"),
+                "raw": body,
+                "model": body.get("model"),
+                "usage": {
+                    "input_tokens": (raw_usage.get("prompt_tokens") or 0) - cached,
+                    "output_tokens": raw_usage.get("completion_tokens") or 0,
+                    "cache_read_tokens": cached,
+                },
+            }
         )
 
     async def delete_input(self, ref: BatchRef) -> None:

@@ -142,14 +142,15 @@ def usage(
     }
 
 
-_validate_record = ResultRecord.__pydantic_validator__.validate_python
+validate_record = ResultRecord.__pydantic_validator__.validate_python
+"""A record from one flat dict of its fields (nested ``usage``/``error`` as dicts)."""
 
 
 def succeeded(custom_id: str, provider: str, batch_id: str, **fields: Any) -> ResultRecord:
     """A succeeded record. Validating one flat dict in pydantic-core is cheaper per record than
     ``model_construct`` (which resolves every default in Python)."""
     fields.update(custom_id=custom_id, status="succeeded", provider=provider, batch_id=batch_id)
-    return _validate_record(fields)
+    return validate_record(fields)
 
 
 def failed(
@@ -166,7 +167,7 @@ def failed(
     raw: dict[str, Any] | None = None,
     model: str | None = None,
 ) -> ResultRecord:
-    return _validate_record(
+    return validate_record(
         {
             "custom_id": custom_id,
             "status": status,

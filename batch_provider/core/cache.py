@@ -23,6 +23,7 @@ class ResultCache:
     def __init__(self, root: Any, *, ttl: timedelta | None = None):
         self.root = root
         self.ttl = ttl
+        self._made: set[str] = set()  # shard folders this instance created or found
 
     def __repr__(self) -> str:
         return f"ResultCache({str(self.root)!r}, ttl={self.ttl})"
@@ -40,9 +41,7 @@ class ResultCache:
         """The cached success for ``key``, relabelled with ``custom_id``; None on a miss."""
         path = self._path(key)
         try:
-            if not path.exists():
-                return None
-            with path.open("rb") as fh:
+            with path.open("rb") as fh:  # no exists() first: one call per lookup, not two
                 entry = json.loads(fh.read())
             stored_at = datetime.fromisoformat(entry["stored_at"])
             record = ResultRecord.model_validate(entry["record"])
@@ -56,7 +55,10 @@ class ResultCache:
         if record.status is not ItemStatus.SUCCEEDED:
             return
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        shard = key[:2]
+        if shard not in self._made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(shard)
         entry = {
             "stored_at": datetime.now(UTC).isoformat(),
             "record": record.model_dump(mode="json", exclude_none=True),
