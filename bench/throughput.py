@@ -1,15 +1,16 @@
 """End-to-end throughput and memory of split → submit → wait → collect against the emulator.
 
-For each ``--requests`` size, a fresh child process (so ``ru_maxrss`` is that run's own peak):
-starts the emulator, generates chat requests, splits them into part files (chunks by the
-provider's limits), submits every chunk, advances the emulator clock until every batch ended,
-and collects every batch through :func:`reconcile` into ``results.jsonl``. It prints MB/s of each
-phase next to a raw ``cp`` of the same bytes on the same disk in the same run, and peak RSS.
+For each ``--requests`` size and ``--prompt-chars`` ticket length, a fresh child process (so
+``ru_maxrss`` is that run's own peak): starts the emulator (outputs written at finalize, as a
+provider's are ready when it says ``completed``), generates chat requests, splits them into part
+files (chunks by the provider's limits), submits every chunk, advances the emulator clock until
+every batch ended, and collects every batch through :func:`reconcile` into ``results.jsonl``. It
+prints MB/s of each phase next to a raw ``cp`` of the same bytes on the same disk in the same run,
+and peak RSS.
 
 - submit MB/s = part-file bytes ÷ (split + upload) seconds; split includes building the
   ``LLMRequest`` objects, as rendering would in a real run;
 - collect MB/s = ``results.jsonl`` bytes ÷ (download + parse + reconcile + write) seconds;
-  it includes the emulator generating output files on first read;
 - "client CPU only" divides the same bytes by this process's CPU seconds in the phase, i.e. the
   rate the client side would reach if the server answered instantly.
 
