@@ -7,12 +7,14 @@ Invariants:
 - Only succeeded results are stored. An entry older than ``ttl`` is a miss.
 - One file per entry (``<root>/<key[:2]>/<key>.json``) on any ObjectStoragePath: writers never
   contend, and a partial write is never read as a hit (a malformed entry is a miss).
+- Lookups and stores go a block at a time, so object storage serves them concurrently.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +22,10 @@ from batch_provider.core.models import ItemStatus, LLMRequest, ResultRecord
 
 
 class ResultCache:
+    """Entries are read and written a block at a time (:meth:`get_many`, :meth:`put_many`): on
+    object storage one block costs about one round trip, as fsspec runs its requests concurrently,
+    so a million lookups are thousands of round trips rather than a million."""
+
     def __init__(self, root: Any, *, ttl: timedelta | None = None):
         self.root = root
         self.ttl = ttl
@@ -39,29 +45,71 @@ class ResultCache:
 
     def get(self, key: str, custom_id: str) -> ResultRecord | None:
         """The cached success for ``key``, relabelled with ``custom_id``; None on a miss."""
-        path = self._path(key)
-        try:
-            with path.open("rb") as fh:  # no exists() first: one call per lookup, not two
-                entry = json.loads(fh.read())
-            stored_at = datetime.fromisoformat(entry["stored_at"])
-            record = ResultRecord.model_validate(entry["record"])
-        except (OSError, ValueError, KeyError):
-            return None
-        if self.ttl is not None and datetime.now(UTC) - stored_at > self.ttl:
-            return None
-        return record.model_copy(update={"custom_id": custom_id, "cached": True})
+        record = self.get_many([key]).get(key)
+        return None if record is None else relabelled(record, custom_id)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, ResultRecord]:
+        """The fresh entries among ``keys``: key → stored record (not relabelled). A missing,
+        expired or malformed entry is simply absent."""
+        wanted = list(dict.fromkeys(keys))
+        found = self._read_many(wanted) if wanted else {}
+        records: dict[str, ResultRecord] = {}
+        now = datetime.now(UTC)
+        for key, data in found.items():
+            try:
+                entry = json.loads(data)
+                stored_at = datetime.fromisoformat(entry["stored_at"])
+                record = ResultRecord.model_validate(entry["record"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if self.ttl is None or now - stored_at <= self.ttl:
+                records[key] = record
+        return records
 
     def put(self, key: str, record: ResultRecord) -> None:
-        if record.status is not ItemStatus.SUCCEEDED:
-            return
-        path = self._path(key)
-        shard = key[:2]
-        if shard not in self._made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._made.add(shard)
-        entry = {
-            "stored_at": datetime.now(UTC).isoformat(),
-            "record": record.model_dump(mode="json", exclude_none=True),
+        self.put_many([(key, record)])
+
+    def put_many(self, entries: Iterable[tuple[str, ResultRecord]]) -> None:
+        """Store the succeeded records among ``entries`` (others are ignored)."""
+        stored_at = datetime.now(UTC).isoformat()
+        blobs = {
+            key: json.dumps(
+                {"stored_at": stored_at, "record": record.model_dump(mode="json", exclude_none=True)},
+                separators=(",", ":"),
+            ).encode()
+            for key, record in entries
+            if record.status is ItemStatus.SUCCEEDED
         }
-        with path.open("wb") as fh:
-            fh.write(json.dumps(entry, separators=(",", ":")).encode())
+        if not blobs:
+            return
+        for key in blobs:
+            if key[:2] not in self._made:
+                self._path(key).parent.mkdir(parents=True, exist_ok=True)
+                self._made.add(key[:2])
+        fs = getattr(self.root, "fs", None)
+        if fs is not None:
+            fs.pipe({self._path(key).path: data for key, data in blobs.items()})
+            return
+        for key, data in blobs.items():
+            with self._path(key).open("wb") as fh:
+                fh.write(data)
+
+    def _read_many(self, keys: list[str]) -> dict[str, bytes]:
+        fs = getattr(self.root, "fs", None)
+        if fs is not None:  # an ObjectStoragePath: one concurrent fetch
+            by_path = {fs._strip_protocol(self._path(key).path): key for key in keys}
+            fetched = fs.cat(list(by_path), on_error="omit")
+            return {by_path[fs._strip_protocol(path)]: data for path, data in fetched.items()}
+        found: dict[str, bytes] = {}
+        for key in keys:
+            try:
+                with self._path(key).open("rb") as fh:
+                    found[key] = fh.read()
+            except OSError:
+                continue
+        return found
+
+
+def relabelled(record: ResultRecord, custom_id: str) -> ResultRecord:
+    """A cached record as the answer to ``custom_id`` in this run."""
+    return record.model_copy(update={"custom_id": custom_id, "cached": True})

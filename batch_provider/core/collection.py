@@ -14,12 +14,13 @@ Invariants:
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from pydantic import BaseModel, Field
 
 from batch_provider.backends.base import BatchBackend
@@ -30,7 +31,7 @@ from batch_provider.core.models import BatchRef, ItemStatus, ResultRecord, Usage
 from batch_provider.core.pricing import Calibration, Cost, CostTally, PriceTable, default_price_table
 from batch_provider.core.reconcile import expected_ids, reconcile
 from batch_provider.core.rundir import RunDirectory, read_json, write_json_atomic
-from batch_provider.core.submission import part_custom_ids
+from batch_provider.core.submission import CACHE_BLOCK, part_custom_ids
 
 log = logging.getLogger(__name__)
 _SUCCEEDED = ItemStatus.SUCCEEDED
@@ -155,15 +156,21 @@ async def _collect_batch(
     counts: Counter[str] = Counter()
     tally = CostTally(prices, ref.provider.value)
     keys = _cache_keys(run_dir, expected) if cache is not None else {}
+    to_cache: list[tuple[str, ResultRecord]] = []
     async for record in reconcile(ref, expected, state, backend.results(ref)):
         record.attempt = attempt
         succeeded = record.status is _SUCCEEDED
         if succeeded and cache is not None and record.custom_id in keys:
-            cache.put(keys[record.custom_id], record)
+            to_cache.append((keys[record.custom_id], record))
+            if len(to_cache) >= CACHE_BLOCK:
+                await asyncio.to_thread(cache.put_many, to_cache)
+                to_cache = []
         counts[record.status] += 1
         if record.usage.total_tokens:
             tally.add(record.model or ref.model, record.usage)
         (results if succeeded else errors).write(record.json_line())
+    if to_cache:
+        await asyncio.to_thread(cache.put_many, to_cache)
     return BatchFigures(
         batch_id=ref.batch_id,
         attempt=attempt,
@@ -181,13 +188,21 @@ async def _collect_batch(
     )
 
 
+class _CacheKeyLine(msgspec.Struct):
+    custom_id: str
+    key: str
+
+
+_read_cache_key = msgspec.json.Decoder(_CacheKeyLine).decode
+
+
 def _cache_keys(run_dir: RunDirectory, wanted: Any) -> dict[str, str]:
     """Result-cache keys of the ``wanted`` custom_ids (one batch's worth)."""
     keys: dict[str, str] = {}
     for line in _iter_jsonl(run_dir.cache_keys):
-        entry = json.loads(line)
-        if entry["custom_id"] in wanted:
-            keys[entry["custom_id"]] = entry["key"]
+        entry = _read_cache_key(line)
+        if entry.custom_id in wanted:
+            keys[entry.custom_id] = entry.key
     return keys
 
 

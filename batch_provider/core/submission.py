@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from batch_provider.backends.base import BatchBackend, Chunk
-from batch_provider.core.cache import ResultCache
+from batch_provider.core.cache import ResultCache, relabelled
 from batch_provider.core.catalog import request_problem
 from batch_provider.core.handle import InputCounts, RunHandle
 from batch_provider.core.ledger import (
@@ -47,6 +47,10 @@ OnCreated = Callable[[BatchRef], None]
 _CLOCK_SKEW = timedelta(minutes=5)
 
 __all__ = ["BudgetExceededError", "RunKey", "submit_pending", "submit_run"]
+
+
+CACHE_BLOCK = 512
+"""Requests looked up in the result cache at once (one concurrent fetch on object storage)."""
 
 
 def _relative(run_dir: RunDirectory, path: Any) -> str:
@@ -95,7 +99,8 @@ class _Intake:
     def requests(
         self, items: Iterable[LLMRequest | RejectedRow], rejects: Any, cached: Any, keys: Any
     ) -> Iterator[LLMRequest]:
-        provider = self.backend.provider.value
+        """The requests to send, in input order; with a cache, looked up ``CACHE_BLOCK`` at a time."""
+        block: list[LLMRequest] = []
         for item in items:
             self.inputs += 1
             self.digest.update(_item_json(item) + b"\n")
@@ -107,22 +112,41 @@ class _Intake:
             if isinstance(item, RejectedRow):
                 self.reject(rejects, item)
                 continue
-            if self.cache is not None:
-                key = ResultCache.key(provider, item)
-                hit = self.cache.get(key, item.custom_id)
-                if hit is not None:
-                    self.cached += 1
-                    self.cache_savings_usd += self.prices.cost(provider, hit.model, hit.usage).batch_usd
-                    cached.write(hit.json_line())
-                    continue
-                keys.write(json.dumps({"custom_id": item.custom_id, "key": key}).encode() + b"\n")
-            self.estimator.add(
-                item.model,
-                item.prompt_text(),
-                item.max_tokens or _native_max_tokens(item),
-                embedding=item.kind is RequestKind.EMBEDDING,
-            )
-            yield item
+            if self.cache is None:
+                self._estimate(item)
+                yield item
+                continue
+            block.append(item)
+            if len(block) >= CACHE_BLOCK:
+                yield from self._misses(block, cached, keys)
+                block = []
+        if block:
+            yield from self._misses(block, cached, keys)
+
+    def _misses(self, block: list[LLMRequest], cached: Any, keys: Any) -> Iterator[LLMRequest]:
+        """Write the cache hits of ``block`` to ``cached``; yield the rest, in order."""
+        assert self.cache is not None
+        provider = self.backend.provider.value
+        block_keys = [ResultCache.key(provider, request) for request in block]
+        hits = self.cache.get_many(block_keys)
+        for request, key in zip(block, block_keys, strict=True):
+            hit = hits.get(key)
+            if hit is not None:
+                self.cached += 1
+                self.cache_savings_usd += self.prices.cost(provider, hit.model, hit.usage).batch_usd
+                cached.write(relabelled(hit, request.custom_id).json_line())
+                continue
+            keys.write(json.dumps({"custom_id": request.custom_id, "key": key}).encode() + b"\n")
+            self._estimate(request)
+            yield request
+
+    def _estimate(self, request: LLMRequest) -> None:
+        self.estimator.add(
+            request.model,
+            request.prompt_text(),
+            request.max_tokens or _native_max_tokens(request),
+            embedding=request.kind is RequestKind.EMBEDDING,
+        )
 
 
 def _native_max_tokens(request: LLMRequest) -> int | None:

@@ -4,6 +4,7 @@ wait, collect and retry tasks find the run folder from XCom alone."""
 from __future__ import annotations
 
 import json
+import os
 from unittest import mock
 
 import pytest
@@ -72,3 +73,33 @@ def test_run_on_s3(moto_s3, llm_conns):
     keys = {o["Key"] for o in moto_s3.list_objects_v2(Bucket="llm", Prefix="runs/")["Contents"]}
     run = "runs/s3_dag/manual__s3/submit/"
     assert {run + "results.jsonl", run + "manifest.json", run + "ledger.json"} <= keys
+
+
+def test_result_cache_blocks_on_s3(moto_s3, monkeypatch):
+    """Blocks of entries larger than one fetch go to S3 and come back; misses, errored records
+    and malformed entries are absent, never errors."""
+    from airflow.sdk import ObjectStoragePath
+
+    from batch_provider.core.cache import ResultCache
+    from batch_provider.core.models import ItemStatus, ResultError, ResultRecord
+
+    # A connection of its own: Airflow keeps one filesystem per connection id for the process.
+    monkeypatch.setenv("AIRFLOW_CONN_MOTO_CACHE", os.environ["AIRFLOW_CONN_MOTO"])
+    cache = ResultCache(ObjectStoragePath("s3://moto_cache@llm/cache"))
+    stored = {
+        f"{i:064x}": ResultRecord(custom_id=f"r{i}", status=ItemStatus.SUCCEEDED, output_text=f"answer {i}")
+        for i in range(600)
+    }
+    errored = ResultRecord(
+        custom_id="bad",
+        status=ItemStatus.ERRORED,
+        error=ResultError(type="server_error", message="boom", retryable=True),
+    )
+    cache.put_many([*stored.items(), (f"{999_999:064x}", errored)])
+    moto_s3.put_object(Bucket="llm", Key=f"cache/ab/{'ab' * 32}.json", Body=b'{"stored_at": "cut sh')
+    wanted = [*stored, f"{999_999:064x}", f"{123_456_789:064x}", "ab" * 32]
+    found = cache.get_many(wanted)
+    assert set(found) == set(stored)
+    assert all(found[key].output_text == record.output_text for key, record in stored.items())
+    listed = moto_s3.list_objects_v2(Bucket="llm", Prefix="cache/", MaxKeys=1000)["KeyCount"]
+    assert listed == 601  # 600 entries and the malformed one; nothing for the errored record
