@@ -1,8 +1,10 @@
 """OpenAI batch state machine (spec A.4-A.8, E).
 
-A batch is a small persisted record plus a *plan* computed once from its input file: validation
-errors, request count, which requests fail and why, and prefix sums of token usage. Status,
-counts, usage and output files are pure functions of (record, plan, emulated now)::
+A batch is a small persisted record plus a *plan* computed once from its input file
+(:mod:`.openai_plan`): validation errors, request count, which requests fail and why, and prefix
+sums of token usage. Create bodies are checked by :mod:`.openai_create`; output and error files are
+registered and written by :mod:`.openai_output_files`. Status, counts, usage and output files are
+pure functions of (record, plan, emulated now)::
 
     t_v = created_at + validating_seconds          validating → in_progress (or → failed)
     t_p = t_v + processing_seconds + n * per_request_seconds
@@ -32,66 +34,31 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import json
 import logging
 import math
 import os
 import shutil
-from array import array
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Coroutine
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import msgspec
-
-from . import outputs
 from .errors import ApiError, not_found
-from .faults import BatchFaults, FaultSyntaxError, item_error_code, parse_batch_faults, parse_custom_id
-from .openai_outputs import (
-    ITEM_ERRORS,
-    SYNTHETIC_MODEL,
-    OutputJob,
-    synthetic_line_length,
-    synthetic_tokens,
-    write_file,
-)
-from .store import FileRecord, new_id, write_json
+from .faults import BatchFaults
+from .openai_create import check_create
+from .openai_output_files import OutputFiles
+from .openai_plan import Plan, build_plan, synthetic_plan
+from .store import new_id, write_json
 
 if TYPE_CHECKING:
     from .store import Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-SUPPORTED_ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions")
-SDK_ENDPOINTS = (
-    *SUPPORTED_ENDPOINTS,
-    "/v1/moderations",
-    "/v1/images/generations",
-    "/v1/images/edits",
-    "/v1/videos",
-)
 TERMINAL = ("completed", "failed", "expired", "cancelled")
-MAX_ERRORS = 1000
-
-@dataclass
-class Plan:
-    n: int = 0
-    model: str | None = None
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    fail: dict[int, tuple[int, str, str | None]] = field(default_factory=dict)
-    """index → (status, message, param) of requests that run and get a non-2xx answer."""
-    fail_sorted: list[int] = field(default_factory=list)
-    in_prefix: array = field(default_factory=lambda: array("q", [0]))
-    out_prefix: array = field(default_factory=lambda: array("q", [0]))
-    faults: BatchFaults = field(default_factory=BatchFaults)
-    injected: Counter[str] = field(default_factory=Counter)
-    """Injected faults by kind (``item_<status>``, ``batch_<directive>``), for the stats."""
-
-    def failed_before(self, k: int) -> int:
-        return bisect.bisect_left(self.fail_sorted, k)
 
 
 @dataclass
@@ -131,12 +98,7 @@ class OpenAIBatches:
         """Plans being built, by batch id; a task leaves this once its plan is in ``plans``."""
         self._uncounted: set[str] = set()
         """Batches created by this process whose plan is not yet counted in the stats."""
-        self._writing: dict[str, asyncio.Future[None]] = {}
-        """Batches whose output/error files are being written in the background (outputs_at_finalize)."""
-        self.owners: dict[str, str] = {}
-        """output/error file id → batch id, for per-batch download faults."""
-        self._terminal_files: dict[str, tuple[str | None, str | None]] = {}
-        """batch id → (output file id, error file id), once registered."""
+        self.output_files = OutputFiles(self)
         loaded = []
         for meta in self.dir.glob("batch_*.json"):
             with contextlib.suppress(ValueError, TypeError):
@@ -151,7 +113,7 @@ class OpenAIBatches:
         self.order.append(rec.id)
 
     def output_owner(self, file_id: str) -> OpenAIBatch | None:
-        bid = self.owners.get(file_id)
+        bid = self.output_files.owners.get(file_id)
         return self.records.get(bid) if bid and bid in self.plans else None
 
     def save(self, rec: OpenAIBatch) -> None:
@@ -175,9 +137,7 @@ class OpenAIBatches:
         self.plans.clear()
         self._plan_tasks.clear()
         self._uncounted.clear()
-        self._writing.clear()
-        self.owners.clear()
-        self._terminal_files.clear()
+        self.output_files.clear()
 
     async def settle(self, *, outputs: bool = False) -> None:
         """Build every plan not built yet and wait for it (and, with ``outputs``, for every file being
@@ -187,65 +147,26 @@ class OpenAIBatches:
             rec = self.records.get(batch_id)
             if rec is not None and batch_id not in self.plans:
                 self._start_plan(rec)
-        pending = [*self._plan_tasks.values(), *(self._writing.values() if outputs else ())]
+        pending = [*self._plan_tasks.values(), *(self.output_files.writing.values() if outputs else ())]
         if pending:
             await asyncio.wait(pending)
 
     # ------------------------------------------------------------------ create / plan
 
     async def create(self, body: Any) -> OpenAIBatch:
-        if not isinstance(body, dict):
-            raise ApiError(400, "The request body must be a JSON object.")
-        for key in ("input_file_id", "endpoint", "completion_window"):
-            if not isinstance(body.get(key), str) or not body[key]:
-                raise ApiError(400, f"Missing required parameter: '{key}'.", param=key)
-        endpoint = body["endpoint"]
-        if endpoint not in SDK_ENDPOINTS:
-            raise ApiError(
-                400,
-                f"Invalid value for 'endpoint': {endpoint!r}. Supported: {', '.join(SDK_ENDPOINTS)}.",
-                param="endpoint",
-            )
-        if endpoint not in SUPPORTED_ENDPOINTS:
-            raise ApiError(400, f"The emulator does not support endpoint {endpoint!r}.", param="endpoint")
-        if body["completion_window"] != "24h":
-            raise ApiError(
-                400,
-                "Invalid value for 'completion_window': only '24h' is supported.",
-                param="completion_window",
-            )
-        metadata = self._check_metadata(body.get("metadata"))
-        output_ttl = self.cfg.file_ttl_seconds
-        oea = body.get("output_expires_after")
-        if oea is not None:
-            if (
-                not isinstance(oea, dict)
-                or oea.get("anchor") != "created_at"
-                or not isinstance(oea.get("seconds"), int)
-                or not 3600 <= oea["seconds"] <= 2592000
-            ):
-                raise ApiError(
-                    400,
-                    "Invalid 'output_expires_after': anchor must be 'created_at', seconds 3600..2592000.",
-                    param="output_expires_after",
-                )
-            output_ttl = float(oea["seconds"])
-        try:
-            faults = parse_batch_faults((metadata or {}).get("emu_faults"), self.cfg.expire_done_fraction)
-        except FaultSyntaxError as exc:
-            raise ApiError(400, f"Invalid metadata 'emu_faults': {exc}", param="metadata") from exc
-        faults = self.store.faults.batch_defaults.merged(faults)
+        req = check_create(body, self.cfg)
+        faults = self.store.faults.batch_defaults.merged(req.faults)
         now = self.store.clock.now()
         rec = OpenAIBatch(
             id=new_id("batch_"),
-            endpoint=endpoint,
-            input_file_id=body["input_file_id"],
+            endpoint=req.endpoint,
+            input_file_id=req.input_file_id,
             completion_window="24h",
-            metadata=metadata,
+            metadata=req.metadata,
             created_at=now,
             expires_at=now + self.cfg.completion_window_seconds,
             faults=faults.to_json(),
-            output_ttl=output_ttl,
+            output_ttl=req.output_ttl,
             seq=self._seq + 1,
         )
         src = self.store.files.get(rec.input_file_id, now)
@@ -268,28 +189,6 @@ class OpenAIBatches:
         if rec.created_at < self.timeline(rec, _NO_PLAN)[0]:
             return self.view(rec, _NO_PLAN, rec.created_at)
         return self.view(rec, await self.plan(rec), rec.created_at)
-
-    def _check_metadata(self, metadata: Any) -> dict[str, str] | None:
-        if metadata is None:
-            return None
-        c = self.cfg
-        if not isinstance(metadata, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-        ):
-            raise ApiError(400, "Invalid 'metadata': expected an object of string values.", param="metadata")
-        if len(metadata) > c.openai_metadata_max_pairs:
-            raise ApiError(
-                400, f"Invalid 'metadata': at most {c.openai_metadata_max_pairs} pairs.", param="metadata"
-            )
-        for k, v in metadata.items():
-            if len(k) > c.openai_metadata_max_key or len(v) > c.openai_metadata_max_value:
-                raise ApiError(
-                    400,
-                    f"Invalid 'metadata': keys up to {c.openai_metadata_max_key} characters, "
-                    f"values up to {c.openai_metadata_max_value}.",
-                    param="metadata",
-                )
-        return dict(metadata)
 
     def create_synthetic(self, n: int, text_bytes: int) -> OpenAIBatch:
         """A batch that is already completed, with ``n`` generated output lines (see README)."""
@@ -318,13 +217,7 @@ class OpenAIBatches:
         if plan is not None:
             return plan
         if rec.synthetic_text_bytes is not None:
-            n, tok = rec.synthetic_n, synthetic_tokens(rec.synthetic_text_bytes)
-            plan = Plan(
-                n=n,
-                model=SYNTHETIC_MODEL,
-                in_prefix=array("q", range(0, 10 * (n + 1), 10)),
-                out_prefix=array("q", range(0, tok * (n + 1), tok)) if tok else array("q", [0] * (n + 1)),
-            )
+            plan = synthetic_plan(rec.synthetic_n, rec.synthetic_text_bytes)
             self.plans[rec.id] = plan
             return plan
         return await asyncio.shield(self._start_plan(rec))
@@ -333,9 +226,13 @@ class OpenAIBatches:
         """The task building ``rec``'s plan (started once; a failed build is retried by the next read)."""
         task = self._plan_tasks.get(rec.id)
         if task is None:
-            task = asyncio.ensure_future(self._run_plan(rec))
-            task.add_done_callback(_observe)
-            self._plan_tasks[rec.id] = task
+            task = self._plan_tasks[rec.id] = self.background(self._run_plan(rec))
+        return task
+
+    def background(self, work: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        """Start ``work`` as a task; a failure is logged and raised to whoever awaits the task."""
+        task = asyncio.ensure_future(work)
+        task.add_done_callback(_observe)
         return task
 
     async def _run_plan(self, rec: OpenAIBatch) -> Plan:
@@ -353,102 +250,14 @@ class OpenAIBatches:
         return plan
 
     def _build_plan(self, rec: OpenAIBatch) -> Plan:
-        cfg = self.cfg
-        plan = Plan(faults=BatchFaults.from_json(rec.faults))
-        path = self.input_path(rec.id)
-        if rec.input_missing or not path.exists():
-            plan.errors.append(
-                _err(
-                    "file_not_found",
-                    f"Cannot find file {rec.input_file_id}, or organization {cfg.organization} "
-                    "does not have access to it.",
-                    param="input_file_id",
-                )
-            )
-            return plan
-        if path.stat().st_size > cfg.openai_max_file_bytes:
-            plan.errors.append(
-                _err("file_too_large", f"The input file is larger than {cfg.openai_max_file_bytes} bytes.")
-            )
-            return plan
-        seen: set[str] = set()
-        emb_inputs = 0
-        with path.open("rb") as fh:
-            for lineno, raw in enumerate(fh, 1):
-                if not raw.strip():
-                    continue
-                idx = plan.n
-                plan.n += 1
-                if plan.n > cfg.openai_max_requests:
-                    continue
-                line_err = _check_line(raw, rec.endpoint, seen, cfg.custom_id_max_len)
-                if isinstance(line_err, dict):
-                    if len(plan.errors) < MAX_ERRORS:
-                        plan.errors.append({**line_err, "line": lineno})
-                    continue
-                custom_id, body = line_err
-                model = body.get("model")
-                if plan.model is None:
-                    plan.model = model
-                elif model != plan.model and len(plan.errors) < MAX_ERRORS:
-                    plan.errors.append(
-                        _err(
-                            "model_mismatch",
-                            f"The model {model!r} differs from {plan.model!r}: a batch file may use only "
-                            "one model.",
-                            param="body.model",
-                            line=lineno,
-                        )
-                    )
-                explicit, tokens = parse_custom_id(custom_id, cfg.expire_done_fraction)
-                if idx == 0:
-                    plan.faults = plan.faults.merged(tokens)
-                if rec.endpoint == "/v1/embeddings":
-                    emb_inputs += len(outputs.embedding_inputs(body))
-                if plan.errors:
-                    continue
-                code = item_error_code(cfg.seed, custom_id, plan.faults, explicit)
-                refusal = _body_problem(rec.endpoint, body)
-                in_tok = out_tok = 0
-                if code is not None:
-                    plan.fail[idx] = (code, ITEM_ERRORS[code][2], None)
-                    plan.injected[f"item_{code}"] += 1
-                elif refusal is not None:
-                    plan.fail[idx] = (400, refusal[0], refusal[1])
-                else:
-                    in_tok, out_tok = outputs.openai_usage(rec.endpoint, body, cfg.seed)
-                plan.in_prefix.append(plan.in_prefix[-1] + in_tok)
-                plan.out_prefix.append(plan.out_prefix[-1] + out_tok)
-        if plan.n == 0:
-            plan.errors.append(_err("empty_file", "The input file is empty: it holds no requests."))
-        elif plan.n > cfg.openai_max_requests:
-            plan.errors.insert(
-                0,
-                _err(
-                    "too_many_tasks",
-                    f"The batch has {plan.n} requests; the limit is {cfg.openai_max_requests}.",
-                ),
-            )
-        elif emb_inputs > cfg.openai_max_embedding_inputs:
-            plan.errors.append(
-                _err(
-                    "too_many_embedding_inputs",
-                    f"The batch has {emb_inputs} embedding inputs; the limit is "
-                    f"{cfg.openai_max_embedding_inputs}.",
-                )
-            )
-        if not plan.errors and plan.faults.fail_validation:
-            code = plan.faults.fail_validation
-            msg = (
-                f"Enqueued token limit reached for {plan.model} in organization {cfg.organization}. "
-                "Limit: 90000 enqueued tokens. Please try again once some in_progress batches have been "
-                "completed."
-                if code == "token_limit_exceeded"
-                else f"Validation failed ({code}, emulated fault)."
-            )
-            plan.errors.append(_err(code, msg))
-        plan.fail_sorted = sorted(plan.fail)
-        return plan
+        return build_plan(
+            self.cfg,
+            self.input_path(rec.id),
+            endpoint=rec.endpoint,
+            input_file_id=rec.input_file_id,
+            faults=BatchFaults.from_json(rec.faults),
+            input_missing=rec.input_missing,
+        )
 
     # ------------------------------------------------------------------ read
 
@@ -543,8 +352,8 @@ class OpenAIBatches:
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": i + o,
             }
-        if status in ("finalizing", "completed") and c is None and self._writes_at_finalize(rec):
-            self._output_files_once(rec, plan, "completed", done, failed, t_fin)
+        if status in ("finalizing", "completed") and c is None and self.output_files.writes_at_finalize(rec):
+            self.output_files.register(rec, plan, "completed", done, failed, t_fin)
             if rec.outputs_ready_at is None:
                 status, ts["completed_at"] = "finalizing", None
             elif status == "completed":
@@ -552,7 +361,7 @@ class OpenAIBatches:
         output_file_id = error_file_id = None
         if status in ("completed", "expired", "cancelled") and validated:
             ended = ts["completed_at"] or ts["expired_at"] or ts["cancelled_at"] or now
-            output_file_id, error_file_id = self._output_files_once(rec, plan, status, done, failed, ended)
+            output_file_id, error_file_id = self.output_files.register(rec, plan, status, done, failed, ended)
         body: dict[str, Any] = {
             "id": rec.id,
             "object": "batch",
@@ -573,113 +382,6 @@ class OpenAIBatches:
         body["usage"] = usage
         body["metadata"] = rec.metadata
         return body
-
-    def _writes_at_finalize(self, rec: OpenAIBatch) -> bool:
-        return self.cfg.outputs_at_finalize and rec.synthetic_text_bytes is None
-
-    def _output_files_once(
-        self, rec: OpenAIBatch, plan: Plan, status: str, done: int, failed: int, ended: float
-    ) -> tuple[str | None, str | None]:
-        """The batch's (output, error) file ids, registered at its first terminal view (or, with
-        ``outputs_at_finalize``, at the end of processing, when their writing starts)."""
-        files = self._terminal_files.get(rec.id)
-        if files is None:
-            files = self._terminal_files[rec.id] = self._output_files(rec, plan, status, done, failed, ended)
-        if self._writes_at_finalize(rec) and rec.outputs_ready_at is None and rec.id not in self._writing:
-            task = asyncio.ensure_future(self._write_files(rec, files))
-            task.add_done_callback(_observe)
-            self._writing[rec.id] = task
-        return files
-
-    async def _write_files(self, rec: OpenAIBatch, files: tuple[str | None, str | None]) -> None:
-        """Write the batch's pending files (each in a worker thread), then stamp ``outputs_ready_at``."""
-        try:
-            for fid in files:
-                frec = self.store.files.records.get(fid) if fid else None
-                if frec is not None:
-                    await self.store.files.ready(frec)
-        finally:
-            self._writing.pop(rec.id, None)
-        if self.records.get(rec.id) is rec:
-            rec.outputs_ready_at = self.store.clock.now()
-            self._save(rec)
-
-    def _output_files(
-        self, rec: OpenAIBatch, plan: Plan, status: str, done: int, failed: int, ended: float
-    ) -> tuple[str | None, str | None]:
-        unrun = plan.n - done
-        err_lines = failed + (
-            unrun
-            if status == "expired" or (status == "cancelled" and self.cfg.cancelled_unrun_error_lines)
-            else 0
-        )
-        ids: list[str | None] = []
-        for kind, count in (("output", done - failed), ("error", err_lines)):
-            if count <= 0:
-                ids.append(None)
-                continue
-            fid = "file-" + outputs.short_id(outputs.body_hash(0, f"{rec.id}:{kind}"))
-            self.owners[fid] = rec.id
-            if fid not in self.store.files.records and rec.synthetic_text_bytes is not None:
-                self.store.files.add(
-                    FileRecord(
-                        id=fid,
-                        bytes=count * synthetic_line_length(rec.synthetic_text_bytes),
-                        created_at=int(ended),
-                        filename=f"{rec.id}_{kind}.jsonl",
-                        purpose="batch_output",
-                        expires_at=int(ended + rec.output_ttl),
-                        synthetic_lines=count,
-                        synthetic_text_bytes=rec.synthetic_text_bytes,
-                    )
-                )
-            elif fid not in self.store.files.records:
-                created = int(ended)
-                self.store.files.add_pending(
-                    FileRecord(
-                        id=fid,
-                        bytes=0,
-                        created_at=created,
-                        filename=f"{rec.id}_{kind}.jsonl",
-                        purpose="batch_output",
-                        expires_at=int(created + rec.output_ttl),
-                    ),
-                    lambda target, k=kind: self._write_outputs(rec, plan, status, done, k, target),
-                )
-            ids.append(fid)
-        return ids[0], ids[1]
-
-    def _write_outputs(
-        self, rec: OpenAIBatch, plan: Plan, status: str, done: int, kind: str, target: Path
-    ) -> None:
-        cfg = self.cfg
-        t_v, t_p = self.timeline(rec, plan)
-        end = t_p if math.isfinite(t_p) else rec.expires_at
-        unrun_error = None
-        if status == "expired":
-            unrun_error = (
-                "batch_expired",
-                "This request could not be executed before the completion window expired.",
-            )
-        elif status == "cancelled" and cfg.cancelled_unrun_error_lines:
-            unrun_error = (
-                "batch_cancelled",
-                "This request was not executed because the batch was cancelled.",
-            )
-        job = OutputJob(
-            batch_id=rec.id,
-            endpoint=rec.endpoint,
-            kind=kind,
-            done=done,
-            fail=plan.fail,
-            unrun_error=unrun_error,
-            t_v=t_v,
-            step=(end - t_v) / max(plan.n, 1),
-            seed=cfg.seed,
-            embedding_dim=cfg.embedding_dim,
-            shuffle=plan.faults.shuffle or cfg.shuffle_results,
-        )
-        write_file(job, self.input_path(rec.id), target)
 
     # ------------------------------------------------------------------ mutate / list
 
@@ -720,82 +422,6 @@ def _observe(task: asyncio.Future[Any]) -> None:
     """Mark a background task's failure as seen: whoever awaits the task gets the exception."""
     if not task.cancelled() and task.exception() is not None:
         log.warning("background task failed: %r", task.exception())
-
-
-def _err(code: str, message: str, *, param: str | None = None, line: int | None = None) -> dict[str, Any]:
-    return {"code": code, "message": message, "param": param, "line": line}
-
-
-def _check_line(
-    raw: bytes, endpoint: str, seen: set[str], max_len: int
-) -> dict[str, Any] | tuple[str, dict[str, Any]]:
-    """A validation error dict for a bad line, else (custom_id, body)."""
-    try:
-        obj = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        obj = None
-    if not isinstance(obj, dict):
-        return _err("invalid_json_line", "This line is not parseable as valid JSON.")
-    cid = obj.get("custom_id")
-    if not isinstance(cid, str) or not 1 <= len(cid) <= max_len:
-        return _err(
-            "invalid_custom_id",
-            f"'custom_id' must be a string of 1..{max_len} characters.",
-            param="custom_id",
-        )
-    if cid in seen:
-        return _err(
-            "duplicate_custom_id",
-            f"The custom_id '{cid}' appears more than once; custom_id must be unique within a file.",
-            param="custom_id",
-        )
-    seen.add(cid)
-    if obj.get("method") != "POST":
-        return _err("invalid_method", "Only the 'POST' method is supported.", param="method")
-    if obj.get("url") != endpoint:
-        return _err(
-            "url_mismatch",
-            f"The url {obj.get('url')!r} does not match the batch endpoint {endpoint!r}.",
-            param="url",
-        )
-    body = obj.get("body")
-    if not isinstance(body, dict):
-        return _err("invalid_body", "'body' must be a JSON object.", param="body")
-    if body.get("stream") is True:
-        return _err(
-            "stream_not_supported",
-            "Streaming ('stream': true) is not supported in batches.",
-            param="body.stream",
-        )
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        return _err("missing_model", "Missing required parameter: 'body.model'.", param="body.model")
-    return cid, body
-
-
-def _body_problem(endpoint: str, body: dict[str, Any]) -> tuple[str, str] | None:
-    """(message, param) when the endpoint itself would refuse the body with a 400."""
-    if endpoint == "/v1/chat/completions":
-        msgs = body.get("messages")
-        if not isinstance(msgs, list) or not msgs:
-            return "Missing required parameter: 'messages'.", "messages"
-    elif endpoint == "/v1/responses":
-        if body.get("input") in (None, "", []):
-            return "Missing required parameter: 'input'.", "input"
-    elif endpoint == "/v1/embeddings":
-        if not outputs.embedding_inputs(body):
-            return "'input' must be a non-empty string or array.", "input"
-        dims = body.get("dimensions")
-        if dims is not None and (
-            not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= 4096
-        ):
-            return "Invalid value for 'dimensions': expected an integer within 1..4096.", "dimensions"
-    elif endpoint == "/v1/completions" and body.get("prompt") in (None, "", []):
-        return "Missing required parameter: 'prompt'.", "prompt"
-    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        v = body.get(key)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            return f"Invalid value for '{key}': expected an integer >= 1.", key
-    return None
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
