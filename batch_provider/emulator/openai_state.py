@@ -21,9 +21,9 @@ background and the batch stays ``finalizing`` until they are written; it is ``co
 ``max(t_p + finalizing_seconds, outputs_ready_at)``.
 
 Invariants:
-- The plan is built once per batch, in a worker thread started by create (which does not wait);
-  every read of a batch awaits it; a batch created by this process counts in the stats exactly
-  once, when its plan is built.
+- The plan is built once per batch, in a worker thread started by its first read or a stats read
+  (create does not wait for it); every read of a batch awaits it; a batch created by this process
+  counts in the stats exactly once, when its plan is built.
 - Processing order is file order: "done by time t" is always a prefix of the requests, so counts
   and usage at any t are O(log n) from the plan.
 - Each custom_id ends in exactly one of output file, error file, or (expired/cancelled and
