@@ -115,7 +115,12 @@ PROVIDER_INFO: dict = {
     "operators": [
         {
             "integration-name": "LLM Batch APIs",
-            "python-modules": ["batch_provider.operators.batch"],
+            "python-modules": [
+                "batch_provider.operators.batch",
+                "batch_provider.operators.submit",
+                "batch_provider.operators.collect",
+                "batch_provider.operators.retry",
+            ],
         }
     ],
     "sensors": [

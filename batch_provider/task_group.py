@@ -14,7 +14,9 @@ from typing import Any
 from airflow.sdk import Asset, TaskGroup
 
 from batch_provider.core.watch import DEFAULT_POLL_INTERVAL_MAX, DEFAULT_POLL_INTERVAL_MIN
-from batch_provider.operators.batch import CollectBatchOperator, RetryBatchOperator, SubmitBatchOperator
+from batch_provider.operators.collect import CollectBatchOperator
+from batch_provider.operators.retry import RetryBatchOperator
+from batch_provider.operators.submit import SubmitBatchOperator
 from batch_provider.sensors.batch import DEFAULT_TIMEOUT, BatchSensor
 
 TASK_DOCS: dict[str, str] = {

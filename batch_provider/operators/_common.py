@@ -1,4 +1,5 @@
-"""Helpers the operators and the sensor share: run paths, handles, coroutines, deadlines."""
+"""Helpers the operators and the sensor share: run paths, handles, coroutines, deadlines, the
+result cache, metric tags and waits (deferral timeout, cancel, wait metrics)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ import asyncio
 import concurrent.futures
 import json
 import os
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from airflow.sdk import ObjectStoragePath
 
+from batch_provider import metrics
+from batch_provider.core.cache import ResultCache
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.rundir import RunDirectory
+from batch_provider.hooks.batch import LLMBatchHook
+from batch_provider.triggers.batch import cancel_batches
 
 T = TypeVar("T")
 
@@ -113,3 +118,73 @@ def seconds_of(value: timedelta | float | int | None) -> float | None:
     if value is None:
         return None
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+CACHE_FOLDER = "_cache"
+"""The default result cache, under the run path beside the DAG folders: shared by every run."""
+
+
+def metric_tags(context: Any) -> dict[str, str]:
+    ti = context["ti"]
+    return {"dag_id": str(ti.dag_id), "task_id": str(ti.task_id)}
+
+
+class _BatchOperatorMixin:
+    """Connection and result-cache handling shared by the batch operators.
+
+    Submit, collect and retry of one run must use the same cache settings: submit serves hits
+    from it, collect and retry store the successes in it (``llm_batch_group`` passes them to all
+    three).
+    """
+
+    provider: str | None
+    conn_id: str | None
+    run_path: str | ObjectStoragePath | None
+    cache_path: str | ObjectStoragePath | None
+    use_cache: bool
+    cache_ttl: timedelta | float | None
+
+    def _hook(self, provider: str | None = None, conn_id: str | None = None) -> LLMBatchHook:
+        """The hook for a run: the run's provider; this task's ``conn_id`` if set, else the run's."""
+        return LLMBatchHook(conn_id=self.conn_id or conn_id, provider=provider or self.provider)
+
+    def _cache(self) -> ResultCache | None:
+        """The result cache: ``cache_path``, else ``<run_path>/_cache``; None when ``use_cache`` is off."""
+        if not self.use_cache:
+            return None
+        path = self.cache_path
+        if not path:
+            path = str(self.run_path or default_run_path()).rstrip("/") + "/" + CACHE_FOLDER
+        ttl = seconds_of(self.cache_ttl)
+        return ResultCache(as_storage_path(path), ttl=None if ttl is None else timedelta(seconds=ttl))
+
+
+def record_waits(provider: str, event: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+    """``batch_wait`` for each ended batch of a trigger event whose state carries both times."""
+    for state in (event.get("states") or {}).values():
+        created, ended = state.get("created_at"), state.get("ended_at")
+        if not (created and ended and state.get("ending")):
+            continue
+        seconds = (_as_datetime(ended) - _as_datetime(created)).total_seconds()
+        metrics.batch_waited(provider, max(seconds, 0.0), str(state["ending"]), tags)
+
+
+def _as_datetime(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+def _defer_timeout(timeout: timedelta | float | None, max_poll_interval: float) -> timedelta | None:
+    """Airflow's own deferral timeout: a backstop after the trigger's deadline, so the trigger
+    normally reports the timeout itself (with the batches' last states)."""
+    seconds = seconds_of(timeout)
+    if seconds is None:
+        return None
+    return timedelta(seconds=seconds + max_poll_interval + 300)
+
+
+def _cancel(hook: LLMBatchHook, batch_ids: list[str], log: Any) -> dict[str, str]:
+    async def cancel() -> dict[str, str]:
+        async with hook.get_backend() as backend:
+            return await cancel_batches(backend, batch_ids, log=log)
+
+    return run_sync(cancel())

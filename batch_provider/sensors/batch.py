@@ -23,8 +23,15 @@ from batch_provider.core.watch import (
 )
 from batch_provider.hooks.batch import LLMBatchHook
 from batch_provider.links.batch import batch_links, persist_batch_links
-from batch_provider.operators._common import deadline_after, run_sync, upstream_handle
-from batch_provider.operators.batch import _cancel, _defer_timeout, metric_tags, record_waits
+from batch_provider.operators._common import (
+    _cancel,
+    _defer_timeout,
+    deadline_after,
+    metric_tags,
+    record_waits,
+    run_sync,
+    upstream_handle,
+)
 from batch_provider.triggers.batch import BatchWaitTrigger
 
 DEFAULT_TIMEOUT = timedelta(hours=25)

@@ -1,0 +1,277 @@
+"""Retry: resubmit a run's retryable failures until they succeed or attempts run out.
+
+Invariant: XCom carries only summaries (paths, ids, counts): never request or result data, never
+a key. Re-running the task re-attaches to the attempts the run's ledger already records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from batch_provider import metrics
+from batch_provider.core.collection import RunSummary, collect_run
+from batch_provider.core.handle import RunHandle
+from batch_provider.core.ledger import Ledger
+from batch_provider.core.retry import resubmit_retryable, write_dead_letter
+from batch_provider.core.submission import handle_for
+from batch_provider.core.watch import DEFAULT_POLL_INTERVAL_MAX, DEFAULT_POLL_INTERVAL_MIN, watch_batches
+from batch_provider.hooks.batch import LLMBatchHook
+from batch_provider.links.batch import batch_links, persist_batch_links
+from batch_provider.operators._common import (
+    _BatchOperatorMixin,
+    _cancel,
+    _defer_timeout,
+    deadline_after,
+    metric_tags,
+    record_waits,
+    run_dir_of,
+    run_sync,
+    upstream_handle,
+)
+from batch_provider.operators.collect import _publish, log_cost
+from batch_provider.triggers.batch import BatchWaitTrigger
+
+
+class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
+    """Resubmit the retryable failures of a run until they succeed or attempts run out.
+
+    Each round: ``resubmit_retryable`` (rate limits, server errors, expired and cancelled items;
+    never invalid requests) → wait in the triggerer (``deferrable=True``) or in the worker →
+    collect. Then every item still unresolved goes to ``dead_letter.jsonl`` and the manifest is
+    final. Re-running this task re-attaches to the attempts already created.
+
+    Returns ``RunSummary.for_xcom()`` of the final run.
+
+    :param handle: the handle of the last collected attempt; default the upstream task's value
+        (the collect task returns it as ``handle``).
+    :param max_attempts: attempts in all, the first submission included.
+    :param fail_on_dead_letter: fail the task when any item ends in the dead letter file.
+    :param attempt_timeout: how long to wait for each resubmitted attempt.
+    :param cancel_on_timeout: cancel an attempt's batches when its wait times out.
+    :param results_asset: Asset emitted with the final results.
+    :param conn_id: use this connection instead of the one recorded in the handle.
+    :param run_path, cache_path, use_cache, cache_ttl: the result cache successes are stored in;
+        the same values as the submit task's (see :class:`SubmitBatchOperator`).
+    """
+
+    template_fields: Sequence[str] = ("handle", "max_attempts", "run_path", "cache_path")
+    ui_color = "#f7e4d4"
+    operator_extra_links = batch_links()
+
+    def __init__(
+        self,
+        *,
+        handle: Any = None,
+        max_attempts: int | str = 3,
+        fail_on_dead_letter: bool = False,
+        deferrable: bool = True,
+        attempt_timeout: timedelta | float = timedelta(hours=25),
+        poll_interval: float = DEFAULT_POLL_INTERVAL_MIN,
+        max_poll_interval: float = DEFAULT_POLL_INTERVAL_MAX,
+        cancel_on_timeout: bool = True,
+        cancel_on_kill: bool = False,
+        results_asset: Asset | None = None,
+        metadata: Mapping[str, str] | None = None,
+        provider: str | None = None,
+        conn_id: str | None = None,
+        run_path: str | ObjectStoragePath | None = None,
+        cache_path: str | ObjectStoragePath | None = None,
+        use_cache: bool = True,
+        cache_ttl: timedelta | float | None = None,
+        **kwargs: Any,
+    ):
+        outlets = list(kwargs.pop("outlets", None) or [])
+        if isinstance(results_asset, Asset):
+            outlets.append(results_asset)
+        super().__init__(outlets=outlets, **kwargs)
+        if isinstance(max_attempts, int) and max_attempts < 1:
+            raise ValueError("max_attempts counts the first submission too: it must be at least 1")
+        self.handle = handle
+        self.max_attempts = max_attempts
+        self.fail_on_dead_letter = fail_on_dead_letter
+        self.deferrable = deferrable
+        self.attempt_timeout = attempt_timeout
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self.cancel_on_timeout = cancel_on_timeout
+        self.cancel_on_kill = cancel_on_kill
+        self.metadata = metadata
+        self.provider = provider
+        self.conn_id = conn_id
+        self.run_path = run_path
+        self.cache_path = cache_path
+        self.use_cache = use_cache
+        self.cache_ttl = cache_ttl
+        self._watching: RunHandle | None = None
+
+    def _latest_handle(self, context: Any) -> RunHandle:
+        value = self.handle
+        if value is None:
+            upstream = sorted(self.upstream_task_ids)
+            if len(upstream) == 1:
+                value = context["ti"].xcom_pull(task_ids=upstream[0])
+        if isinstance(value, dict) and isinstance(value.get("handle"), dict):
+            value = value["handle"]  # the collect task's summary carries the handle it collected
+        return upstream_handle(self, context, value)
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        handle = self._latest_handle(context)
+        persist_batch_links(context, handle.provider, [], None)  # slots filled when batches exist
+        return self._next_round(context, handle)
+
+    def _next_round(self, context: Any, handle: RunHandle) -> dict[str, Any]:
+        while True:
+            hook = self._hook(handle.provider.value, handle.conn_id)
+            run_dir = run_dir_of(handle)
+            ledger = Ledger.load(run_dir)
+            if ledger is None:
+                raise AirflowException(f"{run_dir} has no ledger: was the submit task run?")
+
+            new = run_sync(self._resubmit(hook, handle, ledger, metric_tags(context)))
+            if new is None:
+                return self._finish(context, handle)
+            self.log.info(
+                "Attempt %d: %d request(s) resubmitted in %d batch(es)",
+                new.attempt,
+                new.counts.submitted,
+                len(new.batches),
+            )
+            persist_batch_links(context, new.provider, new.batch_ids, hook.get_base_url())
+            if not new.batches:
+                handle = new
+                continue
+            if self.deferrable:
+                self.defer(
+                    trigger=BatchWaitTrigger(
+                        conn_id=hook.conn_id,
+                        provider=new.provider.value,
+                        batch_ids=new.batch_ids,
+                        deadline=deadline_after(self.attempt_timeout),
+                        poll_interval_min=self.poll_interval,
+                        poll_interval_max=self.max_poll_interval,
+                        cancel_on_kill=self.cancel_on_kill,
+                    ),
+                    method_name="resume",
+                    kwargs={"handle": new.model_dump(mode="json")},
+                    timeout=_defer_timeout(self.attempt_timeout, self.max_poll_interval),
+                )
+            states = self._wait_in_worker(hook, new)
+            record_waits(new.provider.value, {"states": states}, metric_tags(context))
+            self._collect(hook, new)
+            handle = new
+
+    async def _resubmit(
+        self, hook: LLMBatchHook, handle: RunHandle, ledger: Ledger, metric_labels: dict[str, str]
+    ) -> RunHandle | None:
+        async with hook.get_backend() as backend:
+            return await resubmit_retryable(
+                backend,
+                handle,
+                run_dir_of(handle),
+                run_key=ledger.run_key,
+                tags={str(k): str(v) for k, v in (self.metadata or {}).items()},
+                max_attempts=int(self.max_attempts),
+                on_created=metrics.batch_created_counter(metric_labels),
+            )
+
+    def _wait_in_worker(self, hook: LLMBatchHook, handle: RunHandle) -> dict[str, dict[str, Any]]:
+        """Wait for the attempt's batches; their final states as a trigger event carries them."""
+        self._watching = handle
+        deadline = deadline_after(self.attempt_timeout)
+
+        async def wait() -> dict[str, Any]:
+            async with hook.get_backend() as backend:
+                return await watch_batches(
+                    backend,
+                    handle.batch_ids,
+                    deadline=datetime.fromisoformat(deadline) if deadline else None,
+                    poll_interval_min=self.poll_interval,
+                    poll_interval_max=self.max_poll_interval,
+                    on_progress=lambda p: self.log.info("%s", p.line()),
+                )
+
+        states = run_sync(wait())
+        self._watching = None
+        return {k: v.model_dump(mode="json") for k, v in states.items()}
+
+    def _collect(self, hook: LLMBatchHook, handle: RunHandle) -> RunSummary:
+        cache = self._cache()
+
+        async def collect() -> RunSummary:
+            async with hook.get_backend() as backend:
+                return await collect_run(backend, handle, run_dir_of(handle), cache=cache)
+
+        summary = run_sync(collect())
+        self.log.info(
+            "Attempt %d collected: %d succeeded, %d unresolved (%s) of %d inputs",
+            handle.attempt,
+            summary.succeeded,
+            summary.unresolved,
+            summary.unresolved_by_status,
+            summary.inputs,
+        )
+        log_cost(self.log, summary)
+        return summary
+
+    def resume(
+        self, context: Any, event: dict[str, Any], handle: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        current = RunHandle.model_validate(handle) if handle else self._ledger_handle(context)
+        hook = self._hook(current.provider.value, current.conn_id)
+        status = event.get("status")
+        if status == "timeout":
+            if self.cancel_on_timeout:
+                _cancel(hook, current.batch_ids, self.log)
+            raise AirflowException(
+                f"attempt {current.attempt} did not end within attempt_timeout: {event.get('message')}"
+            )
+        if status != "success":
+            raise AirflowException(f"waiting for attempt {current.attempt} failed: {event.get('message')}")
+        record_waits(current.provider.value, event, metric_tags(context))
+        self._collect(hook, current)
+        return self._next_round(context, current)
+
+    def _ledger_handle(self, context: Any) -> RunHandle:
+        """The latest attempt's handle, rebuilt from the ledger (when the deferral's kwargs are
+        not handed back, as in ``dag.test()``)."""
+        first = self._latest_handle(context)
+        run_dir = run_dir_of(first)
+        ledger = Ledger.load(run_dir)
+        if ledger is None:
+            raise AirflowException(f"{run_dir} has no ledger: was the submit task run?")
+        return handle_for(ledger, run_dir, attempt=max(ledger.attempts), conn_id=first.conn_id)
+
+    def _finish(self, context: Any, handle: RunHandle) -> dict[str, Any]:
+        hook = self._hook(handle.provider.value, handle.conn_id)
+        backend = hook.get_backend()
+        try:
+            summary = write_dead_letter(backend, run_dir_of(handle))
+        finally:
+            run_sync(backend.aclose())
+        metrics.run_finished(summary, metric_tags(context))
+        self.log.info(
+            "Run final after %d attempt(s): %d succeeded, %d in dead letter, %d rejected of %d inputs",
+            summary.attempts,
+            summary.succeeded,
+            summary.dead_letter,
+            summary.rejected,
+            summary.inputs,
+        )
+        log_cost(self.log, summary)
+        if summary.dead_letter and self.fail_on_dead_letter:
+            raise AirflowFailException(
+                f"{summary.dead_letter} item(s) still failed after {summary.attempts} attempt(s); "
+                f"see {summary.files.get('dead_letter', summary.run_path + '/dead_letter.jsonl')}"
+            )
+        _publish(context, self.outlets, summary)
+        return summary.for_xcom()
+
+    def on_kill(self) -> None:
+        if self.cancel_on_kill and self._watching is not None:
+            handle = self._watching
+            _cancel(self._hook(handle.provider.value, handle.conn_id), handle.batch_ids, self.log)

@@ -1,0 +1,318 @@
+"""Submit: render input rows into requests and submit them as one or more provider batches.
+
+Invariants:
+- XCom carries only the small run handle (paths, ids, counts): never request or result data,
+  never a key.
+- The run key is (dag_id, task_id, run_id, map_index), never try_number: a retried submit task
+  re-attaches to the batches its earlier try created instead of paying for them again.
+- Every run writes under its own run directory ``<run_path>/<dag_id>/<run_id>/<group>[/map-N]``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import BaseOperator, ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
+
+from batch_provider import metrics
+from batch_provider.core.handle import RunHandle
+from batch_provider.core.ledger import RunKey
+from batch_provider.core.models import LLMRequest, RejectedRow, RequestKind
+from batch_provider.core.records import iter_list, iter_records
+from batch_provider.core.render import RequestBuilder
+from batch_provider.core.rundir import run_directory
+from batch_provider.core.submission import BudgetExceededError, submit_run
+from batch_provider.links.batch import batch_links, persist_batch_links
+from batch_provider.operators._common import (
+    _BatchOperatorMixin,
+    as_storage_path,
+    default_run_path,
+    metric_tags,
+    run_sync,
+)
+
+
+class TaskBudgetExceededError(BudgetExceededError, AirflowFailException):
+    """The submit task's estimate is over ``max_cost_usd``: fails the task without Airflow retries
+    (a retry cannot change the estimate) and is still a :class:`BudgetExceededError`."""
+
+
+DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
+TEXT_SUFFIXES = (".md", ".txt", ".rst", ".html")
+
+
+def iter_input_rows(path: Any, fmt: str | None = None) -> Iterator[tuple[int, dict[str, Any] | RejectedRow]]:
+    """Rows of a file, or of every file in a folder (sorted by name), numbered from 1.
+
+    Data files (JSONL, CSV, Parquet) give one row per record; text documents (``.md``, ``.txt``,
+    ``.rst``, ``.html``) give one row each: ``{"id": stem, "name", "path", "text"}``.
+    """
+    if not path.is_dir():
+        yield from iter_records(path, fmt)
+        return
+    files = sorted((p for p in path.iterdir() if p.is_file()), key=lambda p: p.name)
+    number = 0
+    for file in files:
+        suffix = os.path.splitext(file.name)[1].lower()
+        if suffix in TEXT_SUFFIXES:
+            number += 1
+            with file.open("rb") as fh:
+                text = fh.read().decode("utf-8-sig")
+            stem = os.path.splitext(file.name)[0]
+            yield number, {"id": stem, "name": file.name, "path": str(file), "text": text}
+        elif suffix in DATA_SUFFIXES:
+            for _, row in iter_records(file, fmt):
+                number += 1
+                if isinstance(row, RejectedRow):
+                    row = row.model_copy(update={"row": number})
+                yield number, row
+    if number == 0:
+        raise ValueError(
+            f"folder {path} holds no input files (data: {', '.join(DATA_SUFFIXES)}; "
+            f"documents: {', '.join(TEXT_SUFFIXES)})"
+        )
+
+
+class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
+    """Render input rows into requests and submit them as one or more provider batches.
+
+    Input is one of:
+
+    - ``input_path``: a JSONL, CSV or Parquet file, or a folder of such files or of documents
+      (``.md``/``.txt``: one request per document, row ``{"id", "name", "path", "text"}``), on
+      any ObjectStoragePath (``file://``, ``s3://conn@bucket/key`` …);
+    - ``records``: a list of dicts, e.g. another task's XCom;
+    - ``requests_path``: a JSONL file of ready requests (``LLMRequest`` lines, or native OpenAI
+      ``{"custom_id", "method", "url", "body"}`` / Anthropic ``{"custom_id", "params"}`` lines).
+
+    Rows become requests through ``prompt_template`` (Jinja over the row's columns, e.g.
+    ``"Classify: {{ subject }}\\n{{ body }}"``), ``prompt_template_param`` (the name of a DAG
+    param holding such a template), or ``build_request`` (a callable ``row -> LLMRequest | dict``).
+    ``prompt_template`` and ``system`` are rendered per row, not by Airflow's templating.
+
+    Rows that cannot become a request go to ``rejects.jsonl`` with the reason; nothing is paid for
+    them. A second try of this task (after a crash or a retry) re-attaches to the batches its
+    earlier try created.
+
+    Returns (XCom) the run handle: run directory, provider, conn_id and batch ids.
+
+    :param provider: ``openai``, ``openai_compatible``, ``anthropic``, ``gemini`` or ``bedrock``;
+        default from the connection (an ``aws`` connection is Bedrock).
+    :param conn_id: Airflow connection; default ``llm_<provider>_default`` (``aws_default`` for
+        Bedrock, whose connection carries the ``bedrock_*`` extras).
+    :param model: model for every request (rows/requests may set their own).
+    :param max_tokens: output-token limit per request.
+    :param system: system prompt (a Jinja template over the row).
+    :param response_schema: JSON schema the answer must follow (structured output).
+    :param id_field: column holding each row's custom_id (default: ``custom_id``/``id``, else row-N).
+    :param metadata: tags such as a cost centre, attached to the batches where the provider keeps tags.
+    :param run_path: base ObjectStoragePath of run directories; default ``[batch_provider] run_path``,
+        ``$BATCH_PROVIDER_RUN_PATH`` or ``file:///tmp/batch_provider``.
+    :param group: run directory name under the DAG run; default the task group (or task id).
+    :param input_format: ``jsonl``, ``csv`` or ``parquet`` when the suffix does not say.
+    :param max_requests_per_batch: lower the provider's per-batch request limit.
+    :param max_bytes_per_batch: lower the provider's per-batch byte limit.
+    :param max_cost_usd: refuse to create any batch when the estimated ceiling (every request
+        using its whole ``max_tokens``) is over this many dollars; the task fails without retry.
+    :param cache_path: result cache location; default ``<run_path>/_cache``. Requests answered
+        before (same provider, model, prompt and options) are served from it and not paid again.
+    :param use_cache: ``False`` turns the result cache off for this task.
+    :param cache_ttl: cache entries older than this (seconds or timedelta) are misses.
+    :param allow_unknown_models: send requests for OpenAI/Anthropic models this package does not
+        know (a model newer than its price table) instead of rejecting them.
+    """
+
+    template_fields: Sequence[str] = (
+        "provider",
+        "conn_id",
+        "input_path",
+        "records",
+        "requests_path",
+        "model",
+        "max_tokens",
+        "metadata",
+        "run_path",
+        "group",
+        "cache_path",
+    )
+    template_fields_renderers = {"metadata": "json", "records": "json"}
+    ui_color = "#d4e8f7"
+    operator_extra_links = batch_links()
+
+    def __init__(
+        self,
+        *,
+        provider: str | None = None,
+        conn_id: str | None = None,
+        input_path: str | ObjectStoragePath | None = None,
+        records: list[dict[str, Any]] | None = None,
+        requests_path: str | ObjectStoragePath | None = None,
+        prompt_template: str | None = None,
+        prompt_template_param: str | None = None,
+        build_request: Callable[[dict[str, Any]], LLMRequest | dict[str, Any]] | None = None,
+        model: str | None = None,
+        max_tokens: int | str | None = None,
+        system: str | None = None,
+        temperature: float | None = None,
+        response_schema: dict[str, Any] | None = None,
+        id_field: str | None = None,
+        kind: str = RequestKind.CHAT.value,
+        metadata: Mapping[str, str] | None = None,
+        run_path: str | ObjectStoragePath | None = None,
+        group: str | None = None,
+        input_format: str | None = None,
+        max_requests_per_batch: int | None = None,
+        max_bytes_per_batch: int | None = None,
+        max_cost_usd: float | None = None,
+        cache_path: str | ObjectStoragePath | None = None,
+        use_cache: bool = True,
+        cache_ttl: timedelta | float | None = None,
+        allow_unknown_models: bool = False,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        given = [
+            n
+            for n, v in (("input_path", input_path), ("records", records), ("requests_path", requests_path))
+            if v is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of input_path, records or requests_path (got {given or 'none'})"
+            )
+        builders = [
+            n
+            for n, v in (
+                ("prompt_template", prompt_template),
+                ("prompt_template_param", prompt_template_param),
+                ("build_request", build_request),
+            )
+            if v is not None
+        ]
+        if len(builders) > 1:
+            raise ValueError(
+                f"give at most one of prompt_template, prompt_template_param, build_request (got {builders})"
+            )
+        if requests_path is None and not builders:
+            raise ValueError(
+                "rows need a prompt_template, prompt_template_param or build_request to become requests"
+            )
+        self.provider = provider
+        self.conn_id = conn_id
+        self.input_path = input_path
+        self.records = records
+        self.requests_path = requests_path
+        self.prompt_template = prompt_template
+        self.prompt_template_param = prompt_template_param
+        self.build_request = build_request
+        self.model = model
+        self.max_tokens = max_tokens
+        self.system = system
+        self.temperature = temperature
+        self.response_schema = response_schema
+        self.id_field = id_field
+        self.kind = kind
+        self.metadata = metadata
+        self.run_path = run_path
+        self.group = group
+        self.input_format = input_format
+        self.max_requests_per_batch = max_requests_per_batch
+        self.max_bytes_per_batch = max_bytes_per_batch
+        self.max_cost_usd = max_cost_usd
+        self.allow_unknown_models = allow_unknown_models
+        self.cache_path = cache_path
+        self.use_cache = use_cache
+        self.cache_ttl = cache_ttl
+
+    def _group(self) -> str:
+        if self.group:
+            return self.group
+        task_group = getattr(self, "task_group", None)
+        if task_group is not None and task_group.group_id:
+            return task_group.group_id
+        return self.task_id
+
+    def _rows(self) -> Iterator[tuple[int, dict[str, Any] | RejectedRow]]:
+        if self.records is not None:
+            return iter_list(list(self.records))
+        source = self.input_path if self.input_path is not None else self.requests_path
+        return iter_input_rows(as_storage_path(source), self.input_format)
+
+    def _builder(self, context: Any) -> RequestBuilder:
+        template = self.prompt_template
+        if self.prompt_template_param:
+            template = context["params"][self.prompt_template_param]
+        return RequestBuilder(
+            template=template,
+            build=self.build_request,
+            system=self.system,
+            model=self.model or None,
+            max_tokens=int(self.max_tokens) if self.max_tokens not in (None, "") else None,
+            temperature=self.temperature,
+            id_field=self.id_field,
+            response_schema=self.response_schema,
+            kind=self.kind,
+        )
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        map_index = -1 if map_index is None else map_index
+        run_key = RunKey(dag_id=ti.dag_id, task_id=ti.task_id, run_id=context["run_id"], map_index=map_index)
+        base = as_storage_path(self.run_path or default_run_path())
+        run_dir = run_directory(
+            base, dag_id=ti.dag_id, run_id=context["run_id"], group=self._group(), map_index=map_index
+        )
+        hook = self._hook()
+        provider = hook.get_provider()
+        items = self._builder(context).render(self._rows())
+        cache = self._cache()
+        tags = metric_tags(context)
+        self.log.info(
+            "Submitting %s batch run into %s (connection %r, cache %s)",
+            provider.value,
+            run_dir,
+            hook.conn_id,
+            cache.root if cache is not None else "off",
+        )
+
+        async def submit() -> RunHandle:
+            async with hook.get_backend() as backend:
+                return await submit_run(
+                    backend,
+                    items,
+                    run_dir,
+                    run_key=run_key,
+                    conn_id=hook.conn_id,
+                    tags={str(k): str(v) for k, v in (self.metadata or {}).items()},
+                    max_requests_per_batch=self.max_requests_per_batch,
+                    max_bytes_per_batch=self.max_bytes_per_batch,
+                    max_cost_usd=self.max_cost_usd,
+                    cache=cache,
+                    on_created=metrics.batch_created_counter(tags),
+                    allow_unknown_models=self.allow_unknown_models,
+                )
+
+        try:
+            handle = run_sync(submit())
+        except BudgetExceededError as exc:
+            self.log.error("%s", exc)
+            raise TaskBudgetExceededError(str(exc)) from exc
+        metrics.rows_rejected(provider.value, handle.counts.rejected, tags)
+        urls = persist_batch_links(context, provider, handle.batch_ids, hook.get_base_url())
+        self.log.info(
+            "%d inputs: %d submitted in %d batch(es), %d rejected (see %s), %d answered from cache",
+            handle.counts.inputs,
+            handle.counts.submitted,
+            len(handle.batches),
+            handle.counts.rejected,
+            run_dir.rejects,
+            handle.counts.cached,
+        )
+        for ref, url in zip(handle.batches, urls, strict=True):
+            self.log.info("Batch %s (%d requests): %s", ref.batch_id, ref.request_count, url)
+        return handle.model_dump(mode="json")
