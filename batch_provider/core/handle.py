@@ -23,6 +23,9 @@ class RunHandle(BaseModel):
     """``str()`` of the run directory (an ObjectStoragePath keeps its conn_id in the string)."""
     provider: Provider
     conn_id: str | None = None
+    cache_path: str | None = None
+    """The result cache submit looked requests up in (``str()`` of its path), or None when off:
+    collect and retry store successes there unless told otherwise."""
     attempt: int = 1
     batches: list[BatchRef] = Field(default_factory=list)
     counts: InputCounts = Field(default_factory=InputCounts)

@@ -115,7 +115,7 @@ async def resubmit_retryable(
     else:
         log.info("Attempt %d is in the ledger already: re-attaching", attempt)
     await submit_pending(backend, ledger, run_dir, attempt=attempt, tags=tags or {}, on_created=on_created)
-    return handle_for(ledger, run_dir, attempt=attempt, conn_id=handle.conn_id)
+    return handle_for(ledger, run_dir, attempt=attempt, conn_id=handle.conn_id, cache_path=handle.cache_path)
 
 
 def write_dead_letter(backend: BatchBackend, run_dir: RunDirectory) -> RunSummary:

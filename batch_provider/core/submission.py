@@ -313,16 +313,25 @@ async def submit_run(
         log.info("Re-attaching to the ledger in %s (%d chunks)", run_dir, len(first.chunks))
     _check_budget(run_dir, first, max_cost_usd)
     await submit_pending(backend, ledger, run_dir, attempt=1, tags=tags or {}, on_created=on_created)
-    return handle_for(ledger, run_dir, attempt=1, conn_id=conn_id)
+    cache_path = str(cache.root) if cache is not None else None
+    return handle_for(ledger, run_dir, attempt=1, conn_id=conn_id, cache_path=cache_path)
 
 
-def handle_for(ledger: Ledger, run_dir: RunDirectory, *, attempt: int, conn_id: str | None) -> RunHandle:
+def handle_for(
+    ledger: Ledger,
+    run_dir: RunDirectory,
+    *,
+    attempt: int,
+    conn_id: str | None,
+    cache_path: str | None = None,
+) -> RunHandle:
     entry = ledger.attempts[attempt]
     first = ledger.attempts[1]
     return RunHandle(
         run_path=str(run_dir.root),
         provider=ledger.provider,
         conn_id=conn_id,
+        cache_path=cache_path,
         attempt=attempt,
         batches=[c.batch for c in entry.chunks if c.batch is not None],
         counts=InputCounts(

@@ -148,11 +148,15 @@ class _BatchOperatorMixin:
         """The hook for a run: the run's provider; this task's ``conn_id`` if set, else the run's."""
         return LLMBatchHook(conn_id=self.conn_id or conn_id, provider=provider or self.provider)
 
-    def _cache(self) -> ResultCache | None:
-        """The result cache: ``cache_path``, else ``<run_path>/_cache``; None when ``use_cache`` is off."""
+    def _cache(self, handle: RunHandle | None = None) -> ResultCache | None:
+        """The result cache: ``cache_path``, else ``<run_path>/_cache`` when this task has a
+        ``run_path``, else the one the run's submit used (``handle.cache_path``), else the default
+        run path's; None when ``use_cache`` is off."""
         if not self.use_cache:
             return None
         path = self.cache_path
+        if not path and not self.run_path and handle is not None:
+            path = handle.cache_path
         if not path:
             path = str(self.run_path or default_run_path()).rstrip("/") + "/" + CACHE_FOLDER
         ttl = seconds_of(self.cache_ttl)

@@ -121,7 +121,7 @@ class CollectBatchOperator(_BatchOperatorMixin, BaseOperator):
         handle = upstream_handle(self, context, self.handle)
         hook = self._hook(handle.provider.value, handle.conn_id)
         run_dir = run_dir_of(handle)
-        cache = self._cache()
+        cache = self._cache(handle)
 
         async def collect() -> RunSummary:
             async with hook.get_backend() as backend:

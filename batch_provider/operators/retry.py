@@ -200,7 +200,7 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         return {k: v.model_dump(mode="json") for k, v in states.items()}
 
     def _collect(self, hook: LLMBatchHook, handle: RunHandle) -> RunSummary:
-        cache = self._cache()
+        cache = self._cache(handle)
 
         async def collect() -> RunSummary:
             async with hook.get_backend() as backend:
@@ -244,7 +244,9 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         ledger = Ledger.load(run_dir)
         if ledger is None:
             raise AirflowException(f"{run_dir} has no ledger: was the submit task run?")
-        return handle_for(ledger, run_dir, attempt=max(ledger.attempts), conn_id=first.conn_id)
+        return handle_for(
+            ledger, run_dir, attempt=max(ledger.attempts), conn_id=first.conn_id, cache_path=first.cache_path
+        )
 
     def _finish(self, context: Any, handle: RunHandle) -> dict[str, Any]:
         hook = self._hook(handle.provider.value, handle.conn_id)

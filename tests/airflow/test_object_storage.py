@@ -73,6 +73,11 @@ def test_run_on_s3(moto_s3, llm_conns):
     keys = {o["Key"] for o in moto_s3.list_objects_v2(Bucket="llm", Prefix="runs/")["Contents"]}
     run = "runs/s3_dag/manual__s3/submit/"
     assert {run + "results.jsonl", run + "manifest.json", run + "ledger.json"} <= keys
+    assert handle["cache_path"] == "s3://moto@llm/runs/_cache"
+    body = moto_s3.get_object(Bucket="llm", Key=run + "attempt-1/cache_keys.jsonl")["Body"].read()
+    wanted = {json.loads(line)["key"] for line in body.splitlines()}
+    cached = {k.rsplit("/", 1)[1].removesuffix(".json") for k in keys if k.startswith("runs/_cache/")}
+    assert len(wanted) == 19 and cached == wanted, "collect stores into the cache submit used"
 
 
 def test_result_cache_blocks_on_s3(moto_s3, monkeypatch):
