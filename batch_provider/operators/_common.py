@@ -12,7 +12,7 @@ from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from airflow.sdk import ObjectStoragePath
+from airflow.sdk import Asset, ObjectStoragePath
 
 from batch_provider import metrics
 from batch_provider.core.cache import ResultCache
@@ -129,6 +129,14 @@ def metric_tags(context: Any) -> dict[str, str]:
     return {"dag_id": str(ti.dag_id), "task_id": str(ti.task_id)}
 
 
+def outlets_with(results_asset: Asset | None, outlets: Any) -> list[Any]:
+    """The task's outlets plus its results Asset, when one is given."""
+    merged = list(outlets or [])
+    if isinstance(results_asset, Asset):
+        merged.append(results_asset)
+    return merged
+
+
 class _BatchOperatorMixin:
     """Connection and result-cache handling shared by the batch operators.
 
@@ -143,6 +151,24 @@ class _BatchOperatorMixin:
     cache_path: str | ObjectStoragePath | None
     use_cache: bool
     cache_ttl: timedelta | float | None
+
+    def _set_run_options(
+        self,
+        *,
+        provider: str | None,
+        conn_id: str | None,
+        run_path: str | ObjectStoragePath | None,
+        cache_path: str | ObjectStoragePath | None,
+        use_cache: bool,
+        cache_ttl: timedelta | float | None,
+    ) -> None:
+        """The connection, run-folder and result-cache options every batch operator takes."""
+        self.provider = provider
+        self.conn_id = conn_id
+        self.run_path = run_path
+        self.cache_path = cache_path
+        self.use_cache = use_cache
+        self.cache_ttl = cache_ttl
 
     def _hook(self, provider: str | None = None, conn_id: str | None = None) -> LLMBatchHook:
         """The hook for a run: the run's provider; this task's ``conn_id`` if set, else the run's."""

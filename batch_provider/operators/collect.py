@@ -17,6 +17,7 @@ from batch_provider.core.rundir import safe_segment
 from batch_provider.operators._common import (
     _BatchOperatorMixin,
     default_run_path,
+    outlets_with,
     run_dir_of,
     run_sync,
     upstream_handle,
@@ -105,17 +106,16 @@ class CollectBatchOperator(_BatchOperatorMixin, BaseOperator):
         cache_ttl: timedelta | float | None = None,
         **kwargs: Any,
     ):
-        outlets = list(kwargs.pop("outlets", None) or [])
-        if isinstance(results_asset, Asset):
-            outlets.append(results_asset)
-        super().__init__(outlets=outlets, **kwargs)
+        super().__init__(outlets=outlets_with(results_asset, kwargs.pop("outlets", None)), **kwargs)
         self.handle = handle
-        self.provider = provider
-        self.conn_id = conn_id
-        self.run_path = run_path
-        self.cache_path = cache_path
-        self.use_cache = use_cache
-        self.cache_ttl = cache_ttl
+        self._set_run_options(
+            provider=provider,
+            conn_id=conn_id,
+            run_path=run_path,
+            cache_path=cache_path,
+            use_cache=use_cache,
+            cache_ttl=cache_ttl,
+        )
 
     def execute(self, context: Any) -> dict[str, Any]:
         handle = upstream_handle(self, context, self.handle)

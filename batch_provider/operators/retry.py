@@ -28,6 +28,7 @@ from batch_provider.operators._common import (
     _defer_timeout,
     deadline_after,
     metric_tags,
+    outlets_with,
     record_waits,
     run_dir_of,
     run_sync,
@@ -85,10 +86,7 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         cache_ttl: timedelta | float | None = None,
         **kwargs: Any,
     ):
-        outlets = list(kwargs.pop("outlets", None) or [])
-        if isinstance(results_asset, Asset):
-            outlets.append(results_asset)
-        super().__init__(outlets=outlets, **kwargs)
+        super().__init__(outlets=outlets_with(results_asset, kwargs.pop("outlets", None)), **kwargs)
         if isinstance(max_attempts, int) and max_attempts < 1:
             raise ValueError("max_attempts counts the first submission too: it must be at least 1")
         self.handle = handle
@@ -101,12 +99,14 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         self.cancel_on_timeout = cancel_on_timeout
         self.cancel_on_kill = cancel_on_kill
         self.metadata = metadata
-        self.provider = provider
-        self.conn_id = conn_id
-        self.run_path = run_path
-        self.cache_path = cache_path
-        self.use_cache = use_cache
-        self.cache_ttl = cache_ttl
+        self._set_run_options(
+            provider=provider,
+            conn_id=conn_id,
+            run_path=run_path,
+            cache_path=cache_path,
+            use_cache=use_cache,
+            cache_ttl=cache_ttl,
+        )
         self._watching: RunHandle | None = None
 
     def _latest_handle(self, context: Any) -> RunHandle:

@@ -201,8 +201,6 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
             raise ValueError(
                 "rows need a prompt_template, prompt_template_param or build_request to become requests"
             )
-        self.provider = provider
-        self.conn_id = conn_id
         self.input_path = input_path
         self.records = records
         self.requests_path = requests_path
@@ -217,16 +215,20 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         self.id_field = id_field
         self.kind = kind
         self.metadata = metadata
-        self.run_path = run_path
         self.group = group
         self.input_format = input_format
         self.max_requests_per_batch = max_requests_per_batch
         self.max_bytes_per_batch = max_bytes_per_batch
         self.max_cost_usd = max_cost_usd
         self.allow_unknown_models = allow_unknown_models
-        self.cache_path = cache_path
-        self.use_cache = use_cache
-        self.cache_ttl = cache_ttl
+        self._set_run_options(
+            provider=provider,
+            conn_id=conn_id,
+            run_path=run_path,
+            cache_path=cache_path,
+            use_cache=use_cache,
+            cache_ttl=cache_ttl,
+        )
 
     def _group(self) -> str:
         if self.group:
