@@ -19,7 +19,7 @@ from batch_provider.core.cache import ResultCache
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.rundir import RunDirectory
 from batch_provider.hooks.batch import LLMBatchHook
-from batch_provider.triggers.batch import cancel_batches
+from batch_provider.triggers.batch import BatchWaitTrigger, cancel_batches
 
 T = TypeVar("T")
 
@@ -210,6 +210,33 @@ def _defer_timeout(timeout: timedelta | float | None, max_poll_interval: float) 
     if seconds is None:
         return None
     return timedelta(seconds=seconds + max_poll_interval + 300)
+
+
+def defer_until_ended(
+    task: Any,
+    hook: LLMBatchHook,
+    handle: RunHandle,
+    *,
+    timeout: timedelta | float | None,
+    method_name: str,
+    kwargs: dict[str, Any] | None = None,
+) -> None:
+    """Defer ``task`` (a sensor or operator with ``poll_interval``, ``max_poll_interval`` and
+    ``cancel_on_kill``) on one trigger watching every batch of ``handle`` until ``timeout``."""
+    task.defer(
+        trigger=BatchWaitTrigger(
+            conn_id=hook.conn_id,
+            provider=handle.provider.value,
+            batch_ids=handle.batch_ids,
+            deadline=deadline_after(timeout),
+            poll_interval_min=task.poll_interval,
+            poll_interval_max=task.max_poll_interval,
+            cancel_on_kill=task.cancel_on_kill,
+        ),
+        method_name=method_name,
+        kwargs=kwargs,
+        timeout=_defer_timeout(timeout, task.max_poll_interval),
+    )
 
 
 def _cancel(hook: LLMBatchHook, batch_ids: list[str], log: Any) -> dict[str, str]:

@@ -25,8 +25,8 @@ from batch_provider.links.batch import batch_links, persist_batch_links
 from batch_provider.operators._common import (
     _BatchOperatorMixin,
     _cancel,
-    _defer_timeout,
     deadline_after,
+    defer_until_ended,
     metric_tags,
     outlets_with,
     record_waits,
@@ -35,7 +35,6 @@ from batch_provider.operators._common import (
     upstream_handle,
 )
 from batch_provider.operators.collect import _publish, log_cost
-from batch_provider.triggers.batch import BatchWaitTrigger
 
 
 class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
@@ -146,19 +145,13 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
                 handle = new
                 continue
             if self.deferrable:
-                self.defer(
-                    trigger=BatchWaitTrigger(
-                        conn_id=hook.conn_id,
-                        provider=new.provider.value,
-                        batch_ids=new.batch_ids,
-                        deadline=deadline_after(self.attempt_timeout),
-                        poll_interval_min=self.poll_interval,
-                        poll_interval_max=self.max_poll_interval,
-                        cancel_on_kill=self.cancel_on_kill,
-                    ),
+                defer_until_ended(
+                    self,
+                    hook,
+                    new,
+                    timeout=self.attempt_timeout,
                     method_name="resume",
                     kwargs={"handle": new.model_dump(mode="json")},
-                    timeout=_defer_timeout(self.attempt_timeout, self.max_poll_interval),
                 )
             states = self._wait_in_worker(hook, new)
             record_waits(new.provider.value, {"states": states}, metric_tags(context))

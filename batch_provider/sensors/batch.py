@@ -25,14 +25,12 @@ from batch_provider.hooks.batch import LLMBatchHook
 from batch_provider.links.batch import batch_links, persist_batch_links
 from batch_provider.operators._common import (
     _cancel,
-    _defer_timeout,
-    deadline_after,
+    defer_until_ended,
     metric_tags,
     record_waits,
     run_sync,
     upstream_handle,
 )
-from batch_provider.triggers.batch import BatchWaitTrigger
 
 DEFAULT_TIMEOUT = timedelta(hours=25)
 """Providers end (complete or expire) a batch within 24 h; one more hour covers finalizing."""
@@ -102,19 +100,7 @@ class BatchSensor(BaseSensorOperator):
                     _cancel(hook, handle.batch_ids, self.log)
                 raise
         self.log.info("Deferring: %d batch(es) to watch, timeout %ss", len(handle.batches), self.timeout)
-        self.defer(
-            trigger=BatchWaitTrigger(
-                conn_id=hook.conn_id,
-                provider=handle.provider.value,
-                batch_ids=handle.batch_ids,
-                deadline=deadline_after(self.timeout),
-                poll_interval_min=self.poll_interval,
-                poll_interval_max=self.max_poll_interval,
-                cancel_on_kill=self.cancel_on_kill,
-            ),
-            method_name="execute_complete",
-            timeout=_defer_timeout(self.timeout, self.max_poll_interval),
-        )
+        defer_until_ended(self, hook, handle, timeout=self.timeout, method_name="execute_complete")
 
     def poke(self, context: Any) -> PokeReturnValue:
         handle, hook = self._resolve(context)

@@ -261,12 +261,23 @@ def backfill_runs(services: Services) -> dict[str, str]:
 
 
 def create_backfill(services: Services, *args: str) -> None:
-    """``airflow backfill create``, retried: on SQLite the CLI's insert can meet a locked database
-    while the scheduler writes."""
+    """``airflow backfill create``, retried. On SQLite the CLI can meet a database the scheduler
+    has locked: the command fails, or it commits the backfill and then creates none of its runs
+    (seen when clearing runs to reprocess them). Such a backfill would stay open for ever and
+    refuse the next one, so it is closed and the command run again."""
     for _ in range(5):
         done = services.airflow("backfill", "create", "--dag-id", "historical_backfill", *args)
-        if done.returncode == 0:
+        newest = services.query("select max(id) from backfill")[0][0]
+        runs = services.query(
+            "select count(*) from backfill_dag_run where backfill_id=? and dag_run_id is not null", newest
+        )[0][0]
+        if done.returncode == 0 and runs:
             return
+        if newest is not None and not runs:
+            services.query(
+                "update backfill set completed_at=CURRENT_TIMESTAMP where id=? and completed_at is null",
+                newest,
+            )
         time.sleep(3)
     pytest.fail(done.stderr[-3000:])
 
