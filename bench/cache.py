@@ -31,21 +31,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_port(port: int, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start")
+
+
 def start_moto(port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto server did not start")
+    try:
+        wait_for_port(port, "moto server")
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc
 
 
 def _serve_delay_proxy(port: int, target_port: int, latency_s: float) -> None:
@@ -80,14 +88,8 @@ def start_delay_proxy(target_port: int, latency_s: float) -> tuple[int, multipro
         target=_serve_delay_proxy, args=(port, target_port, latency_s), daemon=True
     )
     proc.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return port, proc
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("delay proxy did not start")
+    wait_for_port(port, "delay proxy", timeout=10)
+    return port, proc
 
 
 def main() -> None:
@@ -101,6 +103,7 @@ def main() -> None:
 
     moto_port = free_port()
     moto = start_moto(moto_port)
+    proxy: multiprocessing.Process | None = None
     try:
         port, proxy = start_delay_proxy(moto_port, args.latency_ms / 1000)
         endpoint = f"http://127.0.0.1:{port}"
@@ -149,7 +152,7 @@ def main() -> None:
         block_s = time.perf_counter() - started
     finally:
         moto.kill()
-        if "proxy" in locals():
+        if proxy is not None:
             proxy.kill()
 
     assert one_hits == len(sample) and block_hits == len(keys), (one_hits, block_hits)

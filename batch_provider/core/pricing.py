@@ -49,15 +49,33 @@ class PriceRow(BaseModel):
     effective_from: str | None = None
     source: str | None = None
 
+    def is_long(self, input_tokens_in_request: int) -> bool:
+        """Whether a request of this many prompt tokens is priced at the long-context tier."""
+        tier = self.long_context
+        return tier is not None and input_tokens_in_request > tier.above_input_tokens
+
     def rates(self, input_tokens_in_request: int) -> tuple[float, float, float, float]:
         """Standard (input, output, cache read, cache write) rates for one request's size."""
+        return self._rates(self.is_long(input_tokens_in_request))
+
+    def _rates(self, long: bool) -> tuple[float, float, float, float]:
         tier = self.long_context
-        long = tier is not None and input_tokens_in_request > tier.above_input_tokens
         input_rate = self.input * (tier.input_multiplier if long and tier else 1.0)
         output_rate = self.output * (tier.output_multiplier if long and tier else 1.0)
         read = self.cache_read if self.cache_read is not None else input_rate * self.cache_read_multiplier
         write = self.cache_write if self.cache_write is not None else input_rate * self.cache_write_multiplier
         return input_rate, output_rate, read, write
+
+    def priced(self, usage: Usage, *, long: bool) -> Cost:
+        """Cost of ``usage`` at this row's standard and batch prices, at the given tier."""
+        input_rate, output_rate, read_rate, write_rate = self._rates(long)
+        standard = (
+            usage.input_tokens * input_rate
+            + usage.output_tokens * output_rate
+            + usage.cache_read_tokens * read_rate
+            + usage.cache_write_tokens * write_rate
+        ) / MILLION
+        return Cost(batch_usd=standard * self.batch_discount, standard_usd=standard)
 
 
 class Cost(BaseModel):
@@ -124,14 +142,7 @@ class PriceTable:
         if row is None:
             return Cost(unpriced_tokens=usage.total_tokens, unpriced_models=[model or "(none)"])
         prompt = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
-        input_rate, output_rate, read_rate, write_rate = row.rates(prompt)
-        standard = (
-            usage.input_tokens * input_rate
-            + usage.output_tokens * output_rate
-            + usage.cache_read_tokens * read_rate
-            + usage.cache_write_tokens * write_rate
-        ) / MILLION
-        return Cost(batch_usd=standard * row.batch_discount, standard_usd=standard)
+        return row.priced(usage, long=row.is_long(prompt))
 
 
 class CostTally:
@@ -153,9 +164,8 @@ class CostTally:
             row = self._rows[model]
         else:
             row = self._rows[model] = self._prices.lookup(self._provider, model)
-        tier = row.long_context if row is not None else None
-        long = tier is not None and (
-            usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens > tier.above_input_tokens
+        long = row is not None and row.is_long(
+            usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
         )
         sums = self._tokens.get((model, long))
         if sums is None:
@@ -184,11 +194,10 @@ class CostTally:
                 unpriced = Cost(unpriced_tokens=inp + out + read + write, unpriced_models=[model or "(none)"])
                 total = total + unpriced
                 continue
-            tier = row.long_context
-            above = tier.above_input_tokens + 1 if long and tier is not None else 0
-            rate_in, rate_out, rate_read, rate_write = row.rates(above)
-            standard = (inp * rate_in + out * rate_out + read * rate_read + write * rate_write) / MILLION
-            total = total + Cost(batch_usd=standard * row.batch_discount, standard_usd=standard)
+            summed = Usage(
+                input_tokens=inp, output_tokens=out, cache_read_tokens=read, cache_write_tokens=write
+            )
+            total = total + row.priced(summed, long=long)
         return total
 
 
