@@ -28,9 +28,10 @@ from typing import Any, ClassVar
 
 import httpx2
 
-from batch_provider.backends.base import BatchBackend, Chunk, EncodedRequest
+from batch_provider.backends.base import Chunk, EncodedRequest
 from batch_provider.backends.errors import ConflictError, InvalidRequestError, RequestRejected
-from batch_provider.backends.transport import ErrorInfo, Transport, TransportPolicy
+from batch_provider.backends.http_backend import HttpBatchBackend
+from batch_provider.backends.transport import ErrorInfo, TransportPolicy
 from batch_provider.backends.wire import (
     check_custom_id,
     check_max_tokens,
@@ -45,7 +46,7 @@ from batch_provider.backends.wire import (
     succeeded,
     usage,
 )
-from batch_provider.core.limits import LIMITS, ProviderLimits
+from batch_provider.core.limits import ProviderLimits
 from batch_provider.core.models import (
     BatchCounts,
     BatchEnding,
@@ -103,7 +104,7 @@ def ending_of(counts: BatchCounts) -> BatchEnding:
     return BatchEnding.COMPLETED
 
 
-class AnthropicBackend(BatchBackend):
+class AnthropicBackend(HttpBatchBackend):
     """Anthropic Message Batches on one pooled ``httpx2.AsyncClient``. The API key lives only in
     the client's ``x-api-key`` header."""
 
@@ -123,22 +124,18 @@ class AnthropicBackend(BatchBackend):
         anthropic_version: str = API_VERSION,
         beta: list[str] | None = None,
     ) -> None:
-        self.limits = limits or LIMITS[self.provider]
         headers = {"anthropic-version": anthropic_version}
         if beta:
             headers["anthropic-beta"] = ",".join(beta)
-        self._http = Transport(
-            provider=self.provider.value,
-            base_url=base_url or self.default_base_url,
+        super().__init__(
+            base_url,
             credential_headers={"x-api-key": api_key},
             headers=headers,
             policy=policy,
+            limits=limits,
             client=client,
             quota_exhausted=_quota_exhausted,
         )
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self._http.base_url!r})"
 
     # ----------------------------------------------------------------- translation
 
@@ -284,11 +281,8 @@ class AnthropicBackend(BatchBackend):
     async def cancel(self, batch_id: str) -> BatchState:
         try:
             batch = await self._http.json("POST", f"{BATCHES}/{batch_id}/cancel", operation="cancel batch")
-        except (InvalidRequestError, ConflictError):
-            state = await self.status(batch_id)
-            if state.is_terminal:
-                return state
-            raise
+        except (InvalidRequestError, ConflictError) as refusal:
+            return await self._state_if_ended(batch_id, refusal)
         return self.state_of(batch)
 
     async def results(self, ref: BatchRef) -> AsyncIterator[ResultRecord]:
@@ -365,6 +359,3 @@ class AnthropicBackend(BatchBackend):
             retryable=False,
             raw=result,
         )
-
-    async def aclose(self) -> None:
-        await self._http.aclose()

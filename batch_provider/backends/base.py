@@ -96,6 +96,14 @@ class BatchBackend(abc.ABC):
     async def cancel(self, batch_id: str) -> BatchState:
         """Request cancellation; a batch that already ended is returned unchanged, not an error."""
 
+    async def _state_if_ended(self, batch_id: str, refusal: Exception) -> BatchState:
+        """After the provider refused a cancel as invalid in the batch's state: the batch's state
+        when it has ended (what :meth:`cancel` returns then); otherwise ``refusal`` is raised."""
+        state = await self.status(batch_id)
+        if state.is_terminal:
+            return state
+        raise refusal
+
     @abc.abstractmethod
     def results(self, ref: BatchRef) -> AsyncIterator[ResultRecord]:
         """Every result line of an ended batch (successes and per-item errors), as records."""

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx2
 
 from batch_provider.backends import gemini_wire as gw
-from batch_provider.backends.base import BatchBackend, Chunk, EncodedRequest
+from batch_provider.backends.base import Chunk, EncodedRequest
 from batch_provider.backends.errors import (
     AuthenticationError,
     ConflictError,
@@ -49,7 +49,8 @@ from batch_provider.backends.errors import (
     NotFoundError,
     RequestRejected,
 )
-from batch_provider.backends.transport import ErrorInfo, Transport, TransportPolicy
+from batch_provider.backends.http_backend import HttpBatchBackend
+from batch_provider.backends.transport import ErrorInfo, TransportPolicy
 from batch_provider.backends.wire import (
     check_custom_id,
     check_max_tokens,
@@ -59,7 +60,7 @@ from batch_provider.backends.wire import (
     read_blocks,
     stream_records,
 )
-from batch_provider.core.limits import LIMITS, ProviderLimits
+from batch_provider.core.limits import ProviderLimits
 from batch_provider.core.models import BatchRef, BatchState, LLMRequest, Provider, ResultRecord
 
 DEFAULT_INLINE_MAX_BYTES = 20_000_000
@@ -108,7 +109,7 @@ def _model_path(model: str) -> str:
     return model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
 
 
-class GeminiBackend(BatchBackend):
+class GeminiBackend(HttpBatchBackend):
     """Gemini batch mode on one pooled ``httpx2.AsyncClient``; the key lives only in its
     ``x-goog-api-key`` header.
 
@@ -143,19 +144,15 @@ class GeminiBackend(BatchBackend):
         self.inline_max_bytes = int(inline_max_bytes)  # a connection extra arrives as text
         if self.inline_max_bytes < 0:
             raise ValueError("inline_max_bytes must be >= 0")
-        self.limits = limits or LIMITS[self.provider]
         self.api_version = str(api_version).strip("/")
-        self._http = Transport(
-            provider=self.provider.value,
-            base_url=base_url or self.default_base_url,
+        super().__init__(
+            base_url,
             credential_headers={"x-goog-api-key": api_key},
             policy=policy,
+            limits=limits,
             client=client,
             quota_exhausted=_quota_exhausted,
         )
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self._http.base_url!r})"
 
     def _v(self, path: str) -> str:
         return f"{self.api_version}/{path}"
@@ -349,11 +346,8 @@ class GeminiBackend(BatchBackend):
             await self._http.request(
                 "POST", self._v(f"{_batch_path(batch_id)}:cancel"), operation="cancel batch", json_body={}
             )
-        except (InvalidRequestError, ConflictError):
-            state = await self.status(batch_id)
-            if state.is_terminal:
-                return state
-            raise
+        except (InvalidRequestError, ConflictError) as refusal:
+            return await self._state_if_ended(batch_id, refusal)
         return await self.status(batch_id)
 
     async def delete_batch(self, batch_id: str) -> None:
@@ -392,6 +386,3 @@ class GeminiBackend(BatchBackend):
         # Google answers 403 "may not exist" for a file it already removed (files live 48 h).
         with contextlib.suppress(NotFoundError, AuthenticationError):
             await self._http.request("DELETE", self._v(ref.input_file_id), operation="delete input file")
-
-    async def aclose(self) -> None:
-        await self._http.aclose()

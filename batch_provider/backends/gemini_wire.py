@@ -24,9 +24,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from batch_provider.backends.errors import RequestRejected
-from batch_provider.backends.wire import failed, parse_timestamp, succeeded, usage
+from batch_provider.backends.wire import (
+    counts_of_totals,
+    failed,
+    leading_string_reader,
+    parse_timestamp,
+    succeeded,
+    usage,
+)
 from batch_provider.core.models import (
-    BatchCounts,
     BatchEnding,
     BatchState,
     BatchStatus,
@@ -41,8 +47,6 @@ from batch_provider.core.models import (
 PROVIDER = "gemini"
 DISPLAY_NAME_MAX = 128
 """Assumed limit of ``displayName`` (Google's resource display names are usually 128 characters)."""
-_KEY_PREFIX = b'{"key":'
-_DECODER = json.JSONDecoder()
 _WHITESPACE = re.compile(r"\s+")
 
 _STATES: dict[str, tuple[BatchStatus, BatchEnding | None]] = {
@@ -157,17 +161,8 @@ def generate_content_request(request: LLMRequest) -> tuple[dict[str, Any], str |
     return body, (str(model).removeprefix("models/") if model else None)
 
 
-def key_of_line(line: bytes) -> str:
-    """The ``key`` of a native line, read from its fixed prefix when possible."""
-    if line.startswith(_KEY_PREFIX):
-        text = line[len(_KEY_PREFIX) : len(_KEY_PREFIX) + 4 * 1024].decode("utf-8", errors="ignore")
-        try:
-            value, _ = _DECODER.raw_decode(text)
-        except ValueError:
-            value = None
-        if isinstance(value, str):
-            return value
-    return str(json.loads(line)["key"])
+key_of_line = leading_string_reader("key", 4 * 1024)
+"""The ``key`` of a native line, read from its fixed prefix when possible."""
 
 
 def inline_request(line: bytes) -> bytes:
@@ -253,10 +248,13 @@ def state_of(operation: dict[str, Any]) -> BatchState:
     native = native_state(batch)
     status, ending = _STATES.get(_short_state(native), (BatchStatus.RUNNING, None))
     stats = batch.get("batchStats") or {}
-    total = _count(stats, "requestCount")
-    ok = _count(stats, "successfulRequestCount")
-    bad = _count(stats, "failedRequestCount")
-    unrun = max(0, total - ok - bad)
+    counts = counts_of_totals(
+        _count(stats, "requestCount"),
+        _count(stats, "successfulRequestCount"),
+        _count(stats, "failedRequestCount"),
+        status,
+        ending,
+    )
     error = operation.get("error") or batch.get("error") or {}
     message = str(error.get("message") or "") or None if isinstance(error, dict) else None
     return BatchState(
@@ -264,14 +262,7 @@ def state_of(operation: dict[str, Any]) -> BatchState:
         status=status,
         ending=ending,
         native_status=native,
-        counts=BatchCounts(
-            total=total,
-            succeeded=ok,
-            errored=bad,
-            processing=unrun if status is not BatchStatus.ENDED else 0,
-            expired=unrun if ending is BatchEnding.EXPIRED else 0,
-            cancelled=unrun if ending is BatchEnding.CANCELLED else 0,
-        ),
+        counts=counts,
         error_message=message,
         retryable=ending is BatchEnding.FAILED
         and isinstance(error, dict)

@@ -1,5 +1,5 @@
-"""Helpers shared by the HTTP backends: deterministic line encoding, fast custom_id reads,
-streaming part-file bodies, timestamp parsing and lean record construction.
+"""Helpers shared by the backends: deterministic line encoding, fast custom_id reads,
+streaming part-file bodies, timestamp parsing, batch counts and lean record construction.
 
 Invariant: one JSON codec (:mod:`batch_provider.core.jsonl`) encodes every native line and decodes
 every result line, so a request's bytes, and hence its fingerprint, depend on the request only.
@@ -8,6 +8,7 @@ every result line, so a request's bytes, and hence its fingerprint, depend on th
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -21,7 +22,14 @@ from batch_provider.backends.errors import RequestRejected
 from batch_provider.backends.transport import Transport, TruncatedStreamError
 from batch_provider.core.jsonl import aiter_line_blocks, dumps_line, loads
 from batch_provider.core.limits import ProviderLimits
-from batch_provider.core.models import ItemStatus, LLMRequest, ResultRecord
+from batch_provider.core.models import (
+    BatchCounts,
+    BatchEnding,
+    BatchStatus,
+    ItemStatus,
+    LLMRequest,
+    ResultRecord,
+)
 
 READ_BLOCK = 1 << 20
 
@@ -44,6 +52,27 @@ def custom_id_of_line(line: bytes) -> str:
         return _read_custom_id(line).custom_id
     except msgspec.DecodeError:
         return str(loads(line)["custom_id"])
+
+
+def leading_string_reader(key: str, window: int) -> Callable[[bytes], str]:
+    """A reader of the string ``key`` of native lines: a line that starts with it
+    (``{"<key>":"..."``) has the value decoded from its first ``window`` bytes, so the rest of the
+    line is never parsed; any other line is parsed whole."""
+    prefix = b'{"' + key.encode() + b'":'
+    start, stop = len(prefix), len(prefix) + window
+    decode = json.JSONDecoder().raw_decode
+
+    def read(line: bytes) -> str:
+        if line.startswith(prefix):
+            try:
+                value, _ = decode(line[start:stop].decode("utf-8", errors="ignore"))
+            except ValueError:
+                value = None
+            if isinstance(value, str):
+                return value
+        return str(json.loads(line)[key])
+
+    return read
 
 
 def check_custom_id(request: LLMRequest, limits: ProviderLimits) -> None:
@@ -128,6 +157,23 @@ def parse_timestamp(value: Any) -> datetime | None:
         return datetime.fromtimestamp(value, tz=UTC)
     parsed = datetime.fromisoformat(str(value))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def counts_of_totals(
+    total: int, succeeded_count: int, errored_count: int, status: BatchStatus, ending: BatchEnding | None
+) -> BatchCounts:
+    """Counts of a batch whose provider reports only total, succeeded and errored requests: the
+    unanswered rest is ``processing`` until the batch ends, then ``expired`` or ``cancelled`` as
+    its ending says (nothing for a completed or failed batch)."""
+    unrun = max(0, total - succeeded_count - errored_count)
+    return BatchCounts(
+        total=total,
+        succeeded=succeeded_count,
+        errored=errored_count,
+        processing=unrun if status is not BatchStatus.ENDED else 0,
+        expired=unrun if ending is BatchEnding.EXPIRED else 0,
+        cancelled=unrun if ending is BatchEnding.CANCELLED else 0,
+    )
 
 
 def usage(
