@@ -2,7 +2,8 @@
 
 Wire format: spec §C. Each chunk becomes one JSONL object in S3 and one
 ``CreateModelInvocationJob``; results are the ``.jsonl.out`` objects Bedrock writes under
-``<output s3Uri>/<jobId>/``.
+``<output s3Uri>/<jobId>/``. Record lines, job identity and states live in :mod:`.bedrock_wire`,
+model-family bodies in :mod:`.bedrock_models`.
 
 S3 layout (``<in>``/``<out>`` are the ``s3_input_uri``/``s3_output_uri`` prefixes)::
 
@@ -24,30 +25,19 @@ Decisions:
   any job is paid for. A retry attempt holding fewer than the minimum raises the same error: its
   records stay in ``errors.jsonl`` with their first errors and go to the dead letter when the run
   is closed (``write_dead_letter``). Lower the minimum only where the account's quota is lower.
-- **States.** Submitted/Validating/Scheduled → pending; InProgress → running; Stopping →
-  finalizing; Completed → ended/completed; PartiallyCompleted → ended/**expired** (Bedrock stops a
-  job at its timeout with part of the records done; the records with output are kept and the
-  unanswered ones become ``expired`` and retryable, exactly like an expired OpenAI batch);
-  Expired → ended/expired; Stopped → ended/cancelled (records done before the stop are kept, the
-  rest are ``cancelled`` and retryable); Failed → ended/failed.
-- **recordId** carries the ``custom_id``. Bedrock's documentation asks for alphanumeric ids;
-  this backend accepts ``[a-zA-Z0-9_-]{1,64}`` (the Anthropic rule), so a DAG switching from
-  Anthropic keeps its ids. ``BEDROCK_LIMITS`` states it.
-- **Item errors**: ``errorCode`` 408/429/5xx are retryable, other codes are not.
+- States, ``recordId`` and item errors: see :mod:`.bedrock_wire`.
 - ``manifest.json.out`` is never read as records.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from batch_provider.backends import bedrock_wire as bw
 from batch_provider.backends.base import BatchBackend, Chunk, EncodedRequest
 from batch_provider.backends.bedrock_aws import (
     AwsClients,
@@ -60,48 +50,22 @@ from batch_provider.backends.bedrock_aws import (
     split_s3_uri,
     upload_file,
 )
-from batch_provider.backends.bedrock_models import (
-    STRUCTURED_TOOL,
-    ModelFamily,
-    answer_of,
-    family_of,
-    model_input,
+from batch_provider.backends.bedrock_models import STRUCTURED_TOOL, ModelFamily, family_of, model_input
+from batch_provider.backends.bedrock_wire import (
+    alnum_slug,
+    aws_timestamp,
+    client_request_token,
+    job_id_of,
+    job_name,
+    job_tags,
 )
 from batch_provider.backends.errors import ConflictError, InvalidRequestError, RequestRejected
-from batch_provider.backends.wire import check_max_tokens, check_size, encode_line, failed, succeeded
+from batch_provider.backends.wire import check_max_tokens, check_size, encode_line
 from batch_provider.core.jsonl import loads
 from batch_provider.core.limits import BEDROCK_LIMITS, ProviderLimits
-from batch_provider.core.models import (
-    BatchCounts,
-    BatchEnding,
-    BatchRef,
-    BatchState,
-    BatchStatus,
-    ItemStatus,
-    LLMRequest,
-    Provider,
-    ResultRecord,
-)
+from batch_provider.core.models import BatchRef, BatchState, LLMRequest, Provider, ResultRecord
 
 INPUT_FILE = "records.jsonl"
-_STATUS: dict[str, tuple[BatchStatus, BatchEnding | None]] = {
-    "Submitted": (BatchStatus.PENDING, None),
-    "Validating": (BatchStatus.PENDING, None),
-    "Scheduled": (BatchStatus.PENDING, None),
-    "InProgress": (BatchStatus.RUNNING, None),
-    "Stopping": (BatchStatus.FINALIZING, None),
-    "Completed": (BatchStatus.ENDED, BatchEnding.COMPLETED),
-    "PartiallyCompleted": (BatchStatus.ENDED, BatchEnding.EXPIRED),
-    "Expired": (BatchStatus.ENDED, BatchEnding.EXPIRED),
-    "Stopped": (BatchStatus.ENDED, BatchEnding.CANCELLED),
-    "Failed": (BatchStatus.ENDED, BatchEnding.FAILED),
-}
-_TERMINAL = frozenset(name for name, (status, _) in _STATUS.items() if status is BatchStatus.ENDED)
-_RETRYABLE_ITEM_CODES = frozenset({408, 429})
-_PREFIX = b'{"recordId":'
-_DECODER = json.JSONDecoder()
-_NOT_ALNUM = re.compile(r"[^a-zA-Z0-9]+")
-_TAG_CHARS = re.compile(r"[^a-zA-Z0-9 ._:/=+@-]")
 
 
 class BelowMinimumRecordsError(InvalidRequestError):
@@ -119,66 +83,6 @@ class BelowMinimumRecordsError(InvalidRequestError):
         )
         self.count = count
         self.minimum = minimum
-
-
-def _alnum(value: str) -> str:
-    return _NOT_ALNUM.sub("-", value).strip("-")
-
-
-def client_request_token(tags: Mapping[str, str], chunk: Chunk | None = None) -> str:
-    """The idempotency token of one chunk's job: ``bp-<run>-<attempt>-<chunk>-<fingerprint>``.
-
-    Matches ``[a-zA-Z0-9](-*[a-zA-Z0-9])*`` and is at most 256 characters. Without the ``bp_run``
-    and ``bp_chunk`` tags it is a digest of every tag plus the chunk's index, size and group.
-    """
-    run, chunk_tag = tags.get("bp_run"), tags.get("bp_chunk")
-    if run and chunk_tag:
-        token = f"bp-{_alnum(run)}-{_alnum(chunk_tag)}"
-        if len(token) <= 256:
-            return token
-    material = json.dumps(
-        {
-            "tags": sorted(tags.items()),
-            "chunk": None
-            if chunk is None
-            else [chunk.index, chunk.request_count, chunk.byte_size, chunk.group],
-        }
-    )
-    return "bp-" + hashlib.sha256(material.encode()).hexdigest()[:48]
-
-
-def job_tags(tags: Mapping[str, str]) -> list[dict[str, str]]:
-    """``tags`` as Bedrock job tags, made valid: keys 1-128 and values 0-256 characters from
-    ``[a-zA-Z0-9 ._:/=+@-]``. Commas become spaces (so comma lists stay readable), any other
-    character ``_``; keys AWS reserves (``aws:``) are left out."""
-    out: list[dict[str, str]] = []
-    for key, value in tags.items():
-        clean_key = _TAG_CHARS.sub("_", str(key))[:128]
-        if not clean_key or clean_key.lower().startswith("aws:"):
-            continue
-        clean_value = _TAG_CHARS.sub("_", str(value).replace(",", " "))[:256]
-        out.append({"key": clean_key, "value": clean_value})
-    return out
-
-
-def job_name(token: str) -> str:
-    """A valid ``jobName`` (1-63 characters, alphanumeric start) for the job of ``token``."""
-    if len(token) <= 63:
-        return token
-    return f"bp-{hashlib.sha256(token.encode()).hexdigest()[:40]}"
-
-
-def job_id_of(job_arn: str) -> str:
-    return job_arn.rsplit("/", 1)[-1]
-
-
-def _timestamp(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class BedrockBackend(BatchBackend):
@@ -291,15 +195,7 @@ class BedrockBackend(BatchBackend):
         )
 
     def custom_id_of(self, line: bytes) -> str:
-        if line.startswith(_PREFIX):
-            text = line[len(_PREFIX) : len(_PREFIX) + 1024].decode("utf-8", errors="ignore")
-            try:
-                value, _ = _DECODER.raw_decode(text)
-            except ValueError:
-                value = None
-            if isinstance(value, str):
-                return value
-        return str(json.loads(line)["recordId"])
+        return bw.record_id_of_line(line)
 
     def wants_json(self, line: bytes) -> bool:
         """Whether the encoded request asked for a response schema (the forced structured tool)."""
@@ -310,8 +206,8 @@ class BedrockBackend(BatchBackend):
     def _locations(self, tags: Mapping[str, str], chunk: Chunk) -> tuple[str, str, str]:
         """(token, input key, output prefix) of ``chunk``'s job."""
         token = client_request_token(tags, chunk)
-        run = _alnum(tags.get("bp_run", "")) or "run"
-        folder = _alnum(tags.get("bp_chunk", "")) or token
+        run = alnum_slug(tags.get("bp_run", "")) or "run"
+        folder = alnum_slug(tags.get("bp_chunk", "")) or token
         return (
             token,
             join_key(self.input_prefix, run, folder, INPUT_FILE),
@@ -440,7 +336,7 @@ class BedrockBackend(BatchBackend):
                     ),
                     chunk_index=index,
                     request_count=int(summary.get("totalRecordCount") or 0),
-                    created_at=_timestamp(summary.get("submitTime")) or datetime.now(UTC),
+                    created_at=aws_timestamp(summary.get("submitTime")) or datetime.now(UTC),
                     model=summary.get("modelId"),
                 )
             )
@@ -451,47 +347,18 @@ class BedrockBackend(BatchBackend):
 
     def state_of(self, job: dict[str, Any]) -> BatchState:
         """The normalised state of a GetModelInvocationJob answer (or a list summary)."""
-        native = str(job.get("status"))
-        status, ending = _STATUS.get(native, (BatchStatus.RUNNING, None))
-        total = int(job.get("totalRecordCount") or 0)
-        succeeded_count = int(job.get("successRecordCount") or 0)
-        errored = int(job.get("errorRecordCount") or 0)
-        unrun = max(0, total - succeeded_count - errored)
-        counts = BatchCounts(
-            total=total,
-            succeeded=succeeded_count,
-            errored=errored,
-            processing=unrun if status is not BatchStatus.ENDED else 0,
-            expired=unrun if ending is BatchEnding.EXPIRED else 0,
-            cancelled=unrun if ending is BatchEnding.CANCELLED else 0,
-        )
-        message = job.get("message")
-        return BatchState(
-            batch_id=job["jobArn"],
-            status=status,
-            ending=ending,
-            native_status=native,
-            counts=counts,
-            error_message=str(message) if message else None,
-            retryable=False,
-            created_at=_timestamp(job.get("submitTime")),
-            ended_at=_timestamp(job.get("endTime")) if status is BatchStatus.ENDED else None,
-            expires_at=_timestamp(job.get("jobExpirationTime")),
-        )
+        return bw.state_of(job)
 
     async def cancel(self, batch_id: str) -> BatchState:
         job = await self._job(batch_id)
-        if job.get("status") in _TERMINAL:
+        if job.get("status") in bw.ENDED_STATUSES:
             return self.state_of(job)
         bedrock = await self._aws.client("bedrock")
         try:
             with aws_errors("stop model invocation job"):
                 await bedrock.stop_model_invocation_job(jobIdentifier=batch_id)
-        except (ConflictError, InvalidRequestError):
-            state = await self.status(batch_id)
-            if state.is_terminal:
-                return state
-            raise
+        except (InvalidRequestError, ConflictError) as refusal:
+            return await self._state_if_ended(batch_id, refusal)
         return await self.status(batch_id)
 
     def output_location(self, job: dict[str, Any]) -> tuple[str, str]:
@@ -509,11 +376,12 @@ class BedrockBackend(BatchBackend):
             for key in await list_keys(s3, bucket, prefix)
             if key.endswith(".out") and not key.endswith("manifest.json.out")
         ]
+        batch_id, model, record_of = ref.batch_id, ref.model, bw.record_of
         seen: set[str] = set()
         for key in keys:
             async for lines in object_lines(s3, bucket, key, self.policy):
                 for line in lines:
-                    record = self.record_of(loads(line), ref.batch_id, ref.model)
+                    record = record_of(loads(line), batch_id, model)
                     if record.custom_id in seen:
                         continue
                     seen.add(record.custom_id)
@@ -521,42 +389,7 @@ class BedrockBackend(BatchBackend):
 
     def record_of(self, line: dict[str, Any], batch_id: str, model: str | None = None) -> ResultRecord:
         """One ``.jsonl.out`` line as a record."""
-        custom_id = str(line.get("recordId"))
-        provider = self.provider.value
-        output = line.get("modelOutput")
-        error = line.get("error")
-        if error is not None or not isinstance(output, dict):
-            error = error if isinstance(error, dict) else {}
-            raw_code = error.get("errorCode")
-            try:
-                code = int(raw_code)
-            except (TypeError, ValueError):
-                code = 0
-            message = str(error.get("errorMessage") or error.get("message") or "the record failed")
-            return failed(
-                custom_id,
-                provider,
-                batch_id,
-                status=ItemStatus.ERRORED,
-                type=f"http_{code}" if code else "record_error",
-                message=message,
-                retryable=code >= 500 or code in _RETRYABLE_ITEM_CODES,
-                code=str(raw_code) if raw_code is not None else None,
-                raw=error,
-                model=model,
-            )
-        answer = answer_of(output)
-        return succeeded(
-            custom_id,
-            provider,
-            batch_id,
-            output_text=answer.text,
-            parsed=answer.parsed,
-            finish_reason=answer.finish_reason,
-            usage=answer.usage,
-            raw=output,
-            model=model or answer.model,
-        )
+        return bw.record_of(line, batch_id, model)
 
     async def delete_input(self, ref: BatchRef) -> None:
         if not ref.input_file_id or not ref.input_file_id.startswith("s3://"):
