@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import json
 import math
 import random
@@ -29,15 +28,15 @@ import re
 from array import array
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import outputs
 from .errors import ApiError, not_found
 from .faults import BatchFaults, item_error_code, parse_custom_id
-from .store import new_id, write_json
+from .registry import BatchRegistry
+from .store import new_id
 
 if TYPE_CHECKING:
     from .store import Store
@@ -91,48 +90,20 @@ class AnthropicBatch:
     processing_seconds: float | None = None
 
 
-class AnthropicBatches:
+class AnthropicBatches(BatchRegistry[AnthropicBatch]):
+    """Every Anthropic message batch of one emulator, persisted under ``<data dir>/anthropic``."""
+
+    PROVIDER = "anthropic"
+    RECORD_TYPE = AnthropicBatch
+    META_GLOB = "msgbatch_*.json"
+    INPUT_SUFFIX = ".requests.jsonl"
+
     def __init__(self, store: Store) -> None:
-        self.store = store
-        self.cfg = store.config
-        self.dir = store.root / "anthropic"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.records: dict[str, AnthropicBatch] = {}
-        self._seq = 0
-        self.order: list[str] = []
-        self.pos: dict[str, int] = {}
+        super().__init__(store)
         self.plans: dict[str, Plan] = {}
-        loaded = []
-        for meta in self.dir.glob("msgbatch_*.json"):
-            with contextlib.suppress(ValueError, TypeError):
-                loaded.append(AnthropicBatch(**json.loads(meta.read_text())))
-        for rec in sorted(loaded, key=lambda r: r.seq):
-            self._index(rec)
-
-    def _index(self, rec: AnthropicBatch) -> None:
-        self._seq = max(self._seq, rec.seq)
-        self.records[rec.id] = rec
-        self.pos[rec.id] = len(self.order)
-        self.order.append(rec.id)
-
-    def save(self, rec: AnthropicBatch) -> None:
-        self._save(rec)
-
-    def _save(self, rec: AnthropicBatch) -> None:
-        write_json(self.dir / f"{rec.id}.json", asdict(rec))
-        self.store.save_clock()
-
-    def requests_path(self, batch_id: str) -> Path:
-        return self.dir / f"{batch_id}.requests.jsonl"
 
     def clear(self) -> None:
-        for bid in self.order:
-            for p in (self.dir / f"{bid}.json", self.requests_path(bid)):
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-        self.records.clear()
-        self.order.clear()
-        self.pos.clear()
+        super().clear()
         self.plans.clear()
 
     # ------------------------------------------------------------------ create
@@ -178,9 +149,7 @@ class AnthropicBatches:
             seq=self._seq + 1,
         )
         await asyncio.to_thread(self._write_requests, rec.id, reqs)
-        self._index(rec)
-        self._save(rec)
-        self.store.stats.batches_created["anthropic"] += 1
+        self.add(rec)
         self.store.stats.count_plan(await self.plan(rec))
         return rec
 
@@ -196,14 +165,12 @@ class AnthropicBatches:
             synthetic_text_bytes=text_bytes,
             processing_seconds=processing_seconds,
         )
-        self._index(rec)
-        self._save(rec)
-        self.store.stats.batches_created["anthropic"] += 1
+        self.add(rec)
         self.plans[rec.id] = Plan(n=n)
         return rec
 
     def _write_requests(self, batch_id: str, reqs: list[dict[str, Any]]) -> None:
-        with self.requests_path(batch_id).open("wb") as fh:
+        with self.input_path(batch_id).open("wb") as fh:
             for r in reqs:
                 line = {"custom_id": r["custom_id"], "params": r["params"]}
                 fh.write(json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
@@ -221,7 +188,7 @@ class AnthropicBatches:
     def _build_plan(self, rec: AnthropicBatch) -> Plan:
         cfg = self.cfg
         plan = Plan(faults=BatchFaults.from_json(rec.faults))
-        with self.requests_path(rec.id).open("rb") as fh:
+        with self.input_path(rec.id).open("rb") as fh:
             for raw in fh:
                 idx = plan.n
                 plan.n += 1
@@ -328,7 +295,7 @@ class AnthropicBatches:
             raise ApiError(400, f"Batch {rec.id} has already ended and cannot be canceled.")
         if rec.cancel_at is None:
             rec.cancel_at = now
-            self._save(rec)
+            self.save(rec)
         return self.view(rec, plan, now, base_url)
 
     async def delete(self, rec: AnthropicBatch) -> None:
@@ -340,41 +307,16 @@ class AnthropicBatches:
                 f"Batch {rec.id} cannot be deleted while it is {status}; "
                 "cancel it and wait until it has ended.",
             )
-        self.records.pop(rec.id, None)
         self.plans.pop(rec.id, None)
-        for p in (self.dir / f"{rec.id}.json", self.requests_path(rec.id)):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        self.forget(rec.id)
 
     def page(
         self, before_id: str | None, after_id: str | None, limit: int
     ) -> tuple[list[AnthropicBatch], bool]:
         """Newest first. ``after_id``: older than that id; ``before_id``: newer than that id."""
-        live = self.records
         if before_id is not None:
-            if before_id not in self.pos:
-                return [], False
-            i = self.pos[before_id] + 1
-            items: list[AnthropicBatch] = []
-            while i < len(self.order) and len(items) < limit:
-                if self.order[i] in live:
-                    items.append(live[self.order[i]])
-                i += 1
-            more = any(bid in live for bid in self.order[i:])
-            return list(reversed(items)), more
-        if after_id is not None:
-            if after_id not in self.pos:
-                return [], False
-            i = self.pos[after_id] - 1
-        else:
-            i = len(self.order) - 1
-        items = []
-        while i >= 0 and len(items) < limit:
-            if self.order[i] in live:
-                items.append(live[self.order[i]])
-            i -= 1
-        more = any(self.order[j] in live for j in range(i, -1, -1))
-        return items, more
+            return self.newer_than(before_id, limit)
+        return self.older_than(after_id, limit)
 
     # ------------------------------------------------------------------ results
 
@@ -384,7 +326,7 @@ class AnthropicBatches:
         if rec.synthetic_text_bytes is not None:
             yield from _synthetic_chunks(rec, self.cfg.seed)
             return
-        path = self.requests_path(rec.id)
+        path = self.input_path(rec.id)
         shuffle = plan.faults.shuffle or self.cfg.shuffle_results or self.cfg.anthropic_results_shuffled
         buf: list[bytes] = []
         size = 0

@@ -174,7 +174,7 @@ async def emu_bedrock(request: Request) -> Response:
         except (ValueError, TypeError) as exc:
             return JSONResponse({"error": {"message": str(exc)}}, status_code=400)
     settings = {name: getattr(jobs.settings, name) for name in jobs.settings.__dataclass_fields__}
-    return JSONResponse({**settings, "jobs": len(jobs.jobs)})
+    return JSONResponse({**settings, "jobs": len(jobs.records)})
 
 
 ROUTES = [

@@ -27,21 +27,19 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
 import random
 import re
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import bedrock_outputs
+from . import bedrock_outputs, registry
 from .faults import BatchFaults, FaultSyntaxError, item_error_code, parse_batch_faults, parse_custom_id
-from .store import write_json
+from .registry import BatchRegistry
 
 if TYPE_CHECKING:
     from .store import Store
@@ -139,6 +137,10 @@ class BedrockJob:
     outputs_written: bool = False
 
     @property
+    def id(self) -> str:
+        return self.job_id
+
+    @property
     def expires_at(self) -> float:
         return self.submit_time + self.timeout_hours * 3600.0
 
@@ -210,48 +212,31 @@ class S3Access:
             return self._client
 
 
-class BedrockJobs:
+class BedrockJobs(BatchRegistry[BedrockJob]):
     """Every Bedrock job of one emulator, persisted under ``<data dir>/bedrock``."""
 
+    PROVIDER = "bedrock"
+    RECORD_TYPE = BedrockJob
+    META_GLOB = "*.json"
+    INPUT_SUFFIX = ".records.jsonl"
+
     def __init__(self, store: Store) -> None:
-        self.store = store
-        self.cfg = store.config
+        self.by_token: dict[str, str] = {}
+        """``clientRequestToken`` → job id."""
+        super().__init__(store)
         self.settings = BedrockSettings(s3_endpoint=os.environ.get(S3_ENDPOINT_ENV) or None)
         self.s3 = S3Access(self.settings)
-        self.dir = store.root / "bedrock"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.jobs: dict[str, BedrockJob] = {}
-        self.by_token: dict[str, str] = {}
-        self._seq = 0
         self._locks: dict[str, asyncio.Lock] = {}
         self._codes: dict[str, list[int | None]] = {}
         self._create_lock: asyncio.Lock | None = None
-        loaded = []
-        for meta in self.dir.glob("*.json"):
-            with contextlib.suppress(ValueError, TypeError):
-                loaded.append(BedrockJob(**json.loads(meta.read_text())))
-        for job in sorted(loaded, key=lambda j: j.seq):
-            self._index(job)
 
     def _index(self, job: BedrockJob) -> None:
-        self._seq = max(self._seq, job.seq)
-        self.jobs[job.job_id] = job
+        super()._index(job)
         if job.token:
             self.by_token[job.token] = job.job_id
 
-    def records_path(self, job_id: str) -> Path:
-        return self.dir / f"{job_id}.records.jsonl"
-
-    def save(self, job: BedrockJob) -> None:
-        write_json(self.dir / f"{job.job_id}.json", asdict(job))
-        self.store.save_clock()
-
     def clear(self) -> None:
-        for job_id in list(self.jobs):
-            for path in (self.dir / f"{job_id}.json", self.records_path(job_id)):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-        self.jobs.clear()
+        super().clear()
         self.by_token.clear()
         self._codes.clear()
         self.settings.restore_defaults()
@@ -260,7 +245,7 @@ class BedrockJobs:
 
     def get(self, identifier: str) -> BedrockJob:
         job_id = identifier.rsplit("/", 1)[-1]
-        job = self.jobs.get(job_id)
+        job = self.records.get(job_id)
         if job is None:
             raise BedrockError(404, "ResourceNotFoundException", f"Could not find job {identifier}")
         return job
@@ -276,10 +261,10 @@ class BedrockJobs:
                 raise validation("The request body must be a JSON object.")
             token = body.get("clientRequestToken")
             if token is not None and token in self.by_token:
-                return self.jobs[self.by_token[token]], False
+                return self.records[self.by_token[token]], False
             job = self._new_job(body)
             in_flight = sum(
-                1 for j in self.jobs.values() if self.view(j, self.store.clock.now()).status in RUNNING
+                1 for j in self.records.values() if self.view(j, self.store.clock.now()).status in RUNNING
             )
             if in_flight >= self.settings.max_jobs_in_flight:
                 raise BedrockError(
@@ -289,9 +274,7 @@ class BedrockJobs:
                     "jobs in progress or submitted. Wait for jobs to end and try again.",
                 )
             await asyncio.to_thread(self._read_input, job)
-            self._index(job)
-            self.save(job)
-            self.store.stats.batches_created["bedrock"] += 1
+            self.add(job)
             return job, True
 
     def _new_job(self, body: dict[str, Any]) -> BedrockJob:
@@ -389,7 +372,7 @@ class BedrockJobs:
         total_bytes = 0
         count = 0
         files: list[list[Any]] = []
-        with self.records_path(job.job_id).open("wb") as local:
+        with self.input_path(job.job_id).open("wb") as local:
             for object_key in keys:
                 try:
                     data = s3.get_object(Bucket=bucket, Key=object_key)["Body"].read()
@@ -489,7 +472,7 @@ class BedrockJobs:
     # ------------------------------------------------------------------ records
 
     def _records(self, job: BedrockJob) -> list[dict[str, Any]]:
-        path = self.records_path(job.job_id)
+        path = self.input_path(job.job_id)
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
@@ -645,7 +628,7 @@ class BedrockJobs:
         descending: bool,
     ) -> list[BedrockJob]:
         now = self.store.clock.now()
-        jobs = sorted(self.jobs.values(), key=lambda j: (j.submit_time, j.seq), reverse=descending)
+        jobs = sorted(self.records.values(), key=lambda j: (j.submit_time, j.seq), reverse=descending)
         return [
             j
             for j in jobs
@@ -657,17 +640,5 @@ class BedrockJobs:
 
 
 def attach(store: Store) -> BedrockJobs:
-    """Hang the Bedrock jobs off ``store`` (``store.bedrock``) and make ``/_emu/reset`` clear them."""
-    existing = getattr(store, "bedrock", None)
-    if isinstance(existing, BedrockJobs):
-        return existing
-    jobs = BedrockJobs(store)
-    store.bedrock = jobs  # type: ignore[attr-defined]
-    reset = store.reset
-
-    def reset_with_bedrock() -> None:
-        reset()
-        jobs.clear()
-
-    store.reset = reset_with_bedrock  # type: ignore[method-assign]
-    return jobs
+    """The Bedrock jobs of ``store`` (``store.bedrock``), cleared by ``/_emu/reset``."""
+    return registry.attach(store, BedrockJobs)

@@ -28,22 +28,21 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import math
 import random
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import gemini_outputs
+from . import gemini_outputs, registry
 from .anthropic_state import rfc3339
 from .faults import BatchFaults, FaultSyntaxError, item_error_code, parse_batch_faults, parse_custom_id
 from .gemini_files import GeminiError, GeminiFiles, invalid, new_name, not_found
-from .store import write_json
+from .registry import BatchRegistry
 
 if TYPE_CHECKING:
     from .store import Store
@@ -142,47 +141,32 @@ def _key_of(entry: dict[str, Any]) -> str:
     return str(key) if key is not None else ""
 
 
-class GeminiBatches:
-    """Every Gemini batch and file of one emulator."""
+class GeminiBatches(BatchRegistry[GeminiBatch]):
+    """Every Gemini batch and file of one emulator, persisted under ``<data dir>/gemini``."""
+
+    PROVIDER = "gemini"
+    RECORD_TYPE = GeminiBatch
+    META_GLOB = "*.batch.json"
+    META_SUFFIX = ".batch.json"
+    INPUT_SUFFIX = ".requests.jsonl"
 
     def __init__(self, store: Store) -> None:
-        self.store = store
-        self.cfg = store.config
+        super().__init__(store)
         self.settings = GeminiSettings()
-        self.dir = store.root / "gemini"
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.files = GeminiFiles(self.dir, lambda: self.settings.file_ttl_seconds)
-        self.records: dict[str, GeminiBatch] = {}
         self.plans: dict[str, Plan] = {}
         self._inline_cache: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        self._seq = 0
-        loaded = []
-        for meta in self.dir.glob("*.batch.json"):
-            with contextlib.suppress(ValueError, TypeError):
-                loaded.append(GeminiBatch(**json.loads(meta.read_text())))
-        for rec in sorted(loaded, key=lambda r: r.seq):
-            self.records[rec.id] = rec
-            self._seq = max(self._seq, rec.seq)
 
-    def requests_path(self, batch_id: str) -> Path:
-        return self.dir / f"{batch_id}.requests.jsonl"
-
-    def save(self, rec: GeminiBatch) -> None:
-        write_json(self.dir / f"{rec.id}.batch.json", asdict(rec))
-        self.store.save_clock()
-
-    def _forget(self, batch_id: str) -> None:
-        self.records.pop(batch_id, None)
+    def forget(self, batch_id: str) -> None:
+        super().forget(batch_id)
         self.plans.pop(batch_id, None)
         for key in [k for k in self._inline_cache if k[0] == batch_id]:
             self._inline_cache.pop(key, None)
-        for p in (self.dir / f"{batch_id}.batch.json", self.requests_path(batch_id)):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
 
     def clear(self) -> None:
-        for batch_id in list(self.records):
-            self._forget(batch_id)
+        super().clear()
+        self.plans.clear()
+        self._inline_cache.clear()
         self.files.clear()
         self.settings.restore_defaults()
 
@@ -227,7 +211,7 @@ class GeminiBatches:
             try:
                 await asyncio.to_thread(self._write_inline, rec, inline)
             except GeminiError:
-                self.requests_path(rec.id).unlink(missing_ok=True)
+                self.input_path(rec.id).unlink(missing_ok=True)
                 raise
         else:
             try:
@@ -239,9 +223,7 @@ class GeminiBatches:
             rec.fail_message = (
                 f"Validation failed (emulated fault: {BatchFaults.from_json(rec.faults).fail_validation})."
             )
-        self.records[rec.id] = rec
-        self.save(rec)
-        self.store.stats.batches_created["gemini"] += 1
+        self.add(rec)
         self.store.stats.count_plan(await asyncio.to_thread(self.plan, rec))
         return rec
 
@@ -253,7 +235,7 @@ class GeminiBatches:
             raise invalid(f"bad emu_faults directive in displayName: {exc}") from None
 
     def _write_inline(self, rec: GeminiBatch, inline: list[Any]) -> None:
-        with self.requests_path(rec.id).open("wb") as fh:
+        with self.input_path(rec.id).open("wb") as fh:
             for i, entry in enumerate(inline):
                 if not isinstance(entry, dict) or "request" not in entry:
                     raise invalid(f"* batch.input_config.requests.requests[{i}].request: request is required")
@@ -263,7 +245,7 @@ class GeminiBatches:
 
     def _copy_file(self, rec: GeminiBatch, path: Path) -> None:
         """Copy an uploaded input file's lines; a bad line fails the batch in validation."""
-        with path.open("rb") as src, self.requests_path(rec.id).open("wb") as out:
+        with path.open("rb") as src, self.input_path(rec.id).open("wb") as out:
             for number, raw in enumerate(src, start=1):
                 if not raw.strip():
                     continue
@@ -282,7 +264,7 @@ class GeminiBatches:
             rec.fail_message = f"The input file {rec.input_file} holds no requests."
 
     def _entries(self, rec: GeminiBatch) -> Iterator[dict[str, Any]]:
-        path = self.requests_path(rec.id)
+        path = self.input_path(rec.id)
         if not path.exists():
             return
         with path.open("rb") as fh:
@@ -494,7 +476,7 @@ class GeminiBatches:
             self.save(rec)
 
     def delete(self, rec: GeminiBatch) -> None:
-        self._forget(rec.id)
+        self.forget(rec.id)
 
     def listed(self) -> list[GeminiBatch]:
         """Newest first."""
@@ -502,17 +484,5 @@ class GeminiBatches:
 
 
 def attach(store: Store) -> GeminiBatches:
-    """Hang the Gemini batches off ``store`` (``store.gemini``) and make ``/_emu/reset`` clear them."""
-    existing = getattr(store, "gemini", None)
-    if isinstance(existing, GeminiBatches):
-        return existing
-    batches = GeminiBatches(store)
-    store.gemini = batches  # type: ignore[attr-defined]
-    reset = store.reset
-
-    def reset_with_gemini() -> None:
-        reset()
-        batches.clear()
-
-    store.reset = reset_with_gemini  # type: ignore[method-assign]
-    return batches
+    """The Gemini batches of ``store`` (``store.gemini``), cleared by ``/_emu/reset``."""
+    return registry.attach(store, GeminiBatches)

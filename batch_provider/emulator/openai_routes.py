@@ -198,7 +198,7 @@ async def cancel_batch(request: Request, store: Store) -> Response:
 @api_route("openai", "GET", "/v1/batches")
 async def list_batches(request: Request, store: Store) -> Response:
     limit = int_param(request, "limit", 20, 1, 100)
-    items, more = store.openai.page(request.query_params.get("after"), limit)
+    items, more = store.openai.older_than(request.query_params.get("after"), limit)
     now = store.clock.now()
     data: list[dict[str, Any]] = [store.openai.view(r, await store.openai.plan(r), now) for r in items]
     return JSONResponse(

@@ -34,14 +34,12 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import math
 import os
 import shutil
 from collections.abc import Coroutine
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -50,7 +48,8 @@ from .faults import BatchFaults
 from .openai_create import check_create
 from .openai_output_files import OutputFiles
 from .openai_plan import Plan, build_plan, synthetic_plan
-from .store import new_id, write_json
+from .registry import BatchRegistry
+from .store import new_id
 
 if TYPE_CHECKING:
     from .store import Store
@@ -83,57 +82,29 @@ class OpenAIBatch:
     """With ``outputs_at_finalize``: when its output and error files were written (emulated time)."""
 
 
-class OpenAIBatches:
+class OpenAIBatches(BatchRegistry[OpenAIBatch]):
+    """Every OpenAI batch of one emulator, persisted under ``<data dir>/openai``."""
+
+    PROVIDER = "openai"
+    RECORD_TYPE = OpenAIBatch
+    META_GLOB = "batch_*.json"
+    INPUT_SUFFIX = ".input.jsonl"
+
     def __init__(self, store: Store) -> None:
-        self.store = store
-        self.cfg = store.config
-        self.dir = store.root / "openai"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.records: dict[str, OpenAIBatch] = {}
-        self._seq = 0
-        self.order: list[str] = []
-        self.pos: dict[str, int] = {}
+        super().__init__(store)
         self.plans: dict[str, Plan] = {}
         self._plan_tasks: dict[str, asyncio.Future[Plan]] = {}
         """Plans being built, by batch id; a task leaves this once its plan is in ``plans``."""
         self._uncounted: set[str] = set()
         """Batches created by this process whose plan is not yet counted in the stats."""
         self.output_files = OutputFiles(self)
-        loaded = []
-        for meta in self.dir.glob("batch_*.json"):
-            with contextlib.suppress(ValueError, TypeError):
-                loaded.append(OpenAIBatch(**json.loads(meta.read_text())))
-        for rec in sorted(loaded, key=lambda r: r.seq):
-            self._index(rec)
-
-    def _index(self, rec: OpenAIBatch) -> None:
-        self._seq = max(self._seq, rec.seq)
-        self.records[rec.id] = rec
-        self.pos[rec.id] = len(self.order)
-        self.order.append(rec.id)
 
     def output_owner(self, file_id: str) -> OpenAIBatch | None:
         bid = self.output_files.owners.get(file_id)
         return self.records.get(bid) if bid and bid in self.plans else None
 
-    def save(self, rec: OpenAIBatch) -> None:
-        self._save(rec)
-
-    def _save(self, rec: OpenAIBatch) -> None:
-        write_json(self.dir / f"{rec.id}.json", asdict(rec))
-        self.store.save_clock()
-
-    def input_path(self, batch_id: str) -> Path:
-        return self.dir / f"{batch_id}.input.jsonl"
-
     def clear(self) -> None:
-        for bid in self.order:
-            for p in (self.dir / f"{bid}.json", self.input_path(bid)):
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-        self.records.clear()
-        self.order.clear()
-        self.pos.clear()
+        super().clear()
         self.plans.clear()
         self._plan_tasks.clear()
         self._uncounted.clear()
@@ -175,9 +146,7 @@ class OpenAIBatches:
         else:
             src = await self.store.files.ready(src)
             await asyncio.to_thread(_link_or_copy, self.store.files.path(src.id), self.input_path(rec.id))
-        self._index(rec)
-        self._save(rec)
-        self.store.stats.batches_created["openai"] += 1
+        self.add(rec)
         # Validation runs after the answer, as at OpenAI: it starts on the batch's first read (or
         # a stats read), so a client uploading many files does not share the CPU with it.
         self._uncounted.add(rec.id)
@@ -207,9 +176,7 @@ class OpenAIBatches:
             synthetic_text_bytes=text_bytes,
             synthetic_n=n,
         )
-        self._index(rec)
-        self._save(rec)
-        self.store.stats.batches_created["openai"] += 1
+        self.add(rec)
         return rec
 
     async def plan(self, rec: OpenAIBatch) -> Plan:
@@ -393,25 +360,8 @@ class OpenAIBatches:
             raise ApiError(400, f"Cannot cancel a batch with status '{current['status']}'.")
         if rec.cancel_at is None:
             rec.cancel_at = now
-            self._save(rec)
+            self.save(rec)
         return self.view(rec, plan, now)
-
-    def page(self, after: str | None, limit: int) -> tuple[list[OpenAIBatch], bool]:
-        """Newest first; ``after`` is the id of the last batch of the previous page."""
-        if after is None:
-            start = len(self.order) - 1
-        elif after in self.pos:
-            start = self.pos[after] - 1
-        else:
-            return [], False
-        items = []
-        i = start
-        while i >= 0 and len(items) < limit:
-            rec = self.records.get(self.order[i])
-            if rec is not None:
-                items.append(rec)
-            i -= 1
-        return items, i >= 0
 
 
 _NO_PLAN = Plan()

@@ -6,6 +6,10 @@ Layout of the data directory (``--data-dir``, or a temporary directory)::
     files/<id>.json, files/<id>.bin file metadata and contents (contents are never held in memory)
     openai/<batch>.json             OpenAI batch record; openai/<batch>.input.jsonl its input copy
     anthropic/<batch>.json          Anthropic batch record; anthropic/<batch>.requests.jsonl its requests
+    bedrock/<job>.json              Bedrock job record; bedrock/<job>.records.jsonl its input records
+    gemini/<batch>.batch.json       Gemini batch record; gemini/<batch>.requests.jsonl its requests
+
+Each provider folder is one :class:`~.registry.BatchRegistry`.
 
 Invariants:
 - Records are small JSON documents rewritten whole when they change; derived state (status,
@@ -190,7 +194,8 @@ class Stats:
 
 
 class Store:
-    """Everything the routers share. Provider state machines hang off it (``openai``, ``anthropic``)."""
+    """Everything the routers share. Provider state machines hang off it: ``openai`` and ``anthropic``
+    from the start, ``bedrock`` and ``gemini`` once :func:`.registry.attach` adds them."""
 
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
