@@ -32,8 +32,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .bedrock_state import BedrockError, BedrockJobs, attach, parse_time, validation
+from .control import settings_route
 from .store import Store
-from .web import CutResponse
+from .web import inject_fault
 
 Handler = Callable[[Request, BedrockJobs], Awaitable[Response]]
 
@@ -56,6 +57,10 @@ def _fault_error(kind: str) -> BedrockError:
     return BedrockError(500, "InternalServerException", f"Internal server error (emulated {kind} fault).")
 
 
+def _fault_response(kind: str, retry_after: float) -> Response:
+    return _error(_fault_error(kind))
+
+
 def jobs_of(store: Store) -> BedrockJobs:
     return attach(store)
 
@@ -73,15 +78,9 @@ def bedrock_route(method: str, path: str) -> Callable[[Handler], Route]:
                 return _error(
                     BedrockError(403, "UnrecognizedClientException", "Missing Authorization header.")
                 )
-            fault = store.faults.pick(method, request.scope["path"])
-            kind = None
-            if fault is not None:
-                kind = fault[0]
-                store.stats.faults[f"http_{kind}"] += 1
-                if kind == "reset":
-                    return CutResponse(Response(b" " * 64, status_code=200), fraction=0.0)
-                if kind != "drop":
-                    return _error(_fault_error(kind))
+            kind, early = inject_fault(store, method, request, _fault_response)
+            if early is not None:
+                return early
             try:
                 response = await fn(request, jobs)
             except BedrockError as err:
@@ -162,26 +161,11 @@ async def list_tags(request: Request, jobs: BedrockJobs) -> Response:
     return JSONResponse({"tags": jobs.get(arn).tags})
 
 
-async def emu_bedrock(request: Request) -> Response:
-    """``GET``: settings and job count; ``POST`` a JSON object: change settings."""
-    jobs = jobs_of(request.app.state.store)
-    if request.method == "POST":
-        try:
-            values = json.loads(await request.body() or b"{}")
-            if not isinstance(values, dict):
-                raise ValueError("expected a JSON object")
-            jobs.settings.update(values)
-        except (ValueError, TypeError) as exc:
-            return JSONResponse({"error": {"message": str(exc)}}, status_code=400)
-    settings = {name: getattr(jobs.settings, name) for name in jobs.settings.__dataclass_fields__}
-    return JSONResponse({**settings, "jobs": len(jobs.records)})
-
-
 ROUTES = [
     create_job,
     list_jobs,
     stop_job,
     get_job,
     list_tags,
-    Route("/_emu/bedrock", emu_bedrock, methods=["GET", "POST"]),
+    settings_route("/_emu/bedrock", jobs_of, "jobs"),
 ]

@@ -5,13 +5,17 @@
 ``POST /_emu/synthetic`` (a large finished batch whose results are generated on the fly while
 streamed: ``{"provider": "anthropic"|"openai", "requests": N, "text_bytes": L}``; about
 ``N * (L + 330)`` bytes; OpenAI answers with ``output_file_id`` and its exact ``bytes``).
+The Bedrock and Gemini faces add their settings routes (``/_emu/bedrock``, ``/_emu/gemini``) with
+:func:`settings_route`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from typing import Any
+from collections.abc import Callable, Sized
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,6 +24,17 @@ from starlette.routing import Route
 from .anthropic_state import rfc3339
 from .faults import FaultSyntaxError
 from .store import Store
+
+
+class Tunable(Protocol):
+    """A provider face with run-time knobs: ``settings`` is a dataclass that checks and applies
+    changes in ``update`` (``ValueError`` or ``TypeError`` for a bad one)."""
+
+    @property
+    def settings(self) -> Any: ...
+
+    @property
+    def records(self) -> Sized: ...
 
 
 def _store(request: Request) -> Store:
@@ -123,6 +138,26 @@ async def synthetic(request: Request) -> Response:
             "approx_bytes": n * (text_bytes + 330),
         }
     )
+
+
+def settings_route(path: str, owner: Callable[[Store], Tunable], count_key: str) -> Route:
+    """``GET path``: the face's settings and, under ``count_key``, how many records it holds;
+    ``POST path`` with a JSON object: change those settings first (400 and nothing changed when the
+    body is not an object; a bad value answers 400 too)."""
+
+    async def endpoint(request: Request) -> Response:
+        face = owner(_store(request))
+        if request.method == "POST":
+            try:
+                values = json.loads(await request.body() or b"{}")
+                if not isinstance(values, dict):
+                    raise ValueError("expected a JSON object")
+                face.settings.update(values)
+            except (ValueError, TypeError) as exc:
+                return JSONResponse({"error": {"message": str(exc)}}, status_code=400)
+        return JSONResponse({**dataclasses.asdict(face.settings), count_key: len(face.records)})
+
+    return Route(path, endpoint, methods=["GET", "POST"], name=f"settings {path}")
 
 
 ROUTES = [

@@ -33,10 +33,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .control import settings_route
 from .gemini_files import GeminiError, invalid
 from .gemini_state import GeminiBatches, attach
 from .store import Store
-from .web import CutResponse, DropConnection
+from .web import CutResponse, DropConnection, inject_fault
 
 Handler = Callable[[Request, GeminiBatches], Awaitable[Response]]
 V = "/v1beta"
@@ -81,6 +82,10 @@ def _fault_error(kind: str, retry_after: float) -> GeminiError:
     return GeminiError(500, "INTERNAL", "An internal error has occurred (emulated fault).")
 
 
+def _fault_response(kind: str, retry_after: float) -> Response:
+    return _error(_fault_error(kind, retry_after))
+
+
 def _authorized(request: Request) -> bool:
     """A key in the header or the query; an upload session's own URL (``upload_id``) needs none, as
     the SDK sends the chunks without the key."""
@@ -107,15 +112,9 @@ def gemini_route(method: str, path: str) -> Callable[[Handler], Route]:
                         "Please use API Key or other form of API consumer identity to call this API.",
                     )
                 )
-            fault = store.faults.pick(method, request.scope["path"])
-            kind = None
-            if fault is not None:
-                kind, retry_after = fault
-                store.stats.faults[f"http_{kind}"] += 1
-                if kind == "reset":
-                    return CutResponse(Response(b" " * 64, status_code=200), fraction=0.0)
-                if kind != "drop":
-                    return _error(_fault_error(kind, retry_after))
+            kind, early = inject_fault(store, method, request, _fault_response)
+            if early is not None:
+                return early
             try:
                 response = await fn(request, batches)
             except GeminiError as err:
@@ -308,21 +307,6 @@ async def delete_file(request: Request, batches: GeminiBatches) -> Response:
     return JSONResponse({})
 
 
-async def emu_gemini(request: Request) -> Response:
-    """``GET``: settings and batch count; ``POST`` a JSON object: change settings."""
-    batches = attach(request.app.state.store)
-    if request.method == "POST":
-        try:
-            values = json.loads(await request.body() or b"{}")
-            if not isinstance(values, dict):
-                raise ValueError("expected a JSON object")
-            batches.settings.update(values)
-        except (ValueError, TypeError) as exc:
-            return JSONResponse({"error": {"message": str(exc)}}, status_code=400)
-    settings = {name: getattr(batches.settings, name) for name in batches.settings.__dataclass_fields__}
-    return JSONResponse({**settings, "batches": len(batches.records)})
-
-
 ROUTES = [
     create_batch,
     list_batches,
@@ -335,5 +319,5 @@ ROUTES = [
     download_alt,
     get_file,
     delete_file,
-    Route("/_emu/gemini", emu_gemini, methods=["GET", "POST"]),
+    settings_route("/_emu/gemini", attach, "batches"),
 ]

@@ -1,10 +1,11 @@
 """HTTP plumbing shared by the provider routers: auth, error envelopes, injected HTTP faults,
 response headers and per-route counters.
 
-Every provider route is declared with :func:`api_route`; the wrapper it adds does, in order:
-count the call → check auth (401, or Anthropic's 400 for a missing ``anthropic-version``) →
-maybe inject a server-wide fault → run the handler → render :class:`ApiError` in the provider's
-envelope → for a ``drop`` fault, cut the response mid-body. Handlers get ``(request, store)``.
+Every OpenAI and Anthropic route is declared with :func:`api_route`; the wrapper it adds does, in
+order: count the call → check auth (401, or Anthropic's 400 for a missing ``anthropic-version``) →
+maybe inject a server-wide fault (:func:`inject_fault`, shared with the Bedrock and Gemini faces) →
+run the handler → render :class:`ApiError` in the provider's envelope → for a ``drop`` fault, cut
+the response mid-body. Handlers get ``(request, store)``.
 """
 
 from __future__ import annotations
@@ -234,6 +235,25 @@ def _auth_error(provider: str, request: Request) -> Response | None:
     return None
 
 
+def inject_fault(
+    store: Store, method: str, request: Request, render: Callable[[str, float], Response]
+) -> tuple[str | None, Response | None]:
+    """The server-wide fault picked for this call, counted as ``http_<kind>`` in the stats, as
+    (kind, early answer). ``reset`` answers by closing the connection before a byte is sent;
+    ``drop`` and no fault have no early answer (for ``drop`` the call takes effect, then the caller
+    loses its answer); every other kind answers ``render(kind, retry_after)``."""
+    fault = store.faults.pick(method, request.scope["path"])
+    if fault is None:
+        return None, None
+    kind, retry_after = fault
+    store.stats.faults[f"http_{kind}"] += 1
+    if kind == "reset":
+        return kind, CutResponse(Response(b" " * 64, status_code=200), fraction=0.0)
+    if kind == "drop":
+        return kind, None
+    return kind, render(kind, retry_after)
+
+
 def api_route(provider: str, method: str, path: str) -> Callable[[Handler], Route]:
     label = f"{method} {path}"
     static = [
@@ -242,6 +262,11 @@ def api_route(provider: str, method: str, path: str) -> Callable[[Handler], Rout
     ]
     id_header = b"x-request-id" if provider == "openai" else b"request-id"
 
+    def render_fault(kind: str, retry_after: float) -> Response:
+        resp = error_response(provider, fault_error(provider, kind, retry_after))
+        resp.raw_headers.append((id_header, request_id().encode()))
+        return resp
+
     def deco(fn: Handler) -> Route:
         async def endpoint(request: Request) -> Response:
             store: Store = request.app.state.store
@@ -249,17 +274,9 @@ def api_route(provider: str, method: str, path: str) -> Callable[[Handler], Rout
             denied = _auth_error(provider, request)
             if denied is not None:
                 return denied
-            fault = store.faults.pick(method, request.scope["path"])
-            kind = None
-            if fault is not None:
-                kind, retry_after = fault
-                store.stats.faults[f"http_{kind}"] += 1
-                if kind == "reset":
-                    return CutResponse(Response(b" " * 64, status_code=200), fraction=0.0)
-                if kind != "drop":
-                    resp = error_response(provider, fault_error(provider, kind, retry_after))
-                    resp.raw_headers.append((id_header, request_id().encode()))
-                    return resp
+            kind, early = inject_fault(store, method, request, render_fault)
+            if early is not None:
+                return early
             try:
                 resp = await fn(request, store)
             except ApiError as err:
