@@ -1,20 +1,41 @@
-"""Deterministic fake ``modelOutput`` bodies for Bedrock records, by model family.
+"""What a Bedrock job writes: deterministic fake ``modelOutput`` bodies by model family, per-record
+errors, and the lines of its ``<input file>.out`` files.
 
 Every family reuses the Anthropic generator (:func:`.outputs.anthropic_message`) on an equivalent
 Anthropic request, so outputs follow the same rules as the other providers: deterministic in
 (seed, body), token counts by the chars/4 rule, JSON valid against a forced tool's schema.
 
-Invariant: :func:`record_problem` and :func:`model_output` agree: a body without a problem always
-gets an output.
+Invariants:
+- :func:`record_problem` and :func:`model_output` agree: a body without a problem always gets an
+  output.
+- :func:`output_lines` writes the first ``done`` records in input order, each in the ``.out`` file
+  of the input file it came from; only a shuffle (seeded) changes the order within a file.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import outputs
+from .faults import BatchFaults, item_error_code, parse_custom_id
+
+if TYPE_CHECKING:
+    from .bedrock_state import BedrockJob
 
 _GEO_PREFIXES = ("us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.")
+ITEM_MESSAGES = {
+    400: "Malformed input request, please reformat your input and try again.",
+    422: "The request could not be processed.",
+    429: "Too many requests, please wait before trying again.",
+    500: "The server encountered an internal error while processing the request.",
+    503: "The service is temporarily unavailable.",
+    504: "The model timed out.",
+    529: "The model is overloaded.",
+}
+"""Injected item status → the ``errorMessage`` Bedrock gives for it."""
 
 
 def family(model_id: str, invocation_type: str) -> str:
@@ -51,6 +72,14 @@ def record_problem(kind: str, body: Any) -> str | None:
     elif not (body.get("prompt") or body.get("messages") or body.get("inputText")):
         return "prompt: required"
     return None
+
+
+def record_error(kind: str, body: Any, code: int) -> dict[str, Any]:
+    """The ``error`` of a record that ends with status ``code``: for a 400, its
+    :func:`record_problem` when it has one; else the message for that status."""
+    problem = record_problem(kind, body)
+    message = problem if code == 400 and problem else ITEM_MESSAGES.get(code, "Error")
+    return {"errorCode": code, "errorMessage": message}
 
 
 def _texts(blocks: Any) -> str:
@@ -126,3 +155,66 @@ def model_output(kind: str, model_id: str, body: dict[str, Any], seed: int) -> d
         "generation_token_count": message["usage"]["output_tokens"],
         "stop_reason": "length" if message["stop_reason"] == "max_tokens" else "stop",
     }
+
+
+# ----------------------------------------------------------------------------- a job's output files
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a job's local input copy, in input order (none when it was never written)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def error_codes(job: BedrockJob, records: list[dict[str, Any]], seed: int) -> list[int | None]:
+    """The error code each record ends with, in input order: an injected fault (``emu_faults`` or
+    its ``recordId``), else 400 when :func:`record_problem` refuses its ``modelInput``, else None."""
+    faults = BatchFaults.from_json(job.faults)
+    kind = family(job.model_id, job.invocation_type)
+    codes: list[int | None] = []
+    for record in records:
+        record_id = str(record.get("recordId"))
+        explicit, _ = parse_custom_id(record_id)
+        code = item_error_code(seed, record_id, faults, explicit)
+        if code is None and record_problem(kind, record.get("modelInput")):
+            code = 400
+        codes.append(code)
+    return codes
+
+
+def output_lines(
+    job: BedrockJob,
+    records: list[dict[str, Any]],
+    codes: list[int | None],
+    done: int,
+    seed: int,
+    *,
+    shuffle: bool,
+) -> dict[str, list[bytes]]:
+    """``<input file>.out`` name → its lines, for the first ``done`` records: each echoes its
+    ``recordId`` and ``modelInput`` and holds a ``modelOutput``, or an ``error`` where ``codes`` has
+    one. With ``shuffle`` each file's lines are shuffled, seeded by (seed, job id, file name)."""
+    kind = family(job.model_id, job.invocation_type)
+    out: dict[str, list[bytes]] = {}
+    position = 0
+    for name, count in job.files:
+        lines = out.setdefault(f"{name}.out", [])
+        for record in records[position : position + count]:
+            if position >= done:
+                break
+            code = codes[position]
+            line: dict[str, Any] = {"recordId": record["recordId"], "modelInput": record["modelInput"]}
+            if code is None:
+                line["modelOutput"] = model_output(kind, job.model_id, record["modelInput"], seed)
+            else:
+                line["error"] = record_error(kind, record.get("modelInput"), code)
+            lines.append(json.dumps(line, separators=(",", ":")).encode())
+            position += 1
+        else:
+            continue
+        break
+    if shuffle:
+        for name, lines in out.items():
+            random.Random(f"{seed}:{job.job_id}:{name}").shuffle(lines)
+    return out

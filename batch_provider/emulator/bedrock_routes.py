@@ -31,7 +31,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .bedrock_state import BedrockError, BedrockJobs, attach, parse_time, validation
+from .bedrock_state import BedrockJobs, attach
+from .bedrock_wire import BedrockError, parse_time, validation
 from .control import settings_route
 from .store import Store
 from .web import inject_fault

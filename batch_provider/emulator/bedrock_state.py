@@ -1,4 +1,7 @@
-"""Bedrock model invocation jobs: state machine, S3 input/output, settings (spec C, E).
+"""Bedrock model invocation jobs: records, settings, state machine and API views (spec C, E).
+
+The input is read from S3 and the outputs written there by :mod:`.bedrock_s3`; errors and
+timestamps follow :mod:`.bedrock_wire`; what a job writes comes from :mod:`.bedrock_outputs`.
 
 Timeline of a job, derived from its record and the emulated clock (``t0`` = submitTime)::
 
@@ -28,50 +31,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import random
 import re
-import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import bedrock_outputs, registry
-from .faults import BatchFaults, FaultSyntaxError, item_error_code, parse_batch_faults, parse_custom_id
+from .bedrock_s3 import S3_ENDPOINT_ENV, S3Access, split_s3_uri
+from .bedrock_wire import BedrockError, iso, validation
+from .faults import BatchFaults, FaultSyntaxError, parse_batch_faults
 from .registry import BatchRegistry
 
 if TYPE_CHECKING:
     from .store import Store
 
-S3_ENDPOINT_ENV = "BATCH_EMULATOR_S3_ENDPOINT"
 RUNNING = frozenset({"Submitted", "Validating", "Scheduled", "InProgress", "Stopping"})
 TERMINAL = frozenset({"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"})
 WITH_OUTPUT = frozenset({"Completed", "PartiallyCompleted", "Stopped"})
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
-_ITEM_MESSAGES = {
-    400: "Malformed input request, please reformat your input and try again.",
-    422: "The request could not be processed.",
-    429: "Too many requests, please wait before trying again.",
-    500: "The server encountered an internal error while processing the request.",
-    503: "The service is temporarily unavailable.",
-    504: "The model timed out.",
-    529: "The model is overloaded.",
-}
-
-
-class BedrockError(Exception):
-    """An AWS-style error: HTTP status, ``x-amzn-ErrorType`` name and message."""
-
-    def __init__(self, status: int, name: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.name = name
-        self.message = message
-
-
-def validation(message: str) -> BedrockError:
-    return BedrockError(400, "ValidationException", message)
 
 
 @dataclass
@@ -138,6 +116,7 @@ class BedrockJob:
 
     @property
     def id(self) -> str:
+        """The job's key in its registry: ``job_id`` (not persisted twice)."""
         return self.job_id
 
     @property
@@ -154,62 +133,6 @@ class JobView:
     errors: int
     end_time: float | None
     changed_at: float
-
-
-def iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def parse_time(raw: str) -> float:
-    """An ISO 8601 timestamp or Unix seconds from a query string."""
-    try:
-        return float(raw)
-    except ValueError:
-        pass
-    parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    if not isinstance(uri, str) or not uri.startswith("s3://") or len(uri) <= 5:
-        raise validation(f"Invalid S3 URI {uri!r}: expected s3://bucket/key")
-    bucket, _, key = uri[5:].partition("/")
-    return bucket, key
-
-
-class S3Access:
-    """A boto3 S3 client on the configured endpoint, used from worker threads only."""
-
-    def __init__(self, settings: BedrockSettings) -> None:
-        self.settings = settings
-        self._client: Any = None
-        self._endpoint: str | None = None
-        self._lock = threading.Lock()
-
-    def client(self) -> Any:
-        endpoint = self.settings.s3_endpoint
-        if not endpoint:
-            raise validation(
-                f"the emulator has no S3 endpoint: start it with --with-s3, set {S3_ENDPOINT_ENV}, "
-                'or POST /_emu/bedrock {"s3_endpoint": ...}'
-            )
-        with self._lock:
-            if self._client is None or self._endpoint != endpoint:
-                import boto3
-                from botocore.config import Config
-
-                self._client = boto3.session.Session().client(
-                    "s3",
-                    endpoint_url=endpoint,
-                    region_name=self.settings.region,
-                    aws_access_key_id="testing",
-                    aws_secret_access_key="testing",
-                    config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
-                )
-                self._endpoint = endpoint
-            return self._client
 
 
 class BedrockJobs(BatchRegistry[BedrockJob]):
@@ -342,7 +265,7 @@ class BedrockJobs(BatchRegistry[BedrockJob]):
     def _read_input(self, job: BedrockJob) -> None:
         """Copy the input records locally; a problem becomes the job's validation failure."""
         try:
-            job.fail_message = self._copy_input(job)
+            job.fail_message = self.s3.copy_input(job, self.input_path(job.job_id))
         except BedrockError:
             raise
         except Exception as exc:  # any S3 failure is the job's, as on Bedrock
@@ -351,66 +274,6 @@ class BedrockJobs(BatchRegistry[BedrockJob]):
             job.fail_message = (
                 f"Validation failed (emulated fault: {BatchFaults.from_json(job.faults).fail_validation})."
             )
-
-    def _copy_input(self, job: BedrockJob) -> str | None:
-        s3 = self.s3.client()
-        bucket, key = split_s3_uri(job.input_uri)
-        out_bucket, _ = split_s3_uri(job.output_uri)
-        try:
-            s3.head_bucket(Bucket=out_bucket)
-        except Exception:
-            return f"The output bucket {out_bucket} does not exist or is not accessible."
-        if key.endswith(".jsonl"):
-            keys = [key]
-        else:
-            prefix = key.rstrip("/") + "/" if key else ""
-            keys = []
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                keys.extend(o["Key"] for o in page.get("Contents") or [] if o["Key"].endswith(".jsonl"))
-            if not keys:
-                return f"No .jsonl files found at {job.input_uri}."
-        total_bytes = 0
-        count = 0
-        files: list[list[Any]] = []
-        with self.input_path(job.job_id).open("wb") as local:
-            for object_key in keys:
-                try:
-                    data = s3.get_object(Bucket=bucket, Key=object_key)["Body"].read()
-                except Exception:
-                    return f"The input file s3://{bucket}/{object_key} does not exist or is not accessible."
-                if len(data) > self.settings.max_file_bytes:
-                    limit = self.settings.max_file_bytes
-                    return f"The input file {object_key} is over the limit of {limit} bytes."
-                total_bytes += len(data)
-                in_file = 0
-                for number, raw in enumerate(data.split(b"\n"), start=1):
-                    if not raw.strip():
-                        continue
-                    try:
-                        record = json.loads(raw)
-                    except ValueError:
-                        return f"Line {number} of {object_key} is not valid JSON."
-                    if not isinstance(record, dict) or "modelInput" not in record:
-                        return f"Line {number} of {object_key} has no modelInput."
-                    record.setdefault("recordId", f"{count + 1:011d}")
-                    local.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
-                    count += 1
-                    in_file += 1
-                files.append([object_key.rsplit("/", 1)[-1], in_file])
-        job.n = count
-        job.files = files
-        if total_bytes > self.settings.max_job_bytes:
-            return f"The job's input is over the limit of {self.settings.max_job_bytes} bytes."
-        if count < self.settings.min_records:
-            return (
-                f"The number of records in the input ({count}) is below the minimum of "
-                f"{self.settings.min_records} records per batch inference job."
-            )
-        if count > self.settings.max_records:
-            return (
-                f"The number of records ({count}) is over the limit of {self.settings.max_records} per job."
-            )
-        return None
 
     # ------------------------------------------------------------------ time
 
@@ -471,88 +334,26 @@ class BedrockJobs(BatchRegistry[BedrockJob]):
 
     # ------------------------------------------------------------------ records
 
-    def _records(self, job: BedrockJob) -> list[dict[str, Any]]:
-        path = self.input_path(job.job_id)
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
     def _error_codes(self, job: BedrockJob) -> list[int | None]:
         """The injected or validation error code of each record, in input order (cached)."""
         cached = self._codes.get(job.job_id)
-        if cached is not None:
-            return cached
-        faults = BatchFaults.from_json(job.faults)
-        kind = bedrock_outputs.family(job.model_id, job.invocation_type)
-        codes: list[int | None] = []
-        for record in self._records(job):
-            record_id = str(record.get("recordId"))
-            explicit, _ = parse_custom_id(record_id)
-            code = item_error_code(self.cfg.seed, record_id, faults, explicit)
-            if code is None and bedrock_outputs.record_problem(kind, record.get("modelInput")):
-                code = 400
-            codes.append(code)
-        self._codes[job.job_id] = codes
-        return codes
+        if cached is None:
+            records = bedrock_outputs.read_records(self.input_path(job.job_id))
+            cached = self._codes[job.job_id] = bedrock_outputs.error_codes(job, records, self.cfg.seed)
+        return cached
 
     def _errors(self, job: BedrockJob, done: int) -> int:
         return sum(1 for code in self._error_codes(job)[:done] if code is not None)
 
     def output_lines(self, job: BedrockJob, done: int) -> dict[str, list[bytes]]:
         """``<input file>.out`` name → its lines, for the first ``done`` records."""
-        kind = bedrock_outputs.family(job.model_id, job.invocation_type)
         codes = self._error_codes(job)
-        records = self._records(job)
-        out: dict[str, list[bytes]] = {}
-        position = 0
-        for name, count in job.files:
-            lines = out.setdefault(f"{name}.out", [])
-            for record in records[position : position + count]:
-                if position >= done:
-                    break
-                code = codes[position]
-                line: dict[str, Any] = {"recordId": record["recordId"], "modelInput": record["modelInput"]}
-                if code is None:
-                    line["modelOutput"] = bedrock_outputs.model_output(
-                        kind, job.model_id, record["modelInput"], self.cfg.seed
-                    )
-                else:
-                    problem = bedrock_outputs.record_problem(kind, record.get("modelInput"))
-                    message = problem if code == 400 and problem else _ITEM_MESSAGES.get(code, "Error")
-                    line["error"] = {"errorCode": code, "errorMessage": message}
-                lines.append(json.dumps(line, separators=(",", ":")).encode())
-                position += 1
-            else:
-                continue
-            break
-        if BatchFaults.from_json(job.faults).shuffle or self.cfg.shuffle_results:
-            for name, lines in out.items():
-                random.Random(f"{self.cfg.seed}:{job.job_id}:{name}").shuffle(lines)
-        return out
+        records = bedrock_outputs.read_records(self.input_path(job.job_id))
+        shuffle = BatchFaults.from_json(job.faults).shuffle or self.cfg.shuffle_results
+        return bedrock_outputs.output_lines(job, records, codes, done, self.cfg.seed, shuffle=shuffle)
 
     def _write_outputs(self, job: BedrockJob, view: JobView) -> None:
-        s3 = self.s3.client()
-        bucket, prefix = split_s3_uri(job.output_uri)
-        base = "/".join(p for p in (prefix.strip("/"), job.job_id) if p)
-        files = self.output_lines(job, view.done)
-        for name, lines in files.items():
-            body = b"".join(line + b"\n" for line in lines)
-            s3.put_object(Bucket=bucket, Key=f"{base}/{name}", Body=body)
-        input_tokens = output_tokens = 0
-        for lines in files.values():
-            for line in lines:
-                usage = (json.loads(line).get("modelOutput") or {}).get("usage") or {}
-                input_tokens += int(usage.get("input_tokens") or usage.get("inputTokens") or 0)
-                output_tokens += int(usage.get("output_tokens") or usage.get("outputTokens") or 0)
-        manifest = {
-            "totalRecordCount": job.n,
-            "processedRecordCount": view.done,
-            "successRecordCount": view.done - view.errors,
-            "errorRecordCount": view.errors,
-            "inputTokenCount": input_tokens,
-            "outputTokenCount": output_tokens,
-        }
-        s3.put_object(Bucket=bucket, Key=f"{base}/manifest.json.out", Body=json.dumps(manifest).encode())
+        self.s3.write_outputs(job, view, self.output_lines(job, view.done))
 
     async def settle(self, job: BedrockJob) -> JobView:
         """The job's view now, writing its outputs first when it just reached an ending with output."""
