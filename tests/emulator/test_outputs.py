@@ -9,7 +9,7 @@ import random
 import jsonschema
 import pytest
 
-from batch_provider.emulator import openai_outputs, outputs
+from batch_provider.emulator import fake_values, openai_outputs, outputs
 
 SCHEMAS = [
     {"type": "object", "properties": {"a": {"type": "string", "enum": ["x", "y", "z"]}}, "required": ["a"]},
@@ -41,23 +41,23 @@ SCHEMAS = [
 @pytest.mark.parametrize("schema", SCHEMAS)
 @pytest.mark.parametrize("seed", range(5))
 def test_instances_validate(schema: dict, seed: int) -> None:
-    value = outputs.instance_for_schema(schema, random.Random(seed))
+    value = fake_values.instance_for_schema(schema, random.Random(seed))
     jsonschema.validate(value, schema)
 
 
 def test_enum_choice_is_deterministic_and_varies() -> None:
     schema = SCHEMAS[0]
-    picks = {outputs.instance_for_schema(schema, random.Random(s))["a"] for s in range(30)}
+    picks = {fake_values.instance_for_schema(schema, random.Random(s))["a"] for s in range(30)}
     assert picks == {"x", "y", "z"}
-    assert outputs.instance_for_schema(schema, random.Random(4)) == outputs.instance_for_schema(
+    assert fake_values.instance_for_schema(schema, random.Random(4)) == fake_values.instance_for_schema(
         schema, random.Random(4)
     )
 
 
 def test_schema_found_in_prompt() -> None:
     text = 'Rules: {not json}. Schema: {"type": "object", "properties": {"k": {"type": "string"}}} thanks'
-    assert outputs.schema_in_text(text) == {"type": "object", "properties": {"k": {"type": "string"}}}
-    assert outputs.schema_in_text('no schema {"a": 1} here') is None
+    assert fake_values.schema_in_text(text) == {"type": "object", "properties": {"k": {"type": "string"}}}
+    assert fake_values.schema_in_text('no schema {"a": 1} here') is None
 
 
 def test_chat_tokens_bounded_and_json_truncated_when_too_long() -> None:
@@ -100,7 +100,7 @@ def _reference_fake_text(rng: random.Random, max_tokens: int) -> str:
     words: list[str] = []
     length = 0
     while length < limit - 8:
-        w = rng.choice(outputs._WORDS)
+        w = rng.choice(fake_values._WORDS)
         words.append(w)
         length += len(w) + 1
     text = " ".join(words)[:limit].strip()
@@ -111,7 +111,7 @@ def _reference_fake_text(rng: random.Random, max_tokens: int) -> str:
 def test_fake_text_draws_like_random_choice() -> None:
     for seed in range(3000):
         a, b = random.Random(seed), random.Random(seed)
-        assert outputs.fake_text(a, seed % 60 + 1) == _reference_fake_text(b, seed % 60 + 1)
+        assert fake_values.fake_text(a, seed % 60 + 1) == _reference_fake_text(b, seed % 60 + 1)
         assert a.random() == b.random()  # the generator is left in the same state
 
 
