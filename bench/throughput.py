@@ -32,14 +32,14 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgspec
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _floors import codec_floor_s, objects_floor_s, result_model_floor_s
 
 from batch_provider.backends.anthropic import AnthropicBackend
 from batch_provider.backends.base import BatchBackend, Chunk
 from batch_provider.backends.openai import OpenAIBackend
-from batch_provider.core.models import BatchRef, LLMRequest, ResultRecord
+from batch_provider.core.models import BatchRef, LLMRequest
 from batch_provider.core.reconcile import expected_ids, reconcile
 from batch_provider.core.split import split_requests
 from batch_provider.emulator.process import running_emulator
@@ -131,44 +131,6 @@ def timed_cp(sources: list[Path], target: Path) -> float:
     seconds = time.perf_counter() - started
     shutil.rmtree(target)
     return seconds
-
-
-_DECODER = msgspec.json.Decoder()
-_ENCODER = msgspec.json.Encoder()
-
-
-def _line_blocks(sources: list[Path], block_bytes: int = MB) -> Iterator[list[bytes]]:
-    for source in sources:
-        with source.open("rb") as fh:
-            while block := fh.readlines(block_bytes):
-                yield block
-
-
-def codec_floor_s(sources: list[Path]) -> float:
-    """Seconds to read ``sources`` and decode and re-encode every line with msgspec, a block of lines
-    at a time, doing nothing else: what parsing each line once costs any Python client."""
-    started = time.perf_counter()
-    for block in _line_blocks(sources):
-        _ENCODER.encode_lines(_DECODER.decode_lines(b"".join(block)))
-    return time.perf_counter() - started
-
-
-def request_model_floor_s(count: int, model: str, prompt_chars: int) -> float:
-    """Seconds to build the run's ``LLMRequest`` objects and nothing else (the submit loop's input)."""
-    started = time.perf_counter()
-    for _ in requests(count, model, prompt_chars):
-        pass
-    return time.perf_counter() - started
-
-
-def result_model_floor_s(results: Path) -> float:
-    """Seconds to read every results line into a ``ResultRecord`` and write it back as a line, and
-    nothing else: the least a design that hands out one ``ResultRecord`` per result pays."""
-    started = time.perf_counter()
-    validate = ResultRecord.model_validate_json
-    for block in _line_blocks([results]):
-        b"".join([validate(line).json_line() for line in block])
-    return time.perf_counter() - started
 
 
 async def submit_chunks(backend: BatchBackend, chunks: list[Chunk], concurrency: int) -> list[BatchRef]:
@@ -299,7 +261,7 @@ async def run_once(
             # Floors are measured last, so their memory stays out of the peak RSS above.
             floors = {
                 "floor_requests_codec": part_bytes / codec_floor_s(part_files(parts)),
-                "floor_requests_model": part_bytes / request_model_floor_s(count, model, prompt_chars),
+                "floor_requests_model": part_bytes / objects_floor_s(requests(count, model, prompt_chars)),
                 "floor_results_codec": result_bytes / codec_floor_s([results]),
                 "floor_results_model": result_bytes / result_model_floor_s(results),
             }
