@@ -32,7 +32,7 @@ from typing import Any
 
 from batch_provider.backends.base import Chunk
 from batch_provider.backends.bedrock_models import answer_of
-from batch_provider.backends.wire import counts_of_totals, failed, leading_string_reader, succeeded
+from batch_provider.backends.wire import counts_of_totals, failed, string_field_reader, succeeded
 from batch_provider.core.models import BatchEnding, BatchState, BatchStatus, ItemStatus, ResultRecord
 
 PROVIDER = "bedrock"
@@ -54,7 +54,7 @@ _RETRYABLE_ITEM_CODES = frozenset({408, 429})
 _NOT_ALNUM = re.compile(r"[^a-zA-Z0-9]+")
 _TAG_CHARS = re.compile(r"[^a-zA-Z0-9 ._:/=+@-]")
 
-record_id_of_line = leading_string_reader("recordId", 1024)
+record_id_of_line = string_field_reader("recordId")
 """The ``recordId`` of an input line, read from its fixed prefix when possible."""
 
 

@@ -27,8 +27,8 @@ from batch_provider.backends.errors import RequestRejected
 from batch_provider.backends.wire import (
     counts_of_totals,
     failed,
-    leading_string_reader,
     parse_timestamp,
+    string_field_reader,
     succeeded,
     usage,
 )
@@ -161,7 +161,7 @@ def generate_content_request(request: LLMRequest) -> tuple[dict[str, Any], str |
     return body, (str(model).removeprefix("models/") if model else None)
 
 
-key_of_line = leading_string_reader("key", 4 * 1024)
+key_of_line = string_field_reader("key")
 """The ``key`` of a native line, read from its fixed prefix when possible."""
 
 

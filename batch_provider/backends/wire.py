@@ -8,7 +8,6 @@ every result line, so a request's bytes, and hence its fingerprint, depend on th
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -39,40 +38,23 @@ def encode_line(value: dict[str, Any]) -> bytes:
     return dumps_line(value)
 
 
-class _CustomId(msgspec.Struct):
-    custom_id: str
-
-
-_read_custom_id = msgspec.json.Decoder(_CustomId).decode
-
-
-def custom_id_of_line(line: bytes) -> str:
-    """The ``custom_id`` of a native line (the rest of the line is skipped, not built)."""
-    try:
-        return _read_custom_id(line).custom_id
-    except msgspec.DecodeError:
-        return str(loads(line)["custom_id"])
-
-
-def leading_string_reader(key: str, window: int) -> Callable[[bytes], str]:
-    """A reader of the string ``key`` of native lines: a line that starts with it
-    (``{"<key>":"..."``) has the value decoded from its first ``window`` bytes, so the rest of the
-    line is never parsed; any other line is parsed whole."""
-    prefix = b'{"' + key.encode() + b'":'
-    start, stop = len(prefix), len(prefix) + window
-    decode = json.JSONDecoder().raw_decode
+def string_field_reader(key: str) -> Callable[[bytes], str]:
+    """A reader of the top-level ``key`` of native lines (a custom_id, Gemini ``key``, Bedrock
+    ``recordId``): a string value is decoded without building the rest of the line; any other value,
+    or a line msgspec refuses, goes through :func:`loads` and ``str``."""
+    decode = msgspec.json.Decoder(msgspec.defstruct("_Field", [(key, str)])).decode
 
     def read(line: bytes) -> str:
-        if line.startswith(prefix):
-            try:
-                value, _ = decode(line[start:stop].decode("utf-8", errors="ignore"))
-            except ValueError:
-                value = None
-            if isinstance(value, str):
-                return value
-        return str(json.loads(line)[key])
+        try:
+            return getattr(decode(line), key)
+        except msgspec.DecodeError:
+            return str(loads(line)[key])
 
     return read
+
+
+custom_id_of_line = string_field_reader("custom_id")
+"""The ``custom_id`` of a native line (the rest of the line is skipped, not built)."""
 
 
 def check_custom_id(request: LLMRequest, limits: ProviderLimits) -> None:

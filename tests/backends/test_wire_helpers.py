@@ -1,4 +1,4 @@
-"""Helpers the backends share: reading a line's leading id, counts from provider totals."""
+"""Helpers the backends share: reading one field of a line, counts from provider totals."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import json
 
 import pytest
 
-from batch_provider.backends.wire import counts_of_totals, leading_string_reader
+from batch_provider.backends.wire import counts_of_totals, string_field_reader
 from batch_provider.core.models import BatchCounts, BatchEnding, BatchStatus
 
 
-def test_leading_string_reader_reads_the_prefix_and_falls_back_to_the_whole_line() -> None:
-    read = leading_string_reader("key", 16)
+def test_string_field_reader_reads_a_top_level_string_and_falls_back_for_other_values() -> None:
+    read = string_field_reader("key")
     assert read(b'{"key":"a-1","request":{}}') == "a-1"
     assert read(json.dumps({"key": 'q"\\é', "request": {}}, ensure_ascii=False).encode()) == 'q"\\é'
     assert read(b'{"request":{},"key":"late"}') == "late"
-    assert read(b'{"key":"' + b"x" * 40 + b'","request":{}}') == "x" * 40  # beyond the window
+    assert read(b'{"key":"' + b"x" * 40 + b'","request":{}}') == "x" * 40
     assert read(b'{"key":7,"request":{}}') == "7"
 
 
