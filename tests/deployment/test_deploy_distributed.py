@@ -141,7 +141,7 @@ def test_ui_shows_deferred_wait_batch_link_and_params_form(stack, artifacts_dir)
     dag_id = "nightly_ticket_enrichment"
     run_id = stack.trigger(dag_id, "2026-11-20T00:00:00Z")  # the tickets of 2026-11-19
     wait_task = "enrich.wait"
-    stack._wait_for(
+    stack.wait_for(
         lambda: stack.task_states(dag_id, run_id).get(wait_task) == "deferred",
         240,
         "the nightly run's wait task never got deferred",
