@@ -45,45 +45,44 @@ import argparse
 import asyncio
 import json
 import os
-import random
-import secrets
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx2
-import psutil
 import sqlalchemy
 from _triggerer_db import DAG_FILE
-from poll import KEY, create_batches
+from _triggerer_measure import (
+    Sampler,
+    assigned,
+    ended_triggers,
+    lag_figures,
+    log_figures,
+    measure_window,
+    resume_figures,
+    rss_figures,
+    status_polls,
+)
+from _triggerer_setup import AIRFLOW, BENCH, Triggerer, airflow_env, database, latency_proxy, run_command
+from poll import create_batches
 
 from batch_provider.emulator.process import running_emulator
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
 OURS = "batch_provider.triggers.batch.BatchWaitTrigger"
 ANCHOR = "airflow.providers.openai.triggers.openai.OpenAIBatchTrigger"
 PROBE = "_triggerer_probe.LagProbeTrigger"
-STATUS_ROUTE = "GET /v1/batches/{batch_id}"
 EMULATOR_ARGS = [
     *("--processing-seconds", "100000000", "--validating-seconds", "0", "--cancel-seconds", "0"),
     *("--log-level", "warning"),
 ]
-AIRFLOW = [sys.executable, "-m", "airflow"]
 LEGEND = """\
   polls/s: status polls the emulator served; %tgt: of batches / interval; ms/poll: CPU of the
   triggerer's processes per poll; runner/sup/emu: cores used by the trigger runner, by the
@@ -115,197 +114,6 @@ class Result:
         return self.figures.get(key)
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# ---------------------------------------------------------------- database
-
-
-@contextmanager
-def database(kind: str, home: Path) -> Iterator[str]:
-    """A fresh metadata DB for one phase: yields its SQLAlchemy URL, removes it afterwards."""
-    if kind == "sqlite":
-        yield f"sqlite:///{home}/airflow.db"
-        return
-    name = f"bench_triggerer_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = sqlalchemy.create_engine(
-        "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(
-                sqlalchemy.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                {"n": name},
-            )
-            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
-
-
-@contextmanager
-def latency_proxy(upstream_port: int, delay: float, work: Path) -> Iterator[str]:
-    """Start ``_triggerer_proxy.py`` in front of the emulator; yields its base URL."""
-    port_file = work / "proxy.port"
-    cmd = [sys.executable, str(BENCH / "_triggerer_proxy.py"), str(upstream_port), str(delay), str(port_file)]
-    proc = subprocess.Popen(cmd, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the latency proxy did not start")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port_file.read_text().strip()}"
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-
-def resumed_at(engine: sqlalchemy.Engine, map_indexes: list[int]) -> dict[int, float]:
-    """map_index -> Unix time the triggerer moved that TaskInstance out of ``deferred``."""
-    query = sqlalchemy.text(
-        "SELECT map_index, updated_at FROM task_instance WHERE dag_id = 'bench_triggerer' "
-        "AND task_id = 'wait' AND state != 'deferred' AND map_index IN :ids"
-    ).bindparams(sqlalchemy.bindparam("ids", expanding=True))
-    with engine.connect() as conn:
-        rows = conn.execute(query, {"ids": map_indexes}).all()
-    out = {}
-    for index, stamp in rows:
-        when = stamp if isinstance(stamp, datetime) else datetime.fromisoformat(str(stamp))
-        out[index] = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
-    return out
-
-
-def assigned(engine: sqlalchemy.Engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(
-            sqlalchemy.text("SELECT count(*) FROM trigger WHERE triggerer_id IS NOT NULL")
-        ).scalar()
-
-
-# ---------------------------------------------------------------- processes
-
-
-class Triggerer:
-    """``airflow triggerer`` in its own process group; killed as a group on stop. Without the log
-    server (it only serves log files to the UI), so the process tree is supervisor + runner."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [*AIRFLOW, "triggerer", "--skip-serve-logs"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.supervisor = psutil.Process(self.proc.pid)
-        self.runner: psutil.Process | None = None
-
-    def find_runner(self, timeout: float = 120) -> None:
-        """The trigger runner: the supervisor's only child (the log server is not started)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"triggerer exited:\n{self.log.read_text()[-3000:]}")
-            children = self.supervisor.children()
-            if children:
-                self.runner = children[0]
-                return
-            time.sleep(0.2)
-        raise RuntimeError("the triggerer started no trigger-runner process")
-
-    def tree(self) -> list[psutil.Process]:
-        return [self.supervisor, *self.supervisor.children(recursive=True)]
-
-    def cpu_seconds(self) -> tuple[float, float]:
-        """(whole process tree, runner) user+system CPU seconds so far."""
-        assert self.runner is not None
-        total = 0.0
-        for proc in self.tree():
-            with suppress(psutil.Error):
-                total += sum(proc.cpu_times()[:2])
-        return total, sum(self.runner.cpu_times()[:2])
-
-    def rss_mb(self) -> tuple[float, float]:
-        """(whole process tree, runner) resident memory in MiB."""
-        assert self.runner is not None
-        total = 0.0
-        for proc in self.tree():
-            with suppress(psutil.Error):
-                total += proc.memory_info().rss / 2**20
-        return total, self.runner.memory_info().rss / 2**20
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            with suppress(subprocess.TimeoutExpired):
-                self.proc.wait(20)
-        with suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
-
-
-class Sampler(threading.Thread):
-    """RSS of supervisor and runner every 0.5 s, from a thread (the bench itself never blocks it)."""
-
-    def __init__(self, triggerer: Triggerer) -> None:
-        super().__init__(daemon=True)
-        self.triggerer = triggerer
-        self.samples: list[tuple[float, float, float]] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.wait(0.5):
-            with suppress(psutil.Error):
-                self.samples.append((time.time(), *self.triggerer.rss_mb()))
-
-
-def airflow_env(
-    home: Path, db_url: str, base_url: str, capacity: int, extra_path: str | None
-) -> dict[str, str]:
-    openai_conn = {"host": f"{base_url}/v1", "password": KEY}
-    paths = [str(REPO), str(BENCH), *([extra_path] if extra_path else [])]
-    return {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(paths),
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
-        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(40),
-        "AIRFLOW__API__SECRET_KEY": secrets.token_hex(20),
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__TRIGGERER__CAPACITY": str(capacity),
-        "AIRFLOW_CONN_BENCH_OURS": json.dumps({"conn_type": "llm_openai", **openai_conn}),
-        "AIRFLOW_CONN_BENCH_OPENAI": json.dumps({"conn_type": "openai", **openai_conn}),
-    }
-
-
-def run_command(env: dict[str, str], cmd: list[str], timeout: float = 600) -> None:
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-
-
 # ---------------------------------------------------------------- one phase
 
 
@@ -317,27 +125,6 @@ def trigger_specs(phase: Phase, batch_ids: list[str], interval: float) -> list[l
     kw["poll_interval_max"] = interval
     groups = [batch_ids[i : i + phase.per_trigger] for i in range(0, len(batch_ids), phase.per_trigger)]
     return [[OURS, {**kw, "batch_ids": group}] for group in groups]
-
-
-async def cancel_all(base_url: str, batch_ids: list[str]) -> dict[str, float]:
-    """Cancel each batch (final at once in this emulator); batch id -> Unix time it ended."""
-    ended: dict[str, float] = {}
-    gate = asyncio.Semaphore(32)
-    headers = {"Authorization": f"Bearer {KEY}"}
-    async with httpx2.AsyncClient(base_url=base_url, headers=headers, timeout=60) as client:
-
-        async def one(batch_id: str) -> None:
-            async with gate:
-                response = await client.post(f"/v1/batches/{batch_id}/cancel")
-                response.raise_for_status()
-                ended[batch_id] = time.time()
-
-        await asyncio.gather(*(one(b) for b in batch_ids))
-    return ended
-
-
-def status_polls(emu: Any) -> int:
-    return int(emu.stats()["requests"].get(STATUS_ROUTE, 0))
 
 
 def run_phase(phase: Phase, args: argparse.Namespace) -> Result:
@@ -384,7 +171,7 @@ def run_phase(phase: Phase, args: argparse.Namespace) -> Result:
             stack.callback(lambda: shutil.copy(triggerer.log, kept))
         stack.callback(triggerer.stop)
         triggerer.find_runner()
-        sampler = Sampler(triggerer)
+        sampler = Sampler(triggerer.tree)
         sampler.start()
         stack.callback(sampler.halt.set)
 
@@ -392,8 +179,7 @@ def run_phase(phase: Phase, args: argparse.Namespace) -> Result:
         deadline = time.monotonic() + args.warmup_cap
         first_round = None
         while time.monotonic() < deadline:
-            if triggerer.proc.poll() is not None:
-                raise RuntimeError(f"triggerer exited:\n{triggerer.log.read_text()[-3000:]}")
+            triggerer.check_running()
             if status_polls(emu) - polls_start >= phase.batches and assigned(engine) >= len(specs):
                 first_round = time.time() - started
                 break
@@ -402,71 +188,16 @@ def run_phase(phase: Phase, args: argparse.Namespace) -> Result:
         time.sleep(args.settle)
 
         print(f"[{phase.name}] measuring for {args.duration:.0f}s …", flush=True)
-        emu_proc = psutil.Process(emu.pid)
-        load0 = os.getloadavg()
-        emu_cpu0 = sum(emu_proc.cpu_times()[:2])
-        cpu0 = triggerer.cpu_seconds()
-        polls0, t0 = status_polls(emu), time.time()
-        time.sleep(args.duration)
-        polls1, t1 = status_polls(emu), time.time()
-        cpu1 = triggerer.cpu_seconds()
-        emu_cpu1 = sum(emu_proc.cpu_times()[:2])
-        window = t1 - t0
-        polls = polls1 - polls0
-        cpu = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
-        fig.update(
-            polls=polls,
-            polls_per_s=polls / window,
-            target_per_s=phase.batches / args.interval,
-            cpu_ms_per_poll=1000 * cpu[0] / polls if polls else float("nan"),
-            runner_cores=cpu[1] / window,
-            others_cores=(cpu[0] - cpu[1]) / window,
-            emulator_cores=(emu_cpu1 - emu_cpu0) / window,
-            load=(load0[0], os.getloadavg()[0]),
-        )
-        lags = [
-            float(lag)
-            for line in (probe_path.read_text().splitlines() if probe_path.exists() else [])
-            for stamp, lag in [line.split()]
-            if t0 <= float(stamp) <= t1
-        ]
-        fig.update(
-            lag_samples=len(lags),
-            lag_p50=pct(lags, 0.5),
-            lag_p99=pct(lags, 0.99),
-            lag_max=max(lags, default=float("nan")),
-            blocked_frac=sum(lags) / 1000 / window,
-        )
-        in_window = [s for s in sampler.samples if t0 <= s[0] <= t1]
-        fig.update(
-            rss_runner_peak=max(s[2] for s in sampler.samples),
-            rss_total_peak=max(s[1] for s in sampler.samples),
-            rss_runner_steady=statistics.median(s[2] for s in in_window),
-            rss_total_steady=statistics.median(s[1] for s in in_window),
-        )
+        t0, t1, window = measure_window(emu, triggerer.tree, args.duration, phase.batches / args.interval)
+        fig.update(window)
+        fig.update(lag_figures(probe_path, t0, t1))
+        fig.update(rss_figures(sampler.samples, t0, t1))
 
         # Resume: end every batch of a few triggers, wait for their TaskInstances.
-        chosen = sorted(random.Random(7).sample(range(len(specs)), min(args.ended, len(specs))))
-        members = {i: specs[i][1].get("batch_ids") or [specs[i][1]["batch_id"]] for i in chosen}
-        print(f"[{phase.name}] ending the batches of {len(chosen)} triggers …", flush=True)
-        ended = asyncio.run(cancel_all(emu.base_url, [b for group in members.values() for b in group]))
-        end_time = {i: max(ended[b] for b in group) for i, group in members.items()}
-        wait_until = time.monotonic() + args.interval + args.resume_grace
-        seen: dict[int, float] = {}
-        while time.monotonic() < wait_until and len(seen) < len(chosen):
-            seen = resumed_at(engine, chosen)
-            time.sleep(0.5)
-        delays = [seen[i] - end_time[i] for i in chosen if i in seen]
-        fig.update(
-            resumed=len(seen),
-            ended=len(chosen),
-            resume_p50=pct(delays, 0.5),
-            resume_max=max(delays, default=float("nan")),
-            resume_within_interval=sum(d <= args.interval for d in delays),
-        )
-        log_text = triggerer.log.read_text(errors="replace")
-        fig["blocked_warnings"] = log_text.count("async thread was blocked")
-        fig["trigger_errors"] = log_text.count("Trigger failed") + log_text.count("Traceback")
+        members = ended_triggers(specs, args.ended)
+        print(f"[{phase.name}] ending the batches of {len(members)} triggers …", flush=True)
+        fig.update(resume_figures(engine, emu.base_url, members, args.interval, args.resume_grace))
+        fig.update(log_figures(triggerer.log.read_text(errors="replace")))
     return result
 
 
