@@ -1,4 +1,5 @@
-"""Deterministic fake ``GenerateContentResponse`` bodies for Gemini batch requests.
+"""What a Gemini batch answers: deterministic fake ``GenerateContentResponse`` bodies, per-request
+errors, its inlined responses and the lines of its responses file.
 
 Every response reuses the Anthropic generator (:func:`.outputs.anthropic_message`) on an
 equivalent request, so the rules match the other providers: deterministic in (seed, request),
@@ -10,14 +11,33 @@ Invariants:
   response.
 - ``promptTokenCount`` includes ``cachedContentTokenCount`` (as Gemini reports it); a request
   naming ``cachedContent`` reports half its prompt tokens as cached.
+- Results cover the first ``done`` requests in input order; only a shuffle (seeded by the seed and
+  the batch id) changes their order. Item errors are ``google.rpc.Status`` objects (gRPC ``code``,
+  ``message``), as the SDK's ``JobError`` reads them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import random
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from . import outputs
 
+ITEM_STATUS = {
+    400: ("INVALID_ARGUMENT", 3),
+    422: ("INVALID_ARGUMENT", 3),
+    429: ("RESOURCE_EXHAUSTED", 8),
+    500: ("INTERNAL", 13),
+    503: ("UNAVAILABLE", 14),
+    504: ("DEADLINE_EXCEEDED", 4),
+    529: ("UNAVAILABLE", 14),
+}
+"""Injected HTTP-style item status → (canonical status, gRPC code of the ``google.rpc.Status``)."""
+CHUNK = 1 << 20
+T = TypeVar("T")
 DEFAULT_MAX_OUTPUT_TOKENS = 8192
 _DEFAULT_JSON_SCHEMA = {
     "type": "object",
@@ -114,3 +134,75 @@ def generate(request: dict[str, Any], model: str, seed: int) -> dict[str, Any]:
         "modelVersion": model.removeprefix("models/"),
         "responseId": message["id"].removeprefix("msg_01")[:20],
     }
+
+
+# ----------------------------------------------------------------------------- a batch's results
+
+
+@dataclass(frozen=True)
+class Results:
+    """Which results of a batch are rendered, and how."""
+
+    fail: Mapping[int, tuple[int, str]]
+    """Index → (HTTP code, message) of the requests that end with an error."""
+    done: int
+    """Requests ``0..done-1`` have a result."""
+    model: str
+    seed: int
+    batch_id: str
+    shuffle: bool
+    """Shuffle the results, seeded by (seed, batch id)."""
+
+    def items(self, entries: Iterable[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """(entry, ``{"response"}`` or ``{"error"}``) of the first ``done`` entries, in input order."""
+        for idx, entry in enumerate(entries):
+            if idx >= self.done:
+                break
+            failure = self.fail.get(idx)
+            if failure is not None:
+                code, message = failure
+                yield entry, {"error": {"code": ITEM_STATUS[code][1], "message": message}}
+            else:
+                yield entry, {"response": generate(entry["request"], self.model, self.seed)}
+
+    def order(self, items: list[T]) -> list[T]:
+        """``items`` (the results, in input order), shuffled in place when ``shuffle``."""
+        if self.shuffle:
+            random.Random(f"{self.seed}:{self.batch_id}").shuffle(items)
+        return items
+
+
+def inlined_responses(entries: Iterable[dict[str, Any]], results: Results) -> list[dict[str, Any]]:
+    """``output.inlinedResponses`` of an inline batch: each result with its request's ``metadata``."""
+    out: list[dict[str, Any]] = []
+    for entry, item in results.items(entries):
+        if entry.get("metadata") is not None:
+            item["metadata"] = entry["metadata"]
+        out.append(item)
+    return results.order(out)
+
+
+def responses_file_lines(entries: Iterable[dict[str, Any]], results: Results) -> list[bytes]:
+    """The JSONL lines ``{"key", "response" | "error"}`` of a file batch's responses file."""
+    lines: list[bytes] = []
+    for entry, result in results.items(entries):
+        item: dict[str, Any] = {}
+        if entry.get("key") is not None:
+            item["key"] = entry["key"]
+        item.update(result)
+        lines.append(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+    return results.order(lines)
+
+
+def chunked(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """``lines`` joined into chunks of about :data:`CHUNK` bytes."""
+    buf: list[bytes] = []
+    size = 0
+    for line in lines:
+        buf.append(line)
+        size += len(line)
+        if size >= CHUNK:
+            yield b"".join(buf)
+            buf, size = [], 0
+    if buf:
+        yield b"".join(buf)

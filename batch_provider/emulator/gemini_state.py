@@ -1,5 +1,8 @@
 """Gemini batch mode state machine (spec D, E), persisted under ``<data dir>/gemini``.
 
+A batch's requests are copied and planned by :mod:`.gemini_input`; what it answers comes from
+:mod:`.gemini_outputs`.
+
 Timeline of a batch, derived from its record and the emulated clock (``t0`` = createTime)::
 
     BATCH_STATE_PENDING   [t0, t_run = t0 + validating_seconds)   → FAILED here when the input is refused
@@ -29,40 +32,29 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import math
-import random
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import gemini_outputs, registry
+from . import gemini_input, gemini_outputs, registry
 from .anthropic_state import rfc3339
-from .faults import BatchFaults, FaultSyntaxError, item_error_code, parse_batch_faults, parse_custom_id
+from .faults import BatchFaults
 from .gemini_files import GeminiError, GeminiFiles, invalid, new_name, not_found
+from .gemini_input import Plan
+from .gemini_outputs import Results
 from .registry import BatchRegistry
 
 if TYPE_CHECKING:
     from .store import Store
+
+T = TypeVar("T")
 
 BATCH_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch"
 OUTPUT_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput"
 TERMINAL = frozenset(
     {"BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED"}
 )
-ITEM_STATUS = {
-    400: ("INVALID_ARGUMENT", 3),
-    422: ("INVALID_ARGUMENT", 3),
-    429: ("RESOURCE_EXHAUSTED", 8),
-    500: ("INTERNAL", 13),
-    503: ("UNAVAILABLE", 14),
-    504: ("DEADLINE_EXCEEDED", 4),
-    529: ("UNAVAILABLE", 14),
-}
-"""Injected HTTP-style item status → (canonical status, gRPC code of the ``google.rpc.Status``)."""
-CHUNK = 1 << 20
 
 
 @dataclass
@@ -116,29 +108,10 @@ class GeminiBatch:
 
 
 @dataclass
-class Plan:
-    n: int = 0
-    fail: dict[int, tuple[int, str]] = field(default_factory=dict)
-    """index → (HTTP code, message) of requests that end with an error."""
-    faults: BatchFaults = field(default_factory=BatchFaults)
-    injected: Counter[str] = field(default_factory=Counter)
-
-    def errors_before(self, k: int) -> int:
-        return sum(1 for i in self.fail if i < k)
-
-
-@dataclass
 class View:
     state: str
     done: int
     ended_at: float | None
-
-
-def _key_of(entry: dict[str, Any]) -> str:
-    key = entry.get("key")
-    if key is None:
-        key = (entry.get("metadata") or {}).get("key") if isinstance(entry.get("metadata"), dict) else None
-    return str(key) if key is not None else ""
 
 
 class GeminiBatches(BatchRegistry[GeminiBatch]):
@@ -173,52 +146,38 @@ class GeminiBatches(BatchRegistry[GeminiBatch]):
     # ------------------------------------------------------------------ create
 
     async def create(self, model: str, body: Any) -> GeminiBatch:
-        if not isinstance(body, dict) or not isinstance(body.get("batch"), dict):
-            raise invalid("* BatchGenerateContentRequest.batch: batch is required")
-        batch = body["batch"]
-        name = str(batch.get("displayName") or "")
-        if len(name) > self.settings.display_name_max:
-            raise invalid(
-                f"* batch.display_name: must be at most {self.settings.display_name_max} characters"
-            )
-        faults = self._display_name_faults(name)
-        source = batch.get("inputConfig")
-        if not isinstance(source, dict):
-            raise invalid("* batch.input_config: input_config is required")
-        file_name = source.get("fileName")
-        inline = (
-            (source.get("requests") or {}).get("requests")
-            if isinstance(source.get("requests"), dict)
-            else None
-        )
-        if (file_name is None) == (inline is None):
-            raise invalid("* batch.input_config: exactly one of file_name or requests must be set")
+        req = gemini_input.check_create(body, self.settings.display_name_max, self.cfg.expire_done_fraction)
         self._seq += 1
         rec = GeminiBatch(
             id=new_name(24),
             model=model if model.startswith("models/") else f"models/{model}",
-            display_name=name,
+            display_name=req.display_name,
             created_at=self.store.clock.now(),
-            source="file" if file_name is not None else "inline",
-            input_file=str(file_name) if file_name is not None else None,
+            source="file" if req.file_name is not None else "inline",
+            input_file=req.file_name,
             n=0,
-            faults=self.store.faults.batch_defaults.merged(faults).to_json(),
+            faults=self.store.faults.batch_defaults.merged(req.faults).to_json(),
             seq=self._seq,
         )
-        if inline is not None:
-            if not isinstance(inline, list) or not inline:
+        path = self.input_path(rec.id)
+        if req.file_name is None:
+            if not isinstance(req.inline, list) or not req.inline:
                 raise invalid("* batch.input_config.requests.requests: at least one request is required")
             try:
-                await asyncio.to_thread(self._write_inline, rec, inline)
+                rec.n = await asyncio.to_thread(gemini_input.write_inline, path, req.inline)
             except GeminiError:
-                self.input_path(rec.id).unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
                 raise
         else:
             try:
-                source_file = self.files.get(str(file_name), self.store.clock.now())
+                source_file = self.files.get(req.file_name, self.store.clock.now())
             except GeminiError:
-                raise invalid(f"* batch.input_config.file_name: file {file_name} does not exist") from None
-            await asyncio.to_thread(self._copy_file, rec, self.files.path(source_file.id))
+                raise invalid(
+                    f"* batch.input_config.file_name: file {req.file_name} does not exist"
+                ) from None
+            rec.n, rec.fail_message = await asyncio.to_thread(
+                gemini_input.copy_file, self.files.path(source_file.id), path, req.file_name
+            )
         if rec.fail_message is None and BatchFaults.from_json(rec.faults).fail_validation:
             rec.fail_message = (
                 f"Validation failed (emulated fault: {BatchFaults.from_json(rec.faults).fail_validation})."
@@ -227,70 +186,11 @@ class GeminiBatches(BatchRegistry[GeminiBatch]):
         self.store.stats.count_plan(await asyncio.to_thread(self.plan, rec))
         return rec
 
-    def _display_name_faults(self, name: str) -> BatchFaults:
-        directive = next((t.partition("=")[2] for t in name.split() if t.startswith("emu_faults=")), "")
-        try:
-            return parse_batch_faults(directive, self.cfg.expire_done_fraction)
-        except FaultSyntaxError as exc:
-            raise invalid(f"bad emu_faults directive in displayName: {exc}") from None
-
-    def _write_inline(self, rec: GeminiBatch, inline: list[Any]) -> None:
-        with self.input_path(rec.id).open("wb") as fh:
-            for i, entry in enumerate(inline):
-                if not isinstance(entry, dict) or "request" not in entry:
-                    raise invalid(f"* batch.input_config.requests.requests[{i}].request: request is required")
-                line = {"metadata": entry.get("metadata"), "request": entry["request"]}
-                fh.write(json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
-                rec.n += 1
-
-    def _copy_file(self, rec: GeminiBatch, path: Path) -> None:
-        """Copy an uploaded input file's lines; a bad line fails the batch in validation."""
-        with path.open("rb") as src, self.input_path(rec.id).open("wb") as out:
-            for number, raw in enumerate(src, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    entry = json.loads(raw)
-                except ValueError:
-                    rec.fail_message = f"Line {number} of {rec.input_file} is not valid JSON."
-                    return
-                if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
-                    rec.fail_message = f"Line {number} of {rec.input_file} has no 'request' object."
-                    return
-                line = {"key": entry.get("key"), "request": entry["request"]}
-                out.write(json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
-                rec.n += 1
-        if rec.n == 0:
-            rec.fail_message = f"The input file {rec.input_file} holds no requests."
-
-    def _entries(self, rec: GeminiBatch) -> Iterator[dict[str, Any]]:
-        path = self.input_path(rec.id)
-        if not path.exists():
-            return
-        with path.open("rb") as fh:
-            for raw in fh:
-                if raw.strip():
-                    yield json.loads(raw)
-
     def plan(self, rec: GeminiBatch) -> Plan:
         plan = self.plans.get(rec.id)
-        if plan is not None:
-            return plan
-        plan = Plan(faults=BatchFaults.from_json(rec.faults))
-        for idx, entry in enumerate(self._entries(rec)):
-            plan.n += 1
-            key = _key_of(entry)
-            explicit, tokens = parse_custom_id(key, self.cfg.expire_done_fraction)
-            if idx == 0:
-                plan.faults = plan.faults.merged(tokens)
-            problem = gemini_outputs.request_problem(entry.get("request"))
-            code = item_error_code(self.cfg.seed, key or str(idx), plan.faults, explicit)
-            if problem is not None:
-                plan.fail[idx] = (400, problem)
-            elif code is not None:
-                plan.injected[f"item_{code}"] += 1
-                plan.fail[idx] = (code, f"{ITEM_STATUS[code][0]} (emulated fault, status {code}).")
-        self.plans[rec.id] = plan
+        if plan is None:
+            faults = BatchFaults.from_json(rec.faults)
+            plan = self.plans[rec.id] = gemini_input.build_plan(self.input_path(rec.id), faults, self.cfg)
         return plan
 
     # ------------------------------------------------------------------ time
@@ -390,55 +290,25 @@ class GeminiBatches(BatchRegistry[GeminiBatch]):
             operation["response"] = {"@type": OUTPUT_TYPE, **output}
         return operation
 
-    def _response(self, rec: GeminiBatch, plan: Plan, idx: int, entry: dict[str, Any]) -> dict[str, Any]:
-        failure = plan.fail.get(idx)
-        if failure is not None:
-            code, message = failure
-            return {"error": {"code": ITEM_STATUS[code][1], "message": message}}
-        return {"response": gemini_outputs.generate(entry["request"], rec.model, self.cfg.seed)}
+    def _results(
+        self, rec: GeminiBatch, done: int, render: Callable[[Iterator[dict[str, Any]], Results], T]
+    ) -> T:
+        """``render`` (a :mod:`.gemini_outputs` function) over the first ``done`` requests."""
+        plan = self.plan(rec)
+        shuffle = plan.faults.shuffle or self.cfg.shuffle_results
+        results = Results(plan.fail, done, rec.model, self.cfg.seed, rec.id, shuffle)
+        return render(gemini_input.read_entries(self.input_path(rec.id)), results)
 
     def inlined(self, rec: GeminiBatch, done: int) -> list[dict[str, Any]]:
         cached = self._inline_cache.get((rec.id, done))
-        if cached is not None:
-            return cached
-        plan = self.plan(rec)
-        out: list[dict[str, Any]] = []
-        for idx, entry in enumerate(self._entries(rec)):
-            if idx >= done:
-                break
-            item = self._response(rec, plan, idx, entry)
-            if entry.get("metadata") is not None:
-                item["metadata"] = entry["metadata"]
-            out.append(item)
-        if plan.faults.shuffle or self.cfg.shuffle_results:
-            random.Random(f"{self.cfg.seed}:{rec.id}").shuffle(out)
-        self._inline_cache[(rec.id, done)] = out
-        return out
+        if cached is None:
+            cached = self._results(rec, done, gemini_outputs.inlined_responses)
+            self._inline_cache[(rec.id, done)] = cached
+        return cached
 
     def result_chunks(self, rec: GeminiBatch, done: int) -> Iterator[bytes]:
         """The responses file of a file batch: JSONL in ~1 MiB chunks."""
-        plan = self.plan(rec)
-        lines: list[bytes] = []
-        for idx, entry in enumerate(self._entries(rec)):
-            if idx >= done:
-                break
-            item: dict[str, Any] = {}
-            if entry.get("key") is not None:
-                item["key"] = entry["key"]
-            item.update(self._response(rec, plan, idx, entry))
-            lines.append(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
-        if plan.faults.shuffle or self.cfg.shuffle_results:
-            random.Random(f"{self.cfg.seed}:{rec.id}").shuffle(lines)
-        buf: list[bytes] = []
-        size = 0
-        for line in lines:
-            buf.append(line)
-            size += len(line)
-            if size >= CHUNK:
-                yield b"".join(buf)
-                buf, size = [], 0
-        if buf:
-            yield b"".join(buf)
+        yield from gemini_outputs.chunked(self._results(rec, done, gemini_outputs.responses_file_lines))
 
     def output_batch(self, file_id: str) -> GeminiBatch:
         """The file batch whose responses file is ``files/<file_id>``."""
