@@ -1,4 +1,5 @@
-"""Anthropic Message Batches state machine (spec B.2-B.7, E).
+"""Anthropic Message Batches state machine (spec B.2-B.7, E). A batch's results stream comes from
+:mod:`.anthropic_outputs`.
 
 Timeline, all derived from the record and the emulated clock::
 
@@ -11,8 +12,6 @@ Timeline, all derived from the record and the emulated clock::
 Invariants:
 - While not ended, ``request_counts`` is all ``processing`` (B.3); once ended, ``processing`` is
   0 and the five counts add up to the number of requests.
-- Results are generated on the fly from the stored requests file, one line per custom_id, so a
-  results stream never holds more than one chunk in memory.
 - Per-request problems (bad ``params``, ``stream``, ``speed``, ``max_tokens: 0``, injected faults)
   become ``errored`` results; only top-level problems are synchronous 400s.
 """
@@ -23,7 +22,6 @@ import asyncio
 import bisect
 import json
 import math
-import random
 import re
 from array import array
 from collections import Counter
@@ -32,7 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from . import outputs
+from . import anthropic_outputs
+from .anthropic_outputs import ERROR_TYPES
 from .errors import ApiError, not_found
 from .faults import BatchFaults, item_error_code, parse_custom_id
 from .registry import BatchRegistry
@@ -42,16 +41,6 @@ if TYPE_CHECKING:
     from .store import Store
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    500: "api_error",
-    503: "api_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-CHUNK = 1 << 20
 
 
 def rfc3339(t: float | None) -> str | None:
@@ -198,7 +187,7 @@ class AnthropicBatches(BatchRegistry[AnthropicBatch]):
                 explicit, tokens = parse_custom_id(cid, cfg.expire_done_fraction)
                 if idx == 0:
                     plan.faults = plan.faults.merged(tokens)
-                problem = _params_problem(obj["params"])
+                problem = anthropic_outputs.params_problem(obj["params"])
                 code = item_error_code(cfg.seed, cid, plan.faults, explicit)
                 if problem is not None:
                     plan.fail[idx] = ("invalid_request_error", problem)
@@ -324,94 +313,11 @@ class AnthropicBatches(BatchRegistry[AnthropicBatch]):
         """JSONL result chunks (about 1 MiB each), in file order or shuffled."""
         _, _, done, unrun_as = self.state(rec, plan, now)
         if rec.synthetic_text_bytes is not None:
-            yield from _synthetic_chunks(rec, self.cfg.seed)
+            yield from anthropic_outputs.synthetic_chunks(rec.n, rec.synthetic_text_bytes)
             return
-        path = self.input_path(rec.id)
-        shuffle = plan.faults.shuffle or self.cfg.shuffle_results or self.cfg.anthropic_results_shuffled
-        buf: list[bytes] = []
-        size = 0
-        with path.open("rb") as fh:
-            if shuffle:
-                order = list(range(plan.n))
-                random.Random(outputs.body_hash(self.cfg.seed, f"{rec.id}:shuffle")).shuffle(order)
-                lines: Iterator[tuple[int, bytes]] = (
-                    (i, _read_at(fh, plan.offsets[i], plan.offsets[i + 1])) for i in order
-                )
-            else:
-                lines = enumerate(fh)
-            for idx, raw in lines:
-                obj = json.loads(raw)
-                result = self._result(obj, idx, done, unrun_as, plan)
-                data = json.dumps(
-                    {"custom_id": obj["custom_id"], "result": result},
-                    separators=(",", ":"),
-                    ensure_ascii=False,
-                ).encode()
-                buf.append(data + b"\n")
-                size += len(data) + 1
-                if size >= CHUNK:
-                    yield b"".join(buf)
-                    buf, size = [], 0
-        if buf:
-            yield b"".join(buf)
-
-    def _result(
-        self, obj: dict[str, Any], idx: int, done: int, unrun_as: str | None, plan: Plan
-    ) -> dict[str, Any]:
-        if idx >= done:
-            return {"type": unrun_as or "canceled"}
-        failure = plan.fail.get(idx)
-        if failure is not None:
-            return {
-                "type": "errored",
-                "error": {
-                    "type": "error",
-                    "error": {"type": failure[0], "message": failure[1]},
-                    "request_id": None,
-                },
-            }
-        return {"type": "succeeded", "message": outputs.anthropic_message(obj["params"], self.cfg.seed)}
-
-
-def _read_at(fh: Any, start: int, end: int) -> bytes:
-    fh.seek(start)
-    return fh.read(end - start)
-
-
-def _params_problem(params: dict[str, Any]) -> str | None:
-    if not isinstance(params.get("model"), str) or not params["model"]:
-        return "model: Field required"
-    mt = params.get("max_tokens")
-    if mt is None:
-        return "max_tokens: Field required"
-    if not isinstance(mt, int) or isinstance(mt, bool) or mt < 1:
-        return "max_tokens: Input should be greater than or equal to 1"
-    msgs = params.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        return "messages: Field required" if msgs is None else "messages: List should have at least 1 item"
-    if params.get("stream"):
-        return "stream: Streaming is not supported in message batches."
-    if "speed" in params:
-        return "speed: This parameter is not supported in message batches."
-    return None
-
-
-def _synthetic_chunks(rec: AnthropicBatch, seed: int) -> Iterator[bytes]:
-    """Fixed-shape succeeded results with a text of ``synthetic_text_bytes`` bytes, built cheaply."""
-    text_bytes = rec.synthetic_text_bytes or 0
-    filler = ("lorem ipsum dolor sit amet " * (text_bytes // 27 + 1))[:text_bytes]
-    tok = max(1, math.ceil(text_bytes / 4))
-    head = b'{"custom_id":"synth-'
-    tail = (
-        '","result":{"type":"succeeded","message":{"id":"msg_01synthetic","type":"message","role":"assistant",'
-        '"model":"claude-synthetic","content":[{"type":"text","text":"'
-        + filler
-        + '"}],"stop_reason":"end_turn",'
-        '"stop_sequence":null,"usage":{"input_tokens":10,"output_tokens":'
-        + str(tok)
-        + ',"service_tier":"batch"}}}}\n'
-    ).encode()
-    per_chunk = max(1, CHUNK // (len(tail) + 30))
-    for start in range(0, rec.n, per_chunk):
-        stop = min(rec.n, start + per_chunk)
-        yield b"".join(head + b"%08d" % i + tail for i in range(start, stop))
+        cfg = self.cfg
+        shuffle = plan.faults.shuffle or cfg.shuffle_results or cfg.anthropic_results_shuffled
+        shuffle_key = f"{rec.id}:shuffle" if shuffle else None
+        yield from anthropic_outputs.result_chunks(
+            self.input_path(rec.id), plan, done, unrun_as, cfg.seed, shuffle_key
+        )
