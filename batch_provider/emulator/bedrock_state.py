@@ -1,7 +1,8 @@
 """Bedrock model invocation jobs: records, settings, state machine and API views (spec C, E).
 
-The input is read from S3 and the outputs written there by :mod:`.bedrock_s3`; errors and
-timestamps follow :mod:`.bedrock_wire`; what a job writes comes from :mod:`.bedrock_outputs`.
+A create request is checked by :mod:`.bedrock_create`; the input is read from S3 and the outputs
+written there by :mod:`.bedrock_s3`; errors and timestamps follow :mod:`.bedrock_wire`; what a job
+writes comes from :mod:`.bedrock_outputs`.
 
 Timeline of a job, derived from its record and the emulated clock (``t0`` = submitTime)::
 
@@ -22,8 +23,7 @@ Invariants:
   S3 once, the first time the job is seen in a terminal state that has output (Completed,
   PartiallyCompleted, Stopped); nothing runs in the background.
 - The same ``clientRequestToken`` always answers the same job.
-- Per-job fault directives come from the ``emu_faults`` tag, in the OpenAI ``emu_faults`` grammar
-  (separated by commas or spaces; AWS tag values allow spaces but not commas). ``expire=0``
+- Per-job fault directives come from the ``emu_faults`` tag (:mod:`.bedrock_create`). ``expire=0``
   keeps the job Scheduled until it expires; ``expire=F`` has fraction F done at the timeout.
 """
 
@@ -33,14 +33,13 @@ import asyncio
 import dataclasses
 import os
 import random
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import bedrock_outputs, registry
-from .bedrock_s3 import S3_ENDPOINT_ENV, S3Access, split_s3_uri
+from . import bedrock_create, bedrock_outputs, registry
+from .bedrock_s3 import S3_ENDPOINT_ENV, S3Access
 from .bedrock_wire import BedrockError, iso, validation
-from .faults import BatchFaults, FaultSyntaxError, parse_batch_faults
+from .faults import BatchFaults
 from .registry import BatchRegistry
 
 if TYPE_CHECKING:
@@ -201,65 +200,25 @@ class BedrockJobs(BatchRegistry[BedrockJob]):
             return job, True
 
     def _new_job(self, body: dict[str, Any]) -> BedrockJob:
-        for name in ("jobName", "roleArn", "modelId", "inputDataConfig", "outputDataConfig"):
-            if not body.get(name):
-                raise validation(
-                    f"1 validation error detected: Value null at '{name}' failed to satisfy constraint: "
-                    "Member must not be null"
-                )
-        name = str(body["jobName"])
-        if not re.fullmatch(r"[a-zA-Z0-9]{1,63}(-*[a-zA-Z0-9\+\-\.]){0,63}", name) or len(name) > 63:
-            raise validation(f"Value '{name}' at 'jobName' failed to satisfy constraint")
-        token = body.get("clientRequestToken")
-        if token is not None and not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}", str(token)):
-            raise validation("Value at 'clientRequestToken' failed to satisfy constraint")
-        role = str(body["roleArn"])
-        if not role.startswith("arn:"):
-            raise validation(
-                f"Value '{role}' at 'roleArn' failed to satisfy constraint: must be an IAM role ARN"
-            )
-        timeout = body.get("timeoutDurationInHours", 24)
-        if not isinstance(timeout, int) or not 24 <= timeout <= 168:
-            raise validation("Value at 'timeoutDurationInHours' failed to satisfy constraint: 24..168")
-        invocation = body.get("modelInvocationType", "InvokeModel")
-        if invocation not in ("InvokeModel", "Converse"):
-            raise validation(f"Value '{invocation}' at 'modelInvocationType' failed to satisfy constraint")
-        input_uri = ((body["inputDataConfig"] or {}).get("s3InputDataConfig") or {}).get("s3Uri")
-        output_uri = ((body["outputDataConfig"] or {}).get("s3OutputDataConfig") or {}).get("s3Uri")
-        split_s3_uri(input_uri)
-        split_s3_uri(output_uri)
-        tags = body.get("tags") or []
-        if not isinstance(tags, list) or not all(isinstance(t, dict) and "key" in t for t in tags):
-            raise validation("tags must be a list of {key, value}")
-        if len(tags) > 200:
-            raise validation("A job takes at most 200 tags.")
-        directive = next((str(t.get("value", "")) for t in tags if t.get("key") == "emu_faults"), "")
-        try:
-            faults = self.store.faults.batch_defaults.merged(
-                parse_batch_faults(
-                    ",".join(re.split(r"[,\s]+", directive.strip())), self.cfg.expire_done_fraction
-                )
-            )
-        except FaultSyntaxError as exc:
-            raise validation(f"bad emu_faults tag: {exc}") from None
+        req = bedrock_create.check_create(body, self.cfg.expire_done_fraction)
         self._seq += 1
         job_id = "".join(random.SystemRandom().choice(_ID_ALPHABET) for _ in range(12))
         s = self.settings
         return BedrockJob(
             job_id=job_id,
             job_arn=f"arn:aws:bedrock:{s.region}:{s.account_id}:model-invocation-job/{job_id}",
-            name=name,
-            model_id=str(body["modelId"]),
-            role_arn=role,
-            token=str(token) if token is not None else None,
-            input_uri=str(input_uri),
-            output_uri=str(output_uri),
-            timeout_hours=timeout,
-            invocation_type=invocation,
-            tags=[{"key": str(t["key"]), "value": str(t.get("value", ""))} for t in tags],
+            name=req.name,
+            model_id=req.model_id,
+            role_arn=req.role_arn,
+            token=req.token,
+            input_uri=req.input_uri,
+            output_uri=req.output_uri,
+            timeout_hours=req.timeout_hours,
+            invocation_type=req.invocation_type,
+            tags=req.tags,
             submit_time=self.store.clock.now(),
             seq=self._seq,
-            faults=faults.to_json(),
+            faults=self.store.faults.batch_defaults.merged(req.faults).to_json(),
         )
 
     def _read_input(self, job: BedrockJob) -> None:
