@@ -135,7 +135,7 @@ class AnthropicBatches(BatchRegistry[AnthropicBatch]):
             expires_at=now + self.cfg.completion_window_seconds,
             n=len(reqs),
             faults=self.store.faults.batch_defaults.to_json(),
-            seq=self._seq + 1,
+            seq=self.next_seq(),
         )
         await asyncio.to_thread(self._write_requests, rec.id, reqs)
         self.add(rec)
@@ -150,7 +150,7 @@ class AnthropicBatches(BatchRegistry[AnthropicBatch]):
             expires_at=now + self.cfg.completion_window_seconds,
             n=n,
             faults=BatchFaults().to_json(),
-            seq=self._seq + 1,
+            seq=self.next_seq(),
             synthetic_text_bytes=text_bytes,
             processing_seconds=processing_seconds,
         )

@@ -201,7 +201,7 @@ class BedrockJobs(BatchRegistry[BedrockJob]):
 
     def _new_job(self, body: dict[str, Any]) -> BedrockJob:
         req = bedrock_create.check_create(body, self.cfg.expire_done_fraction)
-        self._seq += 1
+        seq = self.next_seq()
         job_id = "".join(random.SystemRandom().choice(_ID_ALPHABET) for _ in range(12))
         s = self.settings
         return BedrockJob(
@@ -217,7 +217,7 @@ class BedrockJobs(BatchRegistry[BedrockJob]):
             invocation_type=req.invocation_type,
             tags=req.tags,
             submit_time=self.store.clock.now(),
-            seq=self._seq,
+            seq=seq,
             faults=self.store.faults.batch_defaults.merged(req.faults).to_json(),
         )
 

@@ -147,7 +147,7 @@ class GeminiBatches(BatchRegistry[GeminiBatch]):
 
     async def create(self, model: str, body: Any) -> GeminiBatch:
         req = gemini_input.check_create(body, self.settings.display_name_max, self.cfg.expire_done_fraction)
-        self._seq += 1
+        seq = self.next_seq()
         rec = GeminiBatch(
             id=new_name(24),
             model=model if model.startswith("models/") else f"models/{model}",
@@ -157,7 +157,7 @@ class GeminiBatches(BatchRegistry[GeminiBatch]):
             input_file=req.file_name,
             n=0,
             faults=self.store.faults.batch_defaults.merged(req.faults).to_json(),
-            seq=self._seq,
+            seq=seq,
         )
         path = self.input_path(rec.id)
         if req.file_name is None:

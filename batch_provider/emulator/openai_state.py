@@ -138,7 +138,7 @@ class OpenAIBatches(BatchRegistry[OpenAIBatch]):
             expires_at=now + self.cfg.completion_window_seconds,
             faults=faults.to_json(),
             output_ttl=req.output_ttl,
-            seq=self._seq + 1,
+            seq=self.next_seq(),
         )
         src = self.store.files.get(rec.input_file_id, now)
         if src is None:
@@ -172,7 +172,7 @@ class OpenAIBatches(BatchRegistry[OpenAIBatch]):
             expires_at=now + self.cfg.completion_window_seconds,
             faults=BatchFaults().to_json(),
             output_ttl=self.cfg.file_ttl_seconds,
-            seq=self._seq + 1,
+            seq=self.next_seq(),
             synthetic_text_bytes=text_bytes,
             synthetic_n=n,
         )

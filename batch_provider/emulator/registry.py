@@ -16,7 +16,8 @@ Invariants:
   ``order``. A forgotten record leaves ``records`` but keeps its place in ``order``, so a page
   cursor naming it still finds its neighbours.
 - ``_seq`` is at least the ``seq`` of every record indexed, and never goes down (``clear`` keeps
-  it); how a new record picks its ``seq`` is the subclass's.
+  it); a new record takes its ``seq`` from :meth:`~BatchRegistry.next_seq`, reserved at once, so
+  creates that overlap (one awaiting its input copy while another starts) never share one.
 - Saving a record also saves the clock, so a restart resumes at or after the record's last change.
 - A record file that does not parse as the record type is skipped at load, and left on disk.
 """
@@ -89,6 +90,11 @@ class BatchRegistry(Generic[R]):
         self.records[rec.id] = rec
         self.pos[rec.id] = len(self.order)
         self.order.append(rec.id)
+
+    def next_seq(self) -> int:
+        """The ``seq`` of a record about to be created (one past every ``seq`` given out so far)."""
+        self._seq += 1
+        return self._seq
 
     def meta_path(self, batch_id: str) -> Path:
         return self.dir / f"{batch_id}{self.META_SUFFIX}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -12,7 +13,7 @@ from openai.types import Batch, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
-from batch_provider.emulator.process import EmulatorProcess
+from batch_provider.emulator.process import EmulatorProcess, running_emulator
 
 
 def test_full_lifecycle_counts_rise_and_outputs_parse(emu: EmulatorProcess, oai: openai.OpenAI) -> None:
@@ -267,3 +268,32 @@ def test_stats_count_routes_and_uploads(emu: EmulatorProcess, oai: openai.OpenAI
     assert after["files_uploaded"] == before["files_uploaded"] + 1
     route = "GET /v1/batches/{batch_id}"
     assert after["requests"][route] == before["requests"].get(route, 0) + 2
+
+
+async def test_overlapping_creates_keep_creation_order_across_a_restart(tmp_path) -> None:
+    """Creates that overlap (each awaits its input copy) get distinct sequence numbers, so a restarted
+    emulator lists the batches in the order it created them."""
+    data = tmp_path / "state"
+    with running_emulator(time_factor=1.0, data_dir=data) as proc:
+        client = openai.AsyncOpenAI(base_url=f"{proc.base_url}/v1", api_key="sk-test", max_retries=0)
+        files = [
+            await client.files.create(file=("in.jsonl", jsonl([chat_line(f"r{i}")])), purpose="batch")
+            for i in range(8)
+        ]
+        created = await asyncio.gather(
+            *(
+                client.batches.create(
+                    input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+                )
+                for f in files
+            )
+        )
+        listed_before = [b.id for b in (await client.batches.list(limit=20)).data]
+        await client.close()
+    seqs = [json.loads((data / "openai" / f"{b.id}.json").read_text())["seq"] for b in created]
+    assert len(set(seqs)) == len(seqs), f"overlapping creates shared a sequence number: {seqs}"
+    with running_emulator(time_factor=1.0, data_dir=data) as proc:
+        client = openai.AsyncOpenAI(base_url=f"{proc.base_url}/v1", api_key="sk-test", max_retries=0)
+        listed_after = [b.id for b in (await client.batches.list(limit=20)).data]
+        await client.close()
+    assert listed_after == listed_before
