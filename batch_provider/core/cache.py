@@ -7,7 +7,8 @@ Invariants:
 - Only succeeded results are stored. An entry older than ``ttl`` is a miss.
 - One file per entry (``<root>/<key[:2]>/<key>.json``) on any ObjectStoragePath: writers never
   contend, and a partial write is never read as a hit (a malformed entry is a miss).
-- Lookups and stores go a block at a time, so object storage serves them concurrently.
+- Callers look up and store ``CACHE_BLOCK`` entries at a time, so object storage serves them
+  concurrently.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from batch_provider.core.models import ItemStatus, LLMRequest, ResultRecord
+
+CACHE_BLOCK = 512
+"""Entries looked up (at submit) or stored (at collect) at once: one concurrent fetch or put on
+object storage."""
 
 
 class ResultCache:

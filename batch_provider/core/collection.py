@@ -24,14 +24,14 @@ import msgspec
 from pydantic import BaseModel, Field
 
 from batch_provider.backends.base import BatchBackend
-from batch_provider.core.cache import ResultCache
+from batch_provider.core.cache import CACHE_BLOCK, ResultCache
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import BatchRef, ItemStatus, ResultRecord, Usage
 from batch_provider.core.pricing import Calibration, Cost, CostTally, PriceTable, default_price_table
 from batch_provider.core.reconcile import expected_ids, reconcile
 from batch_provider.core.rundir import RunDirectory, read_json, write_json_atomic
-from batch_provider.core.submission import CACHE_BLOCK, part_custom_ids
+from batch_provider.core.submission import part_custom_ids
 
 log = logging.getLogger(__name__)
 _SUCCEEDED = ItemStatus.SUCCEEDED

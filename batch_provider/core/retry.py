@@ -72,7 +72,7 @@ def _write_retry_parts(
             old.model_copy(
                 update={
                     "index": index,
-                    "part": str(path)[len(str(run_dir.root)) :].lstrip("/"),
+                    "part": run_dir.relative(path),
                     "request_count": len(lines),
                     "byte_size": sum(len(line) + 1 for line in lines),
                     "intent_at": None,

@@ -36,6 +36,10 @@ class RunDirectory:
     def __repr__(self) -> str:
         return f"RunDirectory({str(self.root)!r})"
 
+    def relative(self, path: Any) -> str:
+        """``path``, a file inside this folder, relative to it: how the ledger names part files."""
+        return str(path)[len(str(self.root)) :].lstrip("/")
+
     def attempt_dir(self, attempt: int) -> Any:
         return self.root / f"attempt-{attempt}"
 

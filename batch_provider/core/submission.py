@@ -8,22 +8,28 @@ or finds the intent and looks the batch up at the provider before creating one:
 - providers that do not (Anthropic): batches created after the intent with the chunk's request
   count, not claimed by another chunk; among several, the one whose custom_ids match once ended,
   else the earliest.
+
+Invariants:
+- Attempt 1's part files come from one intake pass (:mod:`batch_provider.core.intake`) and are
+  recorded in the ledger before any create call. Once the ledger holds attempt 1, a rerun never
+  splits again: the same input (by its fingerprint) re-attaches, another one is refused.
+- A chunk whose batch is in the ledger is never submitted again, and a batch already claimed by a
+  chunk is never matched to another one.
+- The budget is checked before the run's first create call only: once a chunk has an intent, its
+  batch may exist, and refusing then would leave the run half submitted.
+- ``on_created`` is called once per batch actually created, never for one re-attached.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
-from typing import Any
 
 from batch_provider.backends.base import BatchBackend, Chunk
-from batch_provider.core.cache import ResultCache, relabelled
-from batch_provider.core.catalog import request_problem
+from batch_provider.core.cache import CACHE_BLOCK, ResultCache
 from batch_provider.core.handle import InputCounts, RunHandle
+from batch_provider.core.intake import input_fingerprint, intake
 from batch_provider.core.ledger import (
     Ledger,
     LedgerAttempt,
@@ -33,11 +39,10 @@ from batch_provider.core.ledger import (
     chunk_tags,
     utcnow,
 )
-from batch_provider.core.models import BatchRef, LLMRequest, RejectedRow, RequestKind
-from batch_provider.core.pricing import Calibration, CostEstimator, PriceTable, default_price_table
+from batch_provider.core.models import BatchRef, LLMRequest, RejectedRow
+from batch_provider.core.pricing import PriceTable, default_price_table
 from batch_provider.core.reconcile import expected_ids
-from batch_provider.core.rundir import RunDirectory, remove_tree
-from batch_provider.core.split import RequestSplitter
+from batch_provider.core.rundir import RunDirectory
 
 log = logging.getLogger(__name__)
 
@@ -46,168 +51,21 @@ OnCreated = Callable[[BatchRef], None]
 # Clocks of this host and the provider may disagree; look a little before the recorded intent.
 _CLOCK_SKEW = timedelta(minutes=5)
 
-__all__ = ["BudgetExceededError", "RunKey", "submit_pending", "submit_run"]
-
-
-CACHE_BLOCK = 512
-"""Requests looked up in the result cache at once (one concurrent fetch on object storage)."""
-
-
-def _relative(run_dir: RunDirectory, path: Any) -> str:
-    return str(path)[len(str(run_dir.root)) :].lstrip("/")
+__all__ = [
+    "CACHE_BLOCK",
+    "BudgetExceededError",
+    "OnCreated",
+    "RunKey",
+    "handle_for",
+    "input_fingerprint",
+    "part_custom_ids",
+    "submit_pending",
+    "submit_run",
+]
 
 
 class BudgetExceededError(RuntimeError):
     """The run's estimated cost is over ``max_cost_usd``; no batch was created."""
-
-
-def _item_json(item: LLMRequest | RejectedRow) -> bytes:
-    return item.model_dump_json(exclude_defaults=True).encode()
-
-
-def input_fingerprint(items: Iterable[LLMRequest | RejectedRow]) -> str:
-    """sha256 over the input items in order: equal for the same rows rendered the same way."""
-    digest = hashlib.sha256()
-    for item in items:
-        digest.update(_item_json(item) + b"\n")
-    return digest.hexdigest()
-
-
-@dataclass
-class _Intake:
-    """One pass over the input: fingerprint, rejects, cache hits and the cost estimate, forwarding
-    the requests that must be sent to the splitter."""
-
-    backend: BatchBackend
-    run_dir: RunDirectory
-    cache: ResultCache | None
-    prices: PriceTable
-    allow_unknown_models: bool = False
-    inputs: int = 0
-    rejected: int = 0
-    cached: int = 0
-    cache_savings_usd: float = 0.0
-    digest: Any = field(default_factory=hashlib.sha256)
-
-    def __post_init__(self) -> None:
-        self.estimator = CostEstimator(self.backend.provider.value)
-
-    def reject(self, rejects: Any, row: RejectedRow) -> None:
-        self.rejected += 1
-        rejects.write(row.to_record().json_line())
-
-    def requests(
-        self, items: Iterable[LLMRequest | RejectedRow], rejects: Any, cached: Any, keys: Any
-    ) -> Iterator[LLMRequest]:
-        """The requests to send, in input order; with a cache, looked up ``CACHE_BLOCK`` at a time."""
-        block: list[LLMRequest] = []
-        for item in items:
-            self.inputs += 1
-            self.digest.update(_item_json(item) + b"\n")
-            if isinstance(item, LLMRequest):
-                problem = request_problem(
-                    self.backend.provider, item, allow_unknown_models=self.allow_unknown_models
-                )
-                item = problem or item
-            if isinstance(item, RejectedRow):
-                self.reject(rejects, item)
-                continue
-            if self.cache is None:
-                self._estimate(item)
-                yield item
-                continue
-            block.append(item)
-            if len(block) >= CACHE_BLOCK:
-                yield from self._misses(block, cached, keys)
-                block = []
-        if block:
-            yield from self._misses(block, cached, keys)
-
-    def _misses(self, block: list[LLMRequest], cached: Any, keys: Any) -> Iterator[LLMRequest]:
-        """Write the cache hits of ``block`` to ``cached``; yield the rest, in order."""
-        assert self.cache is not None
-        provider = self.backend.provider.value
-        block_keys = [ResultCache.key(provider, request) for request in block]
-        hits = self.cache.get_many(block_keys)
-        for request, key in zip(block, block_keys, strict=True):
-            hit = hits.get(key)
-            if hit is not None:
-                self.cached += 1
-                self.cache_savings_usd += self.prices.cost(provider, hit.model, hit.usage).batch_usd
-                cached.write(relabelled(hit, request.custom_id).json_line())
-                continue
-            keys.write(json.dumps({"custom_id": request.custom_id, "key": key}).encode() + b"\n")
-            self._estimate(request)
-            yield request
-
-    def _estimate(self, request: LLMRequest) -> None:
-        self.estimator.add(
-            request.model,
-            request.prompt_text(),
-            request.max_tokens or _native_max_tokens(request),
-            embedding=request.kind is RequestKind.EMBEDDING,
-        )
-
-
-def _native_max_tokens(request: LLMRequest) -> int | None:
-    body = request.native or {}
-    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        if isinstance(body.get(name), int):
-            return body[name]
-    return None
-
-
-def _intake(
-    backend: BatchBackend,
-    items: Iterable[LLMRequest | RejectedRow],
-    run_dir: RunDirectory,
-    *,
-    cache: ResultCache | None,
-    prices: PriceTable,
-    max_requests_per_batch: int | None,
-    max_bytes_per_batch: int | None,
-    allow_unknown_models: bool,
-) -> LedgerAttempt:
-    """Write attempt 1's part files, rejects and cache hits; estimate what the parts will cost."""
-    limits = backend.limits.lowered(
-        max_requests_per_batch=max_requests_per_batch, max_bytes_per_batch=max_bytes_per_batch
-    )
-    parts_dir = run_dir.requests_dir(1)
-    remove_tree(parts_dir)
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    intake = _Intake(backend, run_dir, cache, prices, allow_unknown_models)
-    with (
-        run_dir.rejects.open("wb") as rejects,
-        run_dir.cached.open("wb") as cached,
-        run_dir.cache_keys.open("wb") as keys,
-    ):
-        splitter = RequestSplitter(
-            backend, parts_dir, limits=limits, on_reject=lambda row: intake.reject(rejects, row)
-        )
-        chunks = [
-            LedgerChunk(
-                index=chunk.index,
-                part=_relative(run_dir, chunk.path),
-                request_count=chunk.request_count,
-                byte_size=chunk.byte_size,
-                group=chunk.group,
-                model=chunk.model,
-                endpoint=chunk.endpoint,
-            )
-            for chunk in splitter.split(intake.requests(items, rejects, cached, keys))
-        ]
-    estimate = intake.estimator.finish(prices, Calibration.load(run_dir.calibration))
-    return LedgerAttempt(
-        attempt=1,
-        fingerprint=splitter.fingerprint,
-        input_fingerprint=intake.digest.hexdigest(),
-        chunks=chunks,
-        inputs=intake.inputs,
-        rejected=intake.rejected,
-        cached=intake.cached,
-        cache_savings_usd=intake.cache_savings_usd,
-        estimate=estimate.summary(),
-    )
 
 
 def _check_budget(run_dir: RunDirectory, attempt: LedgerAttempt, max_cost_usd: float | None) -> None:
@@ -279,7 +137,7 @@ async def submit_run(
     if ledger is not None:
         ledger.check_owner(run_key, backend.provider, run_dir)
     if ledger is None or 1 not in ledger.attempts:
-        first = _intake(
+        first = intake(
             backend,
             items,
             run_dir,

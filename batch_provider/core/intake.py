@@ -1,0 +1,196 @@
+"""Attempt 1's intake: one pass over a run's input, before anything is paid for.
+
+Each input item ends, in input order, in exactly one place:
+
+- ``rejects.jsonl``: a :class:`RejectedRow` from rendering, a request the provider cannot take
+  (:func:`request_problem`: unknown model, absurd ``max_tokens``), or one the splitter refuses
+  (encoding, size, duplicate custom_id);
+- ``attempt-1/cached.jsonl``: a request answered before, its stored success relabelled with this
+  run's custom_id; it is never sent;
+- a part file under ``attempt-1/requests/``, written by the splitter.
+
+Invariants:
+- ``inputs == rejected + cached + requests in the part files``; the counts are recorded with the
+  chunks in the ledger's attempt 1.
+- The input fingerprint is sha256 over every item (rejects included) as
+  ``model_dump_json(exclude_defaults=True)`` plus ``\\n``, in input order. :func:`input_fingerprint`
+  computes the same digest without writing anything: that is how a rerun recognizes its input.
+- With a cache, requests are looked up ``CACHE_BLOCK`` at a time; a block only delays its
+  requests, never reorders them. Every miss's cache key goes to ``attempt-1/cache_keys.jsonl``
+  before the splitter sees the request, so collect can store the answer under that key. Memory is
+  one block plus the splitter's own.
+- The cost estimate covers the requests forwarded to the splitter only (those it then rejects
+  included); a cache hit adds its stored usage at batch price to ``cache_savings_usd`` instead.
+- The files above are rewritten from scratch; submit runs the intake only while the ledger has no
+  attempt 1, i.e. before anything was sent from them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from batch_provider.backends.base import BatchBackend
+from batch_provider.core.cache import CACHE_BLOCK, ResultCache, relabelled
+from batch_provider.core.catalog import request_problem
+from batch_provider.core.ledger import LedgerAttempt, LedgerChunk
+from batch_provider.core.models import LLMRequest, RejectedRow, RequestKind
+from batch_provider.core.pricing import Calibration, CostEstimator, PriceTable
+from batch_provider.core.rundir import RunDirectory, remove_tree
+from batch_provider.core.split import RequestSplitter
+
+__all__ = ["CACHE_BLOCK", "input_fingerprint", "intake"]
+
+
+def _item_line(item: LLMRequest | RejectedRow) -> bytes:
+    return item.model_dump_json(exclude_defaults=True).encode() + b"\n"
+
+
+def input_fingerprint(items: Iterable[LLMRequest | RejectedRow]) -> str:
+    """sha256 over the input items in order: equal for the same rows rendered the same way."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(_item_line(item))
+    return digest.hexdigest()
+
+
+@dataclass
+class _Intake:
+    """One pass over the input: fingerprint, rejects, cache hits and the cost estimate, forwarding
+    the requests that must be sent to the splitter. ``rejects``, ``cached_out`` and ``keys_out``
+    are the open output files."""
+
+    backend: BatchBackend
+    cache: ResultCache | None
+    prices: PriceTable
+    allow_unknown_models: bool
+    rejects: Any
+    cached_out: Any
+    keys_out: Any
+    inputs: int = 0
+    rejected: int = 0
+    cached: int = 0
+    cache_savings_usd: float = 0.0
+    digest: Any = field(default_factory=hashlib.sha256)
+
+    def __post_init__(self) -> None:
+        self.estimator = CostEstimator(self.backend.provider.value)
+
+    def reject(self, row: RejectedRow) -> None:
+        self.rejected += 1
+        self.rejects.write(row.to_record().json_line())
+
+    def requests(self, items: Iterable[LLMRequest | RejectedRow]) -> Iterator[LLMRequest]:
+        """The requests to send, in input order; with a cache, looked up ``CACHE_BLOCK`` at a time."""
+        block: list[LLMRequest] = []
+        for item in items:
+            self.inputs += 1
+            self.digest.update(_item_line(item))
+            if isinstance(item, LLMRequest):
+                problem = request_problem(
+                    self.backend.provider, item, allow_unknown_models=self.allow_unknown_models
+                )
+                item = problem or item
+            if isinstance(item, RejectedRow):
+                self.reject(item)
+                continue
+            if self.cache is None:
+                self._estimate(item)
+                yield item
+                continue
+            block.append(item)
+            if len(block) >= CACHE_BLOCK:
+                yield from self._misses(block)
+                block = []
+        if block:
+            yield from self._misses(block)
+
+    def _misses(self, block: list[LLMRequest]) -> Iterator[LLMRequest]:
+        """Write the cache hits of ``block`` to ``cached.jsonl``; yield the rest, in order."""
+        assert self.cache is not None
+        provider = self.backend.provider.value
+        block_keys = [ResultCache.key(provider, request) for request in block]
+        hits = self.cache.get_many(block_keys)
+        for request, key in zip(block, block_keys, strict=True):
+            hit = hits.get(key)
+            if hit is not None:
+                self.cached += 1
+                self.cache_savings_usd += self.prices.cost(provider, hit.model, hit.usage).batch_usd
+                self.cached_out.write(relabelled(hit, request.custom_id).json_line())
+                continue
+            self.keys_out.write(json.dumps({"custom_id": request.custom_id, "key": key}).encode() + b"\n")
+            self._estimate(request)
+            yield request
+
+    def _estimate(self, request: LLMRequest) -> None:
+        self.estimator.add(
+            request.model,
+            request.prompt_text(),
+            request.max_tokens or _native_max_tokens(request),
+            embedding=request.kind is RequestKind.EMBEDDING,
+        )
+
+
+def _native_max_tokens(request: LLMRequest) -> int | None:
+    body = request.native or {}
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        if isinstance(body.get(name), int):
+            return body[name]
+    return None
+
+
+def intake(
+    backend: BatchBackend,
+    items: Iterable[LLMRequest | RejectedRow],
+    run_dir: RunDirectory,
+    *,
+    cache: ResultCache | None,
+    prices: PriceTable,
+    max_requests_per_batch: int | None,
+    max_bytes_per_batch: int | None,
+    allow_unknown_models: bool,
+) -> LedgerAttempt:
+    """Write attempt 1's part files, rejects and cache hits; estimate what the parts will cost.
+
+    The returned attempt is not yet in the ledger: the caller records it before sending anything.
+    """
+    limits = backend.limits.lowered(
+        max_requests_per_batch=max_requests_per_batch, max_bytes_per_batch=max_bytes_per_batch
+    )
+    parts_dir = run_dir.requests_dir(1)
+    remove_tree(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)  # attempt-1/ too, for cached.jsonl and cache_keys.jsonl
+    with (
+        run_dir.rejects.open("wb") as rejects,
+        run_dir.cached.open("wb") as cached,
+        run_dir.cache_keys.open("wb") as keys,
+    ):
+        taken = _Intake(backend, cache, prices, allow_unknown_models, rejects, cached, keys)
+        splitter = RequestSplitter(backend, parts_dir, limits=limits, on_reject=taken.reject)
+        chunks = [
+            LedgerChunk(
+                index=chunk.index,
+                part=run_dir.relative(chunk.path),
+                request_count=chunk.request_count,
+                byte_size=chunk.byte_size,
+                group=chunk.group,
+                model=chunk.model,
+                endpoint=chunk.endpoint,
+            )
+            for chunk in splitter.split(taken.requests(items))
+        ]
+    estimate = taken.estimator.finish(prices, Calibration.load(run_dir.calibration))
+    return LedgerAttempt(
+        attempt=1,
+        fingerprint=splitter.fingerprint,
+        input_fingerprint=taken.digest.hexdigest(),
+        chunks=chunks,
+        inputs=taken.inputs,
+        rejected=taken.rejected,
+        cached=taken.cached,
+        cache_savings_usd=taken.cache_savings_usd,
+        estimate=estimate.summary(),
+    )
