@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,10 +80,6 @@ class RunSummary(BaseModel):
     estimate: dict[str, Any] | None = None
     estimate_error_pct: float | None = None
     """(expected estimate − actual) / actual × 100, on the batch cost of what was sent."""
-
-    @property
-    def retryable_count(self) -> int:
-        return self.retryable
 
     def for_xcom(self) -> dict[str, Any]:
         """A short summary for downstream tasks: counts, tokens and file paths, never records."""
@@ -197,9 +194,12 @@ _read_cache_key = msgspec.json.Decoder(_CacheKeyLine).decode
 
 
 def _cache_keys(run_dir: RunDirectory, wanted: Any) -> dict[str, str]:
-    """Result-cache keys of the ``wanted`` custom_ids (one batch's worth)."""
+    """Result-cache keys of the ``wanted`` custom_ids (one batch's worth).
+
+    The file is read once per batch: keeping every key of attempt 1 for the whole collect would
+    hold the run's id set in memory, not one batch's."""
     keys: dict[str, str] = {}
-    for line in _iter_jsonl(run_dir.cache_keys):
+    for line in _lines(run_dir.cache_keys):
         entry = _read_cache_key(line)
         if entry.custom_id in wanted:
             keys[entry.custom_id] = entry.key
@@ -218,13 +218,14 @@ def _record_history(run_dir: RunDirectory, provider: str, figures: list[BatchFig
         log.warning("Could not update the output-token history at %s: %s", run_dir.calibration, exc)
 
 
-def _iter_jsonl(path: Any):
+def _lines(path: Any) -> Iterator[bytes]:
+    """Non-blank lines of ``path`` as they are, each ending in a newline; none if it is missing."""
     if not path.exists():
         return
     with path.open("rb") as fh:
         for line in fh:
             if line.strip():
-                yield line
+                yield line if line.endswith(b"\n") else line + b"\n"
 
 
 def rebuild_outputs(
@@ -238,20 +239,20 @@ def rebuild_outputs(
     retryable = 0
     figures: list[BatchFigures] = []
     with run_dir.results.open("wb") as results_out, run_dir.errors.open("wb") as errors_out:
-        for line in _iter_jsonl(run_dir.cached):
-            results_out.write(line if line.endswith(b"\n") else line + b"\n")
+        for line in _lines(run_dir.cached):
+            results_out.write(line)
             succeeded += 1
         for position, attempt in enumerate(collected):
-            for line in _iter_jsonl(run_dir.attempt_results(attempt)):
-                results_out.write(line if line.endswith(b"\n") else line + b"\n")
+            for line in _lines(run_dir.attempt_results(attempt)):
+                results_out.write(line)
                 succeeded += 1
             later = collected[position + 1] if position + 1 < len(collected) else None
             resubmitted = _resubmitted_ids(backend, run_dir, ledger, later)
-            for line in _iter_jsonl(run_dir.attempt_errors(attempt)):
+            for line in _lines(run_dir.attempt_errors(attempt)):
                 record = ResultRecord.model_validate_json(line)
                 if record.custom_id in resubmitted:
                     continue
-                errors_out.write(line if line.endswith(b"\n") else line + b"\n")
+                errors_out.write(line)
                 unresolved[record.status.value] += 1
                 retryable += int(record.retryable)
             batches_file = run_dir.attempt_dir(attempt) / "batches.json"
@@ -260,8 +261,8 @@ def rebuild_outputs(
     dead = 0
     if dead_letter:
         with run_dir.dead_letter.open("wb") as out:
-            for line in _iter_jsonl(run_dir.errors):
-                out.write(line if line.endswith(b"\n") else line + b"\n")
+            for line in _lines(run_dir.errors):
+                out.write(line)
                 dead += 1
     first = ledger.attempts[1]
     total_unresolved = sum(unresolved.values())

@@ -21,7 +21,7 @@ from typing import Any
 
 from batch_provider.backends.base import BatchBackend, Chunk
 from batch_provider.backends.errors import RequestRejected
-from batch_provider.core.jsonl import JsonlWriter
+from batch_provider.core.jsonl import JsonlWriter, iter_path_lines
 from batch_provider.core.limits import ProviderLimits
 from batch_provider.core.models import LLMRequest, RejectedRow
 
@@ -311,8 +311,6 @@ def fingerprint_lines(lines: Iterable[bytes]) -> str:
 
 def fingerprint_file(path: Any) -> str:
     """sha256 of a part file's lines, recomputed from disk (equals the chunk's own fingerprint)."""
-    from batch_provider.core.jsonl import iter_path_lines
-
     return fingerprint_lines(iter_path_lines(path))
 
 
