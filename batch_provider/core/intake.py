@@ -16,9 +16,12 @@ Invariants:
   ``model_dump_json(exclude_defaults=True)`` plus ``\\n``, in input order. :func:`input_fingerprint`
   computes the same digest without writing anything: that is how a rerun recognizes its input.
 - With a cache, requests are looked up ``CACHE_BLOCK`` at a time; a block only delays its
-  requests, never reorders them. Every miss's cache key goes to ``attempt-1/cache_keys.jsonl``
-  before the splitter sees the request, so collect can store the answer under that key. Memory is
-  one block plus the splitter's own.
+  requests, never reorders them. Cache hits and the splitter share one table of accepted
+  custom_ids, so the first of several items with one id is the one kept (answered from the cache
+  or sent), and the others are rejected as duplicates. Every miss's cache key goes to
+  ``attempt-1/cache_keys.jsonl`` before the splitter sees the request, except a miss whose id is
+  already taken (the splitter rejects it), so a sent request's line in that file is its own: collect
+  stores the answer under that key. Memory is one block plus the splitter's own.
 - The cost estimate covers the requests forwarded to the splitter only (those it then rejects
   included); a cache hit adds its stored usage at batch price to ``cache_savings_usd`` instead.
 - The files above are rewritten from scratch; submit runs the intake only while the ledger has no
@@ -40,7 +43,7 @@ from batch_provider.core.ledger import LedgerAttempt, LedgerChunk
 from batch_provider.core.models import LLMRequest, RejectedRow, RequestKind
 from batch_provider.core.pricing import Calibration, CostEstimator, PriceTable
 from batch_provider.core.rundir import RunDirectory, remove_tree
-from batch_provider.core.split import RequestSplitter
+from batch_provider.core.split import DUPLICATE_ID, RequestSplitter, SeenIds
 
 __all__ = ["CACHE_BLOCK", "input_fingerprint", "intake"]
 
@@ -75,6 +78,8 @@ class _Intake:
     cached: int = 0
     cache_savings_usd: float = 0.0
     digest: Any = field(default_factory=hashlib.sha256)
+    seen: SeenIds = field(default_factory=SeenIds)
+    """custom_ids accepted so far, by the cache or by the splitter (which shares this table)."""
 
     def __post_init__(self) -> None:
         self.estimator = CostEstimator(self.backend.provider.value)
@@ -115,13 +120,22 @@ class _Intake:
         block_keys = [ResultCache.key(provider, request) for request in block]
         hits = self.cache.get_many(block_keys)
         for request, key in zip(block, block_keys, strict=True):
+            custom_id = request.custom_id
             hit = hits.get(key)
             if hit is not None:
+                if not self.seen.add(custom_id):
+                    self.reject(
+                        RejectedRow(
+                            row=request.row, custom_id=custom_id, field="custom_id", reason=DUPLICATE_ID
+                        )
+                    )
+                    continue
                 self.cached += 1
                 self.cache_savings_usd += self.prices.cost(provider, hit.model, hit.usage).batch_usd
-                self.cached_out.write(relabelled(hit, request.custom_id).json_line())
+                self.cached_out.write(relabelled(hit, custom_id).json_line())
                 continue
-            self.keys_out.write(json.dumps({"custom_id": request.custom_id, "key": key}).encode() + b"\n")
+            if custom_id not in self.seen:
+                self.keys_out.write(json.dumps({"custom_id": custom_id, "key": key}).encode() + b"\n")
             self._estimate(request)
             yield request
 
@@ -169,7 +183,7 @@ def intake(
         run_dir.cache_keys.open("wb") as keys,
     ):
         taken = _Intake(backend, cache, prices, allow_unknown_models, rejects, cached, keys)
-        splitter = RequestSplitter(backend, parts_dir, limits=limits, on_reject=taken.reject)
+        splitter = RequestSplitter(backend, parts_dir, limits=limits, on_reject=taken.reject, seen=taken.seen)
         chunks = [
             LedgerChunk(
                 index=chunk.index,

@@ -43,6 +43,9 @@ def part_ids_path(part_path: Any) -> Any:
 
 _MASK64 = (1 << 64) - 1
 
+DUPLICATE_ID = "duplicate custom_id within this run"
+"""The reason given for a request whose custom_id an earlier accepted item of the run holds."""
+
 
 class SeenIds:
     """Membership of custom_ids seen so far, in a flat table of 64-bit digests.
@@ -65,6 +68,18 @@ class SeenIds:
 
     def __len__(self) -> int:
         return len(self._exact) if self._exact is not None else self._count
+
+    def __contains__(self, custom_id: object) -> bool:
+        if self._exact is not None:
+            return custom_id in self._exact
+        digest = (hash(custom_id) & _MASK64) or 1
+        table, mask = self._table, self._mask
+        slot = digest & mask
+        while (current := table[slot]) != 0:
+            if current == digest:
+                return True
+            slot = (slot + 1) & mask
+        return False
 
     def add(self, custom_id: str) -> bool:
         """Record ``custom_id``; False when it was already present."""
@@ -144,12 +159,15 @@ class RequestSplitter:
     on_reject: Callable[[RejectedRow], None] | None = None
     first_index: int = 0
     exact_ids: bool = False
+    seen: SeenIds | None = None
+    """The run's table of accepted custom_ids, when others besides the splitter accept items (the
+    intake's cache hits); a new one otherwise."""
     counts: SplitCounts = field(default_factory=SplitCounts)
 
     def __post_init__(self) -> None:
         self._limits = self.limits or self.backend.limits
         self._overhead = int(getattr(self.backend, "body_overhead_bytes", 0))
-        self._seen = SeenIds(exact=self.exact_ids)
+        self._seen = self.seen if self.seen is not None else SeenIds(exact=self.exact_ids)
         self._hash = hashlib.sha256()
         self._next_index = self.first_index
         self._wants_json = getattr(self.backend, "wants_json", None)
@@ -198,7 +216,7 @@ class RequestSplitter:
                             row=row,
                             custom_id=encoded.custom_id,
                             field="custom_id",
-                            reason="duplicate custom_id within this run",
+                            reason=DUPLICATE_ID,
                         )
                     )
                     continue

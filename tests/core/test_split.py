@@ -112,6 +112,8 @@ def test_seen_ids_grows_and_detects_duplicates() -> None:
         assert all(seen.add(f"id-{i}") for i in range(5000))
         assert not any(seen.add(f"id-{i}") for i in range(0, 5000, 7))
         assert len(seen) == 5000
+        assert all(f"id-{i}" in seen for i in range(0, 5000, 3))
+        assert not any(f"other-{i}" in seen for i in range(5000))
 
 
 def test_object_storage_parts_dir() -> None:

@@ -296,3 +296,32 @@ async def test_unknown_models_and_absurd_max_tokens_are_rejected_before_paying(
             allow_unknown_models=True,
         )
         assert allowed.counts.submitted == 2 and allowed.counts.rejected == 0
+
+
+async def test_duplicate_custom_ids_never_mix_cached_answers(emulator: Any, tmp_path: Path) -> None:
+    """With a result cache, the first item of a custom_id is the one kept, whether the cache answers
+    it or it is sent; a later duplicate is rejected and never stores or receives another prompt's
+    answer."""
+    cache = ResultCache(tmp_path / "cache")
+    first_prompt = {"id": "dup", "text": "the parcel arrived broken"}
+    second_prompt = {"id": "dup", "text": "the refund came quickly"}
+    outcomes = []
+    async with backend_for("openai", emulator) as backend:
+        for run_id, data in (
+            ("sent-then-duplicate", [first_prompt, second_prompt]),
+            ("second-prompt-alone", [second_prompt]),
+            ("hit-then-duplicate", [first_prompt, second_prompt]),
+        ):
+            run_dir = run_directory(tmp_path / "runs", dag_id="d", run_id=run_id)
+            key = RunKey(dag_id="d", task_id="submit", run_id=run_id)
+            handle = await submit_rows(backend, "openai", data, run_dir, key, cache=cache)
+            await wait_all(backend, handle, emulator)
+            summary = await collect_run(backend, handle, run_dir, cache=cache)
+            assert_accounted(run_dir, len(data))
+            outcomes.append((handle, summary, read_lines(run_dir.rejects)))
+    (_, first, first_rejects), (second_handle, second, _), (third_handle, third, third_rejects) = outcomes
+    assert first.succeeded == 1 and [r["error"]["field"] for r in first_rejects] == ["custom_id"]
+    assert second.cached == 0 and second_handle.counts.submitted == 1, (
+        "the second prompt was never answered, so it must be sent, not served another prompt's answer"
+    )
+    assert third.cached == 1 and third_handle.batches == [] and len(third_rejects) == 1
