@@ -30,9 +30,9 @@ from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import BatchRef, ItemStatus, ResultRecord, Usage
 from batch_provider.core.pricing import Calibration, Cost, CostTally, PriceTable, default_price_table
-from batch_provider.core.reconcile import expected_ids, reconcile
+from batch_provider.core.reconcile import ReconcileReport, reconcile
 from batch_provider.core.rundir import RunDirectory, read_json, write_json_atomic
-from batch_provider.core.submission import part_custom_ids
+from batch_provider.core.submission import part_custom_ids, part_ids
 
 log = logging.getLogger(__name__)
 _SUCCEEDED = ItemStatus.SUCCEEDED
@@ -52,6 +52,10 @@ class BatchFigures(BaseModel):
     cost: Cost = Field(default_factory=Cost)
     created_at: datetime | None = None
     ended_at: datetime | None = None
+    stray_results: int = 0
+    """Result lines for ids this batch was not given (ignored)."""
+    duplicate_results: int = 0
+    """Extra result lines for an id already answered (a success is kept over an error)."""
 
 
 class RunSummary(BaseModel):
@@ -80,6 +84,8 @@ class RunSummary(BaseModel):
     estimate: dict[str, Any] | None = None
     estimate_error_pct: float | None = None
     """(expected estimate − actual) / actual × 100, on the batch cost of what was sent."""
+    stray_results: int = 0
+    """Result lines, over every collected batch, for ids never sent in that batch: ignored."""
 
     def for_xcom(self) -> dict[str, Any]:
         """A short summary for downstream tasks: counts, tokens and file paths, never records."""
@@ -104,7 +110,19 @@ async def collect_run(
     ledger = Ledger.load(run_dir)
     if ledger is None:
         raise FileNotFoundError(f"{run_dir} has no ledger.json: it was not written by a submit task")
+    if handle.attempt not in ledger.attempts:
+        raise ValueError(
+            f"the handle names attempt {handle.attempt}, which the ledger of {run_dir} does not hold: "
+            "was the handle made for another run folder?"
+        )
     parts = {c.batch.batch_id: c.part for c in ledger.attempts[handle.attempt].chunks if c.batch}
+    unknown = [ref.batch_id for ref in handle.batches if ref.batch_id not in parts]
+    if unknown:
+        raise ValueError(
+            f"batch(es) {', '.join(unknown)} of the handle are not recorded for attempt "
+            f"{handle.attempt} in {run_dir}: the handle belongs to another run folder or a submit "
+            "that lost its claims. Collect the handle the submit task returned for this folder."
+        )
     figures: list[BatchFigures] = []
     attempt_dir = run_dir.attempt_dir(handle.attempt)
     attempt_dir.mkdir(parents=True, exist_ok=True)
@@ -149,12 +167,14 @@ async def _collect_batch(
             f"batch {ref.batch_id} is still {state.status.value} ({state.native_status}); "
             "wait for it to end before collecting"
         )
-    expected = expected_ids(run_dir.root / parts[ref.batch_id], backend)
+    ids = part_ids(backend, run_dir, parts[ref.batch_id])
     counts: Counter[str] = Counter()
     tally = CostTally(prices, ref.provider.value)
-    keys = _cache_keys(run_dir, expected) if cache is not None else {}
+    keys = _cache_keys(run_dir, set(ids.rows.values())) if cache is not None else {}
     to_cache: list[tuple[str, ResultRecord]] = []
-    async for record in reconcile(ref, expected, state, backend.results(ref)):
+    report = ReconcileReport()
+    records = reconcile(ref, ids.wants, state, backend.results(ref), report=report, row_ids=ids.rows)
+    async for record in records:
         record.attempt = attempt
         succeeded = record.status is _SUCCEEDED
         if succeeded and cache is not None and record.custom_id in keys:
@@ -182,6 +202,8 @@ async def _collect_batch(
         cost=tally.cost,
         created_at=state.created_at or ref.created_at,
         ended_at=state.ended_at,
+        stray_results=report.unexpected,
+        duplicate_results=report.duplicates,
     )
 
 
@@ -296,6 +318,7 @@ def rebuild_outputs(
         tags=first.tags,
         estimate=first.estimate,
         estimate_error_pct=_estimate_error(first.estimate, cost),
+        stray_results=sum(f.stray_results for f in figures),
     )
     write_json_atomic(run_dir.manifest, _manifest(summary, ledger))
     return summary

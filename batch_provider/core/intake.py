@@ -24,8 +24,11 @@ Invariants:
   stores the answer under that key. Memory is one block plus the splitter's own.
 - The cost estimate covers the requests forwarded to the splitter only (those it then rejects
   included); a cache hit adds its stored usage at batch price to ``cache_savings_usd`` instead.
-- The files above are rewritten from scratch; submit runs the intake only while the ledger has no
-  attempt 1, i.e. before anything was sent from them.
+- The files above are rewritten whole (each replaced at once, never truncated first), so two
+  submits of one run taking the same input at the same time write the same bytes and a reader
+  never sees half a file; submit runs the intake only while no split of attempt 1 is published
+  (:func:`batch_provider.core.claims.publish_split`), i.e. before anything was sent from them.
+- Requests go on the wire under wire ids built from ``wire_token`` (:mod:`.wire_ids`).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from batch_provider.core.catalog import request_problem
 from batch_provider.core.ledger import LedgerAttempt, LedgerChunk
 from batch_provider.core.models import LLMRequest, RejectedRow, RequestKind
 from batch_provider.core.pricing import Calibration, CostEstimator, PriceTable
-from batch_provider.core.rundir import RunDirectory, remove_tree
+from batch_provider.core.rundir import RunDirectory, open_replacing
 from batch_provider.core.split import DUPLICATE_ID, RequestSplitter, SeenIds
 
 __all__ = ["CACHE_BLOCK", "input_fingerprint", "intake"]
@@ -166,6 +169,7 @@ def intake(
     max_requests_per_batch: int | None,
     max_bytes_per_batch: int | None,
     allow_unknown_models: bool,
+    wire_token: str | None = None,
 ) -> LedgerAttempt:
     """Write attempt 1's part files, rejects and cache hits; estimate what the parts will cost.
 
@@ -175,15 +179,23 @@ def intake(
         max_requests_per_batch=max_requests_per_batch, max_bytes_per_batch=max_bytes_per_batch
     )
     parts_dir = run_dir.requests_dir(1)
-    remove_tree(parts_dir)
+    # Not emptied first: a concurrent submit of the same run may be sending from these files.
     parts_dir.mkdir(parents=True, exist_ok=True)  # attempt-1/ too, for cached.jsonl and cache_keys.jsonl
     with (
-        run_dir.rejects.open("wb") as rejects,
-        run_dir.cached.open("wb") as cached,
-        run_dir.cache_keys.open("wb") as keys,
+        open_replacing(run_dir.rejects) as rejects,
+        open_replacing(run_dir.cached) as cached,
+        open_replacing(run_dir.cache_keys) as keys,
     ):
         taken = _Intake(backend, cache, prices, allow_unknown_models, rejects, cached, keys)
-        splitter = RequestSplitter(backend, parts_dir, limits=limits, on_reject=taken.reject, seen=taken.seen)
+        splitter = RequestSplitter(
+            backend,
+            parts_dir,
+            limits=limits,
+            on_reject=taken.reject,
+            seen=taken.seen,
+            wire_token=wire_token,
+            attempt=1,
+        )
         chunks = [
             LedgerChunk(
                 index=chunk.index,

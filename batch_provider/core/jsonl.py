@@ -13,6 +13,8 @@ Invariants:
 from __future__ import annotations
 
 import json
+import os
+import pathlib
 from collections.abc import AsyncIterator, Iterable, Iterator
 from types import TracebackType
 from typing import Any, BinaryIO, Protocol
@@ -102,7 +104,11 @@ async def aiter_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes
 
 
 class JsonlWriter:
-    """Buffered line writer to ``path`` (opened ``"wb"``), counting lines and bytes written."""
+    """Buffered line writer to ``path`` (opened ``"wb"``), counting lines and bytes written.
+
+    On a local disk the lines go to a temporary file renamed over ``path`` on close, so a reader
+    (another process submitting the same run) sees the previous whole file or the new whole file,
+    never a half-written one; object stores give that by uploading on close."""
 
     def __init__(self, path: OpenablePath, *, buffer_bytes: int = 1 << 20) -> None:
         self.path = path
@@ -111,7 +117,12 @@ class JsonlWriter:
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._buffer_bytes = buffer_bytes
-        self._file: Any = path.open("wb")
+        self._tmp: pathlib.Path | None = None
+        if isinstance(path, pathlib.Path):
+            self._tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(self):x}.tmp")
+            self._file: Any = self._tmp.open("wb")
+        else:
+            self._file = path.open("wb")
 
     def write_line(self, line: bytes) -> None:
         """Append one already-encoded line (without its newline)."""
@@ -142,6 +153,8 @@ class JsonlWriter:
         finally:
             self._file.close()
             self._file = None
+            if self._tmp is not None:
+                os.replace(self._tmp, self.path)  # type: ignore[arg-type]
 
     def __enter__(self) -> JsonlWriter:
         return self

@@ -7,6 +7,10 @@ For each chunk it records, in this order:
 2. ``intent_at`` — just before the create call;
 3. the ``batch`` the provider created — just after it answered.
 
+``ledger.json`` is the readable summary; the source of truth for the split of each attempt, for
+who creates each chunk's batch and for its id are the claims (:mod:`batch_provider.core.claims`),
+which :meth:`Ledger.load` lays over it, so processes rewriting ``ledger.json`` at once lose nothing.
+
 Invariants:
 - The key is (dag_id, task_id, run_id, map_index) — never try_number, so a retried or restarted
   task finds the ledger of its earlier tries — plus the fingerprint of the encoded input.
@@ -25,8 +29,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from batch_provider.core import claims
 from batch_provider.core.models import BatchRef, Provider
-from batch_provider.core.rundir import RunDirectory, read_json, write_json_atomic
+from batch_provider.core.rundir import RunDirectory, read_bytes_if_present, write_json_atomic
 
 
 class RunKey(BaseModel):
@@ -55,7 +60,10 @@ class LedgerChunk(BaseModel):
     intent_at: datetime | None = None
     batch: BatchRef | None = None
     matched_by: str | None = None
-    """How a batch found after a crash was matched: ``tags``, ``request_count`` or ``custom_ids``."""
+    """How a batch found after a crash was matched: ``tags`` (the provider kept the chunk's tags),
+    ``wire_ids`` (an ended batch answered exactly this chunk's wire ids) or ``unverified`` (a
+    batch of this chunk's size created after its intent, still running: collect takes only the
+    answers to this chunk's wire ids, so a wrong one sends the chunk's rows to the retry)."""
 
 
 class LedgerAttempt(BaseModel):
@@ -82,12 +90,39 @@ class Ledger(BaseModel):
     run_key: RunKey
     provider: Provider
     attempts: dict[int, LedgerAttempt] = Field(default_factory=dict)
+    wire_token: str | None = None
+    """The run folder's wire-id token (None in folders written before wire ids existed)."""
 
     @classmethod
     def load(cls, run_dir: RunDirectory) -> Ledger | None:
-        if not run_dir.ledger.exists():
+        """``ledger.json`` with the claims laid over it; None when the folder has neither."""
+        data = read_bytes_if_present(run_dir.ledger)
+        run = claims.read_run_claim(run_dir)
+        if data is None and run is None:
             return None
-        return cls.model_validate(read_json(run_dir.ledger))
+        if data is not None:
+            ledger = cls.model_validate_json(data)
+        else:
+            assert run is not None
+            ledger = cls(run_key=RunKey.model_validate(run.run_key), provider=Provider(run.provider))
+        if run is not None:
+            ledger.wire_token = run.token
+        for number in claims.claimed_attempts(run_dir):
+            split = claims.read_split(run_dir, number)
+            known = ledger.attempts.get(number)
+            if split is not None and (known is None or known.fingerprint != split.get("fingerprint")):
+                ledger.attempts[number] = LedgerAttempt.model_validate(split)
+        for number, entry in ledger.attempts.items():
+            pending = [c.index for c in entry.chunks if c.batch is None]
+            found = claims.chunk_claims(run_dir, number, pending) if pending else {}
+            for chunk in entry.chunks:
+                claim = found.get(chunk.index)
+                if claim is None:
+                    continue
+                chunk.intent_at = chunk.intent_at or claim.intent_at
+                if claim.batch is not None:
+                    chunk.batch, chunk.matched_by = claim.batch, claim.matched_by
+        return ledger
 
     def save(self, run_dir: RunDirectory) -> None:
         write_json_atomic(run_dir.ledger, self.model_dump(mode="json"))
@@ -116,6 +151,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def chunk_tags(run_key: RunKey, attempt: int, index: int, fingerprint: str) -> dict[str, str]:
-    """Tags that identify one chunk of one attempt of one run, for providers that keep tags."""
-    return {"bp_run": run_key.digest(), "bp_chunk": f"{attempt}:{index}:{fingerprint[:16]}"}
+def chunk_tags(
+    run_key: RunKey, attempt: int, index: int, fingerprint: str, token: str | None = None
+) -> dict[str, str]:
+    """Tags that identify one chunk of one attempt of one run folder, for providers that keep tags:
+    the run key's digest, the attempt, the chunk, and the run folder's wire-id token (a folder
+    started over, or another folder of the same run key, never matches) or, in folders written
+    before wire ids, the attempt's fingerprint."""
+    mark = token if token is not None else fingerprint[:16]
+    return {"bp_run": run_key.digest(), "bp_chunk": f"{attempt}:{index}:{mark}"}

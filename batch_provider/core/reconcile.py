@@ -1,27 +1,30 @@
 """Reconciliation: exactly one record per expected custom_id of one batch.
 
 Invariants:
-- Every expected id is emitted exactly once: the first record the provider returned for it, or,
-  when the provider never answered it, a synthesized record: ``expired`` (batch expired),
-  ``cancelled`` (batch cancelled) or ``errored`` and retryable (batch failed, or completed without
-  answering it), with a message saying why.
-- Duplicates are dropped and unexpected ids are counted (and logged), never emitted.
+- Every expected id is emitted exactly once: a success the provider returned for it (the first
+  one), else the first error it returned, or, when the provider never answered it, a synthesized
+  record: ``expired`` (batch expired), ``cancelled`` (batch cancelled) or ``errored`` and
+  retryable (batch failed, or completed without answering it), with a message saying why.
+- Expected ids are wire ids; each emitted record carries the row's own id (``row_ids``).
+- Duplicates are dropped (a success beats an error, whatever their order) and unexpected ids
+  (strays: answers to requests this batch was not given) are counted and logged, never emitted.
 - A succeeded answer to a request that asked for a JSON schema carries ``parsed``; text that does
   not parse turns the record ``errored`` (type ``invalid_json_output``), retryable unless the
   model stopped on its token limit (then resending unchanged would truncate again).
-- Memory is bounded by one batch's id set.
+- Memory is bounded by one batch's id set plus its error records (held until the stream ends,
+  in case a success for the same id follows).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from batch_provider.backends.base import BatchBackend
-from batch_provider.core.jsonl import iter_lines, iter_path_lines
+from batch_provider.core.jsonl import iter_path_lines
 from batch_provider.core.models import (
     BatchEnding,
     BatchRef,
@@ -31,6 +34,7 @@ from batch_provider.core.models import (
     ResultRecord,
 )
 from batch_provider.core.split import part_ids_path
+from batch_provider.core.wire_ids import PartIds, read_sidecar_file
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +55,25 @@ class ReconcileReport:
     json_failures: int = 0
 
 
+def read_part_ids(path: Any, backend: BatchBackend) -> PartIds:
+    """Wire id → wants JSON and wire id → row id for every line of a part file, in file order:
+    from its ids sidecar, else decoded from the part file (the wire id is then the row id)."""
+    ids = read_sidecar_file(part_ids_path(path))
+    if ids is not None:
+        return ids
+    ids = PartIds()
+    wants_json = getattr(backend, "wants_json", None)
+    for line in iter_path_lines(path):
+        key = backend.custom_id_of(line)
+        ids.wants[key] = bool(wants_json(line)) if wants_json else False
+        ids.rows[key] = key
+    return ids
+
+
 def expected_ids(path: Any, backend: BatchBackend) -> dict[str, bool]:
     """custom_id → "wants JSON output" for every line of a part file, in file order: read from the
     part's ids sidecar when the splitter wrote one, else decoded from the part file itself."""
-    try:
-        sidecar = part_ids_path(path).open("rb")
-    except FileNotFoundError:
-        sidecar = None
-    if sidecar is not None:
-        with sidecar:
-            return {line[1:].decode(): line[:1] == b"1" for line in iter_lines(sidecar)}
-    wants_json = getattr(backend, "wants_json", None)
-    ids: dict[str, bool] = {}
-    for line in iter_path_lines(path):
-        ids[backend.custom_id_of(line)] = bool(wants_json(line)) if wants_json else False
-    return ids
+    return read_part_ids(path, backend).wants
 
 
 def _missing_record(custom_id: str, ref: BatchRef, state: BatchState) -> ResultRecord:
@@ -119,13 +127,16 @@ async def reconcile(
     results: AsyncIterator[ResultRecord],
     *,
     report: ReconcileReport | None = None,
+    row_ids: Mapping[str, str] | None = None,
 ) -> AsyncIterator[ResultRecord]:
-    """Exactly one record per id of ``expected`` (ids, or id → wants-JSON from :func:`expected_ids`),
-    answered ones first in the provider's order, then the unanswered ones in expected order."""
+    """Exactly one record per id of ``expected`` (ids, or id → wants-JSON from :func:`expected_ids`):
+    successes first in the provider's order, then errors, then the unanswered ids in expected
+    order. With ``row_ids`` (wire id → row id), records carry the row id instead of the wire id."""
     report = report if report is not None else ReconcileReport()
     wants: dict[str, bool] = expected if isinstance(expected, dict) else dict.fromkeys(expected, False)
     report.expected = len(wants)
-    answered: set[str] = set()
+    succeeded: set[str] = set()
+    errored: dict[str, ResultRecord] = {}
     async for record in results:
         custom_id = record.custom_id
         if custom_id not in wants:
@@ -133,20 +144,32 @@ async def reconcile(
             if len(report.unexpected_sample) < 10:
                 report.unexpected_sample.append(custom_id)
             continue
-        if custom_id in answered:
+        if custom_id in succeeded:
             report.duplicates += 1
             continue
-        answered.add(custom_id)
-        if record.status is _SUCCEEDED and wants[custom_id]:
+        if record.status is not _SUCCEEDED:
+            if custom_id in errored:
+                report.duplicates += 1
+            else:
+                errored[custom_id] = record
+            continue
+        if custom_id in errored:
+            del errored[custom_id]
+            report.duplicates += 1
+        succeeded.add(custom_id)
+        report.answered += 1
+        if wants[custom_id]:
             record, ok = _with_parsed(record)
             if not ok:
                 report.json_failures += 1
+        yield _relabel(record, row_ids)
+    for record in errored.values():
         report.answered += 1
-        yield record
+        yield _relabel(record, row_ids)
     for custom_id in wants:
-        if custom_id not in answered:
+        if custom_id not in succeeded and custom_id not in errored:
             report.synthesized += 1
-            yield _missing_record(custom_id, ref, state)
+            yield _relabel(_missing_record(custom_id, ref, state), row_ids)
     if report.unexpected:
         log.warning(
             "batch %s returned %d result(s) for ids it was not given, e.g. %s",
@@ -154,3 +177,11 @@ async def reconcile(
             report.unexpected,
             ", ".join(report.unexpected_sample[:3]),
         )
+
+
+def _relabel(record: ResultRecord, row_ids: Mapping[str, str] | None) -> ResultRecord:
+    if row_ids is not None:
+        row = row_ids.get(record.custom_id)
+        if row is not None and row != record.custom_id:
+            record.custom_id = row
+    return record

@@ -2,7 +2,8 @@
 
 Invariants:
 - Attempt N+1 holds exactly the retryable errors of attempt N (per-item server errors, rate
-  limits, expiry, cancel), copied byte for byte from attempt N's part files: the request is the
+  limits, expiry, cancel), copied from attempt N's part files with only the wire id changed (one
+  of attempt N+1, mapped back to the same row id by the new part's sidecar): the request is the
   same, only its batch is new. Non-retryable errors are never resent.
 - Attempts go through the same ledger as the first submit, so a retried or restarted retry task
   re-attaches instead of paying again.
@@ -18,11 +19,15 @@ import logging
 from collections.abc import Mapping
 
 from batch_provider.backends.base import BatchBackend
+from batch_provider.core.claims import claim_run, publish_split
 from batch_provider.core.collection import RunSummary, rebuild_outputs
 from batch_provider.core.handle import RunHandle
-from batch_provider.core.ledger import Ledger, LedgerAttempt, LedgerChunk, RunKey
-from batch_provider.core.rundir import RunDirectory, remove_tree
-from batch_provider.core.submission import OnCreated, handle_for, submit_pending
+from batch_provider.core.jsonl import JsonlWriter, iter_path_lines
+from batch_provider.core.ledger import Ledger, LedgerAttempt, LedgerChunk, LedgerConflictError, RunKey
+from batch_provider.core.rundir import RunDirectory
+from batch_provider.core.split import part_ids_path
+from batch_provider.core.submission import OnCreated, handle_for, part_ids, submit_pending
+from batch_provider.core.wire_ids import SIDECAR_HEADER, sidecar_line, swap_wire_id, wire_id
 
 log = logging.getLogger(__name__)
 
@@ -47,34 +52,46 @@ def _retryable_ids(run_dir: RunDirectory, attempt: int) -> set[str]:
 def _write_retry_parts(
     backend: BatchBackend, run_dir: RunDirectory, ledger: Ledger, attempt: int, wanted: set[str]
 ) -> LedgerAttempt:
+    """Attempt ``attempt``'s part files: the lines of the previous attempt whose row id is in
+    ``wanted``, each under a new wire id of this attempt (same length, so sizes do not change)."""
     previous = ledger.attempts[attempt - 1]
     parts_dir = run_dir.requests_dir(attempt)
-    remove_tree(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
+    token = ledger.wire_token
     chunks: list[LedgerChunk] = []
     digest = hashlib.sha256()
+    position = 0
     for old in previous.chunks:
-        lines = []
-        with (run_dir.root / old.part).open("rb") as fh:
-            for raw in fh:
-                line = raw.rstrip(b"\n")
-                if line and backend.custom_id_of(line) in wanted:
-                    lines.append(line)
-        if not lines:
+        ids = part_ids(backend, run_dir, old.part)
+        picked: list[tuple[bytes, str, str, bool]] = []
+        for line in iter_path_lines(run_dir.root / old.part):
+            wire = backend.custom_id_of(line)
+            row = ids.rows.get(wire, wire)
+            if row not in wanted:
+                continue
+            new = wire
+            if token is not None:
+                new = wire_id(token, attempt, position)
+                line = swap_wire_id(line, wire, new)
+            position += 1
+            picked.append((line, new, row, ids.wants.get(wire, False)))
+        if not picked:
             continue
         index = len(chunks)
         path = parts_dir / f"part-{index:05d}.jsonl"
-        with path.open("wb") as out:
-            for line in lines:
-                out.write(line + b"\n")
+        with JsonlWriter(path) as out, JsonlWriter(part_ids_path(path)) as sidecar:
+            sidecar.write_line(SIDECAR_HEADER)
+            for line, new, row, wants_json in picked:
+                out.write_line(line)
+                sidecar.write_line(sidecar_line(wants_json, new, row))
                 digest.update(line + b"\n")
         chunks.append(
             old.model_copy(
                 update={
                     "index": index,
                     "part": run_dir.relative(path),
-                    "request_count": len(lines),
-                    "byte_size": sum(len(line) + 1 for line in lines),
+                    "request_count": len(picked),
+                    "byte_size": sum(len(line) + 1 for line, *_ in picked),
                     "intent_at": None,
                     "batch": None,
                     "matched_by": None,
@@ -105,11 +122,24 @@ async def resubmit_retryable(
     attempt = handle.attempt + 1
     if attempt > max_attempts:
         return None
+    if ledger.wire_token is None:  # a folder from before wire ids: its retries get them
+        run = await claim_run(run_dir, run_key.model_dump(), backend.provider.value)
+        ledger.wire_token = run.token
     if attempt not in ledger.attempts:
         wanted = _retryable_ids(run_dir, handle.attempt)
         if not wanted:
             return None
-        ledger.attempts[attempt] = _write_retry_parts(backend, run_dir, ledger, attempt, wanted)
+        entry = _write_retry_parts(backend, run_dir, ledger, attempt, wanted)
+        won, published = await publish_split(run_dir, attempt, entry.model_dump(mode="json"))
+        if not won:
+            theirs = LedgerAttempt.model_validate(published)
+            if theirs.fingerprint != entry.fingerprint:
+                raise LedgerConflictError(
+                    f"another retry of this run published a different attempt {attempt} in {run_dir} "
+                    "at the same time; run this task again to re-attach to it"
+                )
+            entry = theirs
+        ledger.attempts[attempt] = entry
         ledger.save(run_dir)
         log.info("Attempt %d: resubmitting %d retryable requests", attempt, len(wanted))
     else:

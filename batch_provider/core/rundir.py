@@ -10,11 +10,14 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import re
 import shutil
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
@@ -91,6 +94,23 @@ class RunDirectory:
     def manifest(self) -> Any:
         return self.root / "manifest.json"
 
+    @property
+    def claims_dir(self) -> Any:
+        """Create-if-absent claims (:mod:`batch_provider.core.claims`): the source of truth for
+        which process creates which batch, and for the batch ids."""
+        return self.root / "claims"
+
+    @property
+    def run_claim(self) -> Any:
+        return self.claims_dir / "run.json"
+
+    def split_claim(self, attempt: int) -> Any:
+        return self.claims_dir / f"attempt-{attempt}" / "split.json"
+
+    def chunk_claim(self, attempt: int, index: int, generation: int = 0) -> Any:
+        suffix = f"-g{generation}" if generation else ""
+        return self.claims_dir / f"attempt-{attempt}" / f"chunk-{index:05d}{suffix}.json"
+
 
 def run_directory(
     base: Any, *, dag_id: str, run_id: str, group: str | None = None, map_index: int = -1
@@ -126,3 +146,79 @@ def remove_tree(path: Any) -> None:
         return
     if path.exists():
         path.fs.rm(path.path, recursive=True)
+
+
+def create_exclusive(path: Any, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` only if nothing is there yet; True when this call created it.
+
+    The primitive behind every claim: of several processes calling it at once, exactly one gets
+    True, and a reader never sees the file half written. Local disk: a private temporary file
+    hard-linked to ``path`` (``link`` fails when ``path`` exists, like ``O_EXCL``). S3 (s3fs): a
+    conditional PUT ``If-None-Match: *`` (``pipe_file(..., mode="create")``). Other fsspec stores
+    use their own ``mode="create"``, which for stores without a conditional write is
+    check-then-write (documented in README: give concurrent submits of one run a local or S3 run
+    folder).
+    """
+    if isinstance(path, pathlib.Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fs, key = path.fs, path.path
+    try:
+        fs.pipe_file(key, data, mode="create")
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        # A conditional PUT refused without s3fs recognising it (412 PreconditionFailed, or 409
+        # ConditionalRequestConflict while another conditional PUT of the key is in flight).
+        text = str(exc).lower()
+        if "precondition" in text or "conditional" in text or "conflict" in text:
+            return False
+        raise
+    finally:
+        invalidate = getattr(fs, "invalidate_cache", None)
+        if invalidate is not None:
+            invalidate(key)
+    return True
+
+
+def read_bytes_if_present(path: Any) -> bytes | None:
+    """The bytes of ``path``, or None when it does not exist (no separate, racy ``exists`` call).
+    On an object store, one plain GET: a file opened for reading would fail if another process
+    replaced the object meanwhile (s3fs pins the version it saw first)."""
+    try:
+        if isinstance(path, pathlib.Path):
+            return path.read_bytes()
+        fs = path.fs
+        invalidate = getattr(fs, "invalidate_cache", None)
+        if invalidate is not None:
+            invalidate(path.path)
+        return fs.cat_file(path.path)
+    except FileNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def open_replacing(path: Any) -> Iterator[Any]:
+    """A binary file whose content replaces ``path`` whole when the block ends without error: on a
+    local disk a temporary file renamed over it, elsewhere one upload on close. A concurrent
+    reader sees the old file or the new one, never half of either."""
+    if not isinstance(path, pathlib.Path):
+        with path.open("wb") as fh:
+            yield fh
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with tmp.open("wb") as fh:
+            yield fh
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -9,6 +9,10 @@ Invariants:
 - Chunks are yielded as they close, so a caller can submit chunk 0 while chunk 1 is still being
   written. Memory is one open part buffer per group plus the seen-id table, never the requests.
 - The input fingerprint is sha256 over every accepted line plus ``\\n``, in input order.
+- With a ``wire_token`` (what a run does), the id on the wire is a wire id of
+  :mod:`batch_provider.core.wire_ids`, never the row's own ``custom_id``: duplicates are still
+  judged on the row id, rejections name the row id, and the sidecar maps each wire id back to it.
+  Without one, the row id is sent as is and must satisfy the provider's custom_id rule.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from batch_provider.backends.errors import RequestRejected
 from batch_provider.core.jsonl import JsonlWriter, iter_path_lines
 from batch_provider.core.limits import ProviderLimits
 from batch_provider.core.models import LLMRequest, RejectedRow
+from batch_provider.core.wire_ids import SIDECAR_HEADER, sidecar_line, wire_id
 
 
 def default_part_name(index: int) -> str:
@@ -31,11 +36,11 @@ def default_part_name(index: int) -> str:
 
 
 def part_ids_path(part_path: Any) -> Any:
-    """The sidecar of a part file listing its custom_ids (``part-00000.jsonl`` → ``part-00000.ids``).
+    """The sidecar of a part file listing its ids (``part-00000.jsonl`` → ``part-00000.ids``).
 
     One line per request in part-file order: ``1`` or ``0`` (whether the request asked for
-    JSON-schema output) followed by the custom_id, which never holds a line break. Collect reads
-    it instead of decoding the whole part file again.
+    JSON-schema output) followed by its ids (format in :mod:`batch_provider.core.wire_ids`). Collect
+    reads it instead of decoding the whole part file again, and maps wire ids back to row ids.
     """
     name = part_path.name
     return part_path.with_name(name.removesuffix(".jsonl") + ".ids")
@@ -163,6 +168,9 @@ class RequestSplitter:
     """The run's table of accepted custom_ids, when others besides the splitter accept items (the
     intake's cache hits); a new one otherwise."""
     counts: SplitCounts = field(default_factory=SplitCounts)
+    wire_token: str | None = None
+    """The run folder's wire-id token; None sends row ids as they are (plain library use)."""
+    attempt: int = 1
 
     def __post_init__(self) -> None:
         self._limits = self.limits or self.backend.limits
@@ -187,13 +195,18 @@ class RequestSplitter:
             for position, request in enumerate(requests, start=1):
                 self.counts.inputs += 1
                 row = request.row or position
+                row_id = request.custom_id
+                wire = row_id
+                if self.wire_token is not None:
+                    wire = wire_id(self.wire_token, self.attempt, self.counts.accepted)
+                    request = request.model_copy(update={"custom_id": wire})
                 try:
                     encoded = self.backend.encode(request)
                 except RequestRejected as exc:
                     self._reject(
                         RejectedRow(
                             row=row,
-                            custom_id=exc.custom_id or request.custom_id,
+                            custom_id=row_id if self.wire_token is not None else (exc.custom_id or row_id),
                             field=exc.field,
                             reason=exc.reason,
                         )
@@ -204,17 +217,17 @@ class RequestSplitter:
                     self._reject(
                         RejectedRow(
                             row=row,
-                            custom_id=encoded.custom_id,
+                            custom_id=row_id,
                             field="body",
                             reason=f"{size} bytes do not fit in one batch",
                         )
                     )
                     continue
-                if not self._seen.add(encoded.custom_id):
+                if not self._seen.add(row_id):
                     self._reject(
                         RejectedRow(
                             row=row,
-                            custom_id=encoded.custom_id,
+                            custom_id=row_id,
                             field="custom_id",
                             reason=DUPLICATE_ID,
                         )
@@ -232,7 +245,10 @@ class RequestSplitter:
                     open_parts[encoded.group] = part
                 part.writer.write_line(encoded.line)
                 wants_json = self._wants_json is not None and self._wants_json(encoded.line)
-                part.ids.write_line((b"1" if wants_json else b"0") + encoded.custom_id.encode())
+                if self.wire_token is None:
+                    part.ids.write_line((b"1" if wants_json else b"0") + wire.encode())
+                else:
+                    part.ids.write_line(sidecar_line(wants_json, wire, row_id))
                 self._hash.update(encoded.line)
                 self._hash.update(b"\n")
                 self.counts.accepted += 1
@@ -252,11 +268,14 @@ class RequestSplitter:
         index = self._next_index
         self._next_index += 1
         path = self.parts_dir / self.part_name(index)
+        ids = JsonlWriter(part_ids_path(path))
+        if self.wire_token is not None:
+            ids.write_line(SIDECAR_HEADER)
         return _OpenPart(
             index=index,
             path=path,
             writer=JsonlWriter(path),
-            ids=JsonlWriter(part_ids_path(path)),
+            ids=ids,
             model=model,
             endpoint=endpoint,
         )

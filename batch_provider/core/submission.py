@@ -1,13 +1,19 @@
 """Submit a run's requests as provider batches, idempotently.
 
-Order of durable writes, per chunk: part file → ledger chunk → ledger ``intent_at`` → create call →
-ledger ``batch``. A rerun after a crash at any point therefore either finds the batch in the ledger,
-or finds the intent and looks the batch up at the provider before creating one:
+Order of durable writes, per chunk: part file → split claim and ledger chunk → chunk claim (the
+intent) → create call → the batch in the claim and the ledger. A rerun after a crash at any point
+therefore either finds the batch, or finds the intent and looks the batch up at the provider
+before creating one, on evidence only:
 
-- providers that keep tags (OpenAI metadata): the chunk's tags identify its batch exactly;
-- providers that do not (Anthropic): batches created after the intent with the chunk's request
-  count, not claimed by another chunk; among several, the one whose custom_ids match once ended,
-  else the earliest.
+- providers that keep tags (OpenAI metadata, Bedrock job tags and clientRequestToken, Gemini
+  display name): the chunk's tags identify its batch exactly;
+- providers that do not (Anthropic): a batch of the chunk's size created after the intent, not
+  claimed by another chunk, whose results answer exactly the chunk's wire ids once it has ended;
+  one still running is attached unverified and checked at collect (see :func:`_find_created`).
+
+Concurrent submits of one run (a zombie beside its retry) meet at the claims
+(:mod:`batch_provider.core.claims`): one split, and one creator per chunk; the others wait for
+its batch.
 
 Invariants:
 - Attempt 1's part files come from one intake pass (:mod:`batch_provider.core.intake`) and are
@@ -28,6 +34,7 @@ from datetime import timedelta
 
 from batch_provider.backends.base import BatchBackend, Chunk
 from batch_provider.core.cache import CACHE_BLOCK, ResultCache
+from batch_provider.core.claims import HeldClaim, claim_chunk, claim_run, publish_split
 from batch_provider.core.handle import InputCounts, RunHandle
 from batch_provider.core.intake import input_fingerprint, intake
 from batch_provider.core.ledger import (
@@ -37,12 +44,12 @@ from batch_provider.core.ledger import (
     LedgerConflictError,
     RunKey,
     chunk_tags,
-    utcnow,
 )
-from batch_provider.core.models import BatchRef, LLMRequest, RejectedRow
+from batch_provider.core.models import BatchRef, LLMRequest, Provider, RejectedRow
 from batch_provider.core.pricing import PriceTable, default_price_table
-from batch_provider.core.reconcile import expected_ids
+from batch_provider.core.reconcile import read_part_ids
 from batch_provider.core.rundir import RunDirectory
+from batch_provider.core.wire_ids import PartIds
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,7 @@ __all__ = [
     "handle_for",
     "input_fingerprint",
     "part_custom_ids",
+    "part_ids",
     "submit_pending",
     "submit_run",
 ]
@@ -126,7 +134,8 @@ async def submit_run(
     """Split ``items`` into chunks in ``run_dir`` and create one batch per chunk, exactly once.
 
     Calling it again with the same ``run_key`` and the same input re-attaches to the batches
-    already created and creates only the missing ones. Raises ``LedgerConflictError`` when the run
+    already created and creates only the missing ones; so do concurrent calls (every one returns
+    the same handle). Raises ``LedgerConflictError`` when the run
     folder holds another task's or another input's ledger, and ``BudgetExceededError`` before any
     paid call when the estimate is over ``max_cost_usd``. Requests for a model the provider is not
     known to serve are rejected unless ``allow_unknown_models``. Requests answered before are served from
@@ -136,7 +145,12 @@ async def submit_run(
     ledger = Ledger.load(run_dir)
     if ledger is not None:
         ledger.check_owner(run_key, backend.provider, run_dir)
-    if ledger is None or 1 not in ledger.attempts:
+    run = await claim_run(run_dir, run_key.model_dump(), backend.provider.value)
+    ledger = ledger or Ledger(run_key=run_key, provider=backend.provider)
+    ledger.wire_token = run.token
+    ledger.check_owner(RunKey.model_validate(run.run_key), Provider(run.provider), run_dir)
+    ledger.check_owner(run_key, backend.provider, run_dir)
+    if 1 not in ledger.attempts:
         first = intake(
             backend,
             items,
@@ -146,9 +160,19 @@ async def submit_run(
             max_requests_per_batch=max_requests_per_batch,
             max_bytes_per_batch=max_bytes_per_batch,
             allow_unknown_models=allow_unknown_models,
+            wire_token=run.token,
         )
         first.tags = dict(tags or {})
-        ledger = ledger or Ledger(run_key=run_key, provider=backend.provider)
+        won, published = await publish_split(run_dir, 1, first.model_dump(mode="json"))
+        if not won:
+            theirs = LedgerAttempt.model_validate(published)
+            if (theirs.fingerprint, theirs.input_fingerprint) != (first.fingerprint, first.input_fingerprint):
+                raise LedgerConflictError(
+                    f"another submit of this run split a different input into {run_dir} at the same "
+                    "time (or the result cache changed meanwhile); its split is the one in use. "
+                    "Run this task again: it will re-attach to that split if the input is the same."
+                )
+            first = theirs
         ledger.attempts[1] = first
         ledger.save(run_dir)
         log.info(
@@ -210,31 +234,56 @@ async def submit_pending(
     tags: Mapping[str, str],
     on_created: OnCreated | None = None,
 ) -> None:
-    """Create a batch for every chunk of ``attempt`` the ledger has none for, recording each."""
+    """Create a batch for every chunk of ``attempt`` the ledger has none for, recording each.
+
+    Each chunk is claimed first (:func:`claim_chunk`): the winner creates the batch, or, taking
+    over from a creator that died, first looks for the batch that creator may have made; a
+    process that loses the claim waits for the winner's batch and records it."""
     entry = ledger.attempts[attempt]
     total = len(entry.chunks)
     for chunk in entry.chunks:
         if chunk.batch is not None:
             continue
-        chunk_id_tags = chunk_tags(ledger.run_key, attempt, chunk.index, entry.fingerprint)
+        chunk_id_tags = chunk_tags(ledger.run_key, attempt, chunk.index, entry.fingerprint, ledger.wire_token)
         all_tags = {**tags, **chunk_id_tags}
-        if chunk.intent_at is not None:
-            found = await _find_created(backend, ledger, run_dir, chunk, chunk_id_tags)
-            if found is not None:
-                chunk.batch, chunk.matched_by = found
-                ledger.save(run_dir)
-                log.info(
-                    "Chunk %d/%d: re-attached to batch %s created before a restart (matched by %s)",
-                    chunk.index + 1,
-                    total,
-                    chunk.batch.batch_id,
-                    chunk.matched_by,
-                )
-                continue
-        chunk.intent_at = utcnow()
-        ledger.save(run_dir)
-        ref = await backend.submit(_chunk_of(run_dir, chunk), tags=all_tags)
-        chunk.batch = ref
+        outcome = await claim_chunk(run_dir, attempt, chunk.index, earliest_intent=chunk.intent_at)
+        if not isinstance(outcome, HeldClaim):
+            chunk.intent_at = chunk.intent_at or outcome.intent_at
+            chunk.batch, chunk.matched_by = outcome.batch, outcome.matched_by
+            ledger.save(run_dir)
+            assert chunk.batch is not None
+            log.info(
+                "Chunk %d/%d: batch %s was created by another submit of this run",
+                chunk.index + 1,
+                total,
+                chunk.batch.batch_id,
+            )
+            continue
+        held = outcome
+        try:
+            looked_up = held.claim.generation > 0 or chunk.intent_at is not None
+            chunk.intent_at = held.claim.intent_at
+            if looked_up:
+                found = await _find_created(backend, ledger, run_dir, chunk, attempt, chunk_id_tags)
+                if found is not None:
+                    chunk.batch, chunk.matched_by = found
+                    held.record(chunk.batch, chunk.matched_by)
+                    ledger.save(run_dir)
+                    log.info(
+                        "Chunk %d/%d: re-attached to batch %s created before a restart (matched by %s)",
+                        chunk.index + 1,
+                        total,
+                        chunk.batch.batch_id,
+                        chunk.matched_by,
+                    )
+                    continue
+            ledger.save(run_dir)
+            async with held.heartbeat():
+                ref = await backend.submit(_chunk_of(run_dir, chunk), tags=all_tags)
+            chunk.batch = ref
+            held.record(ref, None)
+        finally:
+            held.release()
         ledger.save(run_dir)
         if on_created is not None:
             on_created(ref)
@@ -260,9 +309,14 @@ def _chunk_of(run_dir: RunDirectory, chunk: LedgerChunk) -> Chunk:
     )
 
 
+def part_ids(backend: BatchBackend, run_dir: RunDirectory, part: str) -> PartIds:
+    """Wire ids and row ids of a part file, in file order."""
+    return read_part_ids(run_dir.root / part, backend)
+
+
 def part_custom_ids(backend: BatchBackend, run_dir: RunDirectory, part: str) -> list[str]:
-    """custom_ids of a part file, in file order."""
-    return list(expected_ids(run_dir.root / part, backend))
+    """Row ids (the rows' own custom_ids) of a part file, in file order."""
+    return part_ids(backend, run_dir, part).row_ids()
 
 
 async def _find_created(
@@ -270,8 +324,15 @@ async def _find_created(
     ledger: Ledger,
     run_dir: RunDirectory,
     chunk: LedgerChunk,
+    attempt: int,
     chunk_id_tags: Mapping[str, str],
 ) -> tuple[BatchRef, str] | None:
+    """The batch a creator that died may have made for ``chunk``, on evidence only: the chunk's
+    tags where the provider keeps them; elsewhere (Anthropic) a batch of the chunk's size created
+    after its intent, whose results, once it has ended, answer exactly the chunk's wire ids. A
+    candidate still running cannot be checked yet: it is attached as ``unverified`` and collect
+    takes only the answers to this chunk's wire ids (another run's batch answers none of them, so
+    its rows go to the retry; they are never given another run's answers)."""
     assert chunk.intent_at is not None
     claimed = ledger.claimed_batch_ids()
     found = await backend.find(tags=chunk_id_tags, created_after=chunk.intent_at - _CLOCK_SKEW)
@@ -279,12 +340,18 @@ async def _find_created(
     if backend.keeps_tags:
         return (candidates[0].model_copy(update={"chunk_index": chunk.index}), "tags") if candidates else None
     same_size = [ref for ref in candidates if ref.request_count == chunk.request_count]
+    same_size.sort(key=lambda ref: ref.created_at)
     if not same_size:
         return None
-    expected = set(part_custom_ids(backend, run_dir, chunk.part))
+    expected = set(part_ids(backend, run_dir, chunk.part).wants)
+    running: list[BatchRef] = []
     for ref in same_size:
         state = await backend.status(ref.batch_id)
-        if state.is_terminal and await backend.result_ids(ref) == expected:
-            return ref.model_copy(update={"chunk_index": chunk.index}), "custom_ids"
-    earliest = min(same_size, key=lambda ref: ref.created_at)
-    return earliest.model_copy(update={"chunk_index": chunk.index}), "request_count"
+        if not state.is_terminal:
+            running.append(ref)
+        elif await backend.result_ids(ref) == expected:
+            return ref.model_copy(update={"chunk_index": chunk.index}), "wire_ids"
+    if not running or ledger.wire_token is None:
+        # Without wire ids of its own (a folder from before them), a running batch proves nothing.
+        return None
+    return running[0].model_copy(update={"chunk_index": chunk.index}), "unverified"

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from . import anthropic_outputs
 from .anthropic_outputs import ERROR_TYPES
 from .errors import ApiError, not_found
-from .faults import BatchFaults, item_error_code, parse_custom_id
+from .faults import BatchFaults, directive_id, item_error_code, parse_custom_id
 from .registry import BatchRegistry
 from .store import new_id
 
@@ -184,7 +184,7 @@ class AnthropicBatches(BatchRegistry[AnthropicBatch]):
                 plan.offsets.append(plan.offsets[-1] + len(raw))
                 obj = json.loads(raw)
                 cid = obj["custom_id"]
-                explicit, tokens = parse_custom_id(cid, cfg.expire_done_fraction)
+                explicit, tokens = parse_custom_id(directive_id(cid, raw), cfg.expire_done_fraction)
                 if idx == 0:
                     plan.faults = plan.faults.merged(tokens)
                 problem = anthropic_outputs.params_problem(obj["params"])

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import outputs
-from .faults import BatchFaults, item_error_code, parse_custom_id
+from .faults import BatchFaults, directive_id, item_error_code, parse_custom_id
 
 if TYPE_CHECKING:
     from .bedrock_state import BedrockJob
@@ -175,7 +175,7 @@ def error_codes(job: BedrockJob, records: list[dict[str, Any]], seed: int) -> li
     codes: list[int | None] = []
     for record in records:
         record_id = str(record.get("recordId"))
-        explicit, _ = parse_custom_id(record_id)
+        explicit, _ = parse_custom_id(directive_id(record_id, record.get("modelInput")))
         code = item_error_code(seed, record_id, faults, explicit)
         if code is None and record_problem(kind, record.get("modelInput")):
             code = 400

@@ -28,6 +28,13 @@ Three levels, all deterministic for a given ``--seed`` (and, for the random rate
    e.g. ``emu-expire-shuffle-doc-0001``. These batch tokens also work on an OpenAI file's first line.
    A token may be combined with an item token: ``emu-expire-fail500-x``.
 
+   **Text marker.** The same tokens may instead be written anywhere in a request's line (its prompt
+   text, usually) as ``[[emu:TOKENS]]``, e.g. ``Classify: … [[emu:fail500]]`` or
+   ``[[emu:expire-shuffle]]``: for a request whose custom_id (Gemini ``key``, Bedrock
+   ``recordId``) does not start with ``emu-``, the tokens of its first marker are read as if its
+   id were ``emu-TOKENS-…``. This is how tests reach the emulator through the provider's runs,
+   which send wire ids of their own (``bp…``), not the rows' ids. Every provider face honours it.
+
 3. **Server-wide**: CLI flags and ``POST /_emu/faults`` (JSON, replaces the whole setting)::
 
        {"fault_rate": 0.3,                       # fraction of ALL /v1 calls answered by a random fault
@@ -48,6 +55,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -138,6 +146,27 @@ def _fraction(value: str) -> float:
     if not 0.0 <= f <= 1.0:
         raise FaultSyntaxError("a fraction must be within 0..1")
     return f
+
+
+_MARKER = re.compile(r"\[\[emu:([A-Za-z0-9-]+)\]\]")
+
+
+def directive_id(custom_id: str, line: bytes | str | Any = None) -> str:
+    """The id whose ``emu-`` tokens direct this request: ``custom_id`` itself when it has them, else
+    ``emu-<tokens>-`` from the first ``[[emu:tokens]]`` marker in ``line`` (raw bytes or text; any
+    other object is JSON-encoded first), else ``custom_id``."""
+    if custom_id.startswith("emu-") or line is None:
+        return custom_id
+    if isinstance(line, bytes):
+        if b"[[emu:" not in line:
+            return custom_id
+        text = line.decode("utf-8", "replace")
+    elif isinstance(line, str):
+        text = line
+    else:
+        text = json.dumps(line, ensure_ascii=False)
+    match = _MARKER.search(text)
+    return f"emu-{match.group(1)}-" if match else custom_id
 
 
 def parse_custom_id(custom_id: str, expire_default: float = 0.5) -> tuple[int | None, BatchFaults]:

@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from .config import EmulatorConfig
-from .faults import BatchFaults, FaultSyntaxError, item_error_code, parse_batch_faults, parse_custom_id
+from .faults import (
+    BatchFaults,
+    FaultSyntaxError,
+    directive_id,
+    item_error_code,
+    parse_batch_faults,
+    parse_custom_id,
+)
 from .gemini_files import invalid
 from .gemini_outputs import ITEM_STATUS, request_problem
 
@@ -145,7 +152,7 @@ def build_plan(path: Path, faults: BatchFaults, cfg: EmulatorConfig) -> Plan:
     for idx, entry in enumerate(read_entries(path)):
         plan.n += 1
         key = _key_of(entry)
-        explicit, tokens = parse_custom_id(key, cfg.expire_done_fraction)
+        explicit, tokens = parse_custom_id(directive_id(key, entry.get("request")), cfg.expire_done_fraction)
         if idx == 0:
             plan.faults = plan.faults.merged(tokens)
         problem = request_problem(entry.get("request"))

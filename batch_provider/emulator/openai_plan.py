@@ -28,7 +28,7 @@ import msgspec
 
 from . import outputs
 from .config import EmulatorConfig
-from .faults import BatchFaults, item_error_code, parse_custom_id
+from .faults import BatchFaults, directive_id, item_error_code, parse_custom_id
 from .openai_outputs import ITEM_ERRORS, SYNTHETIC_MODEL, synthetic_tokens
 
 MAX_ERRORS = 1000
@@ -109,7 +109,7 @@ def build_plan(
                         line=lineno,
                     )
                 )
-            explicit, tokens = parse_custom_id(custom_id, cfg.expire_done_fraction)
+            explicit, tokens = parse_custom_id(directive_id(custom_id, raw), cfg.expire_done_fraction)
             if idx == 0:
                 plan.faults = plan.faults.merged(tokens)
             if endpoint == "/v1/embeddings":

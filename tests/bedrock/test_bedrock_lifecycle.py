@@ -64,7 +64,9 @@ async def test_partial_failure_recovered_by_retry_then_dead_letter(emu: Any, tmp
     emu.bedrock_settings(min_records=10)
     data = rows(120)
     data[3]["id"] = "emu-fail400-bad"  # refused by the model: not retryable
-    data[5]["id"] = "bad id with spaces"  # rejected before sending: not a valid recordId
+    data[3]["text"] += " [[emu:fail400]]"  # the directive reaches the wire in the text
+    data[5]["id"] = "odd id with spaces"  # any row id works: the recordId is a wire id of ours
+    data.append({"id": data[0]["id"], "text": "a duplicate id"})  # rejected before sending
     run_dir = run_directory(tmp_path, dag_id="d", run_id="retry")
     key = RunKey(dag_id="d", task_id="submit", run_id="retry")
     before = jobs_created(emu)
@@ -81,7 +83,7 @@ async def test_partial_failure_recovered_by_retry_then_dead_letter(emu: Any, tmp
         await wait_all(backend, handle, emu)
         first = await collect_run(backend, handle, run_dir)
         assert first.accounted and first.rejected == 1
-        assert 10 <= first.retryable < 119 and first.unresolved == first.retryable + 1
+        assert 10 <= first.retryable < 120 and first.unresolved == first.retryable + 1
         assert first.usage.input_tokens > 0 and first.usage.output_tokens > 0
 
         retry = await resubmit_retryable(backend, handle, run_dir, run_key=key, tags={}, max_attempts=3)
@@ -90,15 +92,16 @@ async def test_partial_failure_recovered_by_retry_then_dead_letter(emu: Any, tmp
         assert again is not None and again.batch_ids == retry.batch_ids, "a rerun of the retry re-attaches"
         await wait_all(backend, retry, emu)
         second = await collect_run(backend, retry, run_dir)
-        assert second.succeeded == 118 and second.unresolved == 1
+        assert second.succeeded == 119 and second.unresolved == 1
         closed = write_dead_letter(backend, run_dir)
     assert jobs_created(emu) - before == 2
     assert closed.dead_letter == 1 and closed.finished
     dead = read_lines(run_dir.dead_letter)
     assert [d["custom_id"] for d in dead] == ["emu-fail400-bad"] and dead[0]["error"]["retryable"] is False
-    assert_accounted(run_dir, 120)
+    assert_accounted(run_dir, 121)
     results = read_lines(run_dir.results)
     assert all(r["provider"] == "bedrock" and r["output_text"] for r in results)
+    assert "odd id with spaces" in {r["custom_id"] for r in results}
 
 
 async def test_partially_completed_keeps_output_and_retries_the_rest(emu: Any, tmp_path: Path) -> None:
@@ -172,6 +175,9 @@ async def test_crash_between_create_and_ledger_write_reattaches(emu: Any, tmp_pa
         assert lost.intent_at is not None
         lost.batch = None  # as if the process died right after the create call returned
         ledger.save(run_dir)
+        claim = json.loads(run_dir.chunk_claim(1, 1).read_text())
+        claim["batch"] = None  # nor did its claim get the batch; the claim's owner is gone
+        run_dir.chunk_claim(1, 1).write_text(json.dumps(claim))
         again = await submit()
         assert sorted(again.batch_ids) == sorted(first.batch_ids)
         assert Ledger.load(run_dir).attempts[1].chunks[1].matched_by == "tags"

@@ -3,6 +3,7 @@ inline and uploaded-file batches, against the emulator over real HTTP."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ async def test_partial_failure_recovered_by_retry_then_dead_letter(
 ) -> None:
     data = rows(40)
     data[3]["id"] = "emu-fail400-bad"  # refused by the model: not retryable
-    data[5]["id"] = "bad\nid"  # rejected before sending: line breaks are not allowed in a key
+    data[3]["text"] += " [[emu:fail400]]"  # the directive reaches the wire in the text
+    data[5]["id"] = "odd\nid"  # any row id works: the wire carries a wire id, results this id
+    data.append({"id": data[0]["id"], "text": "a duplicate id"})  # rejected before sending
     run_dir = run_directory(tmp_path, dag_id="d", run_id="retry")
     key = RunKey(dag_id="d", task_id="submit", run_id="retry")
     before = batches_created(emu)
@@ -72,7 +75,7 @@ async def test_partial_failure_recovered_by_retry_then_dead_letter(
         assert again is not None and again.batch_ids == retry.batch_ids, "a rerun of the retry re-attaches"
         await wait_all(backend, retry, emu)
         second = await collect_run(backend, retry, run_dir)
-        assert second.succeeded == 38 and second.unresolved == 1
+        assert second.succeeded == 39 and second.unresolved == 1
         closed = write_dead_letter(backend, run_dir)
         for ref in handle.batches:
             await backend.delete_input(ref)
@@ -80,9 +83,10 @@ async def test_partial_failure_recovered_by_retry_then_dead_letter(
     assert closed.dead_letter == 1 and closed.finished
     dead = read_lines(run_dir.dead_letter)
     assert [d["custom_id"] for d in dead] == ["emu-fail400-bad"] and dead[0]["error"]["retryable"] is False
-    assert_accounted(run_dir, 40)
+    assert_accounted(run_dir, 41)
     results = read_lines(run_dir.results)
     assert all(r["provider"] == "gemini" and r["output_text"] and r["model"] for r in results)
+    assert "odd\nid" in {r["custom_id"] for r in results}
     assert {r["attempt"] for r in results} == {1, 2}
 
 
@@ -142,6 +146,9 @@ async def test_crash_between_create_and_ledger_write_reattaches(
         assert lost.intent_at is not None
         lost.batch = None  # as if the process died right after the create call returned
         ledger.save(run_dir)
+        claim = json.loads(run_dir.chunk_claim(1, 1).read_text())
+        claim["batch"] = None  # nor did its claim get the batch; the claim's owner is gone
+        run_dir.chunk_claim(1, 1).write_text(json.dumps(claim))
         again = await submit_rows(backend, rows(8), run_dir, key, max_requests_per_batch=4)
     assert sorted(again.batch_ids) == sorted(first.batch_ids)
     assert batches_created(emu) - before == 2

@@ -87,7 +87,9 @@ async def test_run_end_to_end_with_rejects_item_errors_and_chunks(
 ) -> None:
     data = rows(23)
     data[3]["id"] = "emu-fail400-bad"  # refused by the provider, not retryable
+    data[3]["text"] += " [[emu:fail400]]"  # the directive reaches the wire in the text
     data[5]["id"] = "emu-fail500-flaky"  # a server error on one item: retryable
+    data[5]["text"] += " [[emu:fail500]]"  # the directive reaches the wire in the text
     del data[7]["text"]  # the template cannot render this row: rejected before paying
     data.append({"id": data[0]["id"], "text": "a duplicate id"})  # rejected as a duplicate
     run_dir = run_directory(tmp_path, dag_id="d", run_id=f"manual__{provider}", group="g")
@@ -162,11 +164,16 @@ async def test_crash_between_create_and_ledger_write_reattaches(
         assert lost.intent_at is not None
         lost.batch = None  # as if the process died right after the create call returned
         ledger.save(run_dir)
+        claim_path = run_dir.chunk_claim(1, 1)
+        claim = json.loads(claim_path.read_text())
+        claim["batch"] = None  # its claim never got the batch either; its owner is gone
+        claim_path.write_text(json.dumps(claim))
         again = await submit_rows(backend, provider, rows(8), run_dir, key, max_requests_per_batch=4)
     assert sorted(again.batch_ids) == sorted(first.batch_ids)
     assert batches_created(emulator, provider) - before == 2
     matched = Ledger.load(run_dir).attempts[1].chunks[1].matched_by
-    assert matched == ("tags" if provider == "openai" else "request_count")
+    # Anthropic keeps no tags: a running batch of the chunk's size is attached, checked at collect
+    assert matched == ("tags" if provider == "openai" else "unverified")
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
@@ -176,6 +183,7 @@ async def test_retry_recovers_transient_failures_and_dead_letters_the_rest(
     emulator = fresh_emulator
     data = rows(30)
     data[2]["id"] = "emu-fail422-never"
+    data[2]["text"] += " [[emu:fail422]]"  # the directive reaches the wire in the text
     run_dir = run_directory(tmp_path, dag_id="d", run_id="retry")
     key = RunKey(dag_id="d", task_id="submit", run_id="retry")
     emulator.set_faults({"batch_faults": "item_errors=0.3:500/529,expire=0.6"})
@@ -223,6 +231,7 @@ async def test_unchanged_input_costs_nothing_the_second_time(
     cache = ResultCache(tmp_path / "cache")
     data = rows(15)
     data[4]["id"] = "emu-fail400-never-cached"
+    data[4]["text"] += " [[emu:fail400]]"  # the directive reaches the wire in the text
     summaries = []
     before = batches_created(emulator, provider)
     async with backend_for(provider, emulator) as backend:

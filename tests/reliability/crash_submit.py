@@ -2,8 +2,9 @@
 
 Usage: ``python crash_submit.py '<json args>'`` with keys ``provider``, ``base_url``, ``run_root``,
 ``run_id``, ``rows``, ``max_requests_per_batch``, ``crash`` (a point name or null) and ``chunk``
-(the chunk index the per-chunk points apply to). Without a crash it writes the handle it got to
-``<run_root>/handle.json`` (what the task would push to XCom) and exits 0.
+(the chunk index the per-chunk points apply to); optional ``text_prefix`` (the first word of every
+row's text, so two runs can share row ids and differ in their prompts). Without a crash it writes
+the handle it got to ``<run_root>/handle.json`` (what the task would push to XCom) and exits 0.
 
 Points: ``requests_written`` (part files and ledger chunks on disk, nothing sent),
 ``intent_written`` (the chunk's intent recorded, nothing sent for it), ``file_uploaded``
@@ -32,6 +33,7 @@ MODELS = {
     "openai": "gpt-6-luna",
     "anthropic": "claude-haiku-4-5",
     "bedrock": "anthropic.claude-haiku-4-5-20251001-v1:0",
+    "gemini": "gemini-2.5-flash",
 }
 
 
@@ -107,9 +109,11 @@ async def main(args: dict) -> None:
     root = Path(args["run_root"])
     run_dir = run_directory(root, dag_id="crash_dag", run_id=args["run_id"], group="llm")
     key = RunKey(dag_id="crash_dag", task_id="llm.submit", run_id=args["run_id"])
-    data = [{"id": f"c-{i:04d}", "text": f"row {i} " + "word " * (i % 5)} for i in range(args["rows"])]
+    words = args.get("text_prefix", "row")
+    data = [{"id": f"c-{i:04d}", "text": f"{words} {i} " + "word " * (i % 5)} for i in range(args["rows"])]
     for i in args.get("flaky_rows", []):  # a retryable server error on the first attempt
         data[i]["id"] = f"emu-fail500-c-{i:04d}"
+        data[i]["text"] += " [[emu:fail500]]"  # the directive reaches the wire in the text
     builder = RequestBuilder(template="Classify: {{ text }}", model=MODELS[provider], max_tokens=32)
     async with backend:
         handle = await submit_run(

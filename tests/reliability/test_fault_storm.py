@@ -57,7 +57,9 @@ async def as_task(step: Callable[[], Awaitable[T]], tries: list[str]) -> T:
 def storm_rows() -> list[dict[str, Any]]:
     data = [{"id": f"s-{i:04d}", "text": f"storm row {i} " + "word " * (i % 6)} for i in range(44)]
     data[0]["id"] = "emu-expire-s-0000"  # the first chunk's batch expires with half of it done
+    data[0]["text"] += " [[emu:expire]]"  # the directive reaches the wire in the text
     data[5]["id"] = "emu-fail400-s-0005"  # refused by the provider: never retried, dead letter
+    data[5]["text"] += " [[emu:fail400]]"  # the directive reaches the wire in the text
     del data[7]["text"]  # the template cannot render it: rejected before paying
     del data[31]["text"]
     data.append({"id": "s-0002", "text": "a duplicate id"})  # rejected as a duplicate

@@ -76,7 +76,7 @@ rel_cancel = pipeline("rel_cancel", "anthropic", RECORDS, cancel_on_kill=True)
 rel_failing = pipeline(
     "rel_failing",
     "openai",
-    [*RECORDS[:5], {"id": "emu-fail400-q-900", "text": "refused by the provider"}],
+    [*RECORDS[:5], {"id": "emu-fail400-q-900", "text": "refused by the provider [[emu:fail400]]"}],
     fail_on_dead_letter=True,
     bogus_wait=True,
 )
