@@ -100,3 +100,42 @@ async def test_errors_pass_through_unchanged() -> None:
     )
     out = [r async for r in reconcile(REF, {"a": True}, state(BatchEnding.COMPLETED), records(failed))]
     assert out == [failed]
+
+
+def failed(custom_id: str, retryable: bool = True) -> ResultRecord:
+    return ResultRecord(
+        custom_id=custom_id,
+        status=ItemStatus.ERRORED,
+        error=ResultError(type="server_error", message="boom", retryable=retryable),
+    )
+
+
+async def test_a_success_beats_an_error_whatever_the_order_and_strays_are_counted() -> None:
+    report = ReconcileReport()
+    stream = records(
+        failed("a"),
+        ok("a", "late answer"),
+        ok("b", "first"),
+        failed("b"),
+        failed("c"),
+        failed("c", False),
+        ok("stray"),
+        failed("other-run"),
+    )
+    ended = state(BatchEnding.COMPLETED)
+    out = [r async for r in reconcile(REF, ["a", "b", "c", "d"], ended, stream, report=report)]
+    by_id = {r.custom_id: r for r in out}
+    assert len(out) == 4 and sorted(by_id) == ["a", "b", "c", "d"]
+    assert by_id["a"].status is ItemStatus.SUCCEEDED and by_id["a"].output_text == "late answer"
+    assert by_id["b"].status is ItemStatus.SUCCEEDED and by_id["b"].output_text == "first"
+    assert by_id["c"].error.retryable is True  # the first of two errors
+    assert by_id["d"].error.type == "missing_result"
+    assert (report.duplicates, report.unexpected, report.answered, report.synthesized) == (3, 2, 3, 1)
+
+
+async def test_records_carry_the_row_ids_of_their_wire_ids() -> None:
+    rows = {"bpw1": "os.path.join", "bpw2": "a b/c", "bpw3": "ü" * 300}
+    stream = records(ok("bpw1"), failed("bpw2"))
+    out = [r async for r in reconcile(REF, list(rows), state(BatchEnding.EXPIRED), stream, row_ids=rows)]
+    assert [r.custom_id for r in out] == ["os.path.join", "a b/c", "ü" * 300]
+    assert [r.status for r in out] == [ItemStatus.SUCCEEDED, ItemStatus.ERRORED, ItemStatus.EXPIRED]

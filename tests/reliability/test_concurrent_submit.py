@@ -25,7 +25,6 @@ CHILD = Path(__file__).with_name("concurrent_submit.py")
 CASES = [
     ("local", 2, "openai"),
     ("local", 4, "anthropic"),
-    ("local", 4, "gemini"),
     ("local", 2, "bedrock"),
     ("s3", 2, "anthropic"),
     ("s3", 4, "openai"),
