@@ -41,11 +41,12 @@ def wire_id(token: str, attempt: int, position: int) -> str:
 
 def swap_wire_id(line: bytes, old: str, new: str) -> bytes:
     """``line`` with its id ``old`` replaced by ``new``. The id is the first member of every native
-    line this project encodes, so its first quoted occurrence is the id itself."""
-    quoted = b'"' + old.encode() + b'"'
+    line this project encodes, so the first occurrence of its JSON string is the id itself (``old``
+    may be a row id of a folder from before wire ids, encoded the way lines are)."""
+    quoted = dumps_line(old)
     if quoted not in line:
         raise ValueError(f"id {old!r} not found in its part-file line")
-    return line.replace(quoted, b'"' + new.encode() + b'"', 1)
+    return line.replace(quoted, dumps_line(new), 1)
 
 
 def sidecar_line(wants_json: bool, wire: str, row_id: str) -> bytes:

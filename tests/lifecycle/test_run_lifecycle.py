@@ -7,6 +7,7 @@ letter and rejects, and the manifest's counts say so.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,15 @@ import pytest
 from batch_provider.backends.registry import create_backend
 from batch_provider.core.cache import ResultCache
 from batch_provider.core.collection import collect_run
+from batch_provider.core.intake import intake
 from batch_provider.core.ledger import Ledger, LedgerConflictError, RunKey
 from batch_provider.core.models import LLMRequest, Message
+from batch_provider.core.pricing import default_price_table
 from batch_provider.core.records import iter_list
 from batch_provider.core.render import RequestBuilder
 from batch_provider.core.retry import resubmit_retryable, write_dead_letter
 from batch_provider.core.rundir import run_directory
-from batch_provider.core.submission import BudgetExceededError, submit_run
+from batch_provider.core.submission import BudgetExceededError, handle_for, submit_pending, submit_run
 from batch_provider.core.watch import watch_batches
 
 MODELS = {"openai": "gpt-6-luna", "anthropic": "claude-haiku-4-5"}
@@ -334,3 +337,47 @@ async def test_duplicate_custom_ids_never_mix_cached_answers(emulator: Any, tmp_
         "the second prompt was never answered, so it must be sent, not served another prompt's answer"
     )
     assert third.cached == 1 and third_handle.batches == [] and len(third_rejects) == 1
+
+
+# A run folder written before wire ids (row ids on the wire, sidecars without the header, no
+# claims) still collects, and its retry sends the retryable rows under new wire ids that map back
+# to the same row ids.
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_folder_from_before_wire_ids_collects_and_retries(
+    provider: str, emulator: Any, tmp_path: Path
+) -> None:
+    data = rows(6)
+    data[2]["text"] += " [[emu:fail500]]"  # retryable in attempt 1
+    run_dir = run_directory(tmp_path, dag_id="d", run_id="legacy")
+    key = RunKey(dag_id="d", task_id="submit", run_id="legacy")
+    async with backend_for(provider, emulator) as backend:
+        first = intake(
+            backend,
+            builder(provider).render(iter_list(data)),
+            run_dir,
+            cache=None,
+            prices=default_price_table(),
+            max_requests_per_batch=4,
+            max_bytes_per_batch=None,
+            allow_unknown_models=False,
+        )
+        ledger = Ledger(run_key=key, provider=backend.provider, attempts={1: first})
+        ledger.save(run_dir)
+        await submit_pending(backend, ledger, run_dir, attempt=1, tags={})
+        shutil.rmtree(Path(str(run_dir.claims_dir)))  # the old layout had no claims
+        part = Path(str(run_dir.root / first.chunks[0].part))
+        assert json.loads(part.read_text().splitlines()[0])["custom_id"] == "t-0000"  # a row id on the wire
+        handle = handle_for(Ledger.load(run_dir), run_dir, attempt=1, conn_id=None)
+        await wait_all(backend, handle, emulator)
+        summary = await collect_run(backend, handle, run_dir)
+        assert summary.accounted and summary.succeeded == 5 and summary.retryable == 1
+
+        retry = await resubmit_retryable(backend, handle, run_dir, run_key=key, max_attempts=3)
+        assert retry is not None and retry.counts.submitted == 1
+        sent = Path(str(run_dir.root / Ledger.load(run_dir).attempts[2].chunks[0].part)).read_text()
+        assert "t-0002" not in sent and '"bp' in sent  # the retry travels under a wire id
+        await wait_all(backend, retry, emulator)
+        second = await collect_run(backend, retry, run_dir)
+    assert second.accounted and second.inputs == 6
+    errors = [json.loads(line) for line in Path(str(run_dir.errors)).read_text().splitlines()]
+    assert [e["custom_id"] for e in errors] == ["t-0002"]  # the fault follows the text: still failing
