@@ -77,11 +77,16 @@ class ChunkClaim(BaseModel):
     alive_at: datetime
     batch: BatchRef | None = None
     matched_by: str | None = None
+    abandoned: bool = False
+    """Set by a creator whose create call failed: the next submit takes over at once."""
 
     def is_stale(self, now: datetime | None = None) -> bool:
-        """True when the creator is gone: its process ended (same host), or it stopped heartbeating."""
+        """True when the creator is gone: its process ended (same host), it stopped heartbeating,
+        or it gave the claim up."""
         if self.batch is not None:
             return False
+        if self.abandoned:
+            return True
         if self.host == HOST:
             if self.pid == os.getpid():
                 return self.owner not in _LIVE_OWNERS
@@ -181,6 +186,14 @@ class HeldClaim:
 
     def release(self) -> None:
         _LIVE_OWNERS.discard(self.claim.owner)
+
+    def abandon(self) -> None:
+        """Give the claim up after a failed create, so the next submit need not wait out the lease
+        (it still looks for a batch the failed call may have made before creating one)."""
+        if self.claim.batch is None:
+            self.claim = self.claim.model_copy(update={"abandoned": True})
+            write_json_atomic(self.path, self.claim.model_dump(mode="json"))
+        self.release()
 
     @contextlib.asynccontextmanager
     async def heartbeat(self) -> AsyncIterator[None]:

@@ -28,6 +28,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
@@ -146,10 +147,10 @@ async def submit_run(
     if ledger is not None:
         ledger.check_owner(run_key, backend.provider, run_dir)
     run = await claim_run(run_dir, run_key.model_dump(), backend.provider.value)
-    ledger = ledger or Ledger(run_key=run_key, provider=backend.provider)
+    owner = Ledger(run_key=RunKey.model_validate(run.run_key), provider=Provider(run.provider))
+    owner.check_owner(run_key, backend.provider, run_dir)
+    ledger = ledger or owner
     ledger.wire_token = run.token
-    ledger.check_owner(RunKey.model_validate(run.run_key), Provider(run.provider), run_dir)
-    ledger.check_owner(run_key, backend.provider, run_dir)
     if 1 not in ledger.attempts:
         first = intake(
             backend,
@@ -264,7 +265,7 @@ async def submit_pending(
             looked_up = held.claim.generation > 0 or chunk.intent_at is not None
             chunk.intent_at = held.claim.intent_at
             if looked_up:
-                found = await _find_created(backend, ledger, run_dir, chunk, attempt, chunk_id_tags)
+                found = await _find_created(backend, ledger, run_dir, chunk, chunk_id_tags)
                 if found is not None:
                     chunk.batch, chunk.matched_by = found
                     held.record(chunk.batch, chunk.matched_by)
@@ -282,6 +283,10 @@ async def submit_pending(
                 ref = await backend.submit(_chunk_of(run_dir, chunk), tags=all_tags)
             chunk.batch = ref
             held.record(ref, None)
+        except Exception:
+            with contextlib.suppress(Exception):
+                held.abandon()
+            raise
         finally:
             held.release()
         ledger.save(run_dir)
@@ -324,7 +329,6 @@ async def _find_created(
     ledger: Ledger,
     run_dir: RunDirectory,
     chunk: LedgerChunk,
-    attempt: int,
     chunk_id_tags: Mapping[str, str],
 ) -> tuple[BatchRef, str] | None:
     """The batch a creator that died may have made for ``chunk``, on evidence only: the chunk's

@@ -112,3 +112,14 @@ def test_wire_ids_fit_every_provider_and_the_sidecar_keeps_any_row_id() -> None:
     line = b'{"custom_id":"' + wire.encode() + b'","body":{"text":"' + wire.encode() + b'"}}'
     swapped = swap_wire_id(line, wire, wire_id("0123456789ab", 3, 0))
     assert swapped.count(wire.encode()) == 1 and len(swapped) == len(line)
+
+
+async def test_an_abandoned_claim_of_a_live_process_elsewhere_is_taken_over_at_once(tmp_path: Path) -> None:
+    run_dir = RunDirectory(tmp_path)
+    write_claim(run_dir, abandoned=True)  # heartbeat fresh, host elsewhere: only the flag says go
+    held = await asyncio.wait_for(claim_chunk(run_dir, 1, 0), timeout=5)
+    assert isinstance(held, HeldClaim) and held.claim.generation == 1
+    held.abandon()
+    again = await asyncio.wait_for(claim_chunk(run_dir, 1, 0), timeout=5)
+    assert isinstance(again, HeldClaim) and again.claim.generation == 2
+    again.release()
