@@ -151,6 +151,9 @@ def read_split(run_dir: RunDirectory, attempt: int) -> dict[str, Any] | None:
 def claimed_attempts(run_dir: RunDirectory) -> list[int]:
     """Attempts with a published split, in order."""
     folder = run_dir.claims_dir
+    invalidate = getattr(getattr(folder, "fs", None), "invalidate_cache", None)
+    if invalidate is not None:  # an object store's listing cache may predate another process's split
+        invalidate(folder.path)
     try:
         names = [p.name for p in folder.iterdir()]
     except (FileNotFoundError, NotADirectoryError):

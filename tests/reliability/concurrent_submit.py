@@ -16,19 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from crash_submit import submit_rows
+
 from batch_provider.backends.registry import create_backend
 from batch_provider.core.ledger import RunKey
-from batch_provider.core.records import iter_list
-from batch_provider.core.render import RequestBuilder
 from batch_provider.core.rundir import run_directory
-from batch_provider.core.submission import submit_run
-
-MODELS = {
-    "openai": "gpt-6-luna",
-    "anthropic": "claude-haiku-4-5",
-    "bedrock": "anthropic.claude-haiku-4-5-20251001-v1:0",
-    "gemini": "gemini-2.5-flash",
-}
 
 
 def run_root(args: dict[str, Any]) -> Any:
@@ -49,17 +41,8 @@ async def main(args: dict[str, Any]) -> None:
     run_dir = run_directory(run_root(args), dag_id="race_dag", run_id=args["run_id"], group="llm")
     key = RunKey(dag_id="race_dag", task_id="llm.submit", run_id=args["run_id"])
     data = [{"id": f"k-{i:04d}", "text": f"row {i} " + "word " * (i % 5)} for i in range(args["rows"])]
-    builder = RequestBuilder(template="Classify: {{ text }}", model=MODELS[provider], max_tokens=32)
     await asyncio.sleep(max(0.0, args["start_at"] - time.time()))
-    async with backend:
-        handle = await submit_run(
-            backend,
-            builder.render(iter_list(data)),
-            run_dir,
-            run_key=key,
-            conn_id="llm_test",
-            max_requests_per_batch=args["max_requests_per_batch"],
-        )
+    handle = await submit_rows(backend, provider, data, run_dir, key, args["max_requests_per_batch"])
     Path(args["out"]).write_text(handle.model_dump_json())
 
 

@@ -16,20 +16,12 @@ if str(HERE) not in sys.path:
 def bedrock_emulator():
     """An emulator with moto's S3 beside it (buckets ``rel-in`` and ``rel-out``), for the whole
     session: tests compare counters before and after, and use their own S3 prefixes."""
-    import boto3
-    from botocore.config import Config
+    from rel_support import s3_client
 
     from batch_provider.emulator.process import running_emulator
 
     with running_emulator(time_factor=600.0, with_s3=True) as emu:
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=emu.s3_endpoint,
-            region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}),
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        s3 = s3_client(emu)
         for bucket in ("rel-in", "rel-out"):
             s3.create_bucket(Bucket=bucket)
         yield emu

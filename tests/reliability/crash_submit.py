@@ -21,8 +21,10 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from batch_provider.backends.registry import create_backend
+from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger, RunKey
 from batch_provider.core.records import iter_list
 from batch_provider.core.render import RequestBuilder
@@ -99,6 +101,22 @@ def install_crash(point: str | None, chunk: int, backend: object) -> None:
         bedrock.upload_file = put  # type: ignore[assignment]
 
 
+async def submit_rows(
+    backend: Any, provider: str, data: list[dict], run_dir: Any, key: RunKey, per_batch: int
+) -> RunHandle:
+    """The submit task's work: render ``data`` and submit it in chunks of ``per_batch``."""
+    builder = RequestBuilder(template="Classify: {{ text }}", model=MODELS[provider], max_tokens=32)
+    async with backend:
+        return await submit_run(
+            backend,
+            builder.render(iter_list(data)),
+            run_dir,
+            run_key=key,
+            conn_id="llm_test",
+            max_requests_per_batch=per_batch,
+        )
+
+
 async def main(args: dict) -> None:
     provider = args["provider"]
     if provider == "bedrock":
@@ -114,16 +132,7 @@ async def main(args: dict) -> None:
     for i in args.get("flaky_rows", []):  # a retryable server error on the first attempt
         data[i]["id"] = f"emu-fail500-c-{i:04d}"
         data[i]["text"] += " [[emu:fail500]]"  # the directive reaches the wire in the text
-    builder = RequestBuilder(template="Classify: {{ text }}", model=MODELS[provider], max_tokens=32)
-    async with backend:
-        handle = await submit_run(
-            backend,
-            builder.render(iter_list(data)),
-            run_dir,
-            run_key=key,
-            conn_id="llm_test",
-            max_requests_per_batch=args["max_requests_per_batch"],
-        )
+    handle = await submit_rows(backend, provider, data, run_dir, key, args["max_requests_per_batch"])
     (root / "handle.json").write_text(handle.model_dump_json())
     if args.get("crash") == "xcom_pushed":
         die()

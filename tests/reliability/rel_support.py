@@ -47,6 +47,21 @@ def bedrock_options(emulator: Any, prefix: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def s3_client(emulator: Any) -> Any:
+    """A boto3 S3 client on the emulator's moto S3."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=emulator.s3_endpoint,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
 def base_url(provider: str, emulator: Any) -> str:
     return f"{emulator.base_url}/v1" if provider == "openai" else emulator.base_url
 

@@ -162,22 +162,13 @@ async def test_sensor_on_kill_in_poke_mode_cancels(
 async def test_bedrock_cancel_keeps_partial_results(tmp_path: Path) -> None:
     """Bedrock through ``cancel_batches``, what both ``on_kill`` paths call: the jobs stop, the
     records done before are collected, the rest are cancelled + retryable."""
-    import boto3
-    from botocore.config import Config
-    from rel_support import bedrock_options
+    from rel_support import bedrock_options, s3_client
 
     from batch_provider.backends.registry import create_backend
     from batch_provider.triggers.batch import cancel_batches
 
     with running_emulator(time_factor=1.0, with_s3=True) as emulator:
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=emulator.s3_endpoint,
-            region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}),
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        s3 = s3_client(emulator)
         for bucket in ("rel-in", "rel-out"):
             s3.create_bucket(Bucket=bucket)
         emulator.bedrock_settings(min_records=10)

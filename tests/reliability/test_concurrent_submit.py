@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rel_support import backend_for, base_url, batches_created, bedrock_options, read_lines, wait_until_ended
+from rel_support import (
+    backend_for,
+    base_url,
+    batches_created,
+    bedrock_options,
+    read_lines,
+    s3_client,
+    wait_until_ended,
+)
 
 from batch_provider.backends.registry import create_backend
 from batch_provider.core.collection import collect_run
@@ -55,16 +63,7 @@ async def test_concurrent_submits_create_one_batch_per_chunk(
     else:
         args["base_url"] = base_url(provider, emu)
     if storage == "s3":
-        import boto3
-
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=emu.s3_endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        s3.create_bucket(Bucket="race-runs")
+        s3_client(emu).create_bucket(Bucket="race-runs")
         args["s3_root"] = {"url": f"s3://race-runs/{tmp_path.name}", "endpoint": emu.s3_endpoint}
     else:
         args["run_root"] = str(tmp_path / "runs")
