@@ -16,6 +16,7 @@ from unittest import mock
 import pytest
 from rel_support import MODELS, base_url, read_lines
 
+from batch_provider.core.wire_ids import read_sidecar_file
 from batch_provider.emulator.process import running_emulator
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "bad_inputs"
@@ -49,9 +50,12 @@ def counters(emu: Any, provider: str) -> tuple[int, int]:
 
 
 def sent_ids(run_dir: Path) -> list[str]:
+    """Row ids of the sent requests (the wire carries wire ids; each part's sidecar maps them)."""
     ids = []
     for part in sorted((run_dir / "attempt-1" / "requests").glob("part-*.jsonl")):
-        ids += [json.loads(line)["custom_id"] for line in part.read_text().splitlines() if line.strip()]
+        sidecar = read_sidecar_file(part.with_suffix(".ids"))
+        assert sidecar is not None and len(sidecar.rows) == len(part.read_text().splitlines())
+        ids += sidecar.row_ids()
     return ids
 
 
