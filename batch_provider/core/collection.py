@@ -151,7 +151,7 @@ async def _collect_batch(
         )
     expected = expected_ids(run_dir.root / parts[ref.batch_id], backend)
     counts: Counter[str] = Counter()
-    tally = CostTally(prices, ref.provider.value)
+    tally = CostTally(prices.dated(ref.created_at), ref.provider.value)  # prices of the batch's day
     keys = _cache_keys(run_dir, expected) if cache is not None else {}
     to_cache: list[tuple[str, ResultRecord]] = []
     async for record in reconcile(ref, expected, state, backend.results(ref)):
