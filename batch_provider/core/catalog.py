@@ -17,7 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import json
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 
 from batch_provider.core import genai_source
@@ -50,11 +50,16 @@ def known_model_prefixes(provider: str) -> tuple[str, ...]:
 
 
 def is_known_model(provider: Provider, model: str, prices: PriceTable | None = None) -> bool:
+    return _is_known(provider, model, prices or default_price_table())
+
+
+@lru_cache(maxsize=1024)
+def _is_known(provider: Provider, model: str, prices: PriceTable) -> bool:
     if provider not in CHECKED_PROVIDERS or opaque_model_id(provider, model):
         return True
     genai = genai_source.known_names(provider)
     listed = _listed_models(provider.value)
-    ours = (prices or default_price_table()).models(provider.value)
+    ours = prices.models(provider.value)
     return any(
         name in genai or name in listed or name in ours for name in name_candidates(provider, model)
     )

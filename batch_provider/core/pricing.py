@@ -140,6 +140,7 @@ class PriceTable:
         self._overrides: dict[tuple[str, str], PriceRow] = {(r.provider, r.model): r for r in overrides or []}
         self.at = at
         self._found: dict[tuple[str, str], PriceRow | None] = {}
+        self._windows: dict[tuple[str, str], int | None] = {}
 
     @classmethod
     def from_json(cls, data: dict[str, Any], *, source: str | None = None) -> PriceTable:
@@ -188,6 +189,12 @@ class PriceTable:
         """The model's context window from the price data, else from genai-prices' model data."""
         if not model:
             return None
+        key = (provider, model)
+        if key not in self._windows:
+            self._windows[key] = self._find_window(provider, model)
+        return self._windows[key]
+
+    def _find_window(self, provider: str, model: str) -> int | None:
         row = self.lookup(provider, model)
         if row is not None and row.context_window:
             return row.context_window
