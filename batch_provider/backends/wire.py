@@ -68,7 +68,9 @@ def check_size(custom_id: str, line: bytes, limits: ProviderLimits) -> None:
         raise RequestRejected(
             custom_id,
             "body",
-            f"encoded request is {len(line)} bytes, over the limit of {limits.max_bytes_per_request}",
+            f"encoded request is {len(line):,} bytes, over the provider's limit of "
+            f"{limits.max_bytes_per_request:,} bytes per request; shorten or split this row's text "
+            "or images",
         )
 
 

@@ -169,7 +169,7 @@ async def _collect_batch(
         )
     ids = part_ids(backend, run_dir, parts[ref.batch_id])
     counts: Counter[str] = Counter()
-    tally = CostTally(prices, ref.provider.value)
+    tally = CostTally(prices.dated(ref.created_at), ref.provider.value)  # prices of the batch's day
     keys = _cache_keys(run_dir, set(ids.rows.values())) if cache is not None else {}
     to_cache: list[tuple[str, ResultRecord]] = []
     report = ReconcileReport()

@@ -3,8 +3,9 @@
 Each input item ends, in input order, in exactly one place:
 
 - ``rejects.jsonl``: a :class:`RejectedRow` from rendering, a request the provider cannot take
-  (:func:`request_problem`: unknown model, absurd ``max_tokens``), or one the splitter refuses
-  (encoding, size, duplicate custom_id);
+  (:func:`request_problem`: unknown model, absurd ``max_tokens``; :func:`context_problem`: more
+  input tokens than the model's context window), or one the splitter refuses (encoding, size,
+  duplicate custom_id);
 - ``attempt-1/cached.jsonl``: a request answered before, its stored success relabelled with this
   run's custom_id; it is never sent;
 - a part file under ``attempt-1/requests/``, written by the splitter.
@@ -41,12 +42,14 @@ from typing import Any
 
 from batch_provider.backends.base import BatchBackend
 from batch_provider.core.cache import CACHE_BLOCK, ResultCache, relabelled
-from batch_provider.core.catalog import request_problem
+from batch_provider.core.catalog import context_problem, request_problem
+from batch_provider.core.estimate import Calibration, CostEstimator
 from batch_provider.core.ledger import LedgerAttempt, LedgerChunk
 from batch_provider.core.models import LLMRequest, RejectedRow, RequestKind
-from batch_provider.core.pricing import Calibration, CostEstimator, PriceTable
+from batch_provider.core.pricing import PriceTable
 from batch_provider.core.rundir import RunDirectory, open_replacing
 from batch_provider.core.split import DUPLICATE_ID, RequestSplitter, SeenIds
+from batch_provider.core.tokens import TokenCount, request_tokens, text_tokens
 
 __all__ = ["CACHE_BLOCK", "input_fingerprint", "intake"]
 
@@ -86,6 +89,8 @@ class _Intake:
 
     def __post_init__(self) -> None:
         self.estimator = CostEstimator(self.backend.provider.value)
+        self._tokens: dict[int, TokenCount] = {}
+        """Input tokens of the requests between the size check and the estimate, by ``id()``."""
 
     def reject(self, row: RejectedRow) -> None:
         self.rejected += 1
@@ -99,8 +104,16 @@ class _Intake:
             self.digest.update(_item_line(item))
             if isinstance(item, LLMRequest):
                 problem = request_problem(
-                    self.backend.provider, item, allow_unknown_models=self.allow_unknown_models
+                    self.backend.provider,
+                    item,
+                    allow_unknown_models=self.allow_unknown_models,
+                    prices=self.prices,
                 )
+                if problem is None:
+                    tokens = request_tokens(self.backend.provider, item)
+                    problem = context_problem(self.backend.provider, item, tokens.input, self.prices)
+                    if problem is None:
+                        self._tokens[id(item)] = tokens
                 item = problem or item
             if isinstance(item, RejectedRow):
                 self.reject(item)
@@ -126,6 +139,7 @@ class _Intake:
             custom_id = request.custom_id
             hit = hits.get(key)
             if hit is not None:
+                self._tokens.pop(id(request), None)
                 if not self.seen.add(custom_id):
                     self.reject(
                         RejectedRow(
@@ -143,16 +157,19 @@ class _Intake:
             yield request
 
     def _estimate(self, request: LLMRequest) -> None:
-        self.estimator.add(
-            request.model,
-            request.prompt_text(),
+        tokens = self._tokens.pop(id(request), None) or request_tokens(self.backend.provider, request)
+        schema = request.response_schema
+        self.estimator.add_tokens(
+            request.model or (request.native or {}).get("model"),
+            tokens,
             request.max_tokens or _native_max_tokens(request),
             embedding=request.kind is RequestKind.EMBEDDING,
+            schema_tokens=text_tokens(len(json.dumps(schema))) if schema is not None else None,
         )
 
 
 def _native_max_tokens(request: LLMRequest) -> int | None:
-    body = request.native or {}
+    body = {**(request.native or {}), **request.extra}
     for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         if isinstance(body.get(name), int):
             return body[name]

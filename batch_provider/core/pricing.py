@@ -2,13 +2,18 @@
 synchronously.
 
 Invariants:
-- Prices are data (``batch_provider/data/prices.json``), in USD per million tokens at standard
-  (synchronous) rates; batch rates are standard × ``batch_discount``. Users override or extend the
-  table with their own file without a release; their rows win.
-- A model is matched by exact id, else by the longest table id that prefixes it (snapshot ids
-  like ``gpt-6-luna-2026-09-22`` match ``gpt-6-luna``).
-- Bedrock cross-region inference-profile prefixes (``us.``, ``eu.``, ``global.`` …) are ignored.
+- Prices are in USD per million tokens at standard (synchronous) rates; batch rates are standard ×
+  ``batch_discount`` (cache reads × ``batch_cache_read_discount`` when the provider bills them
+  apart). Sources, first match wins: the user's override file (``$BATCH_PROVIDER_PRICE_TABLE`` or
+  ``prices_path``), then the bundled ``genai-prices`` data for OpenAI, Anthropic and Gemini
+  (:mod:`batch_provider.core.genai_source`, offline), then our own rows
+  (``batch_provider/data/prices.json``: Bedrock, and models genai-prices lacks).
+- A model is matched by exact name only, trying the id and then its base under the provider's
+  snapshot rule (:func:`~batch_provider.core.model_names.name_candidates`): ``gpt-6-luna-2026-09-22``
+  is ``gpt-6-luna``, ``us.anthropic.claude-haiku-4-5-20251001-v1:0`` is
+  ``anthropic.claude-haiku-4-5``; ``gpt-4o-mnii`` is nothing.
 - An unknown model has an unknown cost (``None``), never a guessed one.
+- Every :class:`Cost` names the source (and version) of each price it used, by model.
 - ``Usage.input_tokens`` excludes cache reads and writes, which are priced on their own.
 """
 
@@ -16,17 +21,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
+from datetime import datetime
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from batch_provider.core.models import Usage
+from batch_provider.core import genai_source
+from batch_provider.core.model_names import name_candidates
+from batch_provider.core.models import Provider, Usage
 
 MILLION = 1_000_000
-_INFERENCE_PROFILE = re.compile(r"^(?:us|eu|apac|us-gov|global|jp|au|ca)\.(?=[a-z0-9-]+\.)")
 
 
 class LongContextTier(BaseModel):
@@ -45,7 +51,11 @@ class PriceRow(BaseModel):
     cache_write_multiplier: float = 1.0
     cache_write: float | None = None
     batch_discount: float = 0.5
+    batch_cache_read_discount: float | None = None
+    """Batch price of a cache read ÷ its standard price, when not ``batch_discount``."""
     long_context: LongContextTier | None = None
+    context_window: int | None = None
+    """Most input tokens one request may carry, when known."""
     effective_from: str | None = None
     source: str | None = None
 
@@ -69,13 +79,20 @@ class PriceRow(BaseModel):
     def priced(self, usage: Usage, *, long: bool) -> Cost:
         """Cost of ``usage`` at this row's standard and batch prices, at the given tier."""
         input_rate, output_rate, read_rate, write_rate = self._rates(long)
-        standard = (
+        uncached = (
             usage.input_tokens * input_rate
             + usage.output_tokens * output_rate
-            + usage.cache_read_tokens * read_rate
             + usage.cache_write_tokens * write_rate
         ) / MILLION
-        return Cost(batch_usd=standard * self.batch_discount, standard_usd=standard)
+        reads = usage.cache_read_tokens * read_rate / MILLION
+        read_discount = self.batch_cache_read_discount
+        if read_discount is None:
+            read_discount = self.batch_discount
+        return Cost(
+            batch_usd=uncached * self.batch_discount + reads * read_discount,
+            standard_usd=uncached + reads,
+            price_sources={self.model: self.source or "batch_provider price table"},
+        )
 
 
 class Cost(BaseModel):
@@ -86,6 +103,8 @@ class Cost(BaseModel):
     unpriced_tokens: int = 0
     """Tokens of models the table does not know: not included in the dollar figures."""
     unpriced_models: list[str] = Field(default_factory=list)
+    price_sources: dict[str, str] = Field(default_factory=dict)
+    """Priced model name → where its price came from (``genai-prices 0.2.3``, a file …)."""
 
     @property
     def savings_usd(self) -> float:
@@ -97,6 +116,7 @@ class Cost(BaseModel):
             standard_usd=self.standard_usd + other.standard_usd,
             unpriced_tokens=self.unpriced_tokens + other.unpriced_tokens,
             unpriced_models=sorted(set(self.unpriced_models) | set(other.unpriced_models)),
+            price_sources={**self.price_sources, **other.price_sources},
         )
 
     def summary(self) -> dict[str, Any]:
@@ -106,35 +126,83 @@ class Cost(BaseModel):
             "savings_usd": round(self.savings_usd, 6),
             "unpriced_tokens": self.unpriced_tokens,
             "unpriced_models": self.unpriced_models,
+            "price_sources": self.price_sources,
         }
 
 
 class PriceTable:
-    def __init__(self, rows: list[PriceRow]):
+    """Our rows, the user's overrides (which win) and genai-prices in between, read for a date."""
+
+    def __init__(
+        self, rows: list[PriceRow], *, overrides: list[PriceRow] | None = None, at: datetime | None = None
+    ):
         self._rows: dict[tuple[str, str], PriceRow] = {(r.provider, r.model): r for r in rows}
+        self._overrides: dict[tuple[str, str], PriceRow] = {(r.provider, r.model): r for r in overrides or []}
+        self.at = at
+        self._found: dict[tuple[str, str], PriceRow | None] = {}
+        self._windows: dict[tuple[str, str], int | None] = {}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PriceTable:
-        return cls([PriceRow.model_validate(row) for row in data["rows"]])
+    def from_json(cls, data: dict[str, Any], *, source: str | None = None) -> PriceTable:
+        rows = [PriceRow.model_validate(row) for row in data["rows"]]
+        if source is not None:
+            rows = [
+                row.model_copy(update={"source": f"{source}: {row.source}" if row.source else source})
+                for row in rows
+            ]
+        return cls(rows)
 
     def with_overrides(self, other: PriceTable) -> PriceTable:
-        merged = dict(self._rows)
-        merged.update(other._rows)
-        return PriceTable(list(merged.values()))
+        """This table with every row of ``other`` winning over all other sources."""
+        overrides = {**self._overrides, **other._rows, **other._overrides}
+        return PriceTable(list(self._rows.values()), overrides=list(overrides.values()), at=self.at)
+
+    def dated(self, at: datetime | None) -> PriceTable:
+        """The same table read for prices in force at ``at`` (default: now)."""
+        return PriceTable(list(self._rows.values()), overrides=list(self._overrides.values()), at=at)
 
     def models(self, provider: str) -> list[str]:
-        return [model for (p, model) in self._rows if p == provider]
+        """Model names of our rows and the overrides (genai-prices names are in the catalog)."""
+        return [model for (p, model) in (*self._rows, *self._overrides) if p == provider]
 
     def lookup(self, provider: str, model: str | None) -> PriceRow | None:
         if not model:
             return None
-        if provider == "bedrock":
-            model = _INFERENCE_PROFILE.sub("", model)
-        exact = self._rows.get((provider, model))
-        if exact is not None:
-            return exact
-        matches = [row for (p, m), row in self._rows.items() if p == provider and model.startswith(m)]
-        return max(matches, key=lambda row: len(row.model), default=None)
+        key = (provider, model)
+        if key not in self._found:
+            self._found[key] = self._find(Provider(provider), model)
+        return self._found[key]
+
+    def _find(self, provider: Provider, model: str) -> PriceRow | None:
+        candidates = name_candidates(provider, model)
+        for layer in (self._overrides, None, self._rows):
+            for name in candidates:
+                if layer is None:
+                    fields = genai_source.row_fields(provider, name, self.at)
+                    if fields is not None:
+                        return PriceRow.model_validate(fields)
+                elif (row := layer.get((provider.value, name))) is not None:
+                    return row
+        return None
+
+    def context_window(self, provider: str, model: str | None) -> int | None:
+        """The model's context window from the price data, else from genai-prices' model data."""
+        if not model:
+            return None
+        key = (provider, model)
+        if key not in self._windows:
+            self._windows[key] = self._find_window(provider, model)
+        return self._windows[key]
+
+    def _find_window(self, provider: str, model: str) -> int | None:
+        row = self.lookup(provider, model)
+        if row is not None and row.context_window:
+            return row.context_window
+        for name in name_candidates(provider, model):
+            window = genai_source.context_window(Provider(provider), name)
+            if window:
+                return window
+        return None
 
     def cost(self, provider: str, model: str | None, usage: Usage) -> Cost:
         """Cost of one request's usage (its size picks the long-context tier)."""
@@ -208,7 +276,7 @@ PRICE_TABLE_ENV = "BATCH_PROVIDER_PRICE_TABLE"
 @cache
 def _packaged_table() -> PriceTable:
     text = resources.files("batch_provider.data").joinpath("prices.json").read_text()
-    return PriceTable.from_json(json.loads(text))
+    return PriceTable.from_json(json.loads(text), source="batch_provider prices.json")
 
 
 @cache
@@ -216,7 +284,7 @@ def _table_with_overrides(path: str) -> PriceTable:
     import fsspec
 
     with fsspec.open(path, "rb") as fh:
-        return _packaged_table().with_overrides(PriceTable.from_json(json.loads(fh.read())))
+        return _packaged_table().with_overrides(PriceTable.from_json(json.loads(fh.read()), source=path))
 
 
 def default_price_table() -> PriceTable:
@@ -231,116 +299,13 @@ def load_price_table(override_path: Any | None = None) -> PriceTable:
     if override_path is None:
         return table
     with override_path.open("rb") as fh:
-        return table.with_overrides(PriceTable.from_json(json.loads(fh.read())))
+        return table.with_overrides(PriceTable.from_json(json.loads(fh.read()), source=str(override_path)))
 
 
-DEFAULT_OUTPUT_CEILING = 4096
-DEFAULT_EXPECTED_OUTPUT_RATIO = 0.5
-"""Without history, a request is expected to use half of its max_tokens."""
+def __getattr__(name: str) -> Any:
+    """The estimator lived here; its names still import from this module."""
+    from batch_provider.core import estimate
 
-
-def estimate_input_tokens(text: str) -> int:
-    """About four characters a token: the rule of thumb for English text with BPE tokenizers."""
-    return max(1, -(-len(text) // 4))
-
-
-class ModelHistory(BaseModel):
-    requests: int = 0
-    output_tokens: int = 0
-
-    @property
-    def mean_output(self) -> float | None:
-        return self.output_tokens / self.requests if self.requests else None
-
-
-class Calibration(BaseModel):
-    """Output tokens per succeeded request, by provider and model, from earlier collected runs."""
-
-    models: dict[str, ModelHistory] = Field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: Any) -> Calibration:
-        try:
-            with path.open("rb") as fh:
-                return cls.model_validate_json(fh.read())
-        except (OSError, ValueError):
-            return cls()
-
-    def save(self, path: Any) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as fh:
-            fh.write(self.model_dump_json().encode())
-
-    def record(self, provider: str, model: str, succeeded: int, output_tokens: int) -> None:
-        entry = self.models.setdefault(f"{provider}/{model}", ModelHistory())
-        entry.requests += succeeded
-        entry.output_tokens += output_tokens
-
-    def mean_output(self, provider: str, model: str) -> float | None:
-        entry = self.models.get(f"{provider}/{model}")
-        return entry.mean_output if entry else None
-
-
-class ModelEstimate(BaseModel):
-    requests: int = 0
-    input_tokens: int = 0
-    output_tokens_ceiling: int = 0
-    output_tokens_expected: int = 0
-    basis: str = "default"
-    """``history`` when the expected output comes from earlier runs, else ``default``."""
-
-
-class CostEstimate(BaseModel):
-    """What a run should cost before anything is sent: expected, and the ceiling if every request
-    used its whole max_tokens. Unknown models add tokens but no dollars."""
-
-    models: dict[str, ModelEstimate] = Field(default_factory=dict)
-    expected: Cost = Field(default_factory=Cost)
-    ceiling: Cost = Field(default_factory=Cost)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "expected": self.expected.summary(),
-            "ceiling": self.ceiling.summary(),
-            "models": {name: m.model_dump() for name, m in self.models.items()},
-        }
-
-
-class CostEstimator:
-    """Accumulates per-model token estimates request by request, in constant memory."""
-
-    def __init__(self, provider: str):
-        self.provider = provider
-        self._models: dict[str, ModelEstimate] = {}
-
-    def add(self, model: str | None, prompt_text: str, max_tokens: int | None, *, embedding: bool) -> None:
-        entry = self._models.setdefault(model or "(none)", ModelEstimate())
-        entry.requests += 1
-        entry.input_tokens += estimate_input_tokens(prompt_text)
-        entry.output_tokens_ceiling += 0 if embedding else (max_tokens or DEFAULT_OUTPUT_CEILING)
-
-    def finish(self, prices: PriceTable, calibration: Calibration | None = None) -> CostEstimate:
-        estimate = CostEstimate()
-        for model, entry in self._models.items():
-            mean = calibration.mean_output(self.provider, model) if calibration else None
-            if mean is not None:
-                expected = min(entry.output_tokens_ceiling, round(mean * entry.requests))
-                entry.basis = "history"
-            else:
-                expected = round(entry.output_tokens_ceiling * DEFAULT_EXPECTED_OUTPUT_RATIO)
-            entry.output_tokens_expected = expected
-            estimate.models[model] = entry
-            # Priced per model in aggregate: the long-context tier is applied to the mean request.
-            mean_input = entry.input_tokens // max(1, entry.requests)
-            row = prices.lookup(self.provider, model)
-            if row is None:
-                unpriced = Cost(unpriced_tokens=entry.input_tokens + expected, unpriced_models=[model])
-                estimate.expected = estimate.expected + unpriced
-                estimate.ceiling = estimate.ceiling + unpriced
-                continue
-            input_rate, output_rate, _, _ = row.rates(mean_input)
-            for name, output in (("expected", expected), ("ceiling", entry.output_tokens_ceiling)):
-                standard = (entry.input_tokens * input_rate + output * output_rate) / MILLION
-                cost = Cost(batch_usd=standard * row.batch_discount, standard_usd=standard)
-                setattr(estimate, name, getattr(estimate, name) + cost)
-        return estimate
+    if name in estimate.__all__:
+        return getattr(estimate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,7 +22,9 @@ Invariants:
 - A chunk whose batch is in the ledger is never submitted again, and a batch already claimed by a
   chunk is never matched to another one.
 - The budget is checked before the run's first create call only: once a chunk has an intent, its
-  batch may exist, and refusing then would leave the run half submitted.
+  batch may exist, and refusing then would leave the run half submitted. With ``max_cost_usd``
+  set, a model without a price fails the check (its cost is unknown, so the cap cannot hold);
+  without a cap, unpriced models are warned about before sending.
 - ``on_created`` is called once per batch actually created, never for one re-attached.
 """
 
@@ -74,16 +76,39 @@ __all__ = [
 
 
 class BudgetExceededError(RuntimeError):
-    """The run's estimated cost is over ``max_cost_usd``; no batch was created."""
+    """The run's estimated cost is over ``max_cost_usd``, or unknown (a model without a price);
+    no batch was created."""
+
+
+HOW_TO_PRICE = (
+    "Give it a price in a JSON file of rows like {\"rows\": [{\"provider\": ..., \"model\": ..., "
+    "\"input\": <USD per 1M tokens>, \"output\": <USD per 1M tokens>}]} named by "
+    "$BATCH_PROVIDER_PRICE_TABLE (see README, Cost), or check the model name."
+)
 
 
 def _check_budget(run_dir: RunDirectory, attempt: LedgerAttempt, max_cost_usd: float | None) -> None:
     """Refuse to create any batch when the estimate's ceiling is over ``max_cost_usd``."""
-    if max_cost_usd is None or attempt.estimate is None:
+    if attempt.estimate is None:
+        return
+    unpriced = attempt.estimate["ceiling"].get("unpriced_models") or []
+    if unpriced and max_cost_usd is None:
+        log.warning(
+            "No price for %s: the cost of those requests is unknown and left out of every figure. %s",
+            ", ".join(unpriced),
+            HOW_TO_PRICE,
+        )
+    if max_cost_usd is None:
         return
     if any(chunk.intent_at is not None for chunk in attempt.chunks):
         log.warning("Budget not re-checked: batches of %s were already being created", run_dir)
         return
+    if unpriced:
+        raise BudgetExceededError(
+            f"max_cost_usd=${max_cost_usd:.4f} is set but there is no price for "
+            f"{', '.join(repr(m) for m in unpriced)}, so the cost cannot be bounded; nothing was sent. "
+            f"{HOW_TO_PRICE}"
+        )
     ceiling = attempt.estimate["ceiling"]["batch_usd"]
     expected = attempt.estimate["expected"]["batch_usd"]
     if ceiling > max_cost_usd:

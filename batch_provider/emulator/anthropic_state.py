@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from . import anthropic_outputs
+from . import anthropic_outputs, models
 from .anthropic_outputs import ERROR_TYPES
 from .errors import ApiError, not_found
 from .faults import BatchFaults, directive_id, item_error_code, parse_custom_id
@@ -189,7 +189,10 @@ class AnthropicBatches(BatchRegistry[AnthropicBatch]):
                     plan.faults = plan.faults.merged(tokens)
                 problem = anthropic_outputs.params_problem(obj["params"])
                 code = item_error_code(cfg.seed, cid, plan.faults, explicit)
-                if problem is not None:
+                model = obj["params"].get("model")
+                if problem is None and not models.serves(cfg, "anthropic", model):
+                    plan.fail[idx] = ("not_found_error", f"model: {model}")
+                elif problem is not None:
                     plan.fail[idx] = ("invalid_request_error", problem)
                 elif code is not None:
                     plan.injected[f"item_{code}"] += 1

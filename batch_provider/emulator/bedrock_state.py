@@ -36,7 +36,7 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import bedrock_create, bedrock_outputs, registry
+from . import bedrock_create, bedrock_outputs, models, registry
 from .bedrock_s3 import S3_ENDPOINT_ENV, S3Access
 from .bedrock_wire import BedrockError, iso, validation
 from .faults import BatchFaults
@@ -201,6 +201,8 @@ class BedrockJobs(BatchRegistry[BedrockJob]):
 
     def _new_job(self, body: dict[str, Any]) -> BedrockJob:
         req = bedrock_create.check_create(body, self.cfg.expire_done_fraction)
+        if not models.serves(self.cfg, "bedrock", req.model_id):
+            raise validation(models.BEDROCK_MESSAGE)
         seq = self.next_seq()
         job_id = "".join(random.SystemRandom().choice(_ID_ALPHABET) for _ in range(12))
         s = self.settings

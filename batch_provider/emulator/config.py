@@ -63,6 +63,8 @@ class EmulatorConfig:
     over, reporting ``finalizing`` until both are written (false: write them on their first read)."""
     embedding_dim: int = 1536
     organization: str = "org-emulator"
+    known_models: list[str] = field(default_factory=lambda: ["catalog"])
+    """Model ids served (see models.py): ``catalog``, ``*`` (any), or exact ids; others are refused."""
 
     # --- server-wide faults (see faults.py for the grammar) ---
     fault_rate: float = 0.0

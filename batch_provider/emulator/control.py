@@ -104,6 +104,18 @@ async def config(request: Request) -> Response:
     return JSONResponse(_store(request).config.public())
 
 
+async def known_models(request: Request) -> Response:
+    """``GET``: the model ids served (see models.py); ``POST {"known_models": [...]}``: set them."""
+    store = _store(request)
+    if request.method == "POST":
+        body = await _json(request)
+        entries = body.get("known_models") if isinstance(body, dict) else None
+        if not isinstance(entries, list) or not all(isinstance(e, str) and e for e in entries):
+            return _bad("expected {\"known_models\": [\"catalog\" | \"*\" | <model id>, ...]}")
+        store.config.known_models = list(entries)
+    return JSONResponse({"known_models": store.config.known_models})
+
+
 async def synthetic(request: Request) -> Response:
     store = _store(request)
     try:
@@ -168,5 +180,6 @@ ROUTES = [
     Route("/_emu/stats", stats, methods=["GET"]),
     Route("/_emu/reset", reset, methods=["POST"]),
     Route("/_emu/config", config, methods=["GET"]),
+    Route("/_emu/models", known_models, methods=["GET", "POST"]),
     Route("/_emu/synthetic", synthetic, methods=["POST"]),
 ]

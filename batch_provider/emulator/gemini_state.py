@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import gemini_input, gemini_outputs, registry
+from . import gemini_input, gemini_outputs, models, registry
 from .anthropic_state import rfc3339
 from .faults import BatchFaults
 from .gemini_files import GeminiError, GeminiFiles, invalid, new_name, not_found
@@ -147,6 +147,8 @@ class GeminiBatches(BatchRegistry[GeminiBatch]):
 
     async def create(self, model: str, body: Any) -> GeminiBatch:
         req = gemini_input.check_create(body, self.settings.display_name_max, self.cfg.expire_done_fraction)
+        if not models.serves(self.cfg, "gemini", model):
+            raise not_found(models.gemini_message(model))
         seq = self.next_seq()
         rec = GeminiBatch(
             id=new_name(24),

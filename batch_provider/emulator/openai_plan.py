@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from . import outputs
+from . import models, outputs
 from .config import EmulatorConfig
 from .faults import BatchFaults, directive_id, item_error_code, parse_custom_id
 from .openai_outputs import ITEM_ERRORS, SYNTHETIC_MODEL, synthetic_tokens
@@ -99,6 +99,9 @@ def build_plan(
             model = body.get("model")
             if plan.model is None:
                 plan.model = model
+                if not models.serves(cfg, "openai", model):
+                    message = models.openai_message(str(model))
+                    plan.errors.append(_err("model_not_found", message, param="body.model", line=lineno))
             elif model != plan.model and len(plan.errors) < MAX_ERRORS:
                 plan.errors.append(
                     _err(

@@ -64,6 +64,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="set any config field (see config.py), e.g. --set openai_max_requests=10",
     )
+    p.add_argument(
+        "--known-models",
+        default=",".join(d.known_models),
+        help="model ids served, comma-separated: 'catalog' (the package's known models), '*' (any) "
+        "or exact ids; requests for others are refused as the real service does",
+    )
     p.add_argument("--with-s3", action="store_true", help="start moto's S3 on loopback for Bedrock jobs")
     p.add_argument("--log-level", default=d.log_level)
     p.add_argument("--access-log", action="store_true")
@@ -90,6 +96,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         faults_json=args.faults_json,
         log_level=args.log_level,
         access_log=args.access_log,
+        known_models=[m.strip() for m in args.known_models.split(",") if m.strip()],
     )
     cfg.apply_overrides(args.set)
     if getattr(args, "with_s3", False):

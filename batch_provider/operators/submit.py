@@ -117,13 +117,14 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
     :param max_requests_per_batch: lower the provider's per-batch request limit.
     :param max_bytes_per_batch: lower the provider's per-batch byte limit.
     :param max_cost_usd: refuse to create any batch when the estimated ceiling (every request
-        using its whole ``max_tokens``) is over this many dollars; the task fails without retry.
+        using its whole ``max_tokens``) is over this many dollars, or when a model has no price;
+        the task fails without retry.
     :param cache_path: result cache location; default ``<run_path>/_cache``. Requests answered
         before (same provider, model, prompt and options) are served from it and not paid again.
     :param use_cache: ``False`` turns the result cache off for this task.
     :param cache_ttl: cache entries older than this (seconds or timedelta) are misses.
-    :param allow_unknown_models: send requests for OpenAI/Anthropic models this package does not
-        know (a model newer than its price table) instead of rejecting them.
+    :param allow_unknown_models: send requests for OpenAI, Anthropic, Gemini or Bedrock models
+        this package does not know (a model newer than its model data) instead of rejecting them.
     """
 
     template_fields: Sequence[str] = (

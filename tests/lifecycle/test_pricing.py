@@ -25,7 +25,8 @@ def test_anthropic_cache_multipliers_and_long_context_tier() -> None:
     table = default_price_table()
     usage = Usage(input_tokens=1_000, output_tokens=100, cache_read_tokens=2_000, cache_write_tokens=500)
     cost = table.cost("anthropic", "claude-sonnet-5-5", usage)
-    standard = (1_000 * 2 + 100 * 10 + 2_000 * 2 * 0.1 + 500 * 2 * 1.25) / 1e6
+    # genai-prices 0.2.3: $2 input, $10 output, $0.10 cache read, $2.50 cache write per 1M tokens.
+    standard = (1_000 * 2 + 100 * 10 + 2_000 * 0.10 + 500 * 2.50) / 1e6
     assert cost.standard_usd == pytest.approx(standard)
     long = table.cost("anthropic", "claude-haiku-5-5", Usage(input_tokens=150_000, output_tokens=1_000))
     assert long.standard_usd == pytest.approx((150_000 * 0.5 + 1_000 * 2.5) / 1e6)
