@@ -89,5 +89,5 @@ TESTS=(
   "tests/airflow/test_example_dags.py::test_nightly_ticket_enrichment_and_report"
   tests/airflow/test_decorator.py
 )
-(cd "$WORK/src" && "$VPY" -m pytest -q -p no:cacheprovider "${TESTS[@]}")
+(cd "$WORK/src" && BATCH_PROVIDER_WHEEL=$WHEEL "$VPY" -m pytest -q -p no:cacheprovider "${TESTS[@]}")
 echo "== Python $VERSION passed in $((SECONDS - start)) s"

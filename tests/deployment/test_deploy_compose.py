@@ -145,7 +145,8 @@ def test_dockerfile_installs_the_provider_into_the_airflow_image():
     assert base and base.group(1) == AIRFLOW_IMAGE
     python = re.search(r"^ARG PYTHON_VERSION=(\S+)", text, re.M)
     assert python and python.start() < base.start()  # an ARG is usable only after its declaration
-    supported = re.findall(r"Programming Language :: Python :: (3\.\d+)", (REPO / "pyproject.toml").read_text())
+    pyproject = (REPO / "pyproject.toml").read_text()
+    supported = re.findall(r"Programming Language :: Python :: (3\.\d+)", pyproject)
     assert python.group(1) in supported, (python.group(1), supported)
     assert re.search(r"^FROM \$\{AIRFLOW_IMAGE\}", text, re.M)
     install = re.search(r"^RUN pip install .*$", text, re.M)
