@@ -1,5 +1,8 @@
 # The Airflow image with this provider installed. Built by docker-compose.yaml (`docker compose build`).
-ARG AIRFLOW_IMAGE=apache/airflow:3.3.2-python3.11
+# PYTHON_VERSION picks the image's Python (3.11, 3.12 or 3.13):
+#   docker compose build --build-arg PYTHON_VERSION=3.12
+ARG PYTHON_VERSION=3.11
+ARG AIRFLOW_IMAGE=apache/airflow:3.3.2-python${PYTHON_VERSION}
 FROM ${AIRFLOW_IMAGE}
 
 # Install as the airflow user and pin apache-airflow to the image's version, as the image's docs

@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 UV      = $(VENV)/bin/uv
 
-.PHONY: install demo test lint emulator
+.PHONY: install demo test lint emulator check-pythons
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ test: install
 	scripts/system-deps.sh
 	$(VENV)/bin/ruff check batch_provider dags tests bench scripts
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+## On each other supported Python: a clean venv installs the built wheel, imports the provider,
+## runs the unit tests and example DAGs against the emulator (scripts/check-python.sh).
+OTHER_PYTHONS ?= 3.12 3.13
+check-pythons: install
+	rm -rf dist
+	$(UV) build --wheel --quiet -o dist
+	for v in $(OTHER_PYTHONS); do UV=$(UV) scripts/check-python.sh $$v dist/*.whl || exit 1; done
 
 ## Start the emulator in the foreground on 127.0.0.1:8787.
 emulator: install

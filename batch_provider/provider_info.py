@@ -132,4 +132,7 @@ PROVIDER_INFO: dict = {
     "extra-links": [
         "batch_provider.links.batch.BatchLink",
     ],
+    "task-decorators": [
+        {"name": "batch_llm", "class-name": "batch_provider.decorators.batch_llm.batch_llm_task"},
+    ],
 }

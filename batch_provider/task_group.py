@@ -53,6 +53,7 @@ def llm_batch_group(
     use_cache: bool = True,
     cache_ttl: timedelta | float | None = None,
     task_docs: Mapping[str, str] | None = None,
+    submit_operator_class: type[SubmitBatchOperator] = SubmitBatchOperator,
     **submit_kwargs: Any,
 ) -> TaskGroup:
     """Build the group ``group_id`` with tasks ``submit``, ``wait``, ``collect`` and ``retry``.
@@ -68,6 +69,8 @@ def llm_batch_group(
     successes stored in the same place.
     ``task_docs``: ``doc_md`` per task id (``submit``, ``wait``, ``collect``, ``retry``),
     replacing the defaults in :data:`TASK_DOCS`.
+    ``submit_operator_class``: the submit task's class, a :class:`SubmitBatchOperator` subclass
+    (``@task.batch_llm`` passes one that takes its rows from the decorated function).
     """
     docs = {**TASK_DOCS, **(task_docs or {})}
     cache = {
@@ -77,7 +80,7 @@ def llm_batch_group(
         "cache_ttl": cache_ttl,
     }
     with TaskGroup(group_id, tooltip=tooltip or f"LLM batch run ({provider or 'from connection'})") as group:
-        submit = SubmitBatchOperator(
+        submit = submit_operator_class(
             task_id="submit",
             provider=provider,
             conn_id=conn_id,

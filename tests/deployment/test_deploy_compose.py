@@ -20,7 +20,7 @@ from conftest import REPO, require_binary
 from batch_provider.provider_info import PROVIDER_INFO
 
 COMPOSE = REPO / "docker-compose.yaml"
-AIRFLOW_IMAGE = "apache/airflow:3.3.2-python3.11"
+AIRFLOW_IMAGE = "apache/airflow:3.3.2-python${PYTHON_VERSION}"
 
 
 def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -143,6 +143,11 @@ def test_dockerfile_installs_the_provider_into_the_airflow_image():
     text = (REPO / "Dockerfile").read_text()
     base = re.search(r"^ARG AIRFLOW_IMAGE=(\S+)", text, re.M)
     assert base and base.group(1) == AIRFLOW_IMAGE
+    python = re.search(r"^ARG PYTHON_VERSION=(\S+)", text, re.M)
+    assert python and python.start() < base.start()  # an ARG is usable only after its declaration
+    pyproject = (REPO / "pyproject.toml").read_text()
+    supported = re.findall(r"Programming Language :: Python :: (3\.\d+)", pyproject)
+    assert python.group(1) in supported, (python.group(1), supported)
     assert re.search(r"^FROM \$\{AIRFLOW_IMAGE\}", text, re.M)
     install = re.search(r"^RUN pip install .*$", text, re.M)
     assert install and '"apache-airflow==${AIRFLOW_VERSION}"' in install.group(0)
