@@ -68,6 +68,10 @@ def llm_batch_group(
     successes stored in the same place.
     ``task_docs``: ``doc_md`` per task id (``submit``, ``wait``, ``collect``, ``retry``),
     replacing the defaults in :data:`TASK_DOCS`.
+
+    Inside a mapped task group (``@task_group`` ... ``.expand(input_path=[...])``) every map index
+    is a run of its own: its own run folder (``<group>.map-N``), batches, retries and final
+    manifest; ``wait``, ``collect`` and ``retry`` use the handle of their own map index.
     """
     docs = {**TASK_DOCS, **(task_docs or {})}
     cache = {
