@@ -71,6 +71,10 @@ def llm_batch_group(
     replacing the defaults in :data:`TASK_DOCS`.
     ``submit_operator_class``: the submit task's class, a :class:`SubmitBatchOperator` subclass
     (``@task.batch_llm`` passes one that takes its rows from the decorated function).
+
+    Inside a mapped task group (``@task_group`` ... ``.expand(input_path=[...])``) every map index
+    is a run of its own: its own run folder (``<group>.map-N``), batches, retries and final
+    manifest; ``wait``, ``collect`` and ``retry`` use the handle of their own map index.
     """
     docs = {**TASK_DOCS, **(task_docs or {})}
     cache = {

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from . import anthropic_outputs, models
 from .anthropic_outputs import ERROR_TYPES
 from .errors import ApiError, not_found
-from .faults import BatchFaults, directive_id, item_error_code, parse_custom_id
+from .faults import BatchFaults, directive_id, parse_custom_id
 from .registry import BatchRegistry
 from .store import new_id
 
@@ -177,6 +177,7 @@ class AnthropicBatches(BatchRegistry[AnthropicBatch]):
     def _build_plan(self, rec: AnthropicBatch) -> Plan:
         cfg = self.cfg
         plan = Plan(faults=BatchFaults.from_json(rec.faults))
+        item_code = self.store.item_codes("anthropic", rec.seq)
         with self.input_path(rec.id).open("rb") as fh:
             for raw in fh:
                 idx = plan.n
@@ -188,7 +189,7 @@ class AnthropicBatches(BatchRegistry[AnthropicBatch]):
                 if idx == 0:
                     plan.faults = plan.faults.merged(tokens)
                 problem = anthropic_outputs.params_problem(obj["params"])
-                code = item_error_code(cfg.seed, cid, plan.faults, explicit)
+                code = item_code(cid, plan.faults, explicit, obj["params"])
                 model = obj["params"].get("model")
                 if problem is None and not models.serves(cfg, "anthropic", model):
                     plan.fail[idx] = ("not_found_error", f"model: {model}")

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import outputs
-from .faults import BatchFaults, directive_id, item_error_code, parse_custom_id
+from .faults import BatchFaults, directive_id, parse_custom_id
+from .resends import ItemCode, first_sightings
 
 if TYPE_CHECKING:
     from .bedrock_state import BedrockJob
@@ -167,16 +168,20 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-def error_codes(job: BedrockJob, records: list[dict[str, Any]], seed: int) -> list[int | None]:
+def error_codes(
+    job: BedrockJob, records: list[dict[str, Any]], seed: int, item_code: ItemCode | None = None
+) -> list[int | None]:
     """The error code each record ends with, in input order: an injected fault (``emu_faults`` or
-    its ``recordId``), else 400 when :func:`record_problem` refuses its ``modelInput``, else None."""
+    its ``recordId``; decided by ``item_code``, default as if sent for the first time), else 400
+    when :func:`record_problem` refuses its ``modelInput``, else None."""
     faults = BatchFaults.from_json(job.faults)
+    pick_code = item_code or first_sightings(seed)
     kind = family(job.model_id, job.invocation_type)
     codes: list[int | None] = []
     for record in records:
         record_id = str(record.get("recordId"))
         explicit, _ = parse_custom_id(directive_id(record_id, record.get("modelInput")))
-        code = item_error_code(seed, record_id, faults, explicit)
+        code = pick_code(record_id, faults, explicit, record.get("modelInput"))
         if code is None and record_problem(kind, record.get("modelInput")):
             code = 400
         codes.append(code)

@@ -300,7 +300,9 @@ class BedrockJobs(BatchRegistry[BedrockJob]):
         cached = self._codes.get(job.job_id)
         if cached is None:
             records = bedrock_outputs.read_records(self.input_path(job.job_id))
-            cached = self._codes[job.job_id] = bedrock_outputs.error_codes(job, records, self.cfg.seed)
+            item_code = self.store.item_codes("bedrock", job.seq)
+            cached = bedrock_outputs.error_codes(job, records, self.cfg.seed, item_code)
+            self._codes[job.job_id] = cached
         return cached
 
     def _errors(self, job: BedrockJob, done: int) -> int:

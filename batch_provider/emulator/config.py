@@ -71,6 +71,8 @@ class EmulatorConfig:
     fault_kinds: list[str] = field(default_factory=lambda: ["429", "500", "503", "529", "drop"])
     retry_after: float = 1.0
     batch_faults: str = ""
+    item_recovery: float = 0.8
+    """Chance that a request sent again after a transient item error (429/5xx) succeeds."""
     faults_json: str | None = None
 
     # --- serving ---

@@ -72,6 +72,11 @@ async def advance(request: Request) -> Response:
     return JSONResponse({"now": now, "iso": rfc3339(now), "advanced": seconds})
 
 
+def _cli_recovery(store: Any) -> dict[str, Any]:
+    """``item_recovery`` keeps its CLI value when a new setting leaves it out."""
+    return {"item_recovery": store.config.item_recovery}
+
+
 async def faults(request: Request) -> Response:
     store = _store(request)
     if request.method == "POST":
@@ -79,11 +84,11 @@ async def faults(request: Request) -> Response:
             spec = await _json(request)
             if not isinstance(spec, dict):
                 raise FaultSyntaxError("expected a JSON object")
-            store.faults.set(spec)
+            store.faults.set(spec, defaults=_cli_recovery(store))
         except (ValueError, KeyError, TypeError) as exc:
             return _bad(f"bad fault settings: {exc}")
     elif request.method == "DELETE":
-        store.faults.set({})
+        store.faults.set({}, defaults=_cli_recovery(store))
     return JSONResponse(store.faults.to_json())
 
 

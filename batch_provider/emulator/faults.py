@@ -42,13 +42,24 @@ Three levels, all deterministic for a given ``--seed`` (and, for the random rate
         "fault_routes": ["*"],                   # globs over "METHOD /path" eligible for random faults
         "retry_after": 1,                        # seconds, for 429s
         "rules": [{"match": "POST /v1/batches", "kind": "429", "times": 2, "retry_after": 1}],
-        "batch_faults": "item_errors=0.1,shuffle"}   # applied to every new batch of both providers
+        "batch_faults": "item_errors=0.1,shuffle",   # applied to every new batch of both providers
+        "item_recovery": 0.8}                    # chance a resubmitted transient item error succeeds
 
    HTTP fault kinds: ``429`` (retry-after), ``429_long`` (retry-after 300 s, above the SDKs' 120 s
    cap), ``quota`` (OpenAI 429 insufficient_quota / Anthropic spend-cap 429, both without
    retry-after), ``500``, ``502``, ``503``, ``504``, ``529`` (Anthropic overloaded_error; 503 on
    OpenAI routes), ``drop`` (the request takes effect, then the response is cut mid-body),
    ``reset`` (connection dropped before the request is processed).
+
+**Transient item errors.** Item errors 429, 500, 503, 504 and 529 are transient, as real ones
+are: a request sent again after one (its content, the request without its id, equal to a request
+of an earlier batch that met a transient error; the custom_id may differ) escapes the transient
+error it is given with probability ``item_recovery`` (default 0.8, CLI ``--item-recovery``). The
+draw is deterministic in (seed, content, how many earlier batches gave that content a transient
+error, custom_id); that history is kept with the emulator's state (:mod:`.resends`) and emptied
+by ``POST /_emu/reset``. 400 and 422 item errors are permanent: a request given one gets it on
+every sending. ``item_recovery: 0`` makes transient errors stick (each sending draws as if it
+were the first). Identical requests of unrelated batches count as resubmissions too.
 """
 
 from __future__ import annotations
@@ -62,6 +73,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ITEM_CODES = (400, 422, 429, 500, 503, 504, 529)
+TRANSIENT_ITEM_CODES = frozenset({429, 500, 503, 504, 529})
+"""Item errors a resubmission can recover from; 400 and 422 stay whatever is sent again."""
+DEFAULT_ITEM_RECOVERY = 0.8
 DEFAULT_ITEM_CODES = (400, 429, 500)
 HTTP_KINDS = ("429", "429_long", "quota", "500", "502", "503", "504", "529", "drop", "reset")
 _ITEM_TOKEN = re.compile(r"^fail(\d{3})?$")
@@ -206,8 +220,32 @@ def unit_hash(seed: int, *parts: str) -> int:
     return int.from_bytes(h.digest(), "big")
 
 
-def item_error_code(seed: int, custom_id: str, faults: BatchFaults, explicit: int | None) -> int | None:
-    """The injected error status for one request, or None. Deterministic in (seed, custom_id)."""
+def item_error_code(
+    seed: int,
+    custom_id: str,
+    faults: BatchFaults,
+    explicit: int | None,
+    *,
+    content: str = "",
+    resent: int = 0,
+    recovery: float = DEFAULT_ITEM_RECOVERY,
+) -> int | None:
+    """The injected error status for one request, or None.
+
+    The request's explicit code, else a draw deterministic in (seed, custom_id). When that is a
+    transient code (:data:`TRANSIENT_ITEM_CODES`) and the request is a resubmission (its
+    ``content`` met a transient error in ``resent`` earlier batches), it succeeds instead with
+    probability ``recovery``, drawn from (seed, content, resent, custom_id). A history never
+    adds an error, and a permanent code (400, 422) stays whatever is sent again.
+    """
+    code = _first_sighting_code(seed, custom_id, faults, explicit)
+    if resent <= 0 or code not in TRANSIENT_ITEM_CODES:
+        return code
+    u = unit_hash(seed, "recover", content, str(resent), custom_id) / float(1 << 64)
+    return None if u < recovery else code
+
+
+def _first_sighting_code(seed: int, custom_id: str, faults: BatchFaults, explicit: int | None) -> int | None:
     if explicit is not None:
         return explicit
     if not faults.item_errors:
@@ -275,6 +313,9 @@ class ServerFaults:
         rate = float(spec.get("fault_rate", 0.0))
         if not 0.0 <= rate <= 1.0:
             raise FaultSyntaxError("fault_rate must be within 0..1")
+        recovery = float(spec.get("item_recovery", DEFAULT_ITEM_RECOVERY))
+        if not 0.0 <= recovery <= 1.0:
+            raise FaultSyntaxError("item_recovery must be within 0..1")
         batch = str(spec.get("batch_faults") or "")
         self.batch_defaults = parse_batch_faults(batch)
         self.batch_faults = batch
@@ -283,6 +324,7 @@ class ServerFaults:
         self.fault_routes = [str(p) for p in spec.get("fault_routes", ["*"])]
         self.retry_after = float(spec.get("retry_after", 1.0))
         self.rules = rules
+        self.item_recovery = recovery
         self.rng = random.Random(self.seed)
 
     def to_json(self) -> dict[str, Any]:
@@ -296,6 +338,7 @@ class ServerFaults:
                 for r in self.rules
             ],
             "batch_faults": self.batch_faults,
+            "item_recovery": self.item_recovery,
         }
 
     def pick(self, method: str, path: str) -> tuple[str, float] | None:

@@ -26,16 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import EmulatorConfig
-from .faults import (
-    BatchFaults,
-    FaultSyntaxError,
-    directive_id,
-    item_error_code,
-    parse_batch_faults,
-    parse_custom_id,
-)
+from .faults import BatchFaults, FaultSyntaxError, directive_id, parse_batch_faults, parse_custom_id
 from .gemini_files import invalid
 from .gemini_outputs import ITEM_STATUS, request_problem
+from .resends import ItemCode, first_sightings
 
 
 @dataclass(frozen=True)
@@ -146,9 +140,13 @@ def _key_of(entry: dict[str, Any]) -> str:
     return str(key) if key is not None else ""
 
 
-def build_plan(path: Path, faults: BatchFaults, cfg: EmulatorConfig) -> Plan:
-    """The plan of the input copy ``path`` of a batch with ``faults`` (reads the whole copy)."""
+def build_plan(
+    path: Path, faults: BatchFaults, cfg: EmulatorConfig, item_code: ItemCode | None = None
+) -> Plan:
+    """The plan of the input copy ``path`` of a batch with ``faults`` (reads the whole copy);
+    ``item_code`` decides each request's injected error (default: as if sent for the first time)."""
     plan = Plan(faults=faults)
+    pick_code = item_code or first_sightings(cfg.seed)
     for idx, entry in enumerate(read_entries(path)):
         plan.n += 1
         key = _key_of(entry)
@@ -156,7 +154,7 @@ def build_plan(path: Path, faults: BatchFaults, cfg: EmulatorConfig) -> Plan:
         if idx == 0:
             plan.faults = plan.faults.merged(tokens)
         problem = request_problem(entry.get("request"))
-        code = item_error_code(cfg.seed, key or str(idx), plan.faults, explicit)
+        code = pick_code(key or str(idx), plan.faults, explicit, entry.get("request"))
         if problem is not None:
             plan.fail[idx] = (400, problem)
         elif code is not None:

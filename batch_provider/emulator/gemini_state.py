@@ -192,7 +192,9 @@ class GeminiBatches(BatchRegistry[GeminiBatch]):
         plan = self.plans.get(rec.id)
         if plan is None:
             faults = BatchFaults.from_json(rec.faults)
-            plan = self.plans[rec.id] = gemini_input.build_plan(self.input_path(rec.id), faults, self.cfg)
+            item_code = self.store.item_codes("gemini", rec.seq)
+            plan = gemini_input.build_plan(self.input_path(rec.id), faults, self.cfg, item_code)
+            self.plans[rec.id] = plan
         return plan
 
     # ------------------------------------------------------------------ time

@@ -28,8 +28,9 @@ import msgspec
 
 from . import models, outputs
 from .config import EmulatorConfig
-from .faults import BatchFaults, directive_id, item_error_code, parse_custom_id
+from .faults import BatchFaults, directive_id, parse_custom_id
 from .openai_outputs import ITEM_ERRORS, SYNTHETIC_MODEL, synthetic_tokens
+from .resends import ItemCode, first_sightings
 
 MAX_ERRORS = 1000
 """At most this many line errors are reported (``errors.data``)."""
@@ -61,10 +62,13 @@ def build_plan(
     input_file_id: str,
     faults: BatchFaults,
     input_missing: bool = False,
+    item_code: ItemCode | None = None,
 ) -> Plan:
     """Validate the input copy ``path`` of a batch for ``endpoint`` and plan its requests (runs in a
-    worker thread; a missing input is ``input_missing`` or a missing ``path``)."""
+    worker thread; a missing input is ``input_missing`` or a missing ``path``). ``item_code`` decides
+    each request's injected error (default: as if every request were sent for the first time)."""
     plan = Plan(faults=faults)
+    pick_code = item_code or first_sightings(cfg.seed)
     if input_missing or not path.exists():
         plan.errors.append(
             _err(
@@ -119,7 +123,7 @@ def build_plan(
                 emb_inputs += len(outputs.embedding_inputs(body))
             if plan.errors:
                 continue
-            code = item_error_code(cfg.seed, custom_id, plan.faults, explicit)
+            code = pick_code(custom_id, plan.faults, explicit, body)
             refusal = _body_problem(endpoint, body)
             in_tok = out_tok = 0
             if code is not None:

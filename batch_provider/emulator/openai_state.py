@@ -224,6 +224,7 @@ class OpenAIBatches(BatchRegistry[OpenAIBatch]):
             input_file_id=rec.input_file_id,
             faults=BatchFaults.from_json(rec.faults),
             input_missing=rec.input_missing,
+            item_code=self.store.item_codes("openai", rec.seq),
         )
 
     # ------------------------------------------------------------------ read

@@ -56,6 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--retry-after", type=float, default=d.retry_after, help="retry-after seconds on 429s")
     p.add_argument("--batch-faults", default="", help="per-batch directives applied to every batch")
+    p.add_argument(
+        "--item-recovery",
+        type=float,
+        default=d.item_recovery,
+        help="chance that a resent request succeeds after a transient (429/5xx) item error",
+    )
     p.add_argument("--faults", dest="faults_json", help="server-wide faults as JSON (as POST /_emu/faults)")
     p.add_argument(
         "--set",
@@ -93,6 +99,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         fault_kinds=[k.strip() for k in args.fault_kinds.split(",") if k.strip()],
         retry_after=args.retry_after,
         batch_faults=args.batch_faults,
+        item_recovery=args.item_recovery,
         faults_json=args.faults_json,
         log_level=args.log_level,
         access_log=args.access_log,

@@ -3,6 +3,7 @@
 Layout of the data directory (``--data-dir``, or a temporary directory)::
 
     clock.json                      last emulated time seen (a restart resumes from it)
+    resends.jsonl                   transient item errors by request content (see resends.py)
     files/<id>.json, files/<id>.bin file metadata and contents (contents are never held in memory)
     openai/<batch>.json             OpenAI batch record; openai/<batch>.input.jsonl its input copy
     anthropic/<batch>.json          Anthropic batch record; anthropic/<batch>.requests.jsonl its requests
@@ -37,6 +38,7 @@ from typing import Any
 from .clock import Clock
 from .config import EmulatorConfig
 from .faults import ServerFaults
+from .resends import ItemCode, ResendHistory
 
 
 def new_id(prefix: str, n: int = 24) -> str:
@@ -216,6 +218,7 @@ class Store:
         self.stats = Stats()
         self.faults = ServerFaults(config.seed)
         self.faults.set(self._fault_defaults())
+        self.resends = ResendHistory(self.root)
         from .anthropic_state import AnthropicBatches
         from .openai_state import OpenAIBatches
 
@@ -229,10 +232,16 @@ class Store:
             "fault_kinds": c.fault_kinds,
             "retry_after": c.retry_after,
             "batch_faults": c.batch_faults,
+            "item_recovery": c.item_recovery,
         }
         if c.faults_json:
             spec.update(json.loads(c.faults_json))
         return spec
+
+    def item_codes(self, provider: str, seq: int) -> ItemCode:
+        """How the requests of batch ``seq`` of ``provider`` get their injected item errors, given
+        the transient errors their contents met before (see ``resends.py``)."""
+        return self.resends.for_batch(provider, seq, self.config.seed, self.faults.item_recovery)
 
     def save_clock(self) -> None:
         write_json(self.root / "clock.json", {"now": self.clock.now()})
@@ -243,6 +252,7 @@ class Store:
         self.anthropic.clear()
         self.files.clear()
         self.stats.clear()
+        self.resends.clear()
         self.faults.set(self._fault_defaults())
 
     def close(self) -> None:

@@ -8,7 +8,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -66,6 +66,12 @@ def parse_handle(value: Any) -> RunHandle:
             f"not a run handle (keys: {sorted(value)[:8]}): pass the submit task's return value, "
             "e.g. handle=submit.output"
         )
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        raise ValueError(
+            f"expected the submit task's handle (a dict), got {len(value)} handles: the submit task "
+            "is mapped, so map this task the same way (in the same mapped task group, or "
+            ".partial(...).expand(handle=submit.output)) to get the handle of its own map index"
+        )
     if not isinstance(value, dict):
         raise ValueError(
             f"expected the submit task's handle (a dict), got {type(value).__name__}: check the "
@@ -84,10 +90,33 @@ def upstream_handle(task: Any, context: Any, handle: Any) -> RunHandle:
             f"task {task.task_id!r} has {len(upstream)} upstream tasks; pass handle= "
             "(e.g. submit_task.output) to say which submit task's handle to use"
         )
-    value = context["ti"].xcom_pull(task_ids=upstream[0])
+    value = pull_upstream(task, context, upstream[0])
     if value is None:
         raise ValueError(f"upstream task {upstream[0]!r} pushed no handle")
     return parse_handle(value)
+
+
+def pull_upstream(task: Any, context: Any, upstream_id: str) -> Any:
+    """The return value of task ``upstream_id`` for this task instance.
+
+    A mapped task instance (in a mapped task group, or expanded itself) reads the value of its own
+    map index when the upstream task is mapped too: map index N of ``wait``, ``collect`` and
+    ``retry`` belongs to the run that map index N of ``submit`` started. Otherwise Airflow's
+    default applies (the unmapped value, or every map index's)."""
+    ti = context["ti"]
+    map_index = getattr(ti, "map_index", None)
+    if isinstance(map_index, int) and map_index >= 0 and _is_mapped(task, upstream_id):
+        return ti.xcom_pull(task_ids=upstream_id, map_indexes=map_index)
+    return ti.xcom_pull(task_ids=upstream_id)
+
+
+def _is_mapped(task: Any, task_id: str) -> bool:
+    """Whether ``task_id`` of ``task``'s DAG runs once per map index (mapped, or in a mapped group)."""
+    dag = getattr(task, "dag", None)
+    if dag is None or not dag.has_task(task_id):
+        return False
+    upstream = dag.get_task(task_id)
+    return bool(getattr(upstream, "is_mapped", False)) or upstream.get_closest_mapped_task_group() is not None
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

@@ -1,7 +1,8 @@
 """The whole lifecycle (submit → watch → collect → retry → dead letter) while 30 % of all API
 calls fail (429 with Retry-After, 500, 503, 529, dropped and reset connections), with per-item
 errors and one expiring batch, for each provider: every input row ends in exactly one of
-results, dead letter and rejects; no id twice; one batch per ledger chunk; the manifest adds up.
+results, dead letter and rejects; no id twice; one batch per ledger chunk; the manifest adds up;
+retried rows recover from transient item errors, never from a permanent one.
 
 A step that fails because the provider stayed unreachable is run again, as Airflow retries a
 task: each step must be safe to repeat."""
@@ -171,6 +172,14 @@ async def test_fault_storm_full_lifecycle_loses_nothing_and_pays_once(
     assert {"s-0007", "s-0031", "s-0002"} <= rejects
     results = read_lines(run_dir.results)
     assert "s-0002" in {r["custom_id"] for r in results}, "the original of the duplicate id was lost"
+    # item errors stay on for every attempt: the retried 429/500 rows recover (transient), the
+    # 400 row does not (permanent)
+    item_failed = {
+        r["custom_id"] for r in first_errors if r["status"] == "errored" and r["error"]["retryable"]
+    }
+    recovered = {r["custom_id"] for r in results if r["attempt"] >= 2} & item_failed
+    assert len(recovered) > 0, (sorted(item_failed), faults)
+    assert dead.keys().isdisjoint(recovered)
 
     # one batch per ledger chunk: nothing paid twice despite dropped creates and task retries
     ledger = Ledger.load(run_dir)

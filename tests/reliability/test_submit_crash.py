@@ -153,6 +153,7 @@ async def test_crash_in_the_retry_task_then_rerun_pays_once(
     """The same for the retry task: attempt 2 (two retryable rows per chunk, so every attempt-2
     chunk has the same size) gets exactly one batch per chunk however the task died."""
     emulator = fresh_emulator
+    emulator.set_faults({"item_recovery": 0})  # the emu-fail500 rows fail on every attempt
     args = {
         "provider": provider,
         "base_url": base_url(provider, emulator),
