@@ -152,6 +152,8 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
     :param cache_ttl: cache entries older than this (seconds or timedelta) are misses.
     :param allow_unknown_models: send requests for OpenAI/Anthropic models this package does not
         know (a model newer than its price table) instead of rejecting them.
+    :param extra: provider options merged last into every request's native body (e.g.
+        ``{"top_p": 0.9}``, or Anthropic ``{"metadata": {...}}``), for what the neutral options lack.
     :param cache_system_prompt: ask the provider to cache the system prompt (Anthropic and
         Anthropic on Bedrock: ``cache_control`` on its last block; Bedrock Converse: a
         ``cachePoint``; OpenAI and Gemini cache shared prefixes by themselves, the system prompt
@@ -219,6 +221,7 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         allow_unknown_models: bool = False,
         cache_system_prompt: bool = False,
         render_missing_as_empty: bool = False,
+        extra: dict[str, Any] | None = None,
         max_rejected_fraction: float | None = None,
         on_empty: str = "skip",
         **kwargs: Any,
@@ -278,6 +281,7 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         self.allow_unknown_models = allow_unknown_models
         self.cache_system_prompt = cache_system_prompt
         self.render_missing_as_empty = render_missing_as_empty
+        self.extra = extra
         self.max_rejected_fraction = max_rejected_fraction
         self.on_empty = on_empty
         self._set_run_options(
@@ -319,6 +323,7 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
             kind=self.kind,
             render_missing_as_empty=self.render_missing_as_empty,
             cache_system_prompt=self.cache_system_prompt,
+            extra=self.extra,
         )
 
     def _option_problem(self, backend: Any, builder: RequestBuilder) -> str | None:
@@ -335,6 +340,7 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
             kind=builder.kind,
             temperature=builder.temperature,
             response_schema=builder.response_schema,
+            extra=builder.extra,
             input="check" if builder.kind is RequestKind.EMBEDDING else None,
             messages=[] if builder.kind is RequestKind.EMBEDDING else [Message(role="user", content="check")],
         )
