@@ -130,12 +130,20 @@ class RequestBuilder:
         self.kind = RequestKind(kind)
         self.extra = dict(extra or {})
 
-    def render(self, rows: Iterable[tuple[int, dict[str, Any] | RejectedRow]]) -> Iterator[Item]:
+    def render(
+        self, rows: Iterable[tuple[int, dict[str, Any] | RejectedRow]], *, same_columns: bool = False
+    ) -> Iterator[Item]:
+        """Items of ``rows`` in order. ``same_columns``: every row has the same columns (a CSV
+        header, a Parquet schema), so a template name the first row lacks fails at once."""
         for number, row in rows:
             if isinstance(row, RejectedRow):
                 yield row
                 continue
-            yield self.render_row(number, row)
+            item = self.render_row(number, row)
+            if same_columns:
+                self.check_variables()
+                same_columns = False
+            yield item
         self.check_variables()
 
     def check_variables(self) -> None:
@@ -148,10 +156,11 @@ class RequestBuilder:
         close = difflib.get_close_matches(name, columns, n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
         shown = ", ".join(repr(c) for c in columns[:20]) + (" …" if len(columns) > 20 else "")
+        count = self._undefined[name]
         raise TemplateVariableError(
-            f"the prompt template uses {name!r}, which no input row has ({self._undefined[name]} rows "
-            f"rejected for it); {hint}The rows have: {shown or 'no columns'}. Fix the template or the "
-            "data; nothing was sent."
+            f"the prompt template uses {name!r}, which no input row has (rejected on {count} "
+            f"row{'s' if count != 1 else ''}); {hint}The rows have: {shown or 'no columns'}. Fix the "
+            "template or the data; nothing was sent."
         )
 
     def custom_id(self, number: int, row: dict[str, Any]) -> str | RejectedRow:

@@ -23,7 +23,13 @@ from batch_provider.backends.errors import RequestRejected
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import RunKey
 from batch_provider.core.models import LLMRequest, Message, RejectedRow, RequestKind
-from batch_provider.core.records import EmptyInputError, InputError, iter_list, iter_records
+from batch_provider.core.records import (
+    EmptyInputError,
+    InputError,
+    detect_format,
+    iter_list,
+    iter_records,
+)
 from batch_provider.core.rejects import TooManyRejectsError
 from batch_provider.core.render import RequestBuilder, SystemPrompt, TemplateVariableError
 from batch_provider.core.rundir import run_directory
@@ -307,6 +313,16 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         source = self.input_path if self.input_path is not None else self.requests_path
         return iter_input_rows(as_storage_path(source), self.input_format)
 
+    def _same_columns(self) -> bool:
+        """Whether every row has the same columns: a single CSV or Parquet file."""
+        if self.input_path is None:
+            return False
+        path = as_storage_path(self.input_path)
+        try:
+            return path.is_file() and detect_format(path, self.input_format) in ("csv", "parquet")
+        except InputError:
+            return False
+
     def _builder(self, context: Any) -> RequestBuilder:
         template = self.prompt_template
         if self.prompt_template_param:
@@ -381,7 +397,7 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         provider = hook.get_provider()
         self._check_run_path(run_dir)
         builder = self._builder(context)
-        items = builder.render(self._rows())
+        items = builder.render(self._rows(), same_columns=self._same_columns())
         cache = self._cache()
         tags = metric_tags(context)
         self.log.info(

@@ -86,6 +86,7 @@ def test_template_column_no_row_has_fails_with_did_you_mean(conns: Any, tmp_path
     )
     message = str(error)
     assert "'titel'" in message and "did you mean 'title'" in message and "nothing was sent" in message
+    assert "rejected on 5 rows" in message
 
 
 def test_anthropic_without_max_tokens_fails_before_reading_rows(conns: Any, tmp_path: Path) -> None:
@@ -252,3 +253,14 @@ def test_extra_on_the_task_reaches_every_request_and_is_checked(conns: Any, tmp_
     assert [(p["max_tokens"], p["top_k"]) for p in params] == [(24, 5), (24, 5)]
     error = refused(conns, tmp_path, "anthropic", "extra-bad", records=records, extra={"max_tokens": 0})
     assert "'max_tokens'" in str(error) and "at least 1" in str(error)
+
+
+def test_csv_template_column_fails_on_the_first_row(conns: Any, tmp_path: Path) -> None:
+    """A CSV has one header: a template name the first row lacks fails before the rest is read."""
+    data = tmp_path / "tickets.csv"
+    rows = "".join(f"r{i},ticket {i}\n" for i in range(2000))
+    data.write_text("id,title\n" + rows)
+    error = refused(
+        conns, tmp_path, "openai", "csv", input_path=str(data), prompt_template="{{ titel }}", max_tokens=16
+    )
+    assert "did you mean 'title'" in str(error) and "rejected on 1 row)" in str(error)
