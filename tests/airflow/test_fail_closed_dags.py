@@ -140,3 +140,33 @@ def test_literal_records_stay_literal_and_an_xcom_arg_still_resolves(monkeypatch
     )
     op.render_template_fields(_context())
     assert op.records == [{"id": "x1", "text": "{{ 7*7 }}"}]
+
+
+def test_llm_batch_group_passes_the_fail_closed_options_to_submit():
+    from datetime import datetime
+
+    from airflow.sdk import DAG
+
+    from batch_provider.task_group import llm_batch_group
+
+    with DAG("fail_closed_options", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        llm_batch_group(
+            "g",
+            provider="anthropic",
+            records=[{"id": "t1", "text": "x"}],
+            prompt_template="{{ text }}",
+            system=["shared policy", "{{ text }}"],
+            cache_system_prompt=True,
+            max_rejected_fraction=0.05,
+            on_empty="fail",
+            render_missing_as_empty=True,
+            extra={"top_k": 3},
+        )
+    submit = dag.get_task("g.submit")
+    assert submit.max_rejected_fraction == 0.05 and submit.on_empty == "fail"
+    assert submit.render_missing_as_empty and submit.cache_system_prompt and submit.extra == {"top_k": 3}
+    with (
+        DAG("fail_closed_bad_option", schedule=None, start_date=datetime(2026, 1, 1)),
+        pytest.raises(ValueError, match="on_empty"),
+    ):
+        llm_batch_group("h", records=[], prompt_template="x", on_empty="ignore")
