@@ -84,10 +84,11 @@ class LLMRequest(BaseModel):
     system: str | list[TextPart] | None = None
     """The system prompt: a string, or text blocks (kept as blocks where the provider takes them,
     joined by a blank line where it takes one string)."""
-    cache_system_prompt: bool = False
+    cache_system_prompt: bool | None = None
     """Ask the provider to cache the system prompt: Anthropic (and Anthropic models on Bedrock)
     get ``cache_control`` on its last block, Bedrock Converse a ``cachePoint`` after it; OpenAI and
-    Gemini cache a shared prompt prefix by themselves, and the system prompt is sent first."""
+    Gemini cache a shared prompt prefix by themselves, and the system prompt is sent first. None
+    (not False) by default, so requests without it keep their result-cache keys."""
     messages: list[Message] = Field(default_factory=list)
     input: str | list[str] | None = None
     max_tokens: int | None = None
