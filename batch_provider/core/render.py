@@ -193,13 +193,17 @@ class RequestBuilder:
                 item = self._from_request_row(custom_id, row)
         except jinja2.UndefinedError as exc:
             found = _UNDEFINED.match(exc.message or "")
+            hint = ""
             if found is not None:
-                self._undefined[found.group(1)] = self._undefined.get(found.group(1), 0) + 1
+                name = found.group(1)
+                self._undefined[name] = self._undefined.get(name, 0) + 1
+                close = difflib.get_close_matches(name, [str(k) for k in row], n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
             return RejectedRow(
                 row=number,
                 custom_id=custom_id,
                 field="prompt_template",
-                reason=f"row {number}: the template uses {exc.message}; "
+                reason=f"row {number}: the template uses {exc.message}{hint}; "
                 "add that column or change the template",
             )
         except jinja2.TemplateError as exc:
