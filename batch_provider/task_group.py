@@ -67,6 +67,9 @@ def llm_batch_group(
     ``cache_path`` / ``use_cache`` / ``cache_ttl``: the result cache (default
     ``<run_path>/_cache``), given to submit, collect and retry alike so hits are served and
     successes stored in the same place.
+    ``max_rejected_fraction``, ``on_empty``, ``render_missing_as_empty``, ``cache_system_prompt``
+    and the other submit options also go through ``submit_kwargs`` (see the operator); with
+    ``on_empty="skip"`` (the default) an input without rows skips all four tasks.
     ``task_docs``: ``doc_md`` per task id (``submit``, ``wait``, ``collect``, ``retry``),
     replacing the defaults in :data:`TASK_DOCS`.
     ``submit_operator_class``: the submit task's class, a :class:`SubmitBatchOperator` subclass

@@ -33,6 +33,7 @@ from batch_provider.backends.errors import ConflictError, InvalidRequestError, R
 from batch_provider.backends.http_backend import HttpBatchBackend
 from batch_provider.backends.transport import ErrorInfo, TransportPolicy
 from batch_provider.backends.wire import (
+    anthropic_system,
     check_custom_id,
     check_max_tokens,
     check_size,
@@ -170,7 +171,7 @@ class AnthropicBackend(HttpBatchBackend):
         if not messages and isinstance(request.input, str) and request.input:
             messages.append({"role": "user", "content": request.input})
         params: dict[str, Any] = {"model": request.model, "max_tokens": request.max_tokens}
-        fill_missing(params, "system", request.system)
+        fill_missing(params, "system", anthropic_system(request))
         params["messages"] = messages
         fill_missing(params, "temperature", request.temperature)
         if request.stop:

@@ -31,6 +31,7 @@ from enum import StrEnum
 from typing import Any
 
 from batch_provider.backends.errors import RequestRejected
+from batch_provider.backends.wire import anthropic_system
 from batch_provider.core.models import ImagePart, LLMRequest, Message, RequestKind, Usage
 
 ANTHROPIC_VERSION = "bedrock-2023-05-31"
@@ -149,8 +150,9 @@ def _anthropic_body(request: LLMRequest) -> dict[str, Any]:
     body: dict[str, Any] = {"anthropic_version": ANTHROPIC_VERSION}
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
-    if request.system:
-        body["system"] = request.system
+    system = anthropic_system(request)
+    if system:
+        body["system"] = system
     body["messages"] = [
         {"role": m.role, "content": _anthropic_content(request.custom_id, m)} for m in _messages(request)
     ]
@@ -190,7 +192,9 @@ def _converse_content(custom_id: str, message: Message) -> list[dict[str, Any]]:
 def _converse_body(request: LLMRequest, *, nova: bool) -> dict[str, Any]:
     body: dict[str, Any] = {"schemaVersion": "messages-v1"} if nova else {}
     if request.system:
-        body["system"] = [{"text": request.system}]
+        body["system"] = [{"text": text} for text in request.system_blocks()]
+        if request.cache_system_prompt:
+            body["system"].append({"cachePoint": {"type": "default"}})
     body["messages"] = [
         {"role": m.role, "content": _converse_content(request.custom_id, m)} for m in _messages(request)
     ]
@@ -227,7 +231,8 @@ def _llama_body(request: LLMRequest) -> dict[str, Any]:
             "response_schema",
             "Llama on InvokeModel has no structured output; use Converse",
         )
-    turns: list[tuple[str, str]] = [("system", request.system)] if request.system else []
+    system = request.system_text()
+    turns: list[tuple[str, str]] = [("system", system)] if system else []
     for message in _messages(request):
         if not isinstance(message.content, str) and any(isinstance(p, ImagePart) for p in message.content):
             raise RequestRejected(request.custom_id, "messages", "images need invocation_type='Converse'")

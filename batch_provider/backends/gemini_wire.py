@@ -137,7 +137,7 @@ def generate_content_request(request: LLMRequest) -> tuple[dict[str, Any], str |
             contents = [{"role": "user", "parts": [{"text": request.input}]}]
         body = {"contents": contents}
         if request.system:
-            body["systemInstruction"] = {"parts": [{"text": request.system}]}
+            body["systemInstruction"] = {"parts": [{"text": text} for text in request.system_blocks()]}
         config: dict[str, Any] = {}
         if request.max_tokens is not None:
             config["maxOutputTokens"] = request.max_tokens

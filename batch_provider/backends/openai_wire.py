@@ -159,8 +159,11 @@ def _native_body(request: LLMRequest, endpoint: str) -> dict[str, Any]:
 
 def _chat_body(request: LLMRequest) -> dict[str, Any]:
     messages: list[dict[str, Any]] = []
-    if request.system:
+    if isinstance(request.system, str) and request.system:
         messages.append({"role": "system", "content": request.system})
+    elif request.system:  # blocks: text parts, the shared (cacheable) prefix first
+        parts = [{"type": "text", "text": text} for text in request.system_blocks()]
+        messages.append({"role": "system", "content": parts})
     messages.extend({"role": m.role, "content": _chat_content(m)} for m in request.messages)
     if not request.messages:
         if isinstance(request.input, str) and request.input:
@@ -193,7 +196,7 @@ def _responses_body(request: LLMRequest) -> dict[str, Any]:
     else:
         raise RequestRejected(request.custom_id, "input", "no messages or input given")
     body: dict[str, Any] = {"model": request.model, "input": items}
-    fill_missing(body, "instructions", request.system)
+    fill_missing(body, "instructions", request.system_text())
     fill_missing(body, "max_output_tokens", request.max_tokens)
     fill_missing(body, "temperature", request.temperature)
     if request.response_schema is not None:

@@ -81,6 +81,21 @@ def check_max_tokens(request: LLMRequest) -> None:
         )
 
 
+def anthropic_system(request: LLMRequest) -> str | list[dict[str, Any]] | None:
+    """The Messages API ``system`` of ``request``: a string, or text blocks; with
+    ``cache_system_prompt`` always blocks, the last one carrying ``cache_control`` (the cache
+    breakpoint: everything up to it, tools and system, is cached)."""
+    texts = request.system_blocks()
+    if not texts:
+        return None
+    if isinstance(request.system, str) and not request.cache_system_prompt:
+        return request.system
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": text} for text in texts]
+    if request.cache_system_prompt:
+        blocks[-1]["cache_control"] = {"type": "ephemeral"}
+    return blocks
+
+
 def fill_missing(body: dict[str, Any], key: str, value: Any) -> None:
     if value is not None and key not in body:
         body[key] = value

@@ -31,6 +31,7 @@ from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import BatchRef, ItemStatus, ResultRecord, Usage
 from batch_provider.core.pricing import Calibration, Cost, CostTally, PriceTable, default_price_table
 from batch_provider.core.reconcile import ReconcileReport, reconcile
+from batch_provider.core.rejects import reject_reasons
 from batch_provider.core.rundir import RunDirectory, read_json, write_json_atomic
 from batch_provider.core.submission import part_custom_ids, part_ids
 
@@ -320,7 +321,9 @@ def rebuild_outputs(
         estimate_error_pct=_estimate_error(first.estimate, cost),
         stray_results=sum(f.stray_results for f in figures),
     )
-    write_json_atomic(run_dir.manifest, _manifest(summary, ledger))
+    manifest = _manifest(summary, ledger)
+    manifest["rejected_reasons"] = reject_reasons(run_dir.rejects) if first.rejected else {}
+    write_json_atomic(run_dir.manifest, manifest)
     return summary
 
 

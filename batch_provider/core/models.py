@@ -81,7 +81,14 @@ class LLMRequest(BaseModel):
     custom_id: str
     model: str | None = None
     kind: RequestKind = RequestKind.CHAT
-    system: str | None = None
+    system: str | list[TextPart] | None = None
+    """The system prompt: a string, or text blocks (kept as blocks where the provider takes them,
+    joined by a blank line where it takes one string)."""
+    cache_system_prompt: bool | None = None
+    """Ask the provider to cache the system prompt: Anthropic (and Anthropic models on Bedrock)
+    get ``cache_control`` on its last block, Bedrock Converse a ``cachePoint`` after it; OpenAI and
+    Gemini cache a shared prompt prefix by themselves, and the system prompt is sent first. None
+    (not False) by default, so requests without it keep their result-cache keys."""
     messages: list[Message] = Field(default_factory=list)
     input: str | list[str] | None = None
     max_tokens: int | None = None
@@ -107,11 +114,23 @@ class LLMRequest(BaseModel):
         self._row = row
         return self
 
+    def system_blocks(self) -> list[str]:
+        """The system prompt's texts, one per block (empty blocks left out)."""
+        if not self.system:
+            return []
+        if isinstance(self.system, str):
+            return [self.system]
+        return [block.text for block in self.system if block.text]
+
+    def system_text(self) -> str | None:
+        """The system prompt as one string (blocks joined by a blank line), or None."""
+        return "\n\n".join(self.system_blocks()) or None
+
     def prompt_text(self) -> str:
         """All prompt text (system, messages, input, native body) for length-based estimates."""
         parts: list[str] = []
         if self.system:
-            parts.append(self.system)
+            parts.extend(self.system_blocks())
         parts.extend(m.text() for m in self.messages)
         if isinstance(self.input, str):
             parts.append(self.input)

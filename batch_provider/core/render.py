@@ -3,24 +3,74 @@ that already are requests.
 
 Invariants:
 - One row in, one item out: an ``LLMRequest`` or a ``RejectedRow`` naming the row, the field and
-  what to do. A template that references a column the row lacks rejects that row only.
+  what to do. A template that references a column the row lacks rejects that row only; a column
+  that *no* row has is a task-wide mistake: once every row was rendered, :meth:`RequestBuilder.render`
+  raises :class:`TemplateVariableError` ("did you mean …") instead of ending normally, so nothing
+  is sent.
+- A column the template uses whose value is null (``None``, NaN) or empty (blank text) rejects the
+  row, naming row and column, unless ``render_missing_as_empty``: a prompt never says "None".
 - Rendering is deterministic, so a rerun of the same rows yields byte-identical requests.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jinja2
+from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
-from batch_provider.core.models import LLMRequest, Message, RejectedRow, RequestKind
+from batch_provider.core.models import LLMRequest, Message, RejectedRow, RequestKind, TextPart
 
 _ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
 
 Item = LLMRequest | RejectedRow
+SystemPrompt = str | list[str] | list[dict[str, Any]] | list[TextPart]
+
+_UNDEFINED = re.compile(r"^'([^']+)' is undefined$")
+
+
+class TemplateVariableError(ValueError):
+    """The prompt template names a column that no input row has: every row would be rejected, so
+    the task fails before anything is sent. The message names the column and the closest ones."""
+
+
+def _is_blank(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and value != value:  # NaN: a null from pandas / Parquet
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _variables(*templates: str | None) -> list[str]:
+    """Top-level names the templates read, in a stable order."""
+    names: set[str] = set()
+    for text in templates:
+        if text:
+            names |= meta.find_undeclared_variables(_ENV.parse(text))
+    return sorted(names)
+
+
+def _system_texts(system: SystemPrompt | None) -> list[str]:
+    """A system prompt as a list of block texts (one for a plain string)."""
+    if system is None or system == "":
+        return []
+    if isinstance(system, str):
+        return [system]
+    texts: list[str] = []
+    for block in system:
+        if isinstance(block, TextPart):
+            texts.append(block.text)
+        elif isinstance(block, dict):
+            texts.append(TextPart.model_validate(block).text)
+        else:
+            texts.append(str(block))
+    return texts
 
 
 def _first_error(exc: ValidationError) -> tuple[str | None, str]:
@@ -34,6 +84,12 @@ class RequestBuilder:
 
     ``id_field``: the column holding each row's custom_id. ``None`` means: ``custom_id`` or ``id``
     when the row has one, else ``row-<n>`` from the row number.
+    ``system``: a string, or a list of blocks (strings or ``{"type": "text", "text": …}``); each
+    text is a template over the row. ``cache_system_prompt`` asks the provider to cache the system
+    prompt (Anthropic ``cache_control`` on its last block; OpenAI and Gemini cache shared prefixes
+    by themselves, and the system prompt comes first).
+    ``render_missing_as_empty``: render null and blank values as empty text instead of rejecting
+    the row.
     """
 
     def __init__(
@@ -41,7 +97,7 @@ class RequestBuilder:
         *,
         template: str | None = None,
         build: Callable[[dict[str, Any]], LLMRequest | dict[str, Any]] | None = None,
-        system: str | None = None,
+        system: SystemPrompt | None = None,
         model: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
@@ -49,12 +105,23 @@ class RequestBuilder:
         response_schema: dict[str, Any] | None = None,
         kind: RequestKind | str = RequestKind.CHAT,
         extra: dict[str, Any] | None = None,
+        render_missing_as_empty: bool = False,
+        cache_system_prompt: bool = False,
     ):
         if template is not None and build is not None:
             raise ValueError("give either a prompt template or a build callable, not both")
         self._template = _ENV.from_string(template) if template is not None else None
         self._build = build
-        self._system_template = _ENV.from_string(system) if system else None
+        system_texts = _system_texts(system)
+        self._system_blocks = not isinstance(system, str) and system is not None
+        self._system_templates = [_ENV.from_string(text) for text in system_texts]
+        self._used = _variables(template, *system_texts) if template is not None else []
+        self.render_missing_as_empty = render_missing_as_empty
+        self.cache_system_prompt = cache_system_prompt
+        self._columns: set[str] = set()
+        """Every column name seen in a row so far."""
+        self._undefined: dict[str, int] = {}
+        """Template names a row lacked, with how many rows lacked each."""
         self.model = model
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -63,12 +130,38 @@ class RequestBuilder:
         self.kind = RequestKind(kind)
         self.extra = dict(extra or {})
 
-    def render(self, rows: Iterable[tuple[int, dict[str, Any] | RejectedRow]]) -> Iterator[Item]:
+    def render(
+        self, rows: Iterable[tuple[int, dict[str, Any] | RejectedRow]], *, same_columns: bool = False
+    ) -> Iterator[Item]:
+        """Items of ``rows`` in order. ``same_columns``: every row has the same columns (a CSV
+        header, a Parquet schema), so a template name the first row lacks fails at once."""
         for number, row in rows:
             if isinstance(row, RejectedRow):
                 yield row
                 continue
-            yield self.render_row(number, row)
+            item = self.render_row(number, row)
+            if same_columns:
+                self.check_variables()
+                same_columns = False
+            yield item
+        self.check_variables()
+
+    def check_variables(self) -> None:
+        """Raise :class:`TemplateVariableError` when a name the template reads is in no row seen."""
+        absent = sorted(name for name in self._undefined if name not in self._columns)
+        if not absent:
+            return
+        name = absent[0]
+        columns = sorted(self._columns)
+        close = difflib.get_close_matches(name, columns, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        shown = ", ".join(repr(c) for c in columns[:20]) + (" …" if len(columns) > 20 else "")
+        count = self._undefined[name]
+        raise TemplateVariableError(
+            f"the prompt template uses {name!r}, which no input row has (rejected on {count} "
+            f"row{'s' if count != 1 else ''}); {hint}The rows have: {shown or 'no columns'}. Fix the "
+            "template or the data; nothing was sent."
+        )
 
     def custom_id(self, number: int, row: dict[str, Any]) -> str | RejectedRow:
         if self.id_field is not None:
@@ -90,19 +183,27 @@ class RequestBuilder:
         custom_id = self.custom_id(number, row)
         if isinstance(custom_id, RejectedRow):
             return custom_id
+        self._columns.update(str(k) for k in row)
         try:
             if self._build is not None:
                 item = self._from_callable(number, custom_id, row)
             elif self._template is not None:
-                item = self._from_template(custom_id, row)
+                item = self._from_template(number, custom_id, row)
             else:
                 item = self._from_request_row(custom_id, row)
         except jinja2.UndefinedError as exc:
+            found = _UNDEFINED.match(exc.message or "")
+            hint = ""
+            if found is not None:
+                name = found.group(1)
+                self._undefined[name] = self._undefined.get(name, 0) + 1
+                close = difflib.get_close_matches(name, [str(k) for k in row], n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
             return RejectedRow(
                 row=number,
                 custom_id=custom_id,
                 field="prompt_template",
-                reason=f"row {number}: the template uses {exc.message}; "
+                reason=f"row {number}: the template uses {exc.message}{hint}; "
                 "add that column or change the template",
             )
         except jinja2.TemplateError as exc:
@@ -126,15 +227,40 @@ class RequestBuilder:
             values["extra"] = self.extra
         return values
 
-    def _from_template(self, custom_id: str, row: dict[str, Any]) -> LLMRequest:
-        prompt = self._template.render(**row).strip()  # type: ignore[union-attr]
-        system = self._system_template.render(**row).strip() if self._system_template else None
+    def _blank_fields(self, number: int, custom_id: str, row: dict[str, Any]) -> RejectedRow | dict[str, Any]:
+        """``row`` with blank values of used columns made empty, or the reject naming them."""
+        blank = [name for name in self._used if name in row and _is_blank(row[name])]
+        if not blank:
+            return row
+        if self.render_missing_as_empty:
+            return {**row, **{name: "" for name in blank}}
+        name = blank[0]
+        what = "null" if row[name] is None or isinstance(row[name], float) else "empty"
+        return RejectedRow(
+            row=number,
+            custom_id=custom_id,
+            field=name,
+            reason=f"row {number}: column {name!r} used by the template is {what}; fill it, drop the "
+            "row, or set render_missing_as_empty=True to render it as empty text",
+        )
+
+    def _from_template(self, number: int, custom_id: str, row: dict[str, Any]) -> Item:
+        checked = self._blank_fields(number, custom_id, row)
+        if isinstance(checked, RejectedRow):
+            return checked
+        prompt = self._template.render(**checked).strip()  # type: ignore[union-attr]
         values = self._defaults()
         if self.kind is RequestKind.EMBEDDING:
             values["input"] = prompt
         else:
             values["messages"] = [Message(role="user", content=prompt)]
-            values["system"] = system
+            texts = [t.render(**checked).strip() for t in self._system_templates]
+            if self._system_blocks:
+                values["system"] = [TextPart(text=t) for t in texts if t] or None
+            else:
+                values["system"] = texts[0] if texts and texts[0] else None
+            if self.cache_system_prompt and values["system"]:
+                values["cache_system_prompt"] = True
         return LLMRequest(custom_id=custom_id, **values)
 
     def _from_callable(self, number: int, custom_id: str, row: dict[str, Any]) -> Item:

@@ -21,10 +21,11 @@ Invariants:
   splits again: the same input (by its fingerprint) re-attaches, another one is refused.
 - A chunk whose batch is in the ledger is never submitted again, and a batch already claimed by a
   chunk is never matched to another one.
-- The budget is checked before the run's first create call only: once a chunk has an intent, its
-  batch may exist, and refusing then would leave the run half submitted. With ``max_cost_usd``
-  set, a model without a price fails the check (its cost is unknown, so the cap cannot hold);
-  without a cap, unpriced models are warned about before sending.
+- The share of rejected rows (:func:`check_rejected_share`: by default a run whose every row is
+  rejected) and the budget are checked before the run's first create call only: once a chunk has
+  an intent, its batch may exist, and refusing then would leave the run half submitted. With
+  ``max_cost_usd`` set, a model without a price fails the check (its cost is unknown, so the cap
+  cannot hold); without a cap, unpriced models are warned about before sending.
 - ``on_created`` is called once per batch actually created, never for one re-attached.
 """
 
@@ -51,6 +52,7 @@ from batch_provider.core.ledger import (
 from batch_provider.core.models import BatchRef, LLMRequest, Provider, RejectedRow
 from batch_provider.core.pricing import PriceTable, default_price_table
 from batch_provider.core.reconcile import read_part_ids
+from batch_provider.core.rejects import check_rejected_share, describe_reasons, reject_reasons
 from batch_provider.core.rundir import RunDirectory
 from batch_provider.core.wire_ids import PartIds
 
@@ -156,6 +158,7 @@ async def submit_run(
     prices: PriceTable | None = None,
     on_created: OnCreated | None = None,
     allow_unknown_models: bool = False,
+    max_rejected_fraction: float | None = None,
 ) -> RunHandle:
     """Split ``items`` into chunks in ``run_dir`` and create one batch per chunk, exactly once.
 
@@ -166,7 +169,8 @@ async def submit_run(
     paid call when the estimate is over ``max_cost_usd``. Requests for a model the provider is not
     known to serve are rejected unless ``allow_unknown_models``. Requests answered before are served from
     ``cache`` and not sent. ``on_created`` is called once per batch actually created (never for
-    one re-attached), e.g. to count it in metrics.
+    one re-attached), e.g. to count it in metrics. Raises ``TooManyRejectsError`` before any
+    paid call when every row was rejected, or more than ``max_rejected_fraction`` of them.
     """
     ledger = Ledger.load(run_dir)
     if ledger is not None:
@@ -209,6 +213,13 @@ async def submit_run(
             run_dir.rejects,
             first.cached,
         )
+        if first.rejected:
+            log.warning(
+                "%d of %d rows rejected; top reasons: %s",
+                first.rejected,
+                first.inputs,
+                describe_reasons(reject_reasons(run_dir.rejects)),
+            )
         _log_estimate(first)
     else:
         first = ledger.attempts[1]
@@ -219,6 +230,8 @@ async def submit_run(
                 "or point run_path elsewhere."
             )
         log.info("Re-attaching to the ledger in %s (%d chunks)", run_dir, len(first.chunks))
+    if not any(chunk.intent_at is not None for chunk in first.chunks):
+        check_rejected_share(first.inputs, first.rejected, max_rejected_fraction, run_dir.rejects)
     _check_budget(run_dir, first, max_cost_usd)
     await submit_pending(backend, ledger, run_dir, attempt=1, tags=tags or {}, on_created=on_created)
     cache_path = str(cache.root) if cache is not None else None

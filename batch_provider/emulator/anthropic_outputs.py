@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import outputs
+from .prompt_cache import PromptCache, anthropic_usage
 
 if TYPE_CHECKING:
     from .anthropic_state import Plan
@@ -66,6 +67,7 @@ def result_chunks(
     order, or shuffled when ``shuffle_key`` is given."""
     buf: list[bytes] = []
     size = 0
+    cache = PromptCache()
     with path.open("rb") as fh:
         if shuffle_key is not None:
             order = list(range(plan.n))
@@ -77,7 +79,7 @@ def result_chunks(
             lines = enumerate(fh)
         for idx, raw in lines:
             obj = json.loads(raw)
-            result = _result(obj, idx, done, unrun_as, plan, seed)
+            result = _result(obj, idx, done, unrun_as, plan, seed, cache)
             data = json.dumps(
                 {"custom_id": obj["custom_id"], "result": result},
                 separators=(",", ":"),
@@ -93,7 +95,13 @@ def result_chunks(
 
 
 def _result(
-    obj: dict[str, Any], idx: int, done: int, unrun_as: str | None, plan: Plan, seed: int
+    obj: dict[str, Any],
+    idx: int,
+    done: int,
+    unrun_as: str | None,
+    plan: Plan,
+    seed: int,
+    cache: PromptCache | None = None,
 ) -> dict[str, Any]:
     if idx >= done:
         return {"type": unrun_as or "canceled"}
@@ -107,7 +115,9 @@ def _result(
                 "request_id": None,
             },
         }
-    return {"type": "succeeded", "message": outputs.anthropic_message(obj["params"], seed)}
+    message = outputs.anthropic_message(obj["params"], seed)
+    anthropic_usage(cache, obj["params"], message["usage"])
+    return {"type": "succeeded", "message": message}
 
 
 def _read_at(fh: Any, start: int, end: int) -> bytes:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import outputs
 from .faults import BatchFaults, directive_id, parse_custom_id
+from .prompt_cache import PromptCache, anthropic_usage, converse_usage
 from .resends import ItemCode, first_sightings
 
 if TYPE_CHECKING:
@@ -121,10 +122,15 @@ def _converse_as_anthropic(model_id: str, body: dict[str, Any]) -> dict[str, Any
     return params
 
 
-def model_output(kind: str, model_id: str, body: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The ``modelOutput`` of a record whose ``modelInput`` is ``body`` (no problem with it)."""
+def model_output(
+    kind: str, model_id: str, body: dict[str, Any], seed: int, cache: PromptCache | None = None
+) -> dict[str, Any]:
+    """The ``modelOutput`` of a record whose ``modelInput`` is ``body`` (no problem with it); with
+    ``cache``, its prompt-cache usage within the job (:mod:`.prompt_cache`)."""
     if kind == "anthropic":
-        return outputs.anthropic_message({**body, "model": model_id}, seed)
+        message = outputs.anthropic_message({**body, "model": model_id}, seed)
+        anthropic_usage(cache, body, message["usage"])
+        return message
     if kind == "converse":
         message = outputs.anthropic_message(_converse_as_anthropic(model_id, body), seed)
         content: list[dict[str, Any]] = []
@@ -136,14 +142,16 @@ def model_output(kind: str, model_id: str, body: dict[str, Any], seed: int) -> d
             else:
                 content.append({"text": block["text"]})
         usage = message["usage"]
+        converse: dict[str, Any] = {
+            "inputTokens": usage["input_tokens"],
+            "outputTokens": usage["output_tokens"],
+            "totalTokens": usage["input_tokens"] + usage["output_tokens"],
+        }
+        converse_usage(cache, body, converse)
         return {
             "output": {"message": {"role": "assistant", "content": content}},
             "stopReason": message["stop_reason"],
-            "usage": {
-                "inputTokens": usage["input_tokens"],
-                "outputTokens": usage["output_tokens"],
-                "totalTokens": usage["input_tokens"] + usage["output_tokens"],
-            },
+            "usage": converse,
         }
     prompt = str(body.get("prompt") or body.get("inputText") or _texts(body.get("messages")))
     cap = int(body.get("max_gen_len") or body.get("max_tokens") or 512)
@@ -202,6 +210,7 @@ def output_lines(
     one. With ``shuffle`` each file's lines are shuffled, seeded by (seed, job id, file name)."""
     kind = family(job.model_id, job.invocation_type)
     out: dict[str, list[bytes]] = {}
+    cache = PromptCache()
     position = 0
     for name, count in job.files:
         lines = out.setdefault(f"{name}.out", [])
@@ -211,7 +220,7 @@ def output_lines(
             code = codes[position]
             line: dict[str, Any] = {"recordId": record["recordId"], "modelInput": record["modelInput"]}
             if code is None:
-                line["modelOutput"] = model_output(kind, job.model_id, record["modelInput"], seed)
+                line["modelOutput"] = model_output(kind, job.model_id, record["modelInput"], seed, cache)
             else:
                 line["error"] = record_error(kind, record.get("modelInput"), code)
             lines.append(json.dumps(line, separators=(",", ":")).encode())

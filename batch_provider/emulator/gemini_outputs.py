@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import outputs
+from .prompt_cache import PromptCache, gemini_usage
 
 ITEM_STATUS = {
     400: ("INVALID_ARGUMENT", 3),
@@ -100,8 +101,11 @@ def request_problem(request: Any) -> str | None:
     return None
 
 
-def generate(request: dict[str, Any], model: str, seed: int) -> dict[str, Any]:
-    """The ``GenerateContentResponse`` of a request without a problem."""
+def generate(
+    request: dict[str, Any], model: str, seed: int, cache: PromptCache | None = None
+) -> dict[str, Any]:
+    """The ``GenerateContentResponse`` of a request without a problem; with ``cache``, a shared
+    system instruction read from the batch's implicit cache is in ``cachedContentTokenCount``."""
     config = request.get("generationConfig") or {}
     params: dict[str, Any] = {
         "model": model,
@@ -122,6 +126,7 @@ def generate(request: dict[str, Any], model: str, seed: int) -> dict[str, Any]:
     }
     if request.get("cachedContent"):
         usage["cachedContentTokenCount"] = prompt_tokens // 2
+    gemini_usage(cache, request, usage)
     return {
         "candidates": [
             {
@@ -155,6 +160,7 @@ class Results:
 
     def items(self, entries: Iterable[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         """(entry, ``{"response"}`` or ``{"error"}``) of the first ``done`` entries, in input order."""
+        cache = PromptCache()
         for idx, entry in enumerate(entries):
             if idx >= self.done:
                 break
@@ -163,7 +169,7 @@ class Results:
                 code, message = failure
                 yield entry, {"error": {"code": ITEM_STATUS[code][1], "message": message}}
             else:
-                yield entry, {"response": generate(entry["request"], self.model, self.seed)}
+                yield entry, {"response": generate(entry["request"], self.model, self.seed, cache)}
 
     def order(self, items: list[T]) -> list[T]:
         """``items`` (the results, in input order), shuffled in place when ``shuffle``."""

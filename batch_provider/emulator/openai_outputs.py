@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 
 from . import outputs
+from .prompt_cache import PromptCache, openai_usage
 
 ITEM_ERRORS: dict[int, tuple[str, str | None, str]] = {
     400: ("invalid_request_error", None, "Invalid request (emulated fault)."),
@@ -75,6 +76,7 @@ def write_file(job: OutputJob, src: Path, target: Path) -> None:
     """Write ``job``'s lines for the input copy ``src`` to ``target`` (atomically, via a rename)."""
     tmp = target.with_suffix(".partial")
     encode = _line_encoder(job)
+    cache = PromptCache()
     offsets: list[tuple[int, int]] = []
     pos = 0
     with src.open("rb") as fh, tmp.open("wb") as out:
@@ -85,7 +87,7 @@ def write_file(job: OutputJob, src: Path, target: Path) -> None:
             idx += 1
             if idx >= job.done and (job.kind == "output" or job.unrun_error is None):
                 break
-            line = _line_for(job, idx, raw)
+            line = _line_for(job, idx, raw, cache)
             if line is None:
                 continue
             data = encode(line)
@@ -118,7 +120,9 @@ def _json_line(line: dict[str, Any]) -> bytes:
     return (_JSON_LINE.encode(line) + "\n").encode()
 
 
-def _line_for(job: OutputJob, idx: int, raw: bytes) -> dict[str, Any] | None:
+def _line_for(
+    job: OutputJob, idx: int, raw: bytes, cache: PromptCache | None = None
+) -> dict[str, Any] | None:
     """The line request ``idx`` (input line ``raw``) has in ``job``'s file, or None.
 
     The input is decoded only for requests that have a line."""
@@ -134,6 +138,7 @@ def _line_for(job: OutputJob, idx: int, raw: bytes) -> dict[str, Any] | None:
     if failure is None:
         created = int(job.t_v + (idx + 1) * job.step)
         resp, _, _ = outputs.openai_response(job.endpoint, obj["body"], job.seed, created, job.embedding_dim)
+        openai_usage(cache, job.endpoint, obj["body"], resp)
         return _line(job, obj["custom_id"], 200, resp)
     status, message, param = failure
     etype, ecode, _ = ITEM_ERRORS.get(status, ITEM_ERRORS[400])

@@ -4,6 +4,8 @@ Anthropic messages. The prose and JSON in them come from :mod:`.fake_values`.
 Invariants:
 - An output depends only on ``(seed, request body)``: the same body gives the same output in any
   batch, any process, any order (``random.Random`` seeded with an int is stable across runs).
+  Only the prompt-cache fields of the usage also depend on the earlier requests of the same
+  batch (:mod:`.prompt_cache`, applied by each provider's result writer).
 - Token counts: ``ceil(chars / 4)`` of the prompt text (system, messages, instructions, input;
   at least 1) for input; the same rule over the generated text for output. Output never exceeds
   ``max_tokens`` / ``max_completion_tokens`` / ``max_output_tokens``: plain text is generated to

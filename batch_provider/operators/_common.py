@@ -19,6 +19,7 @@ from batch_provider.core.cache import ResultCache
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.rundir import RunDirectory
 from batch_provider.hooks.batch import LLMBatchHook
+from batch_provider.operators._templating import NoSecretTemplating
 from batch_provider.triggers.batch import BatchWaitTrigger, cancel_batches
 
 T = TypeVar("T")
@@ -166,7 +167,7 @@ def outlets_with(results_asset: Asset | None, outlets: Any) -> list[Any]:
     return merged
 
 
-class _BatchOperatorMixin:
+class _BatchOperatorMixin(NoSecretTemplating):
     """Connection and result-cache handling shared by the batch operators.
 
     Submit, collect and retry of one run must use the same cache settings: submit serves hits

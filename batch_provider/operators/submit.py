@@ -16,14 +16,22 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from batch_provider import metrics
+from batch_provider.backends.errors import RequestRejected
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import RunKey
-from batch_provider.core.models import LLMRequest, RejectedRow, RequestKind
-from batch_provider.core.records import iter_list, iter_records
-from batch_provider.core.render import RequestBuilder
+from batch_provider.core.models import LLMRequest, Message, RejectedRow, RequestKind
+from batch_provider.core.records import (
+    EmptyInputError,
+    InputError,
+    detect_format,
+    iter_list,
+    iter_records,
+)
+from batch_provider.core.rejects import TooManyRejectsError
+from batch_provider.core.render import RequestBuilder, SystemPrompt, TemplateVariableError
 from batch_provider.core.rundir import run_directory
 from batch_provider.core.submission import BudgetExceededError, submit_run
 from batch_provider.links.batch import batch_links, persist_batch_links
@@ -40,6 +48,32 @@ class TaskBudgetExceededError(BudgetExceededError, AirflowFailException):
     """The submit task's estimate is over ``max_cost_usd``: fails the task without Airflow retries
     (a retry cannot change the estimate) and is still a :class:`BudgetExceededError`."""
 
+
+class TaskInputError(InputError, AirflowFailException):
+    """The input as a whole cannot be read (missing, unreadable): fails without Airflow retries."""
+
+
+class TaskEmptyInputError(EmptyInputError, AirflowFailException):
+    """The input holds no rows and ``on_empty="fail"``."""
+
+
+class TaskTemplateError(TemplateVariableError, AirflowFailException):
+    """The prompt template names a column no row has: fails without retries, nothing sent."""
+
+
+class TaskRejectsError(TooManyRejectsError, AirflowFailException):
+    """Too many rows rejected (by default: all of them): fails without retries, nothing sent."""
+
+
+class TaskOptionError(ValueError, AirflowFailException):
+    """An option of the task that the provider requires is missing, or one it refuses is given."""
+
+
+class RunPathError(OSError, AirflowFailException):
+    """The run folder cannot be written: fails without retries, naming the path and the fix."""
+
+
+ON_EMPTY = ("skip", "fail")
 
 DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 TEXT_SUFFIXES = (".md", ".txt", ".rst", ".html")
@@ -71,7 +105,7 @@ def iter_input_rows(path: Any, fmt: str | None = None) -> Iterator[tuple[int, di
                     row = row.model_copy(update={"row": number})
                 yield number, row
     if number == 0:
-        raise ValueError(
+        raise EmptyInputError(
             f"folder {path} holds no input files (data: {', '.join(DATA_SUFFIXES)}; "
             f"documents: {', '.join(TEXT_SUFFIXES)})"
         )
@@ -125,7 +159,26 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
     :param cache_ttl: cache entries older than this (seconds or timedelta) are misses.
     :param allow_unknown_models: send requests for OpenAI, Anthropic, Gemini or Bedrock models
         this package does not know (a model newer than its model data) instead of rejecting them.
+    :param extra: provider options merged last into every request's native body (e.g.
+        ``{"top_p": 0.9}``, or Anthropic ``{"metadata": {...}}``), for what the neutral options lack.
+    :param cache_system_prompt: ask the provider to cache the system prompt (Anthropic and
+        Anthropic on Bedrock: ``cache_control`` on its last block; Bedrock Converse: a
+        ``cachePoint``; OpenAI and Gemini cache shared prefixes by themselves, the system prompt
+        is sent first). ``system`` may also be a list of blocks (strings or ``{"type": "text",
+        "text": …}``), each a template over the row.
+    :param render_missing_as_empty: render null and blank values of columns the template uses as
+        empty text; by default such a row is rejected, naming row and column.
+    :param max_rejected_fraction: fail the task, sending nothing, when more than this share of
+        the rows is rejected (e.g. ``0.05``); by default only a run whose every row is rejected
+        fails.
+    :param on_empty: ``"skip"`` (default): an input without rows skips this task and, through
+        it, wait, collect and retry, and the run succeeds; ``"fail"``: the task fails.
+
+    ``records`` are data: their strings are never rendered as templates (an ``XComArg`` is still
+    resolved). No templated argument can read a connection (``{{ conn… }}`` fails the task).
     """
+
+    literal_fields: Sequence[str] = ("records",)
 
     template_fields: Sequence[str] = (
         "provider",
@@ -157,7 +210,7 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         build_request: Callable[[dict[str, Any]], LLMRequest | dict[str, Any]] | None = None,
         model: str | None = None,
         max_tokens: int | str | None = None,
-        system: str | None = None,
+        system: SystemPrompt | None = None,
         temperature: float | None = None,
         response_schema: dict[str, Any] | None = None,
         id_field: str | None = None,
@@ -173,9 +226,20 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         use_cache: bool = True,
         cache_ttl: timedelta | float | None = None,
         allow_unknown_models: bool = False,
+        cache_system_prompt: bool = False,
+        render_missing_as_empty: bool = False,
+        extra: dict[str, Any] | None = None,
+        max_rejected_fraction: float | None = None,
+        on_empty: str = "skip",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        if on_empty not in ON_EMPTY:
+            raise ValueError(f"on_empty must be one of {', '.join(ON_EMPTY)}, got {on_empty!r}")
+        if max_rejected_fraction is not None and not 0 <= max_rejected_fraction <= 1:
+            raise ValueError(
+                f"max_rejected_fraction is a share of the rows, from 0 to 1; got {max_rejected_fraction!r}"
+            )
         given = [
             n
             for n, v in (("input_path", input_path), ("records", records), ("requests_path", requests_path))
@@ -222,6 +286,11 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         self.max_bytes_per_batch = max_bytes_per_batch
         self.max_cost_usd = max_cost_usd
         self.allow_unknown_models = allow_unknown_models
+        self.cache_system_prompt = cache_system_prompt
+        self.render_missing_as_empty = render_missing_as_empty
+        self.extra = extra
+        self.max_rejected_fraction = max_rejected_fraction
+        self.on_empty = on_empty
         self._set_run_options(
             provider=provider,
             conn_id=conn_id,
@@ -245,6 +314,16 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         source = self.input_path if self.input_path is not None else self.requests_path
         return iter_input_rows(as_storage_path(source), self.input_format)
 
+    def _same_columns(self) -> bool:
+        """Whether every row has the same columns: a single CSV or Parquet file."""
+        if self.input_path is None:
+            return False
+        path = as_storage_path(self.input_path)
+        try:
+            return path.is_file() and detect_format(path, self.input_format) in ("csv", "parquet")
+        except InputError:
+            return False
+
     def _builder(self, context: Any) -> RequestBuilder:
         template = self.prompt_template
         if self.prompt_template_param:
@@ -259,7 +338,52 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
             id_field=self.id_field,
             response_schema=self.response_schema,
             kind=self.kind,
+            render_missing_as_empty=self.render_missing_as_empty,
+            cache_system_prompt=self.cache_system_prompt,
+            extra=self.extra,
         )
+
+    def _option_problem(self, backend: Any, builder: RequestBuilder) -> str | None:
+        """Why the task's own options cannot make a request for this provider, or None.
+
+        Checked only when the options come from the task alone (a prompt template): rows of a
+        requests file or a ``build_request`` callable may carry their own."""
+        if self.prompt_template is None and self.prompt_template_param is None:
+            return None
+        probe = LLMRequest(
+            custom_id="option-check",
+            model=builder.model,
+            max_tokens=builder.max_tokens,
+            kind=builder.kind,
+            temperature=builder.temperature,
+            response_schema=builder.response_schema,
+            extra=builder.extra,
+            input="check" if builder.kind is RequestKind.EMBEDDING else None,
+            messages=[] if builder.kind is RequestKind.EMBEDDING else [Message(role="user", content="check")],
+        )
+        try:
+            backend.encode(probe)
+        except RequestRejected as exc:
+            return (
+                f"the task's {exc.field!r} cannot be sent to {backend.provider.value}: {exc.reason}. "
+                f"Set it on the task (e.g. {exc.field}=...) or change it; nothing was sent."
+            )
+        return None
+
+    def _check_run_path(self, run_dir: Any) -> None:
+        """Write and remove a probe file in the run folder, or fail naming the path and the fix."""
+        probe = run_dir.root / ".write-check"
+        try:
+            run_dir.root.mkdir(parents=True, exist_ok=True)
+            with probe.open("wb") as fh:
+                fh.write(b"ok\n")
+            probe.unlink()
+        except OSError as exc:
+            raise RunPathError(
+                f"cannot write the run folder {run_dir.root} ({type(exc).__name__}: {exc}); make it "
+                "writable by the Airflow worker, or point run_path (or [batch_provider] run_path) "
+                "at a writable location. Nothing was sent."
+            ) from None
 
     def execute(self, context: Any) -> dict[str, Any]:
         ti = context["ti"]
@@ -272,7 +396,9 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         )
         hook = self._hook()
         provider = hook.get_provider()
-        items = self._builder(context).render(self._rows())
+        self._check_run_path(run_dir)
+        builder = self._builder(context)
+        items = builder.render(self._rows(), same_columns=self._same_columns())
         cache = self._cache()
         tags = metric_tags(context)
         self.log.info(
@@ -285,6 +411,9 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
 
         async def submit() -> RunHandle:
             async with hook.get_backend() as backend:
+                problem = self._option_problem(backend, builder)
+                if problem is not None:
+                    raise TaskOptionError(problem)
                 return await submit_run(
                     backend,
                     items,
@@ -298,6 +427,7 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
                     cache=cache,
                     on_created=metrics.batch_created_counter(tags),
                     allow_unknown_models=self.allow_unknown_models,
+                    max_rejected_fraction=self.max_rejected_fraction,
                 )
 
         try:
@@ -305,6 +435,17 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         except BudgetExceededError as exc:
             self.log.error("%s", exc)
             raise TaskBudgetExceededError(str(exc)) from exc
+        except EmptyInputError as exc:
+            if self.on_empty == "skip":
+                self.log.info("%s; on_empty='skip': skipping this task and wait, collect, retry", exc)
+                raise AirflowSkipException(f"{exc} (on_empty='skip')") from None
+            raise TaskEmptyInputError(f"{exc} (on_empty='fail')") from None
+        except InputError as exc:
+            raise TaskInputError(str(exc)) from None
+        except TemplateVariableError as exc:
+            raise TaskTemplateError(str(exc)) from None
+        except TooManyRejectsError as exc:
+            raise TaskRejectsError(str(exc)) from None
         metrics.rows_rejected(provider.value, handle.counts.rejected, tags)
         urls = persist_batch_links(context, provider, handle.batch_ids, hook.get_base_url())
         self.log.info(

@@ -31,12 +31,13 @@ from batch_provider.operators._common import (
     run_sync,
     upstream_handle,
 )
+from batch_provider.operators._templating import NoSecretTemplating
 
 DEFAULT_TIMEOUT = timedelta(hours=25)
 """Providers end (complete or expire) a batch within 24 h; one more hour covers finalizing."""
 
 
-class BatchSensor(BaseSensorOperator):
+class BatchSensor(NoSecretTemplating, BaseSensorOperator):
     """Wait for every batch of a submitted run to end (completed, expired, cancelled or failed).
 
     Succeeds when all batches have ended, whatever their ending: the collect task sorts out

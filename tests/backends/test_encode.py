@@ -230,3 +230,26 @@ def test_openai_rejects_an_endpoint_the_batch_api_does_not_serve() -> None:
     assert info.value.field == "endpoint" and "/v1/chat/completions" in info.value.reason
     moderation = LLMRequest(custom_id="e2", endpoint="/v1/moderations", native={"model": "m", "input": "x"})
     assert backend.encode(moderation).endpoint == "/v1/moderations"
+
+
+def test_system_blocks_and_cache_flag_in_each_wire_form(
+    openai: OpenAIBackend, anthropic: AnthropicBackend
+) -> None:
+    from batch_provider.backends.gemini_wire import generate_content_request
+
+    blocks = [{"type": "text", "text": "Shared policy."}, {"type": "text", "text": "Row rules."}]
+    plain = chat(model="claude-haiku-4-5", max_tokens=8, system="Shared policy.")
+    assert json.loads(anthropic.encode(plain).line)["params"]["system"] == "Shared policy."
+    cached = chat(model="claude-haiku-4-5", max_tokens=8, system=blocks, cache_system_prompt=True)
+    assert json.loads(anthropic.encode(cached).line)["params"]["system"] == [
+        {"type": "text", "text": "Shared policy."},
+        {"type": "text", "text": "Row rules.", "cache_control": {"type": "ephemeral"}},
+    ]
+    flagged = chat(model="claude-haiku-4-5", max_tokens=8, system="Shared policy.", cache_system_prompt=True)
+    assert json.loads(anthropic.encode(flagged).line)["params"]["system"] == [
+        {"type": "text", "text": "Shared policy.", "cache_control": {"type": "ephemeral"}}
+    ]
+    responses = chat(system=blocks, endpoint="/v1/responses")
+    assert json.loads(openai.encode(responses).line)["body"]["instructions"] == "Shared policy.\n\nRow rules."
+    body, _ = generate_content_request(chat(model="gemini-2.5-flash", system=blocks))
+    assert body["systemInstruction"] == {"parts": [{"text": "Shared policy."}, {"text": "Row rules."}]}
