@@ -11,13 +11,14 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Asset, TaskGroup
+from airflow.sdk import Asset, TaskGroup, TriggerRule
 
+from batch_provider.core.deadline import DEFAULT_ON_TIMEOUT
 from batch_provider.core.watch import DEFAULT_POLL_INTERVAL_MAX, DEFAULT_POLL_INTERVAL_MIN
 from batch_provider.operators.collect import CollectBatchOperator
 from batch_provider.operators.retry import RetryBatchOperator
 from batch_provider.operators.submit import SubmitBatchOperator
-from batch_provider.sensors.batch import DEFAULT_TIMEOUT, BatchSensor
+from batch_provider.sensors.batch import DEFAULT_TIMEOUT, DEFAULT_TIMEOUT_GRACE, BatchSensor
 
 TASK_DOCS: dict[str, str] = {
     "submit": "Renders the input rows into requests and submits them as provider batches "
@@ -53,6 +54,10 @@ def llm_batch_group(
     use_cache: bool = True,
     cache_ttl: timedelta | float | None = None,
     task_docs: Mapping[str, str] | None = None,
+    timeout_grace: timedelta | float = DEFAULT_TIMEOUT_GRACE,
+    on_timeout: str = DEFAULT_ON_TIMEOUT,
+    collect_retries: int = 3,
+    collect_retry_delay: timedelta = timedelta(seconds=30),
     **submit_kwargs: Any,
 ) -> TaskGroup:
     """Build the group ``group_id`` with tasks ``submit``, ``wait``, ``collect`` and ``retry``.
@@ -68,6 +73,15 @@ def llm_batch_group(
     successes stored in the same place.
     ``task_docs``: ``doc_md`` per task id (``submit``, ``wait``, ``collect``, ``retry``),
     replacing the defaults in :data:`TASK_DOCS`.
+    ``timeout`` is an ending, not a crash: past it the batches are cancelled
+    (``cancel_on_timeout``), waited for until they report an ending (at most ``timeout_grace``),
+    collected, and ``on_timeout`` decides the rest: ``"partial"`` (default: rows cut off go to the
+    dead letter, the run succeeds with a warning), ``"fail"`` (same files, the retry task fails),
+    ``"retry"`` (they are resubmitted, as after a provider-side expiry).
+    ``collect_retries`` / ``collect_retry_delay``: Airflow retries of collect and retry, with an
+    exponential backoff, for transient storage and provider errors (both are safe to re-run).
+    Collect runs whenever submit succeeded, also after the wait failed or was stopped by a user,
+    so what the batches answered is never left uncollected.
     """
     docs = {**TASK_DOCS, **(task_docs or {})}
     cache = {
@@ -98,10 +112,26 @@ def llm_batch_group(
             max_poll_interval=max_poll_interval,
             cancel_on_timeout=cancel_on_timeout,
             cancel_on_kill=cancel_on_kill,
+            timeout_grace=timeout_grace,
             doc_md=docs["wait"],
         )
+        resilient = {
+            "retries": collect_retries,
+            "retry_delay": collect_retry_delay,
+            "retry_exponential_backoff": True,
+            "max_retry_delay": timedelta(minutes=30),
+        }
         collect = CollectBatchOperator(
-            task_id="collect", handle=submit.output, doc_md=docs["collect"], **cache
+            task_id="collect",
+            handle=submit.output,
+            doc_md=docs["collect"],
+            trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
+            wait_timeout=timeout_grace,
+            deferrable=deferrable,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            **resilient,
+            **cache,
         )
         retry = RetryBatchOperator(
             task_id="retry",
@@ -113,9 +143,12 @@ def llm_batch_group(
             max_poll_interval=max_poll_interval,
             cancel_on_timeout=cancel_on_timeout,
             cancel_on_kill=cancel_on_kill,
+            timeout_grace=timeout_grace,
+            on_timeout=on_timeout,
             results_asset=results_asset,
             metadata=metadata,
             doc_md=docs["retry"],
+            **resilient,
             **cache,
         )
         submit >> wait >> collect >> retry

@@ -14,8 +14,11 @@ import json
 import os
 import pathlib
 import re
+import secrets
 import shutil
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, BinaryIO
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
 
@@ -101,17 +104,84 @@ def run_directory(
 
 
 def write_json_atomic(path: Any, payload: Any) -> None:
-    """Write JSON so a reader never sees half a file: rename on a local disk, one PUT elsewhere."""
+    """Write JSON so a reader never sees half a file (see :func:`atomic_write`)."""
     data = json.dumps(payload, indent=2, sort_keys=False, default=str).encode()
+    with atomic_write(path) as fh:
+        fh.write(data)
+
+
+def _local_path(path: Any) -> pathlib.Path | None:
+    """``path`` as a local ``pathlib.Path`` when it is on a local disk (a Path or ``file://``)."""
     if isinstance(path, pathlib.Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        return path
+    if getattr(path, "protocol", None) in ("file", "local") and hasattr(path, "path"):
+        return pathlib.Path(path.path)
+    return None
+
+
+@contextmanager
+def atomic_write(path: Any) -> Iterator[BinaryIO]:
+    """Open ``path`` for writing so readers see the old complete file or the new complete one.
+
+    Local disk: the bytes go to a hidden temporary file beside it, which is fsynced and renamed
+    over ``path`` (then the folder is fsynced), so a kill at any point leaves the old file.
+    Object storage: one object written through fsspec, which makes it visible only when the
+    file is closed (one PUT, or a multipart upload completed at close); if the block raises, the
+    upload is discarded rather than closed, so an error never publishes a part of the file.
+    """
+    local = _local_path(path)
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fh = open(tmp, "wb")  # noqa: SIM115 - closed below on every path
+        try:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        except BaseException:
+            fh.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        fh.close()
+        os.replace(tmp, local)
+        _fsync_dir(local.parent)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as fh:
-        fh.write(data)
+    fh = path.open("wb")
+    try:
+        yield fh
+    except BaseException:
+        _discard(fh)
+        raise
+    fh.close()
+
+
+def _discard(fh: Any) -> None:
+    """Drop an object-store upload without publishing it (fsspec ``discard``), then mark the
+    file closed so neither ``close`` nor garbage collection uploads what was written."""
+    raw = getattr(fh, "_obj", fh)  # ObjectStoragePath wraps the fsspec file for lineage
+    try:
+        discard = getattr(raw, "discard", None)
+        if discard is not None:
+            discard()
+    finally:
+        try:
+            raw.closed = True
+        except AttributeError:
+            raw.close()
+
+
+def _fsync_dir(folder: pathlib.Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_json(path: Any) -> Any:
