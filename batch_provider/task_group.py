@@ -126,7 +126,7 @@ def llm_batch_group(
             handle=submit.output,
             doc_md=docs["collect"],
             trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
-            wait_timeout=timeout_grace,
+            wait_timeout=timeout,
             deferrable=deferrable,
             poll_interval=poll_interval,
             max_poll_interval=max_poll_interval,

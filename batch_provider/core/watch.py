@@ -287,8 +287,7 @@ def _check_deadline(
     shown = ", ".join(pending[:5]) + (f" and {len(pending) - 5} more" if len(pending) > 5 else "")
     raise WatchTimeout(
         f"deadline {deadline.isoformat()} passed with {len(pending)} of {total} "
-        f"batches not ended ({shown}); raise the timeout, or collect the partial results after "
-        "cancelling them",
+        f"batches not ended ({shown})",
         states=states,
         pending=list(pending),
     )

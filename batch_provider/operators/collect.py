@@ -32,6 +32,7 @@ from batch_provider.operators._common import (
     outlets_with,
     run_dir_of,
     run_sync,
+    seconds_of,
     upstream_handle,
 )
 
@@ -161,10 +162,10 @@ class CollectBatchOperator(_BatchOperatorMixin, BaseOperator):
         running = self._not_ended(hook, handle)
         if running:
             self.log.warning(
-                "%d batch(es) have not ended yet (%s): waiting up to %s for them before collecting",
+                "%d batch(es) have not ended yet (%s): waiting up to %ss for them before collecting",
                 len(running),
                 ", ".join(running[:5]),
-                self.wait_timeout,
+                seconds_of(self.wait_timeout),
             )
             if self.deferrable:
                 defer_until_ended(

@@ -219,9 +219,9 @@ class BatchSensor(BaseSensorOperator):
                 f"{message}; the collect task waits for these batches to end before collecting"
             )
         self.log.warning(
-            "The timeout passed before every batch ended (%s); the batches have ended since "
-            "(cancelled: %s): collect takes what they answered",
-            message,
+            "The timeout (deadline %s) passed before every batch ended; they have ended since "
+            "(cancel requested: %s), so collect takes what they answered",
+            record.deadline,
             record.cancelled or "none",
         )
         return handle.model_dump(mode="json")

@@ -167,9 +167,10 @@ def test_retry_resume_fails_for_its_next_try_while_batches_still_run(scripted, t
     h = handle(run_path=f"file://{tmp_path}/run").model_dump(mode="json")
     op = RetryBatchOperator(task_id="retry", handle=h)
     event = {"status": "timeout", "message": "m", "pending": ["b2"], "cancelled": {"b2": "cancelling"}}
-    with pytest.raises(AirflowException, match="attempt 1: 1 batch.*had not ended.*next try waits"):
+    with pytest.raises(AirflowException, match=r"attempt 1: 1 batch.*had not ended.*next try waits"):
         op.resume(context(), event, h)
-    assert json.loads((tmp_path / "run" / "attempt-1" / "deadline.json").read_text())["still_running"] == ["b2"]
+    note = json.loads((tmp_path / "run" / "attempt-1" / "deadline.json").read_text())
+    assert note["still_running"] == ["b2"]
 
 
 def test_on_timeout_is_checked():
