@@ -9,10 +9,10 @@ Invariants:
 - Each submitted custom_id appears once per attempt it was part of, in exactly one of that
   attempt's two files (reconciliation guarantees it, even for expired or cancelled batches).
 - Collecting again overwrites the same files with the same content: collect is idempotent
-  (the output-token history is recorded once per attempt, not once per collect).
+  (the output-token history is recorded by the first collect that writes ``batches.json``).
 - Every file is written with :func:`atomic_write`: a collect killed at any point leaves each
-  file old and complete or new and complete. An attempt's ``errors.jsonl`` is committed last,
-  after its results and ``batches.json``, so an attempt whose errors file exists is collected.
+  file old and complete or new and complete. An attempt's ``errors.jsonl`` is committed after
+  its ``results.jsonl``, so an attempt whose errors file exists has both complete.
 - The result cache is optional: a write that keeps failing is counted
   (``cache_entries_not_stored``) and logged, never raised.
 - Records are streamed from the provider to the files; memory holds one batch's id set at most.
@@ -136,7 +136,8 @@ async def collect_run(
                     backend, ref, handle.attempt, run_dir, parts, results, errors, prices, cache
                 )
             )
-        write_json_atomic(batches_file, [f.model_dump(mode="json") for f in figures])
+    # written last: it tells a later collect of this attempt that the history has its figures
+    write_json_atomic(batches_file, [f.model_dump(mode="json") for f in figures])
     if not recorded_before:
         _record_history(run_dir, ledger.provider.value, figures)
     not_stored = sum(f.cache_not_stored for f in figures)
