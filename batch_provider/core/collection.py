@@ -38,7 +38,13 @@ from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import BatchRef, ItemStatus, ResultRecord, Usage
 from batch_provider.core.pricing import Calibration, Cost, CostTally, PriceTable, default_price_table
 from batch_provider.core.reconcile import expected_ids, reconcile
-from batch_provider.core.rundir import RunDirectory, atomic_write, read_json, write_json_atomic
+from batch_provider.core.rundir import (
+    RunDirectory,
+    atomic_write,
+    read_json,
+    remove_stale_temps,
+    write_json_atomic,
+)
 from batch_provider.core.submission import part_custom_ids
 
 log = logging.getLogger(__name__)
@@ -123,6 +129,8 @@ async def collect_run(
     figures: list[BatchFigures] = []
     attempt_dir = run_dir.attempt_dir(handle.attempt)
     attempt_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(run_dir.root)
+    remove_stale_temps(attempt_dir)
     batches_file = attempt_dir / "batches.json"
     recorded_before = batches_file.exists()
     # exits in reverse order: results are committed first, the errors file (the marker) last

@@ -26,7 +26,7 @@ from batch_provider.core.deadline import DeadlineRecord, load_deadline
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger, LedgerAttempt, LedgerChunk, RunKey
 from batch_provider.core.models import ResultRecord
-from batch_provider.core.rundir import RunDirectory, atomic_write, remove_tree
+from batch_provider.core.rundir import RunDirectory, atomic_write, remove_stale_temps, remove_tree
 from batch_provider.core.submission import OnCreated, handle_for, submit_pending
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ async def resubmit_retryable(
     if ledger is None:
         raise FileNotFoundError(f"{run_dir} has no ledger.json: it was not written by a submit task")
     ledger.check_owner(run_key, backend.provider, run_dir)
+    remove_stale_temps(run_dir.root)
     attempt = handle.attempt + 1
     if attempt > max_attempts:
         return None
@@ -137,6 +138,7 @@ def write_dead_letter(
     ledger = Ledger.load(run_dir)
     if ledger is None:
         raise FileNotFoundError(f"{run_dir} has no ledger.json: it was not written by a submit task")
+    remove_stale_temps(run_dir.root)
     reason = dead_letter_reasons(run_dir, max_attempts=max_attempts)
     return rebuild_outputs(backend, run_dir, ledger, dead_letter=True, dead_letter_reason=reason)
 

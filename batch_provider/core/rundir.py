@@ -4,6 +4,8 @@ Invariants:
 - One folder per (dag_id, run_id, task group, map index): backfills, reruns of other data
   intervals and mapped tasks never share a folder.
 - Every file a run writes is named here; nothing else invents paths inside a run folder.
+- Files that a later step reads are written with :func:`atomic_write`: a writer killed at any
+  point leaves the old complete file or the new complete one, never a part of it.
 - ``root`` may be a ``pathlib.Path`` or an ``ObjectStoragePath``/UPath: only ``/``, ``open``,
   ``exists``, ``mkdir``, ``iterdir`` and ``unlink`` are used.
 """
@@ -154,6 +156,17 @@ def atomic_write(path: Any) -> Iterator[BinaryIO]:
         _discard(fh)
         raise
     fh.close()
+
+
+def remove_stale_temps(folder: Any) -> None:
+    """Delete the temporary files a killed :func:`atomic_write` left in ``folder`` (local disk
+    only: on object storage an unfinished write leaves nothing visible). Call it only where no
+    other writer is at work, e.g. when a collect of the run starts."""
+    local = _local_path(folder)
+    if local is None or not local.is_dir():
+        return
+    for tmp in local.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _discard(fh: Any) -> None:
