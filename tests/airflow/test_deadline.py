@@ -127,3 +127,27 @@ def test_collect_runs_after_a_failed_wait_and_waits_for_the_batches(slow_finaliz
     note = json.loads((folder / "attempt-1" / "deadline.json").read_text())
     assert note["cancelled"] == {} and len(note["still_running"]) == 1
     assert json.loads((folder / "manifest.json").read_text())["succeeded"] == 10
+
+
+def test_group_lets_collect_follow_a_failed_wait_and_retries_collect_and_retry():
+    from datetime import timedelta
+
+    from airflow.sdk import DAG, TriggerRule
+
+    from batch_provider.task_group import llm_batch_group
+
+    with DAG("group_settings") as dag:
+        llm_batch_group(
+            "g", provider="openai", records=[{"id": 1}], prompt_template="x", timeout=60, on_timeout="fail"
+        )
+    tasks = {t.task_id: t for t in dag.tasks}
+    collect, retry, wait = tasks["g.collect"], tasks["g.retry"], tasks["g.wait"]
+    assert collect.trigger_rule == TriggerRule.ALL_DONE_MIN_ONE_SUCCESS
+    assert collect.upstream_task_ids == {"g.submit", "g.wait"}  # not run when submit failed
+    assert collect.retries == retry.retries == 3
+    assert collect.retry_exponential_backoff and retry.retry_exponential_backoff
+    assert collect.retry_delay == timedelta(seconds=30)
+    assert wait.cancel_on_timeout and wait.timeout_grace == retry.timeout_grace == timedelta(hours=1)
+    assert retry.on_timeout == "fail" and collect.wait_timeout == 60
+    with pytest.raises(ValueError, match="on_timeout"), DAG("bad_group"):
+        llm_batch_group("g", provider="openai", records=[], prompt_template="x", on_timeout="never")
