@@ -225,3 +225,21 @@ def test_retry_takes_the_handle_from_the_collect_summary():
     assert retry._latest_handle(ctx).conn_id == "my_openai"
     with pytest.raises(ValueError, match="not a run handle"):
         parse_handle({"run_path": "x", "provider": "openai", "succeeded": 3})
+
+
+def test_retry_in_the_worker_treats_the_deadline_as_an_ending(scripted, tmp_path):
+    scripted["polls_to_end"] = 10_000
+    h = handle(run_path=f"file://{tmp_path}/run")
+    op = RetryBatchOperator(
+        task_id="retry",
+        deferrable=False,
+        attempt_timeout=0.2,
+        timeout_grace=5,
+        poll_interval=0.01,
+        max_poll_interval=0.02,
+    )
+    states = op._wait_in_worker(op._hook("openai", h.conn_id), h)
+    assert {s["ending"] for s in states.values()} == {"cancelled"}
+    assert ScriptedBackend.instances[-1].cancelled == ["b1", "b2"]
+    note = json.loads((tmp_path / "run" / "attempt-1" / "deadline.json").read_text())
+    assert set(note["cancelled"]) == {"b1", "b2"} and note["still_running"] == []
