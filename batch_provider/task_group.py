@@ -11,13 +11,14 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Asset, TaskGroup
+from airflow.sdk import Asset, TaskGroup, TriggerRule
 
+from batch_provider.core.deadline import DEFAULT_ON_TIMEOUT
 from batch_provider.core.watch import DEFAULT_POLL_INTERVAL_MAX, DEFAULT_POLL_INTERVAL_MIN
 from batch_provider.operators.collect import CollectBatchOperator
 from batch_provider.operators.retry import RetryBatchOperator
 from batch_provider.operators.submit import SubmitBatchOperator
-from batch_provider.sensors.batch import DEFAULT_TIMEOUT, BatchSensor
+from batch_provider.sensors.batch import DEFAULT_TIMEOUT, DEFAULT_TIMEOUT_GRACE, BatchSensor
 
 TASK_DOCS: dict[str, str] = {
     "submit": "Renders the input rows into requests and submits them as provider batches "
@@ -54,6 +55,10 @@ def llm_batch_group(
     cache_ttl: timedelta | float | None = None,
     task_docs: Mapping[str, str] | None = None,
     submit_operator_class: type[SubmitBatchOperator] = SubmitBatchOperator,
+    timeout_grace: timedelta | float = DEFAULT_TIMEOUT_GRACE,
+    on_timeout: str = DEFAULT_ON_TIMEOUT,
+    collect_retries: int = 3,
+    collect_retry_delay: timedelta = timedelta(seconds=30),
     **submit_kwargs: Any,
 ) -> TaskGroup:
     """Build the group ``group_id`` with tasks ``submit``, ``wait``, ``collect`` and ``retry``.
@@ -78,6 +83,16 @@ def llm_batch_group(
     Inside a mapped task group (``@task_group`` ... ``.expand(input_path=[...])``) every map index
     is a run of its own: its own run folder (``<group>.map-N``), batches, retries and final
     manifest; ``wait``, ``collect`` and ``retry`` use the handle of their own map index.
+
+    ``timeout`` is an ending, not a crash: past it the batches are cancelled
+    (``cancel_on_timeout``), waited for until they report an ending (at most ``timeout_grace``),
+    collected, and ``on_timeout`` decides the rest: ``"partial"`` (default: rows cut off go to the
+    dead letter, the run succeeds with a warning), ``"fail"`` (same files, the retry task fails),
+    ``"retry"`` (they are resubmitted, as after a provider-side expiry).
+    ``collect_retries`` / ``collect_retry_delay``: Airflow retries of collect and retry, with an
+    exponential backoff, for transient storage and provider errors (both are safe to re-run).
+    Collect runs whenever submit succeeded, also after the wait failed or was stopped by a user,
+    so what the batches answered is never left uncollected.
     """
     docs = {**TASK_DOCS, **(task_docs or {})}
     cache = {
@@ -108,10 +123,26 @@ def llm_batch_group(
             max_poll_interval=max_poll_interval,
             cancel_on_timeout=cancel_on_timeout,
             cancel_on_kill=cancel_on_kill,
+            timeout_grace=timeout_grace,
             doc_md=docs["wait"],
         )
+        resilient = {
+            "retries": collect_retries,
+            "retry_delay": collect_retry_delay,
+            "retry_exponential_backoff": True,
+            "max_retry_delay": timedelta(minutes=30),
+        }
         collect = CollectBatchOperator(
-            task_id="collect", handle=submit.output, doc_md=docs["collect"], **cache
+            task_id="collect",
+            handle=submit.output,
+            doc_md=docs["collect"],
+            trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
+            wait_timeout=timeout,
+            deferrable=deferrable,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            **resilient,
+            **cache,
         )
         retry = RetryBatchOperator(
             task_id="retry",
@@ -123,9 +154,12 @@ def llm_batch_group(
             max_poll_interval=max_poll_interval,
             cancel_on_timeout=cancel_on_timeout,
             cancel_on_kill=cancel_on_kill,
+            timeout_grace=timeout_grace,
+            on_timeout=on_timeout,
             results_asset=results_asset,
             metadata=metadata,
             doc_md=docs["retry"],
+            **resilient,
             **cache,
         )
         submit >> wait >> collect >> retry

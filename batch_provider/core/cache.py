@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from batch_provider.core.models import ItemStatus, LLMRequest, ResultRecord
+
+log = logging.getLogger(__name__)
 
 CACHE_BLOCK = 512
 """Entries looked up (at submit) or stored (at collect) at once: one concurrent fetch or put on
@@ -30,6 +34,11 @@ class ResultCache:
     """Entries are read and written a block at a time (:meth:`get_many`, :meth:`put_many`): on
     object storage one block costs about one round trip, as fsspec runs its requests concurrently,
     so a million lookups are thousands of round trips rather than a million."""
+
+    store_retries: int = 3
+    """Further tries of a block whose write failed (see :meth:`store_safely`)."""
+    store_backoff: float = 1.0
+    """Seconds before the first further try; doubled for each next one."""
 
     def __init__(self, root: Any, *, ttl: timedelta | None = None):
         self.root = root
@@ -98,6 +107,34 @@ class ResultCache:
         for key, data in blobs.items():
             with self._path(key).open("wb") as fh:
                 fh.write(data)
+
+    def store_safely(self, entries: Sequence[tuple[str, ResultRecord]]) -> int:
+        """Store ``entries`` like :meth:`put_many`, never raising: the cache is optional, so a
+        write that keeps failing (after ``store_retries`` further tries with a doubling backoff)
+        is logged as a warning and costs only the cache entries. Returns how many succeeded
+        records were not stored."""
+        wanted = sum(1 for _, record in entries if record.status is ItemStatus.SUCCEEDED)
+        delay = self.store_backoff
+        for attempt in range(self.store_retries + 1):
+            try:
+                self.put_many(entries)
+                return 0
+            except Exception as exc:
+                if attempt == self.store_retries:
+                    log.warning(
+                        "Result cache %s: %d entries not stored after %d tries (%s: %s); the results "
+                        "files are unaffected",
+                        self.root,
+                        wanted,
+                        attempt + 1,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    return wanted
+                log.info("Result cache write failed (%s: %s); again in %.1fs", type(exc).__name__, exc, delay)
+                time.sleep(delay)
+                delay *= 2
+        return wanted  # pragma: no cover - the loop always returns
 
     def _read_many(self, keys: list[str]) -> dict[str, bytes]:
         fs = getattr(self.root, "fs", None)

@@ -8,7 +8,13 @@ resubmitted by a later attempt), ``manifest.json``.
 Invariants:
 - Each submitted custom_id appears once per attempt it was part of, in exactly one of that
   attempt's two files (reconciliation guarantees it, even for expired or cancelled batches).
-- Collecting again overwrites the same files with the same content: collect is idempotent.
+- Collecting again overwrites the same files with the same content: collect is idempotent
+  (the output-token history is recorded by the first collect that writes ``batches.json``).
+- Every file is written with :func:`atomic_write`: a collect killed at any point leaves each
+  file old and complete or new and complete. An attempt's ``errors.jsonl`` is committed after
+  its ``results.jsonl``, so an attempt whose errors file exists has both complete.
+- The result cache is optional: a write that keeps failing is counted
+  (``cache_entries_not_stored``) and logged, never raised.
 - Records are streamed from the provider to the files; memory holds one batch's id set at most.
 """
 
@@ -17,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,13 +32,20 @@ from pydantic import BaseModel, Field
 
 from batch_provider.backends.base import BatchBackend
 from batch_provider.core.cache import CACHE_BLOCK, ResultCache
+from batch_provider.core.deadline import load_deadline
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import BatchRef, ItemStatus, ResultRecord, Usage
 from batch_provider.core.pricing import Calibration, Cost, CostTally, PriceTable, default_price_table
 from batch_provider.core.reconcile import ReconcileReport, reconcile
 from batch_provider.core.rejects import reject_reasons
-from batch_provider.core.rundir import RunDirectory, read_json, write_json_atomic
+from batch_provider.core.rundir import (
+    RunDirectory,
+    atomic_write,
+    read_json,
+    remove_stale_temps,
+    write_json_atomic,
+)
 from batch_provider.core.submission import part_custom_ids, part_ids
 
 log = logging.getLogger(__name__)
@@ -57,6 +70,8 @@ class BatchFigures(BaseModel):
     """Result lines for ids this batch was not given (ignored)."""
     duplicate_results: int = 0
     """Extra result lines for an id already answered (a success is kept over an error)."""
+    cache_not_stored: int = 0
+    """Successes of this batch that could not be stored in the result cache."""
 
 
 class RunSummary(BaseModel):
@@ -87,6 +102,12 @@ class RunSummary(BaseModel):
     """(expected estimate − actual) / actual × 100, on the batch cost of what was sent."""
     stray_results: int = 0
     """Result lines, over every collected batch, for ids never sent in that batch: ignored."""
+    cache_entries_not_stored: int = 0
+    """Successes the result cache could not store (the results files have them all)."""
+    deadline_passed: list[int] = Field(default_factory=list)
+    """Attempts whose wait passed its deadline (their batches were ended early)."""
+    dead_letter_after_deadline: int = 0
+    """Items of the dead letter cut off by a passed deadline rather than failed."""
 
     def for_xcom(self) -> dict[str, Any]:
         """A short summary for downstream tasks: counts, tokens and file paths, never records."""
@@ -127,9 +148,14 @@ async def collect_run(
     figures: list[BatchFigures] = []
     attempt_dir = run_dir.attempt_dir(handle.attempt)
     attempt_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(run_dir.root)
+    remove_stale_temps(attempt_dir)
+    batches_file = attempt_dir / "batches.json"
+    recorded_before = batches_file.exists()
+    # exits in reverse order: results are committed first, the errors file (the marker) last
     with (
-        run_dir.attempt_results(handle.attempt).open("wb") as results,
-        run_dir.attempt_errors(handle.attempt).open("wb") as errors,
+        atomic_write(run_dir.attempt_errors(handle.attempt)) as errors,
+        atomic_write(run_dir.attempt_results(handle.attempt)) as results,
     ):
         for ref in handle.batches:
             figures.append(
@@ -137,8 +163,13 @@ async def collect_run(
                     backend, ref, handle.attempt, run_dir, parts, results, errors, prices, cache
                 )
             )
-    write_json_atomic(attempt_dir / "batches.json", [f.model_dump(mode="json") for f in figures])
-    _record_history(run_dir, ledger.provider.value, figures)
+    # written last: it tells a later collect of this attempt that the history has its figures
+    write_json_atomic(batches_file, [f.model_dump(mode="json") for f in figures])
+    if not recorded_before:
+        _record_history(run_dir, ledger.provider.value, figures)
+    not_stored = sum(f.cache_not_stored for f in figures)
+    if not_stored:
+        log.warning("%d successes of attempt %d are not in the result cache", not_stored, handle.attempt)
     summary = rebuild_outputs(backend, run_dir, ledger)
     log.info(
         "Collected attempt %d: %d succeeded, %d unresolved, %d rejected of %d inputs",
@@ -174,6 +205,7 @@ async def _collect_batch(
     keys = _cache_keys(run_dir, set(ids.rows.values())) if cache is not None else {}
     to_cache: list[tuple[str, ResultRecord]] = []
     report = ReconcileReport()
+    not_stored = 0
     records = reconcile(ref, ids.wants, state, backend.results(ref), report=report, row_ids=ids.rows)
     async for record in records:
         record.attempt = attempt
@@ -181,14 +213,14 @@ async def _collect_batch(
         if succeeded and cache is not None and record.custom_id in keys:
             to_cache.append((keys[record.custom_id], record))
             if len(to_cache) >= CACHE_BLOCK:
-                await asyncio.to_thread(cache.put_many, to_cache)
+                not_stored += await asyncio.to_thread(cache.store_safely, to_cache)
                 to_cache = []
         counts[record.status] += 1
         if record.usage.total_tokens:
             tally.add(record.model or ref.model, record.usage)
         (results if succeeded else errors).write(record.json_line())
-    if to_cache:
-        await asyncio.to_thread(cache.put_many, to_cache)
+    if to_cache and cache is not None:
+        not_stored += await asyncio.to_thread(cache.store_safely, to_cache)
     return BatchFigures(
         batch_id=ref.batch_id,
         attempt=attempt,
@@ -205,6 +237,7 @@ async def _collect_batch(
         ended_at=state.ended_at,
         stray_results=report.unexpected,
         duplicate_results=report.duplicates,
+        cache_not_stored=not_stored,
     )
 
 
@@ -252,16 +285,22 @@ def _lines(path: Any) -> Iterator[bytes]:
 
 
 def rebuild_outputs(
-    backend: BatchBackend, run_dir: RunDirectory, ledger: Ledger, *, dead_letter: bool = False
+    backend: BatchBackend,
+    run_dir: RunDirectory,
+    ledger: Ledger,
+    *,
+    dead_letter: bool = False,
+    dead_letter_reason: Callable[[ResultRecord], str] | None = None,
 ) -> RunSummary:
     """Rebuild ``results.jsonl``, ``errors.jsonl`` (and ``dead_letter.jsonl`` when ``dead_letter``)
-    and ``manifest.json`` from the collected attempts."""
+    and ``manifest.json`` from the collected attempts. ``dead_letter_reason`` gives each dead
+    letter line a ``dead_letter_reason`` field (why the item was not sent again)."""
     collected = [n for n in sorted(ledger.attempts) if run_dir.attempt_errors(n).exists()]
     succeeded = 0
     unresolved: Counter[str] = Counter()
     retryable = 0
     figures: list[BatchFigures] = []
-    with run_dir.results.open("wb") as results_out, run_dir.errors.open("wb") as errors_out:
+    with atomic_write(run_dir.results) as results_out, atomic_write(run_dir.errors) as errors_out:
         for line in _lines(run_dir.cached):
             results_out.write(line)
             succeeded += 1
@@ -281,10 +320,15 @@ def rebuild_outputs(
             batches_file = run_dir.attempt_dir(attempt) / "batches.json"
             if batches_file.exists():
                 figures.extend(BatchFigures.model_validate(b) for b in read_json(batches_file))
-    dead = 0
+    dead = dead_after_deadline = 0
+    timed_out = [n for n in collected if load_deadline(run_dir, n) is not None]
     if dead_letter:
-        with run_dir.dead_letter.open("wb") as out:
+        with atomic_write(run_dir.dead_letter) as out:
             for line in _lines(run_dir.errors):
+                record = ResultRecord.model_validate_json(line)
+                dead_after_deadline += int(record.attempt in timed_out and record.retryable)
+                if dead_letter_reason is not None:
+                    line = _with_reason(line, dead_letter_reason(record))
                 out.write(line)
                 dead += 1
     first = ledger.attempts[1]
@@ -320,11 +364,20 @@ def rebuild_outputs(
         estimate=first.estimate,
         estimate_error_pct=_estimate_error(first.estimate, cost),
         stray_results=sum(f.stray_results for f in figures),
+        cache_entries_not_stored=sum(f.cache_not_stored for f in figures),
+        deadline_passed=timed_out,
+        dead_letter_after_deadline=dead_after_deadline,
     )
     manifest = _manifest(summary, ledger)
     manifest["rejected_reasons"] = reject_reasons(run_dir.rejects) if first.rejected else {}
     write_json_atomic(run_dir.manifest, manifest)
     return summary
+
+
+def _with_reason(line: bytes, reason: str) -> bytes:
+    """The JSON line with ``dead_letter_reason`` added as its last field."""
+    body = line.rstrip(b"\r\n")
+    return body[:-1] + b',"dead_letter_reason":' + msgspec.json.encode(reason) + b"}\n"
 
 
 def _resubmitted_ids(

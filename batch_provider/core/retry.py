@@ -7,6 +7,9 @@ Invariants:
   same, only its batch is new. Non-retryable errors are never resent.
 - Attempts go through the same ledger as the first submit, so a retried or restarted retry task
   re-attaches instead of paying again.
+- An attempt whose wait passed its deadline (``attempt-N/deadline.json``) is resubmitted only
+  when ``resubmit_after_deadline``; otherwise its rows cut off go to the dead letter, each line
+  saying why (``dead_letter_reason``).
 - A subset of a valid chunk is a valid chunk (same group, fewer requests and bytes), so retries
   keep attempt N's chunking and need no new split.
 """
@@ -16,15 +19,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from batch_provider.backends.base import BatchBackend
 from batch_provider.core.claims import claim_run, publish_split
 from batch_provider.core.collection import RunSummary, rebuild_outputs
+from batch_provider.core.deadline import DeadlineRecord, load_deadline
 from batch_provider.core.handle import RunHandle
-from batch_provider.core.jsonl import JsonlWriter, iter_path_lines
+from batch_provider.core.jsonl import iter_path_lines
 from batch_provider.core.ledger import Ledger, LedgerAttempt, LedgerChunk, LedgerConflictError, RunKey
-from batch_provider.core.rundir import RunDirectory
+from batch_provider.core.models import ResultRecord
+from batch_provider.core.rundir import RunDirectory, atomic_write, remove_stale_temps
 from batch_provider.core.split import part_ids_path
 from batch_provider.core.submission import OnCreated, handle_for, part_ids, submit_pending
 from batch_provider.core.wire_ids import SIDECAR_HEADER, sidecar_line, swap_wire_id, wire_id
@@ -79,11 +84,11 @@ def _write_retry_parts(
             continue
         index = len(chunks)
         path = parts_dir / f"part-{index:05d}.jsonl"
-        with JsonlWriter(path) as out, JsonlWriter(part_ids_path(path)) as sidecar:
-            sidecar.write_line(SIDECAR_HEADER)
+        with atomic_write(path) as out, atomic_write(part_ids_path(path)) as sidecar:
+            sidecar.write(SIDECAR_HEADER + b"\n")
             for line, new, row, wants_json in picked:
-                out.write_line(line)
-                sidecar.write_line(sidecar_line(wants_json, new, row))
+                out.write(line + b"\n")
+                sidecar.write(sidecar_line(wants_json, new, row) + b"\n")
                 digest.update(line + b"\n")
         chunks.append(
             old.model_copy(
@@ -110,15 +115,18 @@ async def resubmit_retryable(
     tags: Mapping[str, str] | None = None,
     max_attempts: int,
     on_created: OnCreated | None = None,
+    resubmit_after_deadline: bool = True,
 ) -> RunHandle | None:
     """Create attempt ``handle.attempt + 1`` from the retryable errors of ``handle``'s attempt.
 
-    Returns its handle, or None when nothing is retryable or ``max_attempts`` is reached.
+    Returns its handle, or None when nothing is retryable, ``max_attempts`` is reached, or the
+    attempt's wait passed its deadline and ``resubmit_after_deadline`` is off.
     """
     ledger = Ledger.load(run_dir)
     if ledger is None:
         raise FileNotFoundError(f"{run_dir} has no ledger.json: it was not written by a submit task")
     ledger.check_owner(run_key, backend.provider, run_dir)
+    remove_stale_temps(run_dir.root)
     attempt = handle.attempt + 1
     if attempt > max_attempts:
         return None
@@ -126,6 +134,10 @@ async def resubmit_retryable(
         run = await claim_run(run_dir, run_key.model_dump(), backend.provider.value)
         ledger.wire_token = run.token
     if attempt not in ledger.attempts:
+        passed = load_deadline(run_dir, handle.attempt)
+        if passed is not None and not resubmit_after_deadline:
+            log.warning("%s: its rows not answered are not sent again", passed.reason())
+            return None
         wanted = _retryable_ids(run_dir, handle.attempt)
         if not wanted:
             return None
@@ -148,9 +160,34 @@ async def resubmit_retryable(
     return handle_for(ledger, run_dir, attempt=attempt, conn_id=handle.conn_id, cache_path=handle.cache_path)
 
 
-def write_dead_letter(backend: BatchBackend, run_dir: RunDirectory) -> RunSummary:
-    """Close the run: every unresolved item goes to ``dead_letter.jsonl``; the manifest is final."""
+def write_dead_letter(
+    backend: BatchBackend, run_dir: RunDirectory, *, max_attempts: int | None = None
+) -> RunSummary:
+    """Close the run: every unresolved item goes to ``dead_letter.jsonl`` with the reason it was
+    not sent again; the manifest is final."""
     ledger = Ledger.load(run_dir)
     if ledger is None:
         raise FileNotFoundError(f"{run_dir} has no ledger.json: it was not written by a submit task")
-    return rebuild_outputs(backend, run_dir, ledger, dead_letter=True)
+    remove_stale_temps(run_dir.root)
+    reason = dead_letter_reasons(run_dir, max_attempts=max_attempts)
+    return rebuild_outputs(backend, run_dir, ledger, dead_letter=True, dead_letter_reason=reason)
+
+
+def dead_letter_reasons(run_dir: RunDirectory, *, max_attempts: int | None) -> Callable[[ResultRecord], str]:
+    """Why an unresolved item was not sent again: not retryable, cut off by a passed deadline,
+    or no attempts left."""
+    deadlines: dict[int, DeadlineRecord | None] = {}
+
+    def reason(record: ResultRecord) -> str:
+        if not record.retryable:
+            kind = record.error.type if record.error else record.status.value
+            return f"not retryable ({kind}): resending the same request cannot succeed"
+        if record.attempt not in deadlines:
+            deadlines[record.attempt] = load_deadline(run_dir, record.attempt)
+        passed = deadlines[record.attempt]
+        if passed is not None:
+            return f"{passed.reason()}; {record.status.value} then, not sent again"
+        limit = f" of max_attempts={max_attempts}" if max_attempts else ""
+        return f"still {record.status.value} after attempt {record.attempt}{limit}"
+
+    return reason

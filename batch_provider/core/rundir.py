@@ -4,6 +4,8 @@ Invariants:
 - One folder per (dag_id, run_id, task group, map index): backfills, reruns of other data
   intervals and mapped tasks never share a folder.
 - Every file a run writes is named here; nothing else invents paths inside a run folder.
+- Files that a later step reads are written with :func:`atomic_write`: a writer killed at any
+  point leaves the old complete file or the new complete one, never a part of it.
 - ``root`` may be a ``pathlib.Path`` or an ``ObjectStoragePath``/UPath: only ``/``, ``open``,
   ``exists``, ``mkdir``, ``iterdir`` and ``unlink`` are used.
 """
@@ -15,10 +17,12 @@ import json
 import os
 import pathlib
 import re
+import secrets
 import shutil
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, BinaryIO
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
 
@@ -121,17 +125,95 @@ def run_directory(
 
 
 def write_json_atomic(path: Any, payload: Any) -> None:
-    """Write JSON so a reader never sees half a file: rename on a local disk, one PUT elsewhere."""
+    """Write JSON so a reader never sees half a file (see :func:`atomic_write`)."""
     data = json.dumps(payload, indent=2, sort_keys=False, default=str).encode()
+    with atomic_write(path) as fh:
+        fh.write(data)
+
+
+def _local_path(path: Any) -> pathlib.Path | None:
+    """``path`` as a local ``pathlib.Path`` when it is on a local disk (a Path or ``file://``)."""
     if isinstance(path, pathlib.Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        return path
+    if getattr(path, "protocol", None) in ("file", "local") and hasattr(path, "path"):
+        return pathlib.Path(path.path)
+    return None
+
+
+@contextmanager
+def atomic_write(path: Any) -> Iterator[BinaryIO]:
+    """Open ``path`` for writing so readers see the old complete file or the new complete one.
+
+    Local disk: the bytes go to a hidden temporary file beside it, which is fsynced and renamed
+    over ``path`` (then the folder is fsynced), so a kill at any point leaves the old file.
+    Object storage: one object written through fsspec, which makes it visible only when the
+    file is closed (one PUT, or a multipart upload completed at close); if the block raises, the
+    upload is discarded rather than closed, so an error never publishes a part of the file.
+    """
+    local = _local_path(path)
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fh = open(tmp, "wb")  # noqa: SIM115 - closed below on every path
+        try:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        except BaseException:
+            fh.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        fh.close()
+        os.replace(tmp, local)
+        _fsync_dir(local.parent)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as fh:
-        fh.write(data)
+    fh = path.open("wb")
+    try:
+        yield fh
+    except BaseException:
+        _discard(fh)
+        raise
+    fh.close()
+
+
+def remove_stale_temps(folder: Any) -> None:
+    """Delete the temporary files a killed :func:`atomic_write` left in ``folder`` (local disk
+    only: on object storage an unfinished write leaves nothing visible). Call it only where no
+    other writer is at work, e.g. when a collect of the run starts."""
+    local = _local_path(folder)
+    if local is None or not local.is_dir():
+        return
+    for tmp in local.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _discard(fh: Any) -> None:
+    """Drop an object-store upload without publishing it (fsspec ``discard``), then mark the
+    file closed so neither ``close`` nor garbage collection uploads what was written."""
+    raw = getattr(fh, "_obj", fh)  # ObjectStoragePath wraps the fsspec file for lineage
+    try:
+        discard = getattr(raw, "discard", None)
+        if discard is not None:
+            discard()
+    finally:
+        try:
+            raw.closed = True
+        except AttributeError:
+            raw.close()
+
+
+def _fsync_dir(folder: pathlib.Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_json(path: Any) -> Any:

@@ -11,6 +11,9 @@ Invariants:
   that take hours), clamped to ``[poll_interval_min, poll_interval_max]``.
 - Transient provider errors (``retryable`` ones: 429, 5xx) skip a poll; any other error ends the
   watch, because polling again cannot fix a wrong key or an unknown batch id.
+- A passed deadline is an ending, not a crash (:func:`watch_to_end`): the batches still running
+  are cancelled when asked, and the watch goes on, for at most a grace period, until the provider
+  reports them ended, so what they answered can still be collected.
 
 Nothing here imports Airflow: the trigger, the sensor's poke mode and plain scripts share it.
 """
@@ -23,7 +26,8 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from batch_provider.backends.base import BatchBackend
 from batch_provider.backends.errors import BatchProviderError
@@ -32,6 +36,7 @@ from batch_provider.core.models import BatchEnding, BatchState
 DEFAULT_POLL_INTERVAL_MIN = 5.0
 DEFAULT_POLL_INTERVAL_MAX = 300.0
 DEFAULT_MAX_IN_FLIGHT = 64
+CANCEL_TIMEOUT_SECONDS = 20.0
 GROWTH = 0.1
 """Interval as a fraction of the time already spent waiting: after 10 min, poll once a minute."""
 
@@ -282,8 +287,7 @@ def _check_deadline(
     shown = ", ".join(pending[:5]) + (f" and {len(pending) - 5} more" if len(pending) > 5 else "")
     raise WatchTimeout(
         f"deadline {deadline.isoformat()} passed with {len(pending)} of {total} "
-        f"batches not ended ({shown}); raise the timeout, or collect the partial results after "
-        "cancelling them",
+        f"batches not ended ({shown})",
         states=states,
         pending=list(pending),
     )
@@ -291,3 +295,91 @@ def _check_deadline(
 
 def all_succeeded(states: Mapping[str, BatchState]) -> bool:
     return all(s.ending is BatchEnding.COMPLETED for s in states.values())
+
+
+async def cancel_batches(backend: Any, batch_ids: list[str], log: Any = None) -> dict[str, str]:
+    """Ask the provider to cancel each batch; batches already ended are left as they are.
+
+    Returns ``{batch_id: native status or error}``; one failed cancel does not stop the others.
+    """
+
+    async def one(batch_id: str) -> str:
+        try:
+            state = await backend.cancel(batch_id)
+            return state.native_status
+        except Exception as exc:
+            if log is not None:
+                log.warning("Could not cancel batch %s: %s", batch_id, exc)
+            return f"error: {type(exc).__name__}"
+
+    results = await asyncio.gather(*(one(b) for b in batch_ids))
+    outcome = dict(zip(batch_ids, results, strict=True))
+    if log is not None:
+        log.info("Cancel requested: %s", outcome)
+    return outcome
+
+
+@dataclass
+class WatchOutcome:
+    """How a watch ended: every batch's last state; whether the deadline passed first, which
+    batches were then cancelled, and which had still not ended when the grace period ran out."""
+
+    states: dict[str, BatchState]
+    deadline_passed: bool = False
+    cancelled: dict[str, str] = field(default_factory=dict)
+    still_running: list[str] = field(default_factory=list)
+
+
+async def watch_to_end(
+    backend: BatchBackend,
+    batch_ids: Iterable[str],
+    *,
+    deadline: datetime | None,
+    grace_seconds: float | None,
+    cancel_at_deadline: bool,
+    poll_interval_min: float = DEFAULT_POLL_INTERVAL_MIN,
+    poll_interval_max: float = DEFAULT_POLL_INTERVAL_MAX,
+    on_progress: Callable[[Progress], Awaitable[None] | None] | None = None,
+    log: Any = None,
+) -> WatchOutcome:
+    """Watch until every batch has ended; a passed ``deadline`` ends the wait, not the run.
+
+    Past ``deadline`` the batches still running are cancelled (``cancel_at_deadline``), then
+    watched again until they report an ending (a cancelled or expired batch keeps the answers
+    it already has), for at most ``grace_seconds`` after the deadline. At least one more poll
+    is made after the deadline, so a watch resumed late still sees batches that ended meanwhile.
+    """
+    ids = list(dict.fromkeys(batch_ids))
+    poll = {"poll_interval_min": poll_interval_min, "poll_interval_max": poll_interval_max}
+    try:
+        states = await watch_batches(backend, ids, deadline=deadline, on_progress=on_progress, **poll)
+        return WatchOutcome(states=states)
+    except WatchTimeout as exc:
+        passed = exc
+    if log is not None:
+        log.warning("%s", passed)
+    cancelled: dict[str, str] = {}
+    if cancel_at_deadline and passed.pending:
+        try:
+            cancelled = await asyncio.wait_for(
+                cancel_batches(backend, passed.pending, log=log), CANCEL_TIMEOUT_SECONDS
+            )
+        except TimeoutError:
+            cancelled = {b: "error: no answer in time" for b in passed.pending}
+    assert deadline is not None  # only a deadline raises WatchTimeout
+    end = max(
+        deadline + timedelta(seconds=grace_seconds or 0.0),
+        datetime.now(UTC) + timedelta(seconds=poll_interval_min),
+    )
+    try:
+        ended = await watch_batches(
+            backend, passed.pending, deadline=end, on_progress=on_progress, jitter=False, **poll
+        )
+    except WatchTimeout as again:
+        return WatchOutcome(
+            states={**passed.states, **again.states},
+            deadline_passed=True,
+            cancelled=cancelled,
+            still_running=list(again.pending),
+        )
+    return WatchOutcome(states={**passed.states, **ended}, deadline_passed=True, cancelled=cancelled)

@@ -252,7 +252,12 @@ def defer_until_ended(
     kwargs: dict[str, Any] | None = None,
 ) -> None:
     """Defer ``task`` (a sensor or operator with ``poll_interval``, ``max_poll_interval`` and
-    ``cancel_on_kill``) on one trigger watching every batch of ``handle`` until ``timeout``."""
+    ``cancel_on_kill``) on one trigger watching every batch of ``handle`` until ``timeout``.
+
+    A task with ``cancel_on_timeout`` and ``timeout_grace`` gets them as the trigger's
+    ``cancel_at_deadline`` and ``grace_seconds``: past the deadline the trigger cancels and waits
+    for the batches to end, so the task resumes with something to collect."""
+    grace = seconds_of(getattr(task, "timeout_grace", None))
     task.defer(
         trigger=BatchWaitTrigger(
             conn_id=hook.conn_id,
@@ -262,10 +267,14 @@ def defer_until_ended(
             poll_interval_min=task.poll_interval,
             poll_interval_max=task.max_poll_interval,
             cancel_on_kill=task.cancel_on_kill,
+            cancel_at_deadline=bool(getattr(task, "cancel_on_timeout", False)),
+            grace_seconds=grace,
         ),
         method_name=method_name,
         kwargs=kwargs,
-        timeout=_defer_timeout(timeout, task.max_poll_interval),
+        timeout=_defer_timeout(
+            None if timeout is None else (seconds_of(timeout) or 0.0) + (grace or 0.0), task.max_poll_interval
+        ),
     )
 
 

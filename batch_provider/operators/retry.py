@@ -7,7 +7,7 @@ a key. Re-running the task re-attaches to the attempts the run's ledger already 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
@@ -15,11 +15,18 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from batch_provider import metrics
 from batch_provider.core.collection import RunSummary, collect_run
+from batch_provider.core.deadline import (
+    DEFAULT_ON_TIMEOUT,
+    DeadlineRecord,
+    OnTimeout,
+    check_on_timeout,
+    record_from_event,
+)
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.retry import resubmit_retryable, write_dead_letter
 from batch_provider.core.submission import handle_for
-from batch_provider.core.watch import DEFAULT_POLL_INTERVAL_MAX, DEFAULT_POLL_INTERVAL_MIN, watch_batches
+from batch_provider.core.watch import DEFAULT_POLL_INTERVAL_MAX, DEFAULT_POLL_INTERVAL_MIN, watch_to_end
 from batch_provider.hooks.batch import LLMBatchHook
 from batch_provider.links.batch import batch_links, persist_batch_links
 from batch_provider.operators._common import (
@@ -33,9 +40,11 @@ from batch_provider.operators._common import (
     record_waits,
     run_dir_of,
     run_sync,
+    seconds_of,
     upstream_handle,
 )
-from batch_provider.operators.collect import _publish, log_cost
+from batch_provider.operators.collect import _publish, log_cost, warn_cache_gaps
+from batch_provider.sensors.batch import DEFAULT_TIMEOUT_GRACE, note_deadline
 
 
 class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
@@ -53,7 +62,13 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
     :param max_attempts: attempts in all, the first submission included.
     :param fail_on_dead_letter: fail the task when any item ends in the dead letter file.
     :param attempt_timeout: how long to wait for each resubmitted attempt.
-    :param cancel_on_timeout: cancel an attempt's batches when its wait times out.
+    :param cancel_on_timeout: cancel an attempt's batches when its wait times out; the wait
+        then goes on, for at most ``timeout_grace``, until they report an ending.
+    :param timeout_grace: after an attempt's timeout, how long to wait for its batches to end.
+    :param on_timeout: what happens to rows a passed deadline cut off (the first wait's or an
+        attempt's): ``"partial"`` (default) ends the run with them in the dead letter and the
+        task green with a warning; ``"fail"`` does the same, then fails the task; ``"retry"``
+        resubmits them like after a provider-side expiry.
     :param results_asset: Asset emitted with the final results.
     :param conn_id: use this connection instead of the one recorded in the handle.
     :param run_path, cache_path, use_cache, cache_ttl: the result cache successes are stored in;
@@ -76,6 +91,8 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         max_poll_interval: float = DEFAULT_POLL_INTERVAL_MAX,
         cancel_on_timeout: bool = True,
         cancel_on_kill: bool = False,
+        timeout_grace: timedelta | float | None = DEFAULT_TIMEOUT_GRACE,
+        on_timeout: OnTimeout | str = DEFAULT_ON_TIMEOUT,
         results_asset: Asset | None = None,
         metadata: Mapping[str, str] | None = None,
         provider: str | None = None,
@@ -98,6 +115,8 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         self.max_poll_interval = max_poll_interval
         self.cancel_on_timeout = cancel_on_timeout
         self.cancel_on_kill = cancel_on_kill
+        self.timeout_grace = timeout_grace
+        self.on_timeout = check_on_timeout(on_timeout)
         self.metadata = metadata
         self._set_run_options(
             provider=provider,
@@ -171,27 +190,52 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
                 tags={str(k): str(v) for k, v in (self.metadata or {}).items()},
                 max_attempts=int(self.max_attempts),
                 on_created=metrics.batch_created_counter(metric_labels),
+                resubmit_after_deadline=self.on_timeout == "retry",
             )
 
     def _wait_in_worker(self, hook: LLMBatchHook, handle: RunHandle) -> dict[str, dict[str, Any]]:
-        """Wait for the attempt's batches; their final states as a trigger event carries them."""
+        """Wait for the attempt's batches; their final states as a trigger event carries them.
+
+        Past ``attempt_timeout`` the batches are cancelled (``cancel_on_timeout``) and waited for,
+        for at most ``timeout_grace``; the deadline is noted in the run folder."""
         self._watching = handle
         deadline = deadline_after(self.attempt_timeout)
 
-        async def wait() -> dict[str, Any]:
+        async def wait() -> Any:
             async with hook.get_backend() as backend:
-                return await watch_batches(
+                return await watch_to_end(
                     backend,
                     handle.batch_ids,
                     deadline=datetime.fromisoformat(deadline) if deadline else None,
+                    grace_seconds=seconds_of(self.timeout_grace),
+                    cancel_at_deadline=self.cancel_on_timeout,
                     poll_interval_min=self.poll_interval,
                     poll_interval_max=self.max_poll_interval,
                     on_progress=lambda p: self.log.info("%s", p.line()),
+                    log=self.log,
                 )
 
-        states = run_sync(wait())
+        outcome = run_sync(wait())
         self._watching = None
-        return {k: v.model_dump(mode="json") for k, v in states.items()}
+        if outcome.deadline_passed:
+            record = DeadlineRecord(
+                attempt=handle.attempt,
+                deadline=deadline or datetime.now(UTC).isoformat(),
+                cancelled=outcome.cancelled,
+                still_running=outcome.still_running,
+            )
+            note_deadline(self.log, handle, record)
+            if outcome.still_running:
+                self._still_running(handle, outcome.still_running)
+        return {k: v.model_dump(mode="json") for k, v in outcome.states.items()}
+
+    def _still_running(self, handle: RunHandle, running: list[str]) -> None:
+        """Fail this try, so the task's retries re-attach to the attempt and collect it once its
+        batches end: closing the run now would leave what they answered uncollected."""
+        raise AirflowException(
+            f"attempt {handle.attempt}: {len(running)} batch(es) had not ended {self.timeout_grace} "
+            f"after the deadline ({', '.join(running[:5])}); the task's next try waits for them again"
+        )
 
     def _collect(self, hook: LLMBatchHook, handle: RunHandle) -> RunSummary:
         cache = self._cache(handle)
@@ -210,6 +254,7 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
             summary.inputs,
         )
         log_cost(self.log, summary)
+        warn_cache_gaps(self.log, summary)
         return summary
 
     def resume(
@@ -218,13 +263,11 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         current = RunHandle.model_validate(handle) if handle else self._ledger_handle(context)
         hook = self._hook(current.provider.value, current.conn_id)
         status = event.get("status")
-        if status == "timeout":
-            if self.cancel_on_timeout:
-                _cancel(hook, current.batch_ids, self.log)
-            raise AirflowException(
-                f"attempt {current.attempt} did not end within attempt_timeout: {event.get('message')}"
-            )
-        if status != "success":
+        if status in ("deadline", "timeout"):
+            note_deadline(self.log, current, record_from_event(current.attempt, event))
+            if status == "timeout":
+                self._still_running(current, list(event.get("pending") or []))
+        elif status != "success":
             raise AirflowException(f"waiting for attempt {current.attempt} failed: {event.get('message')}")
         record_waits(current.provider.value, event, metric_tags(context))
         self._collect(hook, current)
@@ -246,7 +289,7 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         hook = self._hook(handle.provider.value, handle.conn_id)
         backend = hook.get_backend()
         try:
-            summary = write_dead_letter(backend, run_dir_of(handle))
+            summary = write_dead_letter(backend, run_dir_of(handle), max_attempts=int(self.max_attempts))
         finally:
             run_sync(backend.aclose())
         metrics.run_finished(summary, metric_tags(context))
@@ -259,10 +302,26 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
             summary.inputs,
         )
         log_cost(self.log, summary)
+        dead_letter_file = summary.files.get("dead_letter", summary.run_path + "/dead_letter.jsonl")
+        if summary.deadline_passed:
+            cut = summary.dead_letter_after_deadline
+            self.log.warning(
+                "A wait passed its deadline (attempt(s) %s): %s; on_timeout=%r",
+                ", ".join(map(str, summary.deadline_passed)),
+                f"{cut} row(s) cut off are in {dead_letter_file}" if cut else "every row was answered",
+                self.on_timeout,
+            )
+            if cut and self.on_timeout == "fail":
+                _publish(context, self.outlets, summary)
+                raise AirflowFailException(
+                    f"{cut} row(s) were cut off by a passed deadline (on_timeout='fail'); "
+                    f"the {summary.succeeded} answered are in {summary.files.get('results')}, "
+                    f"the rest in {dead_letter_file}"
+                )
         if summary.dead_letter and self.fail_on_dead_letter:
             raise AirflowFailException(
                 f"{summary.dead_letter} item(s) still failed after {summary.attempts} attempt(s); "
-                f"see {summary.files.get('dead_letter', summary.run_path + '/dead_letter.jsonl')}"
+                f"see {dead_letter_file}"
             )
         _publish(context, self.outlets, summary)
         return summary.for_xcom()

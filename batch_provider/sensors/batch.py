@@ -3,23 +3,32 @@
 Deferrable by default: the wait runs in the triggerer as one :class:`BatchWaitTrigger` for all
 batches of the run, holding no worker slot. ``deferrable=False`` polls from the worker instead,
 one status round per poke (``mode="reschedule"`` frees the slot between pokes).
+
+The timeout is an ending, not a crash: past it the batches are cancelled (``cancel_on_timeout``)
+and the wait goes on, for at most ``timeout_grace``, until the provider reports them ended; the
+sensor then succeeds with a warning and notes the deadline in the run folder
+(``attempt-N/deadline.json``), so collect takes what was answered and retry applies its
+``on_timeout`` policy to the rest.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout
 
+from batch_provider.core.deadline import DeadlineRecord, record_deadline, record_from_event
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.watch import (
     DEFAULT_POLL_INTERVAL_MAX,
     DEFAULT_POLL_INTERVAL_MIN,
+    WatchOutcome,
     poll_round,
     summarise,
+    watch_to_end,
 )
 from batch_provider.hooks.batch import LLMBatchHook
 from batch_provider.links.batch import batch_links, persist_batch_links
@@ -28,7 +37,9 @@ from batch_provider.operators._common import (
     defer_until_ended,
     metric_tags,
     record_waits,
+    run_dir_of,
     run_sync,
+    seconds_of,
     upstream_handle,
 )
 from batch_provider.operators._templating import NoSecretTemplating
@@ -36,14 +47,58 @@ from batch_provider.operators._templating import NoSecretTemplating
 DEFAULT_TIMEOUT = timedelta(hours=25)
 """Providers end (complete or expire) a batch within 24 h; one more hour covers finalizing."""
 
+DEFAULT_TIMEOUT_GRACE = timedelta(hours=1)
+"""After the timeout, how long to wait for the batches to report an ending (a cancel takes
+minutes; a batch stuck finalizing may take longer to give its files)."""
+
+
+def note_deadline(log: Any, handle: RunHandle, record: DeadlineRecord) -> None:
+    """Keep the deadline's facts in the run folder; a storage error only costs the note (the
+    rows cut off are then resubmitted, as after an expiry, rather than lost)."""
+    try:
+        record_deadline(run_dir_of(handle), record)
+    except Exception as exc:
+        log.warning("Could not note the passed deadline in %s: %s", handle.run_path, exc)
+
+
+def end_in_worker(
+    hook: LLMBatchHook, handle: RunHandle, *, grace: Any, cancel: bool, poll: tuple[float, float], log: Any
+) -> WatchOutcome:
+    """After a deadline passed in the worker: cancel what still runs (when ``cancel``) and wait,
+    at most ``grace``, for the provider to report every batch ended."""
+
+    async def end() -> WatchOutcome:
+        async with hook.get_backend() as backend:
+            states, _ = await poll_round(backend, handle.batch_ids)
+            running = [b for b in handle.batch_ids if b not in states or not states[b].is_terminal]
+            outcome = await watch_to_end(
+                backend,
+                running,
+                deadline=datetime.now(UTC),
+                grace_seconds=seconds_of(grace),
+                cancel_at_deadline=cancel,
+                poll_interval_min=poll[0],
+                poll_interval_max=poll[1],
+                on_progress=lambda p: log.info("%s", p.line()),
+                log=log,
+            )
+            outcome.states = {**states, **outcome.states}
+            outcome.deadline_passed = True
+            return outcome
+
+    return run_sync(end())
+
 
 class BatchSensor(NoSecretTemplating, BaseSensorOperator):
     """Wait for every batch of a submitted run to end (completed, expired, cancelled or failed).
 
     Succeeds when all batches have ended, whatever their ending: the collect task sorts out
-    successes, errors and partial results. Fails at ``timeout`` with the batches still running,
-    cancelling them first when ``cancel_on_timeout`` is set (so their partial results can be
-    collected). Returns the handle unchanged, so a collect task can follow without arguments.
+    successes, errors and partial results. At ``timeout`` the batches still running are
+    cancelled when ``cancel_on_timeout`` is set, and the wait goes on until they report an
+    ending, for at most ``timeout_grace``: then the sensor succeeds with a warning (the deadline
+    is noted in the run folder for the retry step), or fails with :class:`AirflowSensorTimeout`
+    if some batch has still not ended (collect, which waits for batches itself, can follow).
+    Returns the handle unchanged, so a collect task can follow without arguments.
 
     :param handle: the submit task's handle; default the only upstream task's return value.
     :param deferrable: wait in the triggerer (default) instead of a worker.
@@ -51,6 +106,8 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
     :param poll_interval: first interval between status polls, in seconds; it grows with the time
         waited, up to ``max_poll_interval``. In poke mode it is the poke interval.
     :param cancel_on_timeout: cancel the remote batches when the timeout passes.
+    :param timeout_grace: after the timeout, how long to wait for the batches to report an
+        ending (default 1 h), deferred like the wait itself.
     :param cancel_on_kill: cancel the remote batches when a user marks the waiting task failed or
         success, or clears it (triggerer ``on_kill``, or the worker's in poke mode).
     """
@@ -69,6 +126,7 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
         max_poll_interval: float = DEFAULT_POLL_INTERVAL_MAX,
         cancel_on_timeout: bool = False,
         cancel_on_kill: bool = False,
+        timeout_grace: timedelta | float | None = DEFAULT_TIMEOUT_GRACE,
         **kwargs: Any,
     ):
         kwargs.setdefault("poke_interval", poll_interval)
@@ -79,6 +137,7 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
         self.max_poll_interval = max_poll_interval
         self.cancel_on_timeout = cancel_on_timeout
         self.cancel_on_kill = cancel_on_kill
+        self.timeout_grace = timeout_grace
         self._run: RunHandle | None = None
         self._pokes = 0
 
@@ -96,10 +155,22 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
         if not self.deferrable:
             try:
                 return super().execute(context)
-            except AirflowSensorTimeout:
-                if self.cancel_on_timeout:
-                    _cancel(hook, handle.batch_ids, self.log)
-                raise
+            except AirflowSensorTimeout as exc:
+                outcome = end_in_worker(
+                    hook,
+                    handle,
+                    grace=self.timeout_grace,
+                    cancel=self.cancel_on_timeout,
+                    poll=(self.poll_interval, self.max_poll_interval),
+                    log=self.log,
+                )
+                record = DeadlineRecord(
+                    attempt=handle.attempt,
+                    deadline=datetime.now(UTC).isoformat(),
+                    cancelled=outcome.cancelled,
+                    still_running=outcome.still_running,
+                )
+                return self._after_deadline(handle, record, str(exc))
         self.log.info("Deferring: %d batch(es) to watch, timeout %ss", len(handle.batches), self.timeout)
         defer_until_ended(self, hook, handle, timeout=self.timeout, method_name="execute_complete")
 
@@ -126,7 +197,7 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
         return PokeReturnValue(is_done=done, xcom_value=handle.model_dump(mode="json") if done else None)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-        handle, hook = self._resolve(context)
+        handle = upstream_handle(self, context, self.handle)
         status = event.get("status")
         if status == "success":
             endings: dict[str, int] = {}
@@ -135,12 +206,26 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
             self.log.info("All %d batch(es) ended: %s", len(handle.batches), endings)
             record_waits(handle.provider.value, event, metric_tags(context))
             return handle.model_dump(mode="json")
-        if status == "timeout":
-            if self.cancel_on_timeout:
-                _cancel(hook, handle.batch_ids, self.log)
-                self.log.info("Cancelled; collect the partial results once the batches report 'cancelled'")
-            raise AirflowSensorTimeout(f"batches did not end in time: {event.get('message')}")
+        if status in ("deadline", "timeout"):
+            record_waits(handle.provider.value, event, metric_tags(context))
+            record = record_from_event(handle.attempt, event)
+            return self._after_deadline(handle, record, event.get("message"))
         raise AirflowException(f"waiting for the batches failed: {event.get('message')}")
+
+    def _after_deadline(self, handle: RunHandle, record: DeadlineRecord, message: Any) -> Any:
+        """The timeout passed: note it, then succeed when every batch has ended since."""
+        note_deadline(self.log, handle, record)
+        if record.still_running:
+            raise AirflowSensorTimeout(
+                f"{message}; the collect task waits for these batches to end before collecting"
+            )
+        self.log.warning(
+            "The timeout (deadline %s) passed before every batch ended; they have ended since "
+            "(cancel requested: %s), so collect takes what they answered",
+            record.deadline,
+            record.cancelled or "none",
+        )
+        return handle.model_dump(mode="json")
 
     def on_kill(self) -> None:
         if self.cancel_on_kill and self._run is not None and not self.deferrable:

@@ -1,15 +1,19 @@
 """One trigger watches every batch of a run.
 
 Invariants:
-- kwargs hold only the connection id, provider, batch ids, deadline, poll intervals and the
-  cancel flag: never an API key (the backend is built from the connection inside ``run``) and
-  never request or result data.
-- Exactly one event is yielded: ``success`` with each batch's final state, ``timeout`` with the
-  last states seen, or ``error`` with a message (e.g. a wrong key or an unknown batch id). States
-  in events are compact (:func:`event_state`), so an event stays small for hundreds of batches.
+- kwargs hold only the connection id, provider, batch ids, deadline, grace period, poll
+  intervals and the cancel flags: never an API key (the backend is built from the connection
+  inside ``run``) and never request or result data.
+- Exactly one event is yielded: ``success`` with each batch's final state; ``deadline`` when the
+  deadline passed first but every batch then ended (cancelled when ``cancel_at_deadline``, within
+  ``grace_seconds``), so its answers can be collected; ``timeout`` with the batches still not
+  ended when the grace period ran out; or ``error`` with a message (e.g. a wrong key or an
+  unknown batch id). States in events are compact (:func:`event_state`), so an event stays small
+  for hundreds of batches.
 - ``on_kill`` (a user marked the deferred task failed/success or cleared it) cancels the remote
   batches when ``cancel_on_kill`` is set; a triggerer restart or redistribution does not, since
-  Airflow calls ``cleanup`` then, not ``on_kill``.
+  Airflow calls ``cleanup`` then, not ``on_kill``. A restart after the deadline cancels again
+  (a no-op for batches already cancelling) and keeps the same grace end (deadline + grace).
 """
 
 from __future__ import annotations
@@ -24,15 +28,16 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from batch_provider.backends.errors import BatchProviderError
 from batch_provider.core.models import BatchState, Provider
 from batch_provider.core.watch import (
+    CANCEL_TIMEOUT_SECONDS,
     DEFAULT_POLL_INTERVAL_MAX,
     DEFAULT_POLL_INTERVAL_MIN,
     Progress,
-    WatchTimeout,
-    watch_batches,
+    cancel_batches,
+    watch_to_end,
 )
 from batch_provider.hooks.batch import LLMBatchHook
 
-CANCEL_TIMEOUT_SECONDS = 20.0
+__all__ = ["CANCEL_TIMEOUT_SECONDS", "BatchWaitTrigger", "cancel_batches", "event_state"]
 
 
 class BatchWaitTrigger(BaseTrigger):
@@ -46,6 +51,9 @@ class BatchWaitTrigger(BaseTrigger):
     :param poll_interval_min: first interval in seconds; it grows with the time waited.
     :param poll_interval_max: cap on the interval in seconds.
     :param cancel_on_kill: cancel the remote batches when a user kills the deferred task.
+    :param cancel_at_deadline: cancel the batches still running when ``deadline`` passes.
+    :param grace_seconds: after ``deadline``, how long to keep waiting for the batches to report
+        an ending (cancelled, expired, completed) before giving up with a ``timeout`` event.
     """
 
     def __init__(
@@ -58,6 +66,8 @@ class BatchWaitTrigger(BaseTrigger):
         poll_interval_min: float = DEFAULT_POLL_INTERVAL_MIN,
         poll_interval_max: float = DEFAULT_POLL_INTERVAL_MAX,
         cancel_on_kill: bool = False,
+        cancel_at_deadline: bool = False,
+        grace_seconds: float | None = None,
     ):
         super().__init__()
         self.conn_id = conn_id
@@ -67,6 +77,8 @@ class BatchWaitTrigger(BaseTrigger):
         self.poll_interval_min = float(poll_interval_min)
         self.poll_interval_max = float(poll_interval_max)
         self.cancel_on_kill = bool(cancel_on_kill)
+        self.cancel_at_deadline = bool(cancel_at_deadline)
+        self.grace_seconds = None if grace_seconds is None else float(grace_seconds)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -79,6 +91,8 @@ class BatchWaitTrigger(BaseTrigger):
                 "poll_interval_min": self.poll_interval_min,
                 "poll_interval_max": self.poll_interval_max,
                 "cancel_on_kill": self.cancel_on_kill,
+                "cancel_at_deadline": self.cancel_at_deadline,
+                "grace_seconds": self.grace_seconds,
             },
         )
 
@@ -103,28 +117,37 @@ class BatchWaitTrigger(BaseTrigger):
             yield TriggerEvent({"status": "error", "message": f"{type(exc).__name__}: {exc}"})
             return
         try:
-            states = await watch_batches(
+            outcome = await watch_to_end(
                 backend,
                 self.batch_ids,
                 deadline=deadline,
+                grace_seconds=self.grace_seconds,
+                cancel_at_deadline=self.cancel_at_deadline,
                 poll_interval_min=self.poll_interval_min,
                 poll_interval_max=self.poll_interval_max,
                 on_progress=self._log_progress,
+                log=self.log,
             )
-        except WatchTimeout as exc:
-            event: dict[str, Any] = {
-                "status": "timeout",
-                "message": str(exc),
-                "pending": exc.pending,
-                "states": {k: event_state(v) for k, v in exc.states.items()},
-            }
         except BatchProviderError as exc:
-            event = {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
+            event: dict[str, Any] = {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
         else:
-            event = {
-                "status": "success",
-                "states": {k: event_state(v) for k, v in states.items()},
-            }
+            event = {"status": "success", "states": {k: event_state(v) for k, v in outcome.states.items()}}
+            if outcome.deadline_passed:
+                event.update(deadline=self.deadline, cancelled=outcome.cancelled)
+                if outcome.still_running:
+                    event.update(
+                        status="timeout",
+                        pending=outcome.still_running,
+                        message=f"deadline {self.deadline} passed and {len(outcome.still_running)} "
+                        f"batch(es) had not ended {self.grace_seconds or 0:.0f}s later: "
+                        + ", ".join(outcome.still_running[:5]),
+                    )
+                else:
+                    event.update(
+                        status="deadline",
+                        message=f"deadline {self.deadline} passed; every batch has ended since "
+                        f"({'cancelled' if outcome.cancelled else 'not cancelled'})",
+                    )
         finally:
             await backend.aclose()
         yield TriggerEvent(event)
@@ -156,25 +179,3 @@ def event_state(state: BatchState) -> dict[str, Any]:
     if state.error_message:
         compact["error_message"] = state.error_message
     return compact
-
-
-async def cancel_batches(backend: Any, batch_ids: list[str], log: Any = None) -> dict[str, str]:
-    """Ask the provider to cancel each batch; batches already ended are left as they are.
-
-    Returns ``{batch_id: native status or error}``; one failed cancel does not stop the others.
-    """
-
-    async def one(batch_id: str) -> str:
-        try:
-            state = await backend.cancel(batch_id)
-            return state.native_status
-        except Exception as exc:
-            if log is not None:
-                log.warning("Could not cancel batch %s: %s", batch_id, exc)
-            return f"error: {type(exc).__name__}"
-
-    results = await asyncio.gather(*(one(b) for b in batch_ids))
-    outcome = dict(zip(batch_ids, results, strict=True))
-    if log is not None:
-        log.info("Cancel requested: %s", outcome)
-    return outcome

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from unittest import mock
 
@@ -30,9 +31,9 @@ def scripted(monkeypatch):
     return options
 
 
-def handle(batch_ids=("b1", "b2")) -> RunHandle:
+def handle(batch_ids=("b1", "b2"), run_path="file:///tmp/bp-test/run") -> RunHandle:
     return RunHandle(
-        run_path="file:///tmp/bp-test/run",
+        run_path=run_path,
         provider="openai",
         conn_id="llm_openai_default",
         batches=[
@@ -67,14 +68,30 @@ def test_sensor_defers_to_one_trigger_for_all_batches(scripted):
     assert pushed["_link_BatchLink_2"] == ""
 
 
-def test_sensor_resume(scripted):
-    h = handle().model_dump(mode="json")
+def test_sensor_resume(scripted, tmp_path):
+    h = handle(run_path=f"file://{tmp_path}/run").model_dump(mode="json")
     sensor = BatchSensor(task_id="wait", handle=h, cancel_on_timeout=True)
     done = {"status": "success", "states": {"b1": {"ending": "completed"}, "b2": {"ending": "expired"}}}
     assert sensor.execute_complete(context(), done) == h
-    with pytest.raises(AirflowSensorTimeout, match="did not end in time"):
-        sensor.execute_complete(context(), {"status": "timeout", "message": "deadline passed"})
-    assert ScriptedBackend.instances[-1].cancelled == ["b1", "b2"]
+    assert not (tmp_path / "run" / "attempt-1" / "deadline.json").exists()
+    # the deadline passed, the trigger cancelled and saw both batches end: an ending, not a crash
+    ended = {
+        "status": "deadline",
+        "deadline": "2026-01-01T00:00:00+00:00",
+        "cancelled": {"b1": "cancelling"},
+        "states": {"b1": {"ending": "cancelled"}, "b2": {"ending": "completed"}},
+        "message": "deadline passed",
+    }
+    assert sensor.execute_complete(context(), ended) == h
+    note = json.loads((tmp_path / "run" / "attempt-1" / "deadline.json").read_text())
+    assert note["cancelled"] == {"b1": "cancelling"} and note["still_running"] == []
+    with pytest.raises(AirflowSensorTimeout, match="collect task waits"):
+        sensor.execute_complete(
+            context(), {**ended, "status": "timeout", "pending": ["b1"], "message": "still running"}
+        )
+    note = json.loads((tmp_path / "run" / "attempt-1" / "deadline.json").read_text())
+    assert note["still_running"] == ["b1"]
+    assert ScriptedBackend.instances == []  # the trigger cancels, not the resumed task
     with pytest.raises(AirflowException, match="401"):
         sensor.execute_complete(context(), {"status": "error", "message": "AuthenticationError: 401"})
 
@@ -86,6 +103,24 @@ def test_sensor_poke_mode(scripted):
     scripted["polls_to_end"] = 0
     done = sensor.poke(context())
     assert done.is_done and done.xcom_value["batches"][0]["batch_id"] == "b1"
+
+
+def test_sensor_poke_mode_deadline_cancels_and_waits_for_the_ending(scripted, tmp_path):
+    scripted["polls_to_end"] = 10_000
+    h = handle(run_path=f"file://{tmp_path}/run").model_dump(mode="json")
+    sensor = BatchSensor(
+        task_id="wait",
+        handle=h,
+        deferrable=False,
+        poll_interval=0.01,
+        timeout=0.2,
+        cancel_on_timeout=True,
+        timeout_grace=5,
+    )
+    assert sensor.execute(context()) == h
+    assert ScriptedBackend.instances[-1].cancelled == ["b1", "b2"]
+    note = json.loads((tmp_path / "run" / "attempt-1" / "deadline.json").read_text())
+    assert set(note["cancelled"]) == {"b1", "b2"} and note["still_running"] == []
 
 
 def test_sensor_poke_mode_runs_to_completion(scripted):
@@ -128,11 +163,19 @@ def test_submit_arguments_are_checked():
     SubmitBatchOperator(task_id="s", requests_path="/tmp/x.jsonl")
 
 
-def test_retry_resume_fails_clearly_on_timeout_and_cancels(scripted):
-    op = RetryBatchOperator(task_id="retry", handle=handle().model_dump(mode="json"))
-    with pytest.raises(AirflowException, match="attempt 1 did not end"):
-        op.resume(context(), {"status": "timeout", "message": "m"}, handle().model_dump(mode="json"))
-    assert ScriptedBackend.instances[-1].cancelled == ["b1", "b2"]
+def test_retry_resume_fails_for_its_next_try_while_batches_still_run(scripted, tmp_path):
+    h = handle(run_path=f"file://{tmp_path}/run").model_dump(mode="json")
+    op = RetryBatchOperator(task_id="retry", handle=h)
+    event = {"status": "timeout", "message": "m", "pending": ["b2"], "cancelled": {"b2": "cancelling"}}
+    with pytest.raises(AirflowException, match=r"attempt 1: 1 batch.*had not ended.*next try waits"):
+        op.resume(context(), event, h)
+    note = json.loads((tmp_path / "run" / "attempt-1" / "deadline.json").read_text())
+    assert note["still_running"] == ["b2"]
+
+
+def test_on_timeout_is_checked():
+    with pytest.raises(ValueError, match="on_timeout='later'"):
+        RetryBatchOperator(task_id="retry", on_timeout="later")
 
 
 def test_collect_adds_its_asset_to_outlets():
@@ -182,3 +225,21 @@ def test_retry_takes_the_handle_from_the_collect_summary():
     assert retry._latest_handle(ctx).conn_id == "my_openai"
     with pytest.raises(ValueError, match="not a run handle"):
         parse_handle({"run_path": "x", "provider": "openai", "succeeded": 3})
+
+
+def test_retry_in_the_worker_treats_the_deadline_as_an_ending(scripted, tmp_path):
+    scripted["polls_to_end"] = 10_000
+    h = handle(run_path=f"file://{tmp_path}/run")
+    op = RetryBatchOperator(
+        task_id="retry",
+        deferrable=False,
+        attempt_timeout=0.2,
+        timeout_grace=5,
+        poll_interval=0.01,
+        max_poll_interval=0.02,
+    )
+    states = op._wait_in_worker(op._hook("openai", h.conn_id), h)
+    assert {s["ending"] for s in states.values()} == {"cancelled"}
+    assert ScriptedBackend.instances[-1].cancelled == ["b1", "b2"]
+    note = json.loads((tmp_path / "run" / "attempt-1" / "deadline.json").read_text())
+    assert set(note["cancelled"]) == {"b1", "b2"} and note["still_running"] == []

@@ -55,6 +55,8 @@ def test_serialize_round_trip_holds_no_key_nor_payload():
         "poll_interval_min",
         "poll_interval_max",
         "cancel_on_kill",
+        "cancel_at_deadline",
+        "grace_seconds",
     }
     assert API_KEY not in repr(kwargs)
 
@@ -87,6 +89,35 @@ async def test_timeout_event(scripted):
     assert event.payload["status"] == "timeout"
     assert event.payload["pending"] == ["b1", "b2"]
     assert "deadline" in event.payload["message"]
+    assert ScriptedBackend.instances[0].cancelled == []  # not asked to cancel
+
+
+async def test_deadline_cancels_then_waits_for_the_ending(scripted):
+    """Past the deadline the trigger cancels, keeps polling, and reports the batches' endings."""
+    scripted["polls_to_end"] = 10_000
+    deadline = (datetime.now(UTC) + timedelta(seconds=0.2)).isoformat()
+    event = await anext(make(deadline=deadline, cancel_at_deadline=True, grace_seconds=5).run())
+    assert event.payload["status"] == "deadline", event.payload
+    assert event.payload["deadline"] == deadline
+    assert set(event.payload["cancelled"]) == {"b1", "b2"}
+    assert {s["ending"] for s in event.payload["states"].values()} == {"cancelled"}
+    assert ScriptedBackend.instances[0].cancelled == ["b1", "b2"]
+
+
+async def test_deadline_with_a_batch_that_already_ended(scripted):
+    """A batch ended before the deadline is neither cancelled nor lost from the event."""
+    scripted["polls_to_end"] = 10_000
+    scripted["flaky"] = []
+    trigger = make(
+        batch_ids=["b1"],
+        deadline=(datetime.now(UTC) - timedelta(seconds=1)).isoformat(),
+        cancel_at_deadline=True,
+        grace_seconds=0,
+    )
+    event = await anext(trigger.run())
+    # the deadline had passed before the first poll: the batch is cancelled, then seen ended
+    assert event.payload["status"] == "deadline", event.payload
+    assert event.payload["states"]["b1"]["ending"] == "cancelled"
 
 
 async def test_error_event_on_missing_key(monkeypatch):
