@@ -17,6 +17,7 @@ from test_run_lifecycle import backend_for, batches_created, read_lines, wait_al
 from batch_provider.core.collection import collect_run
 from batch_provider.core.ledger import Ledger, RunKey
 from batch_provider.core.models import LLMRequest, Message
+from batch_provider.core.rejects import TooManyRejectsError
 from batch_provider.core.rundir import run_directory
 from batch_provider.core.submission import BudgetExceededError, submit_run
 
@@ -133,10 +134,12 @@ async def test_a_near_miss_model_name_is_refused_with_a_suggestion(
     provider: str, typo: str, meant: str, emulator: Any, tmp_path: Path
 ) -> None:
     before = batches_created(emulator, provider)
-    handle, run_dir = await submit(emulator, provider, requests(typo, 2), tmp_path, "typo")
-    assert handle.counts.submitted == 0 and handle.counts.rejected == 2
+    # Every row names the same misspelt model: a task-wide mistake, so the task fails unsent.
+    with pytest.raises(TooManyRejectsError) as failed:
+        await submit(emulator, provider, requests(typo, 2), tmp_path, "typo")
+    assert f"did you mean '{meant}'" in str(failed.value)
     assert batches_created(emulator, provider) == before
-    reject = read_lines(run_dir.rejects)[0]
+    reject = read_lines(run_directory(tmp_path, dag_id="d", run_id="typo").rejects)[0]
     assert reject["row"] == 1 and reject["error"]["field"] == "model"
     assert f"did you mean '{meant}'" in reject["error"]["message"]
     assert "allow_unknown_models" in reject["error"]["message"]
