@@ -256,3 +256,29 @@ async def test_fault_storm_still_one_batch_per_chunk(emu: Any, tmp_path: Path, i
     assert batches_created(emu) - before == 3 and len(handle.batch_ids) == 3
     assert summary.succeeded == 30 and summary.accounted
     assert sum(n for kind, n in faults.items() if kind.startswith("http_")) > 0
+
+
+async def test_retry_under_the_same_faults_recovers_transient_errors_only(emu: Any, tmp_path: Path) -> None:
+    """The retry's batch carries the same item-error fault as the first: the resent 429/500 rows
+    recover (the emulator's item errors are transient), the 400 row stays an error."""
+    data = [{"id": f"g-{i:04d}", "text": f"gemini recovery row {i}"} for i in range(30)]
+    data[2]["id"] = "emu-fail400-stays"
+    faults = {"emu_faults": "item_errors=0.4:500/429"}
+    run_dir = run_directory(tmp_path, dag_id="d", run_id="transient")
+    key = RunKey(dag_id="d", task_id="submit", run_id="transient")
+    async with backend_for(emu) as backend:
+        handle = await submit_rows(backend, data, run_dir, key, tags=faults)
+        await wait_all(backend, handle, emu)
+        first = await collect_run(backend, handle, run_dir)
+        assert first.retryable >= 5
+        retry = await resubmit_retryable(backend, handle, run_dir, run_key=key, tags=faults, max_attempts=2)
+        assert retry is not None
+        await wait_all(backend, retry, emu)
+        second = await collect_run(backend, retry, run_dir)
+        write_dead_letter(backend, run_dir)
+    assert 0 < second.succeeded - first.succeeded <= first.retryable
+    recovered = {r["custom_id"] for r in read_lines(run_dir.results) if r["attempt"] == 2}
+    dead = {r["custom_id"]: r for r in read_lines(run_dir.dead_letter)}
+    assert dead["emu-fail400-stays"]["error"]["retryable"] is False
+    assert recovered and dead.keys().isdisjoint(recovered)
+    assert_accounted(run_dir, 30)
