@@ -74,6 +74,18 @@ def parse_handle(value: Any) -> RunHandle:
     return RunHandle.model_validate(value)
 
 
+def pull_upstream_value(context: Any, task_id: str) -> Any:
+    """The return value of upstream task ``task_id``. In a mapped task group it is the value of
+    this task's own map index (a sibling in the group shares it), not the list of every index's."""
+    ti = context["ti"]
+    map_index = getattr(ti, "map_index", None)
+    if isinstance(map_index, int) and map_index >= 0:
+        value = ti.xcom_pull(task_ids=task_id, map_indexes=map_index)
+        if value is not None:
+            return value
+    return ti.xcom_pull(task_ids=task_id)
+
+
 def upstream_handle(task: Any, context: Any, handle: Any) -> RunHandle:
     """``handle`` if given, else the return value of the task's only upstream task."""
     if handle is not None:
@@ -84,7 +96,7 @@ def upstream_handle(task: Any, context: Any, handle: Any) -> RunHandle:
             f"task {task.task_id!r} has {len(upstream)} upstream tasks; pass handle= "
             "(e.g. submit_task.output) to say which submit task's handle to use"
         )
-    value = context["ti"].xcom_pull(task_ids=upstream[0])
+    value = pull_upstream_value(context, upstream[0])
     if value is None:
         raise ValueError(f"upstream task {upstream[0]!r} pushed no handle")
     return parse_handle(value)

@@ -29,6 +29,7 @@ from batch_provider.operators._common import (
     defer_until_ended,
     metric_tags,
     outlets_with,
+    pull_upstream_value,
     record_waits,
     run_dir_of,
     run_sync,
@@ -113,7 +114,7 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         if value is None:
             upstream = sorted(self.upstream_task_ids)
             if len(upstream) == 1:
-                value = context["ti"].xcom_pull(task_ids=upstream[0])
+                value = pull_upstream_value(context, upstream[0])
         if isinstance(value, dict) and isinstance(value.get("handle"), dict):
             value = value["handle"]  # the collect task's summary carries the handle it collected
         return upstream_handle(self, context, value)
