@@ -152,18 +152,16 @@ class BatchLLMSubmitOperator(DecoratedOperator, SubmitBatchOperator):
         context_merge(context, self.op_kwargs)
         kwargs = determine_kwargs(self.python_callable, self.op_args, context)
         returned = self.python_callable(*self.op_args, **kwargs)
-        prompts = isinstance(returned, Collection) and any(isinstance(item, str) for item in returned)
-        if prompts and not self.rows_are_requests:
+        system = self.system if self.rows_are_requests else None
+        self.records = rows_from_return(returned, kind=self.kind, system=system)
+        if self.records and isinstance(next(iter(returned)), str) and not self.rows_are_requests:
             raise TypeError(
                 f"@task.{DECORATOR_NAME}: the function returned prompt strings, which are sent as "
                 "written; return dicts to render them with prompt_template or build_request"
             )
         if self.rows_are_requests:
-            self.records = rows_from_return(returned, kind=self.kind, system=self.system)
             self.build_request = None
             self.system = None  # now inside the requests; there are no rows to render it over
-        else:
-            self.records = rows_from_return(returned, kind=self.kind)
         self.log.info("The decorated function returned %d item(s)", len(self.records))
         return SubmitBatchOperator.execute(self, context)
 

@@ -109,3 +109,20 @@ def test_mapping_the_decorator_itself_points_to_a_mapped_task_group():
 
     with pytest.raises(TypeError, match="@task_group"):
         rows.expand(day=["a", "b"])
+
+
+def test_prompt_strings_with_a_template_are_refused_before_anything_is_sent():
+    from unittest import mock
+
+    from airflow.sdk import DAG
+
+    with DAG("decorator_strings_and_template", schedule=None):
+
+        @batch_llm_task(provider="openai", prompt_template="{{ q }}")
+        def rows() -> list[str]:
+            return ["a prompt"]
+
+        summary = rows()
+    submit = summary.operator.dag.get_task("rows.submit")
+    with pytest.raises(TypeError, match="returned prompt strings"):
+        submit.execute({"ti": mock.MagicMock(map_index=-1), "run_id": "r"})
