@@ -5,7 +5,8 @@ Invariants:
   intervals and mapped tasks never share a folder.
 - Every file a run writes is named here; nothing else invents paths inside a run folder.
 - ``root`` may be a ``pathlib.Path`` or an ``ObjectStoragePath``/UPath: only ``/``, ``open``,
-  ``exists``, ``mkdir``, ``iterdir`` and ``unlink`` are used.
+  ``exists``, ``mkdir``, ``iterdir`` and ``unlink`` are used, plus the fsspec filesystem's
+  ``pipe_file(mode="create")`` and ``cat_file`` for claims (:func:`create_exclusive`).
 """
 
 from __future__ import annotations
