@@ -121,9 +121,23 @@ def run_directory(
     return RunDirectory(base / safe_segment(dag_id) / safe_segment(run_id) / leaf)
 
 
+def local_path(path: Any) -> pathlib.Path | None:
+    """``path`` as a ``pathlib.Path`` when it is on the local disk (a plain path, or a ``file://``
+    object-storage path), else None. Local files are replaced by rename and claimed by hard link;
+    fsspec's local filesystem would write in place and check-then-create instead."""
+    if isinstance(path, pathlib.Path):
+        return path
+    protocol = getattr(getattr(path, "fs", None), "protocol", None)
+    protocols = protocol if isinstance(protocol, tuple) else (protocol,)
+    if "file" in protocols or "local" in protocols:
+        return pathlib.Path(path.path)
+    return None
+
+
 def write_json_atomic(path: Any, payload: Any) -> None:
     """Write JSON so a reader never sees half a file: rename on a local disk, one PUT elsewhere."""
     data = json.dumps(payload, indent=2, sort_keys=False, default=str).encode()
+    path = local_path(path) or path
     if isinstance(path, pathlib.Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -160,12 +174,13 @@ def create_exclusive(path: Any, data: bytes) -> bool:
     check-then-write (documented in README: give concurrent submits of one run a local or S3 run
     folder).
     """
-    if isinstance(path, pathlib.Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    local = local_path(path)
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(data)
         try:
-            os.link(tmp, path)
+            os.link(tmp, local)
         except FileExistsError:
             return False
         finally:
@@ -196,8 +211,9 @@ def read_bytes_if_present(path: Any) -> bytes | None:
     On an object store, one plain GET: a file opened for reading would fail if another process
     replaced the object meanwhile (s3fs pins the version it saw first)."""
     try:
-        if isinstance(path, pathlib.Path):
-            return path.read_bytes()
+        local = local_path(path)
+        if local is not None:
+            return local.read_bytes()
         fs = path.fs
         invalidate = getattr(fs, "invalidate_cache", None)
         if invalidate is not None:
@@ -212,14 +228,15 @@ def open_replacing(path: Any) -> Iterator[Any]:
     """A binary file whose content replaces ``path`` whole when the block ends without error: on a
     local disk a temporary file renamed over it, elsewhere one upload on close. A concurrent
     reader sees the old file or the new one, never half of either."""
-    if not isinstance(path, pathlib.Path):
+    local = local_path(path)
+    if local is None:
         with path.open("wb") as fh:
             yield fh
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    tmp = local.with_name(f".{local.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         with tmp.open("wb") as fh:
             yield fh
-        os.replace(tmp, path)
+        os.replace(tmp, local)
     finally:
         tmp.unlink(missing_ok=True)
