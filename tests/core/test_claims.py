@@ -9,6 +9,7 @@ import os
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,8 +20,13 @@ from batch_provider.core.rundir import RunDirectory, create_exclusive
 from batch_provider.core.wire_ids import WIRE_ID_LENGTH, read_sidecar, sidecar_line, swap_wire_id, wire_id
 
 
-def test_create_exclusive_has_one_winner_among_racing_threads(tmp_path: Path) -> None:
-    target = tmp_path / "claims" / "chunk.json"
+@pytest.mark.parametrize("kind", ["pathlib", "file-url"])
+def test_create_exclusive_has_one_winner_among_racing_threads(tmp_path: Path, kind: str) -> None:
+    target: Any = tmp_path / "claims" / "chunk.json"
+    if kind == "file-url":  # how Airflow hands over a local run_path: an ObjectStoragePath
+        from airflow.sdk import ObjectStoragePath
+
+        target = ObjectStoragePath(f"file://{target}")
     wins: list[int] = []
     barrier = threading.Barrier(8)
 
@@ -34,8 +40,9 @@ def test_create_exclusive_has_one_winner_among_racing_threads(tmp_path: Path) ->
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(wins) == 1 and target.read_bytes() == f"writer {wins[0]}".encode()
-    assert [p.name for p in target.parent.iterdir()] == ["chunk.json"]  # no temporary left behind
+    local = tmp_path / "claims" / "chunk.json"
+    assert len(wins) == 1 and local.read_bytes() == f"writer {wins[0]}".encode()
+    assert [p.name for p in local.parent.iterdir()] == ["chunk.json"]  # no temporary left behind
 
 
 async def test_run_claim_gives_every_submit_the_same_token(tmp_path: Path) -> None:
