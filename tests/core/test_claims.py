@@ -130,3 +130,27 @@ async def test_an_abandoned_claim_of_a_live_process_elsewhere_is_taken_over_at_o
     again = await asyncio.wait_for(claim_chunk(run_dir, 1, 0), timeout=5)
     assert isinstance(again, HeldClaim) and again.claim.generation == 2
     again.release()
+
+
+def test_after_a_takeover_the_newest_claim_wins_over_ledger_json(tmp_path: Path) -> None:
+    from batch_provider.core.ledger import Ledger, LedgerAttempt, LedgerChunk, RunKey
+
+    run_dir = RunDirectory(tmp_path)
+    now = datetime.now(UTC)
+
+    def ref(batch_id: str) -> BatchRef:
+        return BatchRef(
+            provider=Provider.OPENAI, batch_id=batch_id, chunk_index=0, request_count=1, created_at=now
+        )
+
+    chunk = LedgerChunk(index=0, part="p", request_count=1, byte_size=1, group="g", batch=ref("zombie"))
+    key = RunKey(dag_id="d", task_id="t", run_id="r")
+    entry = LedgerAttempt(attempt=1, fingerprint="f", chunks=[chunk])
+    Ledger(run_key=key, provider=Provider.OPENAI, attempts={1: entry}).save(run_dir)
+    write_claim(run_dir)  # generation 0: the zombie, never recorded its batch
+    taker = ChunkClaim(
+        owner="b", host="h", pid=1, generation=1, intent_at=now, alive_at=now, batch=ref("taker")
+    )
+    run_dir.chunk_claim(1, 0, 1).write_text(taker.model_dump_json())
+    loaded = Ledger.load(run_dir)
+    assert loaded is not None and loaded.attempts[1].chunks[0].batch.batch_id == "taker"
