@@ -150,14 +150,7 @@ def read_split(run_dir: RunDirectory, attempt: int) -> dict[str, Any] | None:
 
 def claimed_attempts(run_dir: RunDirectory) -> list[int]:
     """Attempts with a published split, in order."""
-    folder = run_dir.claims_dir
-    invalidate = getattr(getattr(folder, "fs", None), "invalidate_cache", None)
-    if invalidate is not None:  # an object store's listing cache may predate another process's split
-        invalidate(folder.path)
-    try:
-        names = [p.name for p in folder.iterdir()]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    names = _listing(run_dir.claims_dir)
     found = [int(n.removeprefix("attempt-")) for n in names if n.startswith("attempt-") and n[8:].isdigit()]
     return sorted(n for n in found if read_bytes_if_present(run_dir.split_claim(n)) is not None)
 
@@ -248,11 +241,31 @@ async def claim_chunk(
         generation, current = current_chunk_claim(run_dir, attempt, index)
 
 
-def chunk_claims(run_dir: RunDirectory, attempt: int, indexes: list[int]) -> dict[int, ChunkClaim]:
-    """The newest claim of each chunk of ``indexes`` that has one."""
-    found: dict[int, ChunkClaim] = {}
-    for index in indexes:
-        _, claim = current_chunk_claim(run_dir, attempt, index)
-        if claim is not None:
-            found[index] = claim
-    return found
+def _listing(folder: Any) -> list[str]:
+    """Names in ``folder`` (none when it does not exist), past any listing cache of the store."""
+    invalidate = getattr(getattr(folder, "fs", None), "invalidate_cache", None)
+    if invalidate is not None:  # an object store's listing cache may predate another process's claim
+        invalidate(folder.path)
+    try:
+        return [p.name for p in folder.iterdir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def claim_generations(run_dir: RunDirectory, attempt: int) -> dict[int, int]:
+    """Chunk index → newest claim generation, for every chunk of ``attempt`` ever claimed (one
+    listing of the attempt's claims folder)."""
+    newest: dict[int, int] = {}
+    for name in _listing(run_dir.split_claim(attempt).parent):
+        if not (name.startswith("chunk-") and name.endswith(".json")):
+            continue
+        index, _, generation = name[6:-5].partition("-g")
+        if index.isdigit() and (not generation or generation.isdigit()):
+            key, gen = int(index), int(generation or 0)
+            newest[key] = max(newest.get(key, 0), gen)
+    return newest
+
+
+def read_chunk_claim(run_dir: RunDirectory, attempt: int, index: int, generation: int) -> ChunkClaim | None:
+    data = read_bytes_if_present(run_dir.chunk_claim(attempt, index, generation))
+    return ChunkClaim.model_validate_json(data) if data else None

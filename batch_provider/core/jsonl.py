@@ -22,6 +22,8 @@ from typing import Any, BinaryIO, Protocol
 import msgspec
 from pydantic import BaseModel
 
+from batch_provider.core.rundir import local_path
+
 
 class OpenablePath(Protocol):
     def open(self, mode: str = ...) -> Any: ...
@@ -118,8 +120,9 @@ class JsonlWriter:
         self._buffered = 0
         self._buffer_bytes = buffer_bytes
         self._tmp: pathlib.Path | None = None
-        if isinstance(path, pathlib.Path):
-            self._tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(self):x}.tmp")
+        self._local = local_path(path)
+        if self._local is not None:
+            self._tmp = self._local.with_name(f".{self._local.name}.{os.getpid()}.{id(self):x}.tmp")
             self._file: Any = self._tmp.open("wb")
         else:
             self._file = path.open("wb")
@@ -153,8 +156,8 @@ class JsonlWriter:
         finally:
             self._file.close()
             self._file = None
-            if self._tmp is not None:
-                os.replace(self._tmp, self.path)  # type: ignore[arg-type]
+            if self._tmp is not None and self._local is not None:
+                os.replace(self._tmp, self._local)
 
     def __enter__(self) -> JsonlWriter:
         return self

@@ -113,10 +113,14 @@ class Ledger(BaseModel):
             if split is not None and (known is None or known.fingerprint != split.get("fingerprint")):
                 ledger.attempts[number] = LedgerAttempt.model_validate(split)
         for number, entry in ledger.attempts.items():
-            pending = [c.index for c in entry.chunks if c.batch is None]
-            found = claims.chunk_claims(run_dir, number, pending) if pending else {}
+            newest = claims.claim_generations(run_dir, number)
             for chunk in entry.chunks:
-                claim = found.get(chunk.index)
+                generation = newest.get(chunk.index)
+                # Read a claim only where it can tell more than ledger.json: no batch there yet, or
+                # a takeover happened (the newest generation's batch is the chunk's).
+                if generation is None or (chunk.batch is not None and generation == 0):
+                    continue
+                claim = claims.read_chunk_claim(run_dir, number, chunk.index, generation)
                 if claim is None:
                     continue
                 chunk.intent_at = chunk.intent_at or claim.intent_at

@@ -7,7 +7,8 @@ Invariants:
 - Files that a later step reads are written with :func:`atomic_write`: a writer killed at any
   point leaves the old complete file or the new complete one, never a part of it.
 - ``root`` may be a ``pathlib.Path`` or an ``ObjectStoragePath``/UPath: only ``/``, ``open``,
-  ``exists``, ``mkdir``, ``iterdir`` and ``unlink`` are used.
+  ``exists``, ``mkdir``, ``iterdir`` and ``unlink`` are used, plus the fsspec filesystem's
+  ``pipe_file(mode="create")`` and ``cat_file`` for claims (:func:`create_exclusive`).
 """
 
 from __future__ import annotations
@@ -124,20 +125,24 @@ def run_directory(
     return RunDirectory(base / safe_segment(dag_id) / safe_segment(run_id) / leaf)
 
 
+def local_path(path: Any) -> pathlib.Path | None:
+    """``path`` as a ``pathlib.Path`` when it is on the local disk (a plain path, or a ``file://``
+    object-storage path), else None. Local files are replaced by rename and claimed by hard link;
+    fsspec's local filesystem would write in place and check-then-create instead."""
+    if isinstance(path, pathlib.Path):
+        return path
+    protocol = getattr(getattr(path, "fs", None), "protocol", None)
+    protocols = protocol if isinstance(protocol, tuple) else (protocol,)
+    if "file" in protocols or "local" in protocols:
+        return pathlib.Path(path.path)
+    return None
+
+
 def write_json_atomic(path: Any, payload: Any) -> None:
     """Write JSON so a reader never sees half a file (see :func:`atomic_write`)."""
     data = json.dumps(payload, indent=2, sort_keys=False, default=str).encode()
     with atomic_write(path) as fh:
         fh.write(data)
-
-
-def _local_path(path: Any) -> pathlib.Path | None:
-    """``path`` as a local ``pathlib.Path`` when it is on a local disk (a Path or ``file://``)."""
-    if isinstance(path, pathlib.Path):
-        return path
-    if getattr(path, "protocol", None) in ("file", "local") and hasattr(path, "path"):
-        return pathlib.Path(path.path)
-    return None
 
 
 @contextmanager
@@ -150,7 +155,7 @@ def atomic_write(path: Any) -> Iterator[BinaryIO]:
     file is closed (one PUT, or a multipart upload completed at close); if the block raises, the
     upload is discarded rather than closed, so an error never publishes a part of the file.
     """
-    local = _local_path(path)
+    local = local_path(path)
     if local is not None:
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(f".{local.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -181,7 +186,7 @@ def remove_stale_temps(folder: Any) -> None:
     """Delete the temporary files a killed :func:`atomic_write` left in ``folder`` (local disk
     only: on object storage an unfinished write leaves nothing visible). Call it only where no
     other writer is at work, e.g. when a collect of the run starts."""
-    local = _local_path(folder)
+    local = local_path(folder)
     if local is None or not local.is_dir():
         return
     for tmp in local.glob(".*.tmp"):
@@ -241,12 +246,13 @@ def create_exclusive(path: Any, data: bytes) -> bool:
     check-then-write (documented in README: give concurrent submits of one run a local or S3 run
     folder).
     """
-    if isinstance(path, pathlib.Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    local = local_path(path)
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(data)
         try:
-            os.link(tmp, path)
+            os.link(tmp, local)
         except FileExistsError:
             return False
         finally:
@@ -277,8 +283,9 @@ def read_bytes_if_present(path: Any) -> bytes | None:
     On an object store, one plain GET: a file opened for reading would fail if another process
     replaced the object meanwhile (s3fs pins the version it saw first)."""
     try:
-        if isinstance(path, pathlib.Path):
-            return path.read_bytes()
+        local = local_path(path)
+        if local is not None:
+            return local.read_bytes()
         fs = path.fs
         invalidate = getattr(fs, "invalidate_cache", None)
         if invalidate is not None:
@@ -293,14 +300,15 @@ def open_replacing(path: Any) -> Iterator[Any]:
     """A binary file whose content replaces ``path`` whole when the block ends without error: on a
     local disk a temporary file renamed over it, elsewhere one upload on close. A concurrent
     reader sees the old file or the new one, never half of either."""
-    if not isinstance(path, pathlib.Path):
+    local = local_path(path)
+    if local is None:
         with path.open("wb") as fh:
             yield fh
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    tmp = local.with_name(f".{local.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         with tmp.open("wb") as fh:
             yield fh
-        os.replace(tmp, path)
+        os.replace(tmp, local)
     finally:
         tmp.unlink(missing_ok=True)

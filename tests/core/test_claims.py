@@ -9,6 +9,7 @@ import os
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,8 +20,13 @@ from batch_provider.core.rundir import RunDirectory, create_exclusive
 from batch_provider.core.wire_ids import WIRE_ID_LENGTH, read_sidecar, sidecar_line, swap_wire_id, wire_id
 
 
-def test_create_exclusive_has_one_winner_among_racing_threads(tmp_path: Path) -> None:
-    target = tmp_path / "claims" / "chunk.json"
+@pytest.mark.parametrize("kind", ["pathlib", "file-url"])
+def test_create_exclusive_has_one_winner_among_racing_threads(tmp_path: Path, kind: str) -> None:
+    target: Any = tmp_path / "claims" / "chunk.json"
+    if kind == "file-url":  # how Airflow hands over a local run_path: an ObjectStoragePath
+        from airflow.sdk import ObjectStoragePath
+
+        target = ObjectStoragePath(f"file://{target}")
     wins: list[int] = []
     barrier = threading.Barrier(8)
 
@@ -34,8 +40,9 @@ def test_create_exclusive_has_one_winner_among_racing_threads(tmp_path: Path) ->
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(wins) == 1 and target.read_bytes() == f"writer {wins[0]}".encode()
-    assert [p.name for p in target.parent.iterdir()] == ["chunk.json"]  # no temporary left behind
+    local = tmp_path / "claims" / "chunk.json"
+    assert len(wins) == 1 and local.read_bytes() == f"writer {wins[0]}".encode()
+    assert [p.name for p in local.parent.iterdir()] == ["chunk.json"]  # no temporary left behind
 
 
 async def test_run_claim_gives_every_submit_the_same_token(tmp_path: Path) -> None:
@@ -123,3 +130,27 @@ async def test_an_abandoned_claim_of_a_live_process_elsewhere_is_taken_over_at_o
     again = await asyncio.wait_for(claim_chunk(run_dir, 1, 0), timeout=5)
     assert isinstance(again, HeldClaim) and again.claim.generation == 2
     again.release()
+
+
+def test_after_a_takeover_the_newest_claim_wins_over_ledger_json(tmp_path: Path) -> None:
+    from batch_provider.core.ledger import Ledger, LedgerAttempt, LedgerChunk, RunKey
+
+    run_dir = RunDirectory(tmp_path)
+    now = datetime.now(UTC)
+
+    def ref(batch_id: str) -> BatchRef:
+        return BatchRef(
+            provider=Provider.OPENAI, batch_id=batch_id, chunk_index=0, request_count=1, created_at=now
+        )
+
+    chunk = LedgerChunk(index=0, part="p", request_count=1, byte_size=1, group="g", batch=ref("zombie"))
+    key = RunKey(dag_id="d", task_id="t", run_id="r")
+    entry = LedgerAttempt(attempt=1, fingerprint="f", chunks=[chunk])
+    Ledger(run_key=key, provider=Provider.OPENAI, attempts={1: entry}).save(run_dir)
+    write_claim(run_dir)  # generation 0: the zombie, never recorded its batch
+    taker = ChunkClaim(
+        owner="b", host="h", pid=1, generation=1, intent_at=now, alive_at=now, batch=ref("taker")
+    )
+    run_dir.chunk_claim(1, 0, 1).write_text(taker.model_dump_json())
+    loaded = Ledger.load(run_dir)
+    assert loaded is not None and loaded.attempts[1].chunks[0].batch.batch_id == "taker"
