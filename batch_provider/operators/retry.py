@@ -312,7 +312,6 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
                 self.on_timeout,
             )
             if cut and self.on_timeout == "fail":
-                _publish(context, self.outlets, summary)
                 raise AirflowFailException(
                     f"{cut} row(s) were cut off by a passed deadline (on_timeout='fail'); "
                     f"the {summary.succeeded} answered are in {summary.files.get('results')}, "

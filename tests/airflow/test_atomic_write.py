@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
+from moto_support import aws_connection
+from moto_support import moto_s3 as moto_s3_server
 
 from batch_provider.core.rundir import _discard, atomic_write, remove_stale_temps, write_json_atomic
 
@@ -46,26 +48,9 @@ def test_stale_temps_of_a_killed_writer_are_swept(tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def moto_s3():
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    extra = {"region_name": "us-east-1", "endpoint_url": f"http://{host}:{port}"}
-    os.environ["AIRFLOW_CONN_BP_ATOMIC"] = json.dumps(
-        {"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}
-    )
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=extra["endpoint_url"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-    s3.create_bucket(Bucket="atomic")
-    yield s3
-    server.stop()
+    with moto_s3_server("atomic") as (s3, endpoint):
+        os.environ["AIRFLOW_CONN_BP_ATOMIC"] = aws_connection(endpoint)
+        yield s3
 
 
 def test_s3_failure_keeps_the_old_object(moto_s3):

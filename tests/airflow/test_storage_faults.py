@@ -8,6 +8,7 @@ import json
 
 import pytest
 from dagutil import load_dags, task_states
+from moto_support import aws_connection, moto_s3
 from s3_fault_proxy import Rule, fault_proxy
 
 from batch_provider.core.cache import ResultCache
@@ -17,36 +18,17 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 
 @pytest.fixture
 def moto(monkeypatch, llm_conns):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    import boto3
-
-    host, port = server.get_host_and_port()
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=f"http://{host}:{port}",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-    s3.create_bucket(Bucket="llm")
     monkeypatch.setattr(ResultCache, "store_backoff", 0.05)
-    yield s3, (host, port)
-    server.stop()
+    with moto_s3("llm") as (s3, endpoint):
+        host, port = endpoint.removeprefix("http://").split(":")
+        yield s3, (host, int(port))
 
 
 def s3_connection(monkeypatch, dag_id: str, endpoint: str) -> None:
     """The DAG's S3 connection, through ``endpoint``; botocore retries once, then the caller's
     own policy (the cache's backoff, the task's Airflow retries) takes over."""
-    extra = {
-        "region_name": "us-east-1",
-        "endpoint_url": endpoint,
-        "config_kwargs": {"retries": {"total_max_attempts": 2, "mode": "standard"}},
-    }
-    value = json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra})
-    monkeypatch.setenv(f"AIRFLOW_CONN_BP_{dag_id.upper()}", value)
+    retries = {"retries": {"total_max_attempts": 2, "mode": "standard"}}
+    monkeypatch.setenv(f"AIRFLOW_CONN_BP_{dag_id.upper()}", aws_connection(endpoint, config_kwargs=retries))
 
 
 def objects(s3, prefix: str) -> dict[str, bytes]:

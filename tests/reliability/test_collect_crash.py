@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from moto_support import aws_connection, moto_s3
 from rel_support import backend_for, base_url, batches_created, wait_until_ended
 
 from batch_provider.core.collection import collect_run
@@ -56,25 +57,9 @@ CASES = [("local", phase, name) for phase, names in FILES.items() for name in na
 def moto_bucket():
     """One moto S3 server for the module (Airflow keeps one filesystem per connection id in a
     process, so the endpoint must not change between tests); each test uses its own prefix."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    extra = {"region_name": "us-east-1", "endpoint_url": f"http://{host}:{port}"}
-    conn = {"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}
-    os.environ[f"AIRFLOW_CONN_{S3_CONN.upper()}"] = json.dumps(conn)
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=extra["endpoint_url"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-    s3.create_bucket(Bucket="crash")
-    yield s3
-    server.stop()
+    with moto_s3("crash") as (s3, endpoint):
+        os.environ[f"AIRFLOW_CONN_{S3_CONN.upper()}"] = aws_connection(endpoint)
+        yield s3
     os.environ.pop(f"AIRFLOW_CONN_{S3_CONN.upper()}", None)
 
 
