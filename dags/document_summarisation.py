@@ -30,7 +30,7 @@ Message Batches API: one request per document (its file name is the request id),
 five-sentence summary plus the decisions or actions it contains.
 
 Results land in the run folder's `results.jsonl` and are published as the
-`llm_batch_results__document_summarisation__summarise` Asset for downstream DAGs.
+`llm_batch_results__document_summarisation__summarise__<location>` Asset for downstream DAGs.
 
 Connection: `llm_anthropic_default` (type *Anthropic Message Batches API*).
 """,

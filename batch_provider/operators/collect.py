@@ -6,6 +6,7 @@ result data, never a key.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,13 +46,17 @@ def results_asset(dag_id: str, group: str, run_path: str | None = None) -> Asset
     """The Asset a run's results are published as: one per (DAG, task group), under the run path.
 
     Each run's files live in a sub-folder per run id; the asset event's ``extra`` names them.
+    The name is derived from the URI too: Airflow keeps one active asset per name, so a DAG whose
+    run path moves gets a new asset instead of one that clashes with the old location's.
     """
     base = str(run_path or default_run_path()).rstrip("/")
     scheme, sep, rest = base.partition("://")
     if sep and "@" in rest.split("/", 1)[0]:
         rest = rest.split("@", 1)[1]  # drop the conn_id: it is not part of the data's identity
     uri = f"{scheme}{sep}{rest}/{safe_segment(dag_id)}/{safe_segment(group)}"
-    return Asset(uri=uri, name=f"llm_batch_results__{safe_segment(dag_id)}__{safe_segment(group)}")
+    location = hashlib.sha256(uri.encode()).hexdigest()[:8]
+    name = f"llm_batch_results__{safe_segment(dag_id)}__{safe_segment(group)}__{location}"
+    return Asset(uri=uri, name=name)
 
 
 def _publish(context: Any, outlets: Sequence[Any], summary: RunSummary) -> None:

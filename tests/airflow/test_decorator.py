@@ -70,7 +70,10 @@ def test_prompt_strings_are_sent_as_written_and_requests_as_given(run_root, llm_
         for part in sorted(run_root.glob("decorator_inputs/*/prompts/attempt-1/requests/part-*.jsonl"))
         for line in part.read_text().splitlines()
     ]
-    assert [line["custom_id"] for line in sent] == ["row-1", "row-2", "row-3"]
+    assert len(sent) == 3 and all(line["custom_id"].startswith("bp") for line in sent)  # wire ids
+    prompts = xcom(run, "prompts.retry")
+    answered = read_jsonl(Path(prompts["files"]["results"].removeprefix("file://")))
+    assert sorted(r["custom_id"] for r in answered) == ["row-1", "row-2", "row-3"]
     messages = sent[0]["body"]["messages"]
     assert messages[0] == {"role": "system", "content": "Answer in one line."}
     assert messages[-1]["content"] == "Explain tides; keep {{ ds }} and {% raw %} as written."
