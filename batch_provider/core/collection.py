@@ -31,6 +31,7 @@ from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import BatchRef, ItemStatus, ResultRecord, Usage
 from batch_provider.core.pricing import Calibration, Cost, CostTally, PriceTable, default_price_table
 from batch_provider.core.reconcile import expected_ids, reconcile
+from batch_provider.core.run_index import record_run
 from batch_provider.core.rundir import RunDirectory, read_json, write_json_atomic
 from batch_provider.core.submission import part_custom_ids
 
@@ -297,7 +298,8 @@ def rebuild_outputs(
         estimate=first.estimate,
         estimate_error_pct=_estimate_error(first.estimate, cost),
     )
-    write_json_atomic(run_dir.manifest, _manifest(summary, ledger))
+    write_json_atomic(run_dir.manifest, manifest := _manifest(summary, ledger))
+    record_run(run_dir, manifest)
     return summary
 
 
