@@ -156,8 +156,6 @@ def api_server(emulator: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
     for dag_id in ("ui_dag_a", "ui_dag_b"):
         (dags / f"{dag_id}.py").write_text(DAG_FILE.format(dag_id=dag_id))
     _plugin_dist(site)
-    manifest = asyncio.run(_known_run(emulator, runs))
-    _synthetic(runs / "_index")
     (home / "passwords.json").write_text(json.dumps(PASSWORDS))
     port = _free_port()
     env = {
@@ -174,13 +172,21 @@ def api_server(emulator: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(40),
         "AIRFLOW__API__SECRET_KEY": secrets.token_hex(20),
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__API__WORKERS": "1",
         "BATCH_PROVIDER_RUN_PATH": f"file://{runs}",
         "BP_UI_SCOPED_USER": "scoped",
         "BP_UI_SCOPED_DAGS": "ui_dag_a",
     }
     airflow = [sys.executable, "-m", "airflow"]
-    for command in (["db", "migrate"], ["dags", "reserialize"]):
-        subprocess.run(airflow + command, env=env, check=True, capture_output=True, timeout=180)
+    py = sys.executable
+    setup = subprocess.Popen(  # the slow part; the runs are written meanwhile
+        ["sh", "-c", f"{py} -m airflow db migrate && {py} -m airflow dags reserialize"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    manifest = asyncio.run(_known_run(emulator, runs))
+    _synthetic(runs / "_index")
+    _, err = setup.communicate(timeout=300)
+    assert setup.returncode == 0, f"airflow db migrate / dags reserialize failed: {err.decode()[-2000:]}"
     log = (home / "api-server.log").open("wb")
     proc = subprocess.Popen(
         [*airflow, "api-server", "--host", "127.0.0.1", "--port", str(port)],

@@ -10,7 +10,13 @@ let page = 1;
 // Airflow's own pages live next to this app's prefix (``<base>/llm-batches/``).
 const airflowBase = location.pathname.replace(/llm-batches\/.*$/, "");
 
-const usd = (v) => "$" + Number(v || 0).toFixed(4);
+// Dollars with enough decimals to show small runs: 2 from $1, 4 from $0.01, else 6.
+function usd(v) {
+  const n = Number(v || 0);
+  const a = Math.abs(n);
+  return "$" + n.toFixed(a === 0 || a >= 1 ? 2 : a >= 0.01 ? 4 : 6);
+}
+const money = { ticks: { callback: (v) => usd(v) } };
 const minutes = (s) => (s == null ? "" : s < 3600 ? (s / 60).toFixed(1) + " min" : (s / 3600).toFixed(2) + " h");
 
 function query(extra) {
@@ -110,16 +116,17 @@ function renderCharts(c) {
         { label: "Synchronous equivalent", data: c.daily.standard_usd, borderColor: "#e53e3e", backgroundColor: "#e53e3e" },
       ],
     },
+    options: { scales: { y: money } },
   });
   draw("chart-centre", {
     type: "bar",
     data: { labels: c.savings_by_cost_centre.labels, datasets: [{ label: "Savings", data: c.savings_by_cost_centre.values, backgroundColor: "#38a169" }] },
-    options: { plugins: { legend: { display: false } } },
+    options: { scales: { y: money }, plugins: { legend: { display: false } } },
   });
   draw("chart-model", {
     type: "bar",
     data: { labels: c.savings_by_model.labels, datasets: [{ label: "Savings", data: c.savings_by_model.values, backgroundColor: "#805ad5" }] },
-    options: { indexAxis: "y", plugins: { legend: { display: false } } },
+    options: { indexAxis: "y", scales: { x: money }, plugins: { legend: { display: false } } },
   });
   const keys = Object.keys(c.completion_minutes);
   const series = (k) => keys.map((key) => c.completion_minutes[key][k]);
