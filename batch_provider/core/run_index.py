@@ -13,12 +13,13 @@ Invariants:
 - An entry holds figures and names only (counts, dollars, timings, tags, batch ids): never keys,
   request or result content.
 - Writing the index never fails a run: :func:`record_run` logs a warning and returns.
-- Of several versions of one digest, readers keep the highest; the writer deletes older ones
-  best-effort after writing the new one.
+- Of several versions of one digest, readers keep the highest and delete the others
+  (best-effort); a writer only ever adds a file, so collect never lists the index.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import pathlib
@@ -38,6 +39,7 @@ ENTRY_VERSION = 1
 SEGMENT_EVERY_S = 30.0
 """A reader rewrites the segment at most this often (or sooner after many new entries)."""
 SEGMENT_AFTER_NEW = 200
+_VERSIONS = itertools.count(1)
 
 
 def index_root(run_dir: RunDirectory) -> Any:
@@ -99,16 +101,10 @@ def entry_from_manifest(manifest: dict[str, Any], *, group: str) -> dict[str, An
 
 
 def write_entry(root: Any, digest: str, entry: dict[str, Any]) -> Any:
-    """Write ``entry`` as a new version for ``digest`` under index ``root``; drop older versions."""
-    entries = root / ENTRIES_DIR
-    path = entries / f"{digest}.{time.time_ns():020d}.json"
+    """Write ``entry`` as a new version for ``digest`` under index ``root`` (one PUT, no listing:
+    readers drop the versions it supersedes)."""
+    path = root / ENTRIES_DIR / f"{digest}.{time.time_ns():020d}.json"
     write_json_atomic(path, entry)
-    try:
-        for old in entries.glob(f"{digest}.*.json"):
-            if old.name != path.name:
-                old.unlink()
-    except Exception as exc:  # older versions are ignored by readers anyway
-        log.debug("Could not delete older index entries of %s: %s", digest, exc)
     return path
 
 
@@ -145,8 +141,12 @@ class RunIndexReader:
     def __init__(self, root: Any):
         self.root = root
         self._by_name: dict[str, dict[str, Any]] = {}
+        self._latest: list[dict[str, Any]] = []
         self._segment_loaded = False
         self._segment_written = 0.0
+        self.version = 0
+        """Changes whenever the entries change, unique across readers of this process: callers may
+        cache what they derive from the entries under it."""
 
     def _names(self) -> list[str]:
         entries = self.root / ENTRIES_DIR
@@ -172,10 +172,11 @@ class RunIndexReader:
         """The latest entry of every run folder in this index."""
         if not self._segment_loaded:
             self._load_segment()
-        names = [n for n in self._names() if _split_name(n)]
+        names = [n for n in self._names() if n.endswith(".json")]
         present = set(names)
-        for gone in [n for n in self._by_name if n not in present]:
-            del self._by_name[gone]
+        gone = [n for n in self._by_name if n not in present]
+        for name in gone:
+            del self._by_name[name]
         new = 0
         for name in names:
             if name in self._by_name:
@@ -188,7 +189,26 @@ class RunIndexReader:
                 continue  # replaced by a newer version between the listing and the read
         if new and (new >= SEGMENT_AFTER_NEW or time.monotonic() - self._segment_written > SEGMENT_EVERY_S):
             self._write_segment()
-        return list(_latest(self._by_name).values())
+        if new or gone or not self.version:
+            latest, superseded = _latest(self._by_name)
+            self._drop(superseded)
+            self._latest = list(latest.values())
+            self.version = next(_VERSIONS)
+        return self._latest
+
+    def _drop(self, names: list[str]) -> None:
+        """Delete entry versions a newer one of the same run supersedes (best-effort)."""
+        for name in names:
+            try:
+                (self.root / ENTRIES_DIR / name).unlink()
+                del self._by_name[name]
+            except Exception as exc:
+                log.debug("Could not delete superseded index entry %s: %s", name, exc)
+
+    @property
+    def latest(self) -> list[dict[str, Any]]:
+        """What the last :meth:`entries` call returned (no listing)."""
+        return self._latest
 
     def _write_segment(self) -> None:
         self._segment_written = time.monotonic()
@@ -205,13 +225,20 @@ def _scandir(path: pathlib.Path) -> Iterable[Any]:
         return list(it)
 
 
-def _latest(by_name: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    best: dict[str, tuple[str, dict[str, Any]]] = {}
+def _latest(by_name: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The highest version of each digest, and the names of the versions it supersedes."""
+    best: dict[str, tuple[str, str, dict[str, Any]]] = {}
+    superseded: list[str] = []
     for name, entry in by_name.items():
         split = _split_name(name)
         if split is None:
             continue
         digest, version = split
-        if digest not in best or version > best[digest][0]:
-            best[digest] = (version, entry)
-    return {digest: entry for digest, (_, entry) in best.items()}
+        if digest not in best:
+            best[digest] = (version, name, entry)
+        elif version > best[digest][0]:
+            superseded.append(best[digest][1])
+            best[digest] = (version, name, entry)
+        else:
+            superseded.append(name)
+    return {digest: entry for digest, (_, _, entry) in best.items()}, superseded

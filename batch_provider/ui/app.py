@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from functools import cache
+from functools import cache, lru_cache
 from typing import Annotated, Any
 from urllib.parse import unquote, urlparse
 
@@ -80,8 +80,29 @@ ReadableDags = Annotated[set[str], Depends(readable_dag_ids)]
 Filter = Annotated[RunFilter, Depends(run_filter)]
 
 
-def readable_entries(allowed: set[str]) -> list[dict[str, Any]]:
-    return [e for path in index_paths() for e in _reader(path).entries() if e.get("dag_id") in allowed]
+def _readers() -> list[RunIndexReader]:
+    return [_reader(path) for path in index_paths()]
+
+
+@lru_cache(maxsize=64)
+def _query(versions: tuple[int, ...], allowed: frozenset[str], flt: RunFilter) -> dict[str, Any]:
+    """Filtered rows, totals, charts and filter values of the readable runs; cached under the
+    indexes' versions, so it is recomputed only when an index changed."""
+    entries = [e for r in _readers() for e in r.latest if e.get("dag_id") in allowed]
+    rows = runs_query.select(entries, flt)
+    return {
+        "rows": rows,
+        "totals": runs_query.totals(rows),
+        "charts": runs_query.charts(rows),
+        "facets": runs_query.facets(entries),
+    }
+
+
+def query(allowed: set[str], flt: RunFilter) -> dict[str, Any]:
+    readers = _readers()
+    for r in readers:
+        r.entries()  # one listing per index: picks up what collect and retry wrote since
+    return _query(tuple(r.version for r in readers), frozenset(allowed), flt)
 
 
 def with_links(entry: dict[str, Any]) -> dict[str, Any]:
@@ -106,22 +127,20 @@ def create_app() -> FastAPI:
         page: Annotated[int, Query(ge=1)] = 1,
         page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     ) -> dict[str, Any]:
-        entries = readable_entries(allowed)
-        rows = runs_query.select(entries, flt)
+        result = query(allowed, flt)
+        rows = result["rows"]
         start = (page - 1) * page_size
         return {
+            **result,
             "total": len(rows),
             "page": page,
             "page_size": page_size,
             "rows": [with_links(e) for e in rows[start : start + page_size]],
-            "totals": runs_query.totals(rows),
-            "charts": runs_query.charts(rows),
-            "facets": runs_query.facets(entries),
         }
 
     @app.get("/api/runs.csv")
     def runs_csv(allowed: ReadableDags, flt: Filter) -> StreamingResponse:
-        rows = runs_query.select(readable_entries(allowed), flt)
+        rows = query(allowed, flt)["rows"]
         return StreamingResponse(
             runs_query.csv_lines(rows),
             media_type="text/csv",

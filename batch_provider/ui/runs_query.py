@@ -153,15 +153,16 @@ def _safe_cell(value: Any) -> Any:
     return value
 
 
-def csv_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
-    """The filtered table as CSV, header first, one run per line."""
+def csv_lines(rows: Iterable[dict[str, Any]], *, per_chunk: int = 1000) -> Iterator[str]:
+    """The filtered table as CSV, header first, one run per line, ``per_chunk`` lines a chunk."""
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(CSV_COLUMNS)
-    yield buf.getvalue()
-    for e in rows:
-        buf.seek(0)
-        buf.truncate()
+    for n, e in enumerate(rows, 1):
+        if n % per_chunk == 0:
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
         record = {
             **e,
             "models": " ".join(e.get("models") or []),
@@ -169,4 +170,4 @@ def csv_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
             "batch_ids": " ".join(b["id"] for b in e.get("batches") or []),
         }
         writer.writerow([_safe_cell(record.get(c, "")) for c in CSV_COLUMNS])
-        yield buf.getvalue()
+    yield buf.getvalue()

@@ -52,9 +52,11 @@ async def _run(emulator: Any, base: Path, *, run_id: str, tags: dict[str, str]) 
 async def test_collect_and_retry_keep_one_entry_matching_the_manifest(emulator: Any, tmp_path: Path) -> None:
     run_dir = await _run(emulator, tmp_path, run_id="manual__1", tags={"cost_centre": "support"})
     manifest = json.loads(run_dir.manifest.read_text())
-    files = list((tmp_path / "_index" / ENTRIES_DIR).iterdir())
-    assert len(files) == 1, "collect, retry and dead letter rewrote the entry, older versions are gone"
-    entry = json.loads(files[0].read_text())
+    entries_dir = tmp_path / "_index" / ENTRIES_DIR
+    assert len(list(entries_dir.iterdir())) >= 3, "collect, collect after retry and dead letter each wrote"
+    (entry,) = RunIndexReader(tmp_path / "_index").entries()
+    assert len(list(entries_dir.iterdir())) == 1, "the reader dropped the superseded versions"
+    assert entry == json.loads(next(entries_dir.iterdir()).read_text())
     assert entry == entry_from_manifest(manifest, group="classify")
     assert (entry["dag_id"], entry["run_id"], entry["group"]) == ("ui_dag", "manual__1", "classify")
     assert entry["rows"] == manifest["inputs"] == 6
