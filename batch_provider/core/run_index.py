@@ -23,6 +23,7 @@ import itertools
 import json
 import logging
 import pathlib
+import threading
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -142,6 +143,7 @@ class RunIndexReader:
         self.root = root
         self._by_name: dict[str, dict[str, Any]] = {}
         self._latest: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
         self._segment_loaded = False
         self._segment_written = 0.0
         self.version = 0
@@ -169,7 +171,11 @@ class RunIndexReader:
             log.warning("Ignoring unreadable run index segment %s: %s", segment, exc)
 
     def entries(self) -> list[dict[str, Any]]:
-        """The latest entry of every run folder in this index."""
+        """The latest entry of every run folder in this index (safe to call from several threads)."""
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> list[dict[str, Any]]:
         if not self._segment_loaded:
             self._load_segment()
         names = [n for n in self._names() if n.endswith(".json")]
@@ -183,10 +189,14 @@ class RunIndexReader:
                 continue
             try:
                 with (self.root / ENTRIES_DIR / name).open("rb") as fh:
-                    self._by_name[name] = json.loads(fh.read())
-                new += 1
+                    data = json.loads(fh.read())
             except (FileNotFoundError, ValueError):
                 continue  # replaced by a newer version between the listing and the read
+            if not (isinstance(data, dict) and {"dag_id", "run_id", "provider"} <= data.keys()):
+                log.warning("Ignoring run index entry %s: not an entry this version writes", name)
+                continue
+            self._by_name[name] = data
+            new += 1
         if new and (new >= SEGMENT_AFTER_NEW or time.monotonic() - self._segment_written > SEGMENT_EVERY_S):
             self._write_segment()
         if new or gone or not self.version:
