@@ -30,7 +30,6 @@ from batch_provider.ui import runs_query
 from batch_provider.ui.runs_query import RunFilter
 
 STATIC = pathlib.Path(__file__).parent / "static"
-URL_PREFIX = "/llm-batches"
 MAX_PAGE_SIZE = 500
 CONSOLE_PROVIDERS = {
     p.value for p in (Provider.OPENAI, Provider.ANTHROPIC, Provider.GEMINI, Provider.BEDROCK)
