@@ -7,7 +7,7 @@ import csv
 import io
 
 import httpx
-from ui_server import KNOWN, ApiServer
+from ui_server import API_KEY, KNOWN, ApiServer
 
 
 def test_plugin_is_loaded_and_in_the_navigation(api_server: ApiServer) -> None:
@@ -77,3 +77,14 @@ def test_filters_paging_charts_and_csv(api_server: ApiServer) -> None:
     assert "attachment" in response.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert len(rows) == 60 and {r["provider"] for r in rows} == {"anthropic"}
+
+
+def test_no_response_or_index_file_holds_the_provider_key(api_server: ApiServer) -> None:
+    bodies = [
+        api_server.get("/llm-batches/api/runs", "admin", page_size=500).text,
+        api_server.get("/llm-batches/api/runs.csv", "admin").text,
+        api_server.get("/llm-batches/", "admin").text,
+    ]
+    bodies += [p.read_text() for p in (api_server.run_path / "_index").rglob("*.json")]
+    assert KNOWN["run_id"] in bodies[0]
+    assert not any(API_KEY in body for body in bodies)

@@ -35,6 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 KNOWN = {"dag_id": "ui_dag_a", "run_id": "manual__known", "group": "classify"}
 PASSWORDS = {"admin": secrets.token_hex(8), "scoped": secrets.token_hex(8)}
+API_KEY = "sk-ui-test-" + secrets.token_hex(12)
+"""The provider key of the known run: it must appear in no index entry and no page response."""
 DAG_FILE = """
 from airflow.sdk import DAG, task
 
@@ -96,7 +98,7 @@ async def _known_run(emulator: Any, base: Path) -> dict[str, Any]:
     key = RunKey(dag_id=KNOWN["dag_id"], task_id="classify.submit", run_id=KNOWN["run_id"])
     builder = RequestBuilder(template="Say: {{ text }}", model="gpt-6-luna", max_tokens=16)
     items = builder.render(iter_list(data))
-    async with create_backend("openai", api_key="k", base_url=f"{emulator.base_url}/v1") as backend:
+    async with create_backend("openai", api_key=API_KEY, base_url=f"{emulator.base_url}/v1") as backend:
         tags = {"cost_centre": "support"}
         handle = await submit_run(backend, items, run_dir, run_key=key, conn_id="c", tags=tags)
         emulator.advance(2 * 86400)
