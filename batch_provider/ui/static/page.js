@@ -64,7 +64,7 @@ function renderTable(data) {
     tr.dataset.runId = r.run_id;
     cell(tr, r.dag_id);
     cell(tr, r.run_id);
-    cell(tr, r.group);
+    cell(tr, r.map_index >= 0 ? `${r.group} [${r.map_index}]` : r.group);  // mapped: one folder per index
     cell(tr, r.provider);
     cell(tr, (r.models || []).join(", "));
     cell(tr, r.rows, "n");
