@@ -39,6 +39,7 @@ from batch_provider.core.models import BatchRef, ItemStatus, ResultRecord, Usage
 from batch_provider.core.pricing import Calibration, Cost, CostTally, PriceTable, default_price_table
 from batch_provider.core.reconcile import ReconcileReport, reconcile
 from batch_provider.core.rejects import reject_reasons
+from batch_provider.core.run_index import record_run
 from batch_provider.core.rundir import (
     RunDirectory,
     atomic_write,
@@ -371,6 +372,7 @@ def rebuild_outputs(
     manifest = _manifest(summary, ledger)
     manifest["rejected_reasons"] = reject_reasons(run_dir.rejects) if first.rejected else {}
     write_json_atomic(run_dir.manifest, manifest)
+    record_run(run_dir, manifest)
     return summary
 
 

@@ -1,0 +1,1 @@
+"""The "LLM batches" page served by the Airflow API server."""
