@@ -62,6 +62,7 @@ def _write_retry_parts(
     previous = ledger.attempts[attempt - 1]
     parts_dir = run_dir.requests_dir(attempt)
     parts_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(parts_dir)
     token = ledger.wire_token
     chunks: list[LedgerChunk] = []
     digest = hashlib.sha256()

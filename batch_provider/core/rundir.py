@@ -184,13 +184,32 @@ def atomic_write(path: Any) -> Iterator[BinaryIO]:
 
 def remove_stale_temps(folder: Any) -> None:
     """Delete the temporary files a killed :func:`atomic_write` left in ``folder`` (local disk
-    only: on object storage an unfinished write leaves nothing visible). Call it only where no
-    other writer is at work, e.g. when a collect of the run starts."""
+    only: on object storage an unfinished write leaves nothing visible). A temporary file whose
+    writer (the process id in its name) still runs on this machine is left alone, so a writer at
+    work beside this one is never disturbed."""
     local = local_path(folder)
     if local is None or not local.is_dir():
         return
     for tmp in local.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+        if not _writer_alive(tmp.name):
+            tmp.unlink(missing_ok=True)
+
+
+def _writer_alive(temp_name: str) -> bool:
+    """Whether the process that named ``temp_name`` (``.<file>.<pid>.<hex>.tmp``) is running."""
+    parts = temp_name.rsplit(".", 3)
+    if len(parts) != 4 or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False  # this process has no write open while it cleans up
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _discard(fh: Any) -> None:

@@ -29,8 +29,8 @@ from batch_provider.core.submission import submit_run
 
 CHILD = Path(__file__).with_name("crash_collect.py")
 ROWS = 30
-NOT_RETRYABLE = (3, 17)  # emu-fail400: straight to the dead letter
-RETRYABLE = (5, 24)  # emu-fail500: sent again by a retry
+NOT_RETRYABLE = (3, 17)  # a fail400 marker: straight to the dead letter
+RETRYABLE = (5, 24)  # a fail500 marker: sent again by a retry
 S3_CONN = "bp_crash_s3"
 
 FILES = {
@@ -63,17 +63,17 @@ def moto_bucket():
     os.environ.pop(f"AIRFLOW_CONN_{S3_CONN.upper()}", None)
 
 
-def row_id(i: int) -> str:
+def row_text(i: int) -> str:
     if i in NOT_RETRYABLE:
-        return f"emu-fail400-r-{i:03d}"
+        return f"row {i} says hello [[emu:fail400]]"
     if i in RETRYABLE:
-        return f"emu-fail500-r-{i:03d}"
-    return f"r-{i:03d}"
+        return f"row {i} says hello [[emu:fail500]]"
+    return f"row {i} says hello"
 
 
 async def prepare(emulator: Any, run_dir: RunDirectory, run_path: str) -> RunHandle:
     """A run of 3 batches, submitted and ended at the provider."""
-    data = [{"id": row_id(i), "text": f"row {i} says hello"} for i in range(ROWS)]
+    data = [{"id": f"r-{i:03d}", "text": row_text(i)} for i in range(ROWS)]
     builder = RequestBuilder(template="Say {{ text }}", model="gpt-6-luna", max_tokens=16)
     async with backend_for("openai", emulator) as backend:
         handle = await submit_run(
@@ -141,7 +141,7 @@ def assert_every_row_once(run_dir: RunDirectory, *, final: bool) -> dict[str, An
     results = lines(run_dir, "results.jsonl")
     unresolved = lines(run_dir, "dead_letter.jsonl" if final else "errors.jsonl")
     outcomes = Counter(r["custom_id"] for r in results + unresolved)
-    assert sorted(outcomes) == sorted(row_id(i) for i in range(ROWS)) and set(outcomes.values()) == {1}
+    assert sorted(outcomes) == sorted(f"r-{i:03d}" for i in range(ROWS)) and set(outcomes.values()) == {1}
     assert manifest["succeeded"] == len(results) == ROWS - len(NOT_RETRYABLE) - len(RETRYABLE)
     assert manifest["unresolved"] == len(unresolved) == len(NOT_RETRYABLE) + len(RETRYABLE)
     assert manifest["accounted"] and manifest["inputs"] == ROWS
