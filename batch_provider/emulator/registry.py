@@ -11,7 +11,7 @@ saves them, forgets them and clears them. What a record means (its timeline, vie
 listing rules) stays in the provider's subclass.
 
 Invariants:
-- ``order`` holds the id of every record indexed since the last :meth:`~BatchRegistry.clear`,
+- ``order`` holds the id of every record indexed since the last :meth:`~BatchRegistry.clear`, by ``seq``,
   oldest first (records loaded at start come in ``seq`` order); ``pos[id]`` is the id's index in
   ``order``. A forgotten record leaves ``records`` but keeps its place in ``order``, so a page
   cursor naming it still finds its neighbours.
@@ -24,6 +24,7 @@ Invariants:
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 from collections.abc import Iterator
@@ -75,6 +76,7 @@ class BatchRegistry(Generic[R]):
         self.dir.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, R] = {}
         self.order: list[str] = []
+        self._order_seqs: list[int] = []
         self.pos: dict[str, int] = {}
         self._seq = 0
         for rec in sorted(self._load(), key=lambda r: r.seq):
@@ -88,8 +90,13 @@ class BatchRegistry(Generic[R]):
     def _index(self, rec: R) -> None:
         self._seq = max(self._seq, rec.seq)
         self.records[rec.id] = rec
-        self.pos[rec.id] = len(self.order)
-        self.order.append(rec.id)
+        # Overlapping creates may be indexed out of their ``seq`` order (each awaits its input
+        # first): keep ``order`` sorted by ``seq``, as a restart would rebuild it.
+        at = bisect.bisect_right(self._order_seqs, rec.seq)
+        self.order.insert(at, rec.id)
+        self._order_seqs.insert(at, rec.seq)
+        for j in range(at, len(self.order)):
+            self.pos[self.order[j]] = j
 
     def next_seq(self) -> int:
         """The ``seq`` of a record about to be created (one past every ``seq`` given out so far)."""
@@ -129,6 +136,7 @@ class BatchRegistry(Generic[R]):
             self._remove_files(batch_id)
         self.records.clear()
         self.order.clear()
+        self._order_seqs.clear()
         self.pos.clear()
 
     def older_than(self, after_id: str | None, limit: int) -> tuple[list[R], bool]:
