@@ -136,7 +136,7 @@ def llm_batch_group(
             task_id="collect",
             handle=submit.output,
             doc_md=docs["collect"],
-            trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
+            trigger_rule=_collect_trigger_rule(group),
             wait_timeout=timeout,
             deferrable=deferrable,
             poll_interval=poll_interval,
@@ -164,3 +164,13 @@ def llm_batch_group(
         )
         submit >> wait >> collect >> retry
     return group
+
+
+def _collect_trigger_rule(group: TaskGroup) -> TriggerRule:
+    """Collect runs after a failed wait too, so nothing answered is left uncollected; inside a
+    mapped task group it runs after a successful wait only, because Airflow 3.3 evaluates
+    ``all_done_min_one_success`` there before expanding the task and marks it upstream_failed
+    (a failed wait's map index is then collected by clearing its collect task)."""
+    if next(group.iter_mapped_task_groups(), None) is not None:
+        return TriggerRule.ALL_SUCCESS
+    return TriggerRule.ALL_DONE_MIN_ONE_SUCCESS
