@@ -341,6 +341,7 @@ async def watch_to_end(
     poll_interval_max: float = DEFAULT_POLL_INTERVAL_MAX,
     on_progress: Callable[[Progress], Awaitable[None] | None] | None = None,
     log: Any = None,
+    watcher: Callable[..., Awaitable[dict[str, BatchState]]] | None = None,
 ) -> WatchOutcome:
     """Watch until every batch has ended; a passed ``deadline`` ends the wait, not the run.
 
@@ -348,11 +349,13 @@ async def watch_to_end(
     watched again until they report an ending (a cancelled or expired batch keeps the answers
     it already has), for at most ``grace_seconds`` after the deadline. At least one more poll
     is made after the deadline, so a watch resumed late still sees batches that ended meanwhile.
+    ``watcher`` replaces :func:`watch_batches` (same signature), e.g. a shared poller's.
     """
+    watch = watcher or watch_batches
     ids = list(dict.fromkeys(batch_ids))
     poll = {"poll_interval_min": poll_interval_min, "poll_interval_max": poll_interval_max}
     try:
-        states = await watch_batches(backend, ids, deadline=deadline, on_progress=on_progress, **poll)
+        states = await watch(backend, ids, deadline=deadline, on_progress=on_progress, **poll)
         return WatchOutcome(states=states)
     except WatchTimeout as exc:
         passed = exc
@@ -372,7 +375,7 @@ async def watch_to_end(
         datetime.now(UTC) + timedelta(seconds=poll_interval_min),
     )
     try:
-        ended = await watch_batches(
+        ended = await watch(
             backend, passed.pending, deadline=end, on_progress=on_progress, jitter=False, **poll
         )
     except WatchTimeout as again:

@@ -10,6 +10,10 @@ Invariants:
   ended when the grace period ran out; or ``error`` with a message (e.g. a wrong key or an
   unknown batch id). States in events are compact (:func:`event_state`), so an event stays small
   for hundreds of batches.
+- Every trigger of a triggerer process on the same provider, base URL and key registers its
+  batches with one shared poller (:mod:`batch_provider.core.poller`): one HTTP pool and one
+  schedule for all of them; the last trigger to leave (or be cancelled) closes it. A restarted
+  triggerer re-registers from the kwargs.
 - ``on_kill`` (a user marked the deferred task failed/success or cleared it) cancels the remote
   batches when ``cancel_on_kill`` is set; a triggerer restart or redistribution does not, since
   Airflow calls ``cleanup`` then, not ``on_kill``. A restart after the deadline cancels again
@@ -112,13 +116,13 @@ class BatchWaitTrigger(BaseTrigger):
             self.deadline or "they end",
         )
         try:
-            backend = await self._hook().aget_backend()
+            lease = await self._hook().apoller()
         except Exception as exc:
             yield TriggerEvent({"status": "error", "message": f"{type(exc).__name__}: {exc}"})
             return
         try:
             outcome = await watch_to_end(
-                backend,
+                lease.backend,
                 self.batch_ids,
                 deadline=deadline,
                 grace_seconds=self.grace_seconds,
@@ -127,6 +131,7 @@ class BatchWaitTrigger(BaseTrigger):
                 poll_interval_max=self.poll_interval_max,
                 on_progress=self._log_progress,
                 log=self.log,
+                watcher=lease.poller.watch_batches,
             )
         except BatchProviderError as exc:
             event: dict[str, Any] = {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
@@ -149,7 +154,7 @@ class BatchWaitTrigger(BaseTrigger):
                         f"({'cancelled' if outcome.cancelled else 'not cancelled'})",
                     )
         finally:
-            await backend.aclose()
+            await lease.release()
         yield TriggerEvent(event)
 
     async def on_kill(self) -> None:
