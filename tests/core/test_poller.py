@@ -4,6 +4,7 @@ in-flight bound, fairness and Retry-After for the whole pool."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 
@@ -227,3 +228,18 @@ async def test_transport_retry_after_holds_new_calls_on_the_pool() -> None:
         assert len(slept) == 2 and 2.5 < slept[1] <= 3.0  # a new call waits out the same hold
     finally:
         await client.aclose()
+
+
+def test_default_cadence_notices_an_end_soon_and_stays_under_60_calls_per_batch_hour() -> None:
+    """The documented promise: an end is noticed within max(30 s, 10 % of the time waited), and a
+    batch costs at most 60 status calls in any hour (54 in the first, 12 afterwards)."""
+    from batch_provider.core.watch import DEFAULT_POLL_INTERVAL_MAX, DEFAULT_POLL_INTERVAL_MIN, next_interval
+
+    polls, t = [0.0], 0.0
+    while t < 24 * 3600:
+        t += next_interval(t, DEFAULT_POLL_INTERVAL_MIN, DEFAULT_POLL_INTERVAL_MAX)
+        polls.append(t)
+    for before, after in itertools.pairwise(polls):
+        assert after - before <= max(30.0, 0.1 * after)  # an end just after ``before`` is seen at ``after``
+    per_hour = Counter(int(p // 3600) for p in polls[1:])
+    assert per_hour[0] == 54 and max(per_hour.values()) <= 60 and per_hour[5] == 12
