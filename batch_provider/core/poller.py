@@ -46,10 +46,9 @@ from batch_provider.core.watch import (
     DEFAULT_POLL_INTERVAL_MAX,
     DEFAULT_POLL_INTERVAL_MIN,
     Progress,
+    Sweeps,
     _check_deadline,
-    _report,
     next_interval,
-    summarise,
 )
 
 POLL_MAX_IN_FLIGHT = 100
@@ -255,13 +254,12 @@ class BatchPoller:
         )
         ids = watch.ids
         states: dict[str, BatchState] = {}
-        pending, sweep = set(ids), set(ids)
-        started, sweep_no, transient = time.monotonic(), 0, 0
+        sweeps = Sweeps(ids, on_progress)
         try:
-            while pending:
+            while sweeps.pending:
                 left = None if deadline is None else (deadline - datetime.now(UTC)).total_seconds()
                 if left is not None and left <= 0:
-                    _check_deadline(deadline, states, [b for b in ids if b in pending], len(ids))
+                    _check_deadline(deadline, states, [b for b in ids if b in sweeps.pending], len(ids))
                 try:
                     async with asyncio.timeout(left):
                         batch_id, outcome = await watch.updates.get()
@@ -269,27 +267,8 @@ class BatchPoller:
                     continue
                 if isinstance(outcome, BaseException):
                     raise outcome
-                if outcome is None:
-                    transient += 1
-                else:
-                    states[batch_id] = outcome
-                    if outcome.is_terminal:
-                        pending.discard(batch_id)
-                sweep.discard(batch_id)
-                if not sweep or not pending:
-                    sweep_no += 1
-                    await _report(
-                        on_progress,
-                        summarise(
-                            states,
-                            len(ids),
-                            round_no=sweep_no,
-                            elapsed=time.monotonic() - started,
-                            next_poll=self.next_poll_in(pending),
-                            transient_errors=transient,
-                        ),
-                    )
-                    sweep, transient = set(pending), 0
+                sweeps.answered(batch_id, outcome, states)
+                await sweeps.report_if_done(states, lambda: self.next_poll_in(sweeps.pending))
         finally:
             self.unregister(watch)
         return {b: states[b] for b in ids}

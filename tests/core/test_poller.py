@@ -58,6 +58,17 @@ class TimedBackend:
         self.closed = True
 
 
+async def watch_for(poller: BatchPoller, ids: list[str], seconds: float, interval: float) -> None:
+    """Watch ``ids`` for ``seconds``, then leave (cancelled like a trigger)."""
+    poll = {"poll_interval_min": interval, "poll_interval_max": interval}
+    task = asyncio.ensure_future(poller.watch_batches(None, ids, **poll))
+    await asyncio.sleep(seconds)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await poller.stop()
+
+
 def test_pool_key_names_the_endpoint_but_not_the_key() -> None:
     a = pool_key("openai", {"api_key": "sk-secret-1", "base_url": "http://x/v1"})
     assert "sk-secret-1" not in a and a.startswith("openai|http://x/v1|")
@@ -139,13 +150,7 @@ async def test_in_flight_bound_and_no_batch_starved() -> None:
     poller = BatchPoller(backend, max_in_flight=4)
     poller.start()
     ids = [f"b{i}" for i in range(40)]
-    poll = {"poll_interval_min": 0.1, "poll_interval_max": 0.1}
-    task = asyncio.ensure_future(poller.watch_batches(None, ids, **poll))
-    await asyncio.sleep(1.5)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await poller.stop()
+    await watch_for(poller, ids, 1.5, 0.1)
     assert backend.peak == 4
     counts = [backend.counts[b] for b in ids]
     assert min(counts) >= 5 and max(counts) - min(counts) <= 2
@@ -175,14 +180,7 @@ async def test_retry_after_holds_every_poll_of_the_pool() -> None:
     backend.fail["b0"] = limited
     poller = BatchPoller(backend, rand=lambda low, high: 0.0)  # first polls all due at once
     poller.start()
-    ids = [f"b{i}" for i in range(10)]
-    poll = {"poll_interval_min": 0.1, "poll_interval_max": 0.1}
-    task = asyncio.ensure_future(poller.watch_batches(None, ids, **poll))
-    await asyncio.sleep(1.0)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await poller.stop()
+    await watch_for(poller, [f"b{i}" for i in range(10)], 1.0, 0.1)
     first_round_end = max(t for t, _ in backend.calls[:10])
     later = [t for t, _ in backend.calls[10:]]
     assert later and min(later) - first_round_end >= 0.55  # nobody polled while held
