@@ -78,7 +78,7 @@ async def main(upstream_port: int, delay: float, port_file: Path, poll_log: IO[s
 
 
 if __name__ == "__main__":
-    log = open(sys.argv[4], "a", buffering=1 << 16) if len(sys.argv) > 4 else None  # noqa: SIM115
+    log = open(sys.argv[4], "a", buffering=1) if len(sys.argv) > 4 else None  # noqa: SIM115 - line-buffered: read while running
     try:
         asyncio.run(main(int(sys.argv[1]), float(sys.argv[2]), Path(sys.argv[3]), log))
     finally:
