@@ -66,6 +66,17 @@ class Progress:
     transient_errors: int = 0
     endings: Mapping[str, int] = field(default_factory=dict)
 
+    def news(self) -> tuple[Any, ...]:
+        """What a progress line says beyond time passing: equal news, nothing new to log."""
+        return (
+            self.batches_ended,
+            self.items_total,
+            self.items_done,
+            self.items_errored,
+            self.transient_errors,
+            tuple(sorted(self.endings.items())),
+        )
+
     @property
     def fraction(self) -> float:
         if self.items_total:

@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -42,6 +43,9 @@ from batch_provider.core.watch import (
 from batch_provider.hooks.batch import LLMBatchHook
 
 __all__ = ["CANCEL_TIMEOUT_SECONDS", "BatchWaitTrigger", "cancel_batches", "event_state"]
+
+PROGRESS_REPEAT_SECONDS = 600.0
+"""A progress line that says nothing new is logged at most this often."""
 
 
 class BatchWaitTrigger(BaseTrigger):
@@ -83,6 +87,7 @@ class BatchWaitTrigger(BaseTrigger):
         self.cancel_on_kill = bool(cancel_on_kill)
         self.cancel_at_deadline = bool(cancel_at_deadline)
         self.grace_seconds = None if grace_seconds is None else float(grace_seconds)
+        self._last_progress: tuple[tuple[Any, ...], float] | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -104,7 +109,14 @@ class BatchWaitTrigger(BaseTrigger):
         return LLMBatchHook(conn_id=self.conn_id, provider=self.provider)
 
     def _log_progress(self, progress: Progress) -> None:
-        self.log.info("%s", progress.line())
+        """Log a progress line when something changed since the last one, or once every
+        ``PROGRESS_REPEAT_SECONDS``: every line goes through the triggerer's supervisor to the
+        task's log, and thousands of triggers repeating "0/1 batches ended" would keep it busy."""
+        news, now = progress.news(), time.monotonic()
+        last = self._last_progress
+        if last is None or last[0] != news or now - last[1] >= PROGRESS_REPEAT_SECONDS:
+            self._last_progress = (news, now)
+            self.log.info("%s", progress.line())
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = datetime.fromisoformat(self.deadline) if self.deadline else None
