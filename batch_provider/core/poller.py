@@ -19,6 +19,10 @@ Invariants:
   register together); afterwards a batch is due ``next_interval(time since it was registered)``
   after each answer. Due batches are started in due-time order (ties: registration order), so
   no batch waits behind batches that became due after it.
+- A connection is resolved once per ``(loop, connection id)`` and reused for
+  ``CONNECTION_REUSE_SECONDS`` (:func:`resolve_once`): a triggerer starting 10,000 triggers on one
+  connection asks its secrets backends once, not 10,000 times; a rotated key reaches new triggers
+  within that time. Resolved options stay in memory only, like the backend that uses them.
 - At most ``max_in_flight`` status calls run at once. A poll that fails with a ``Retry-After``
   (``retry_after`` on the error) holds every dispatch of the pool until that time has passed.
 """
@@ -33,7 +37,7 @@ import json
 import random
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -61,6 +65,8 @@ POLL_POLICY = TransportPolicy(
     max_in_flight=POLL_MAX_IN_FLIGHT,
 )
 """The transport of a shared poller: as many connections kept open as polls in flight."""
+
+CONNECTION_REUSE_SECONDS = 60.0
 
 Outcome = BatchState | BaseException | None
 """What one poll gave a watcher: a state, the error that ended it, or None (a transient failure)."""
@@ -348,3 +354,43 @@ async def acquire_poller(
         pool.users -= 1
         raise
     return PollerLease(key, pool, poller)
+
+
+_Resolved = dict[Hashable, tuple[float, asyncio.Future[Any]]]
+_RESOLVED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Resolved]
+_RESOLVED = weakref.WeakKeyDictionary()
+
+
+async def resolve_once(
+    key: Hashable, fetch: Callable[[], Awaitable[Any]], *, ttl: float = CONNECTION_REUSE_SECONDS
+) -> Any:
+    """``fetch()``'s result for ``key``, fetched at most once per ``ttl`` seconds in the running
+    loop; callers arriving during a fetch share it. A failed fetch is not kept: its callers get
+    its error and the next caller fetches again."""
+    loop = asyncio.get_running_loop()
+    cache = _RESOLVED.setdefault(loop, {})
+    while True:
+        hit = cache.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            try:
+                return await asyncio.shield(hit[1])
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if hit[1].cancelled() and task is not None and not task.cancelling():
+                    continue  # the fetching caller was cancelled, not this one: fetch again
+                raise
+        future: asyncio.Future[Any] = loop.create_future()
+        cache[key] = (time.monotonic() + ttl, future)
+        try:
+            value = await fetch()
+        except BaseException as exc:
+            if cache.get(key, (0.0, None))[1] is future:
+                del cache[key]
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # retrieved: no warning when nobody else waited
+            raise
+        future.set_result(value)
+        return value
