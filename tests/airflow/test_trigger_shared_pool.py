@@ -10,6 +10,7 @@ from airflow_setup import API_KEY, conn_json
 from test_trigger_emulator import context, submit_op
 
 from batch_provider.core.poller import pools_of_running_loop
+from batch_provider.hooks.batch import LLMBatchHook
 from batch_provider.triggers.batch import BatchWaitTrigger
 
 
@@ -51,6 +52,14 @@ async def test_triggers_of_one_endpoint_share_one_pool(llm_conns, run_root, monk
         for i, batch in enumerate(handle["batches"])
     ]
     assert len(triggers) == 12
+    lookups: list[str] = []
+    original = LLMBatchHook.aget_connection
+
+    async def counted(conn_id):
+        lookups.append(conn_id)
+        return await original(conn_id)
+
+    monkeypatch.setattr(LLMBatchHook, "aget_connection", staticmethod(counted))
     before = status_gets(llm_conns.stats())
     tasks = [asyncio.ensure_future(anext(t.run())) for t in triggers]
     users: dict[str, int] = {}
@@ -66,6 +75,7 @@ async def test_triggers_of_one_endpoint_share_one_pool(llm_conns, run_root, monk
     assert len(users) == 2  # one pool per provider endpoint and key, whatever the connection id
     assert sorted(users.values()) == [6, 6] and len(pollers) == 2
     assert API_KEY not in json.dumps(list(users))
+    assert sorted(lookups) == ["llm_anthropic_default", "llm_openai_default", "openai_other"]  # once each
 
     for trigger, event in zip(triggers, events, strict=True):
         assert event.payload["status"] == "success"

@@ -241,3 +241,27 @@ def test_default_cadence_notices_an_end_soon_and_stays_under_60_calls_per_batch_
         assert after - before <= max(30.0, 0.1 * after)  # an end just after ``before`` is seen at ``after``
     per_hour = Counter(int(p // 3600) for p in polls[1:])
     assert per_hour[0] == 54 and max(per_hour.values()) <= 60 and per_hour[5] == 12
+
+
+async def test_a_connection_is_resolved_once_for_every_caller_until_it_expires() -> None:
+    from batch_provider.core.poller import resolve_once
+
+    fetched: list[int] = []
+
+    async def fetch() -> dict:
+        fetched.append(1)
+        await asyncio.sleep(0.01)
+        return {"api_key": "k", "n": len(fetched)}
+
+    results = await asyncio.gather(*(resolve_once("conn-a", fetch, ttl=0.2) for _ in range(50)))
+    assert len(fetched) == 1 and all(r["n"] == 1 for r in results)
+    await asyncio.sleep(0.25)
+    assert (await resolve_once("conn-a", fetch, ttl=0.2))["n"] == 2  # expired: looked up again
+
+    async def broken() -> dict:
+        await asyncio.sleep(0.01)
+        raise LookupError("no connection 'conn-b'")
+
+    errors = await asyncio.gather(*(resolve_once("conn-b", broken) for _ in range(3)), return_exceptions=True)
+    assert [type(e) for e in errors] == [LookupError] * 3
+    assert (await resolve_once("conn-b", fetch))["n"] == 3  # a failure is not kept
