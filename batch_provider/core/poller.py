@@ -352,6 +352,10 @@ async def acquire_poller(
         poller = await asyncio.shield(pool.poller)
     except BaseException:
         pool.users -= 1
+        task = asyncio.current_task()
+        if pool.poller.cancelled() and task is not None and not task.cancelling():
+            # the caller building it was cancelled, not this one: build it here
+            return await acquire_poller(key, build, max_in_flight=max_in_flight)
         raise
     return PollerLease(key, pool, poller)
 

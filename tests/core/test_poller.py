@@ -265,3 +265,22 @@ async def test_a_connection_is_resolved_once_for_every_caller_until_it_expires()
     errors = await asyncio.gather(*(resolve_once("conn-b", broken) for _ in range(3)), return_exceptions=True)
     assert [type(e) for e in errors] == [LookupError] * 3
     assert (await resolve_once("conn-b", fetch))["n"] == 3  # a failure is not kept
+
+
+async def test_a_caller_cancelled_while_building_does_not_fail_the_others() -> None:
+    started = asyncio.Event()
+
+    async def slow_build() -> TimedBackend:
+        started.set()
+        await asyncio.sleep(0.05)
+        return TimedBackend()
+
+    builder = asyncio.ensure_future(acquire_poller("k", slow_build))
+    await started.wait()
+    waiter = asyncio.ensure_future(acquire_poller("k", slow_build))
+    await asyncio.sleep(0)
+    builder.cancel()
+    lease = await waiter  # builds the poller itself
+    assert builder.cancelled() and not lease.backend.closed
+    await lease.release()
+    assert pools_of_running_loop() == {}
