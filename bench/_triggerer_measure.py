@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import statistics
@@ -207,6 +208,29 @@ async def cancel_all(base_url: str, batch_ids: list[str]) -> dict[str, float]:
 
         await asyncio.gather(*(one(b) for b in batch_ids))
     return ended
+
+
+def gap_figures(
+    poll_log: Path, t0: float, t1: float, batch_ids: list[str], interval: float
+) -> dict[str, Any]:
+    """Per batch, the longest time between two of its polls in the window, the window's edges
+    counting as polls (a batch not polled in the window has a gap of the whole window).
+    Starved: batches whose longest gap reached twice the interval."""
+    times: dict[str, list[float]] = {b: [] for b in batch_ids}
+    if poll_log.exists():
+        for line in poll_log.read_text().splitlines():
+            stamp, _, batch_id = line.partition(" ")
+            if batch_id in times and t0 <= (t := float(stamp)) <= t1:
+                times[batch_id].append(t)
+    gaps = []
+    for polled in times.values():
+        edges = [t0, *sorted(polled), t1]
+        gaps.append(max(b - a for a, b in itertools.pairwise(edges)))
+    return {
+        "gap_p50": pct(gaps, 0.5),
+        "gap_max": max(gaps, default=float("nan")),
+        "starved": sum(g >= 2 * interval for g in gaps),
+    }
 
 
 def resume_figures(

@@ -68,6 +68,7 @@ def latency_proxy(upstream_port: int, delay: float, work: Path) -> Iterator[str]
     """Start ``_triggerer_proxy.py`` in front of the emulator; yields its base URL."""
     port_file = work / "proxy.port"
     cmd = [sys.executable, str(BENCH / "_triggerer_proxy.py"), str(upstream_port), str(delay), str(port_file)]
+    cmd.append(str(work / "polls.log"))  # per-batch poll times, for the gap figures
     proc = subprocess.Popen(cmd, start_new_session=True)
     try:
         deadline = time.monotonic() + 30

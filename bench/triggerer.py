@@ -64,6 +64,7 @@ from _triggerer_measure import (
     Sampler,
     assigned,
     ended_triggers,
+    gap_figures,
     lag_figures,
     log_figures,
     measure_window,
@@ -89,7 +90,8 @@ LEGEND = """\
   triggerer's supervisor (the DB side) and by the emulator; lag in ms (overshoot of a 20 ms
   sleep in the triggerer's loop); blk%: summed lag / window; warn: the triggerer's "async thread was
   blocked" warnings; <=int: triggers resumed within one interval / ended; 1st rnd: time until every
-  batch was polled once; load: 1-minute load average at window start/end"""
+  batch was polled once; load: 1-minute load average at window start/end; poll gap: per batch, the
+  longest time between two of its polls in the window (logged by the latency proxy)"""
 
 
 @dataclass
@@ -192,6 +194,8 @@ def run_phase(phase: Phase, args: argparse.Namespace) -> Result:
         fig.update(window)
         fig.update(lag_figures(probe_path, t0, t1))
         fig.update(rss_figures(sampler.samples, t0, t1))
+        if args.latency_ms:  # the proxy logs each status call
+            fig.update(gap_figures(work / "polls.log", t0, t1, batch_ids, args.interval))
 
         # Resume: end every batch of a few triggers, wait for their TaskInstances.
         members = ended_triggers(specs, args.ended)
@@ -230,6 +234,11 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             f"{f['resume_within_interval']:3d}/{f['ended']:<3d} {first:>7} "
             f"{f['load'][0]:4.1f}/{f['load'][1]:<4.1f}"
         )
+        if f.get("gap_max") is not None:
+            print(
+                f"  poll gap per batch p50/max {f['gap_p50']:.1f}/{f['gap_max']:.1f} s; starved (gap >= 2 x "
+                f"interval): {f['starved']}; resume p50 {f['resume_p50']:.1f} s (target < interval + 5 s)"
+            )
         if f["trigger_errors"]:
             print(f"  ! {f['trigger_errors']} trigger failures/tracebacks in the triggerer log")
     print(LEGEND)

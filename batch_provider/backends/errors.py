@@ -11,6 +11,8 @@ class BatchProviderError(Exception):
     """Base class. ``status_code`` is the HTTP status when there was one."""
 
     retryable: bool = False
+    retry_after: float | None = None
+    """Seconds the provider asked to wait (its ``Retry-After``), when it said."""
 
     def __init__(self, message: str, *, status_code: int | None = None, provider: str | None = None):
         super().__init__(message)

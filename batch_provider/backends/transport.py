@@ -14,6 +14,9 @@ Invariants:
   requests to connections and stalls the event loop when thousands of polls are in flight
   (``bench/poll.py`` shows the difference). ``max_in_flight`` optionally bounds concurrent
   requests below the pool size on top of that.
+- A ``Retry-After`` answer holds the whole pool: until that time has passed no new call is sent
+  through this transport (retries of a call follow their own plan, which honours it too), and an
+  error raised after one carries the wait as ``retry_after``.
 """
 
 from __future__ import annotations
@@ -134,6 +137,8 @@ class Transport:
         self._sleep = sleep
         self._rand = rand
         self._gate = asyncio.Semaphore(self.policy.max_in_flight) if self.policy.max_in_flight else None
+        self.hold_until = 0.0
+        """``time.monotonic()`` before which new calls wait: the latest ``Retry-After`` seen."""
 
     def __repr__(self) -> str:
         return f"Transport(provider={self.provider!r}, base_url={self.base_url!r})"
@@ -177,6 +182,7 @@ class Transport:
         """
         started = time.monotonic()
         attempt = 0
+        await self._honour_hold()
         while True:
             attempt += 1
             maybe_sent = False
@@ -228,6 +234,7 @@ class Transport:
         caller's to read (and to restart on :class:`TruncatedStreamError` / transport errors)."""
         started = time.monotonic()
         attempt = 0
+        await self._honour_hold()
         while True:
             attempt += 1
             request = self._client.build_request(method, self.url(path), headers=headers)
@@ -264,6 +271,10 @@ class Transport:
         """After an error status: sleep as the policy says before the next attempt, or raise."""
         info = read_error_info(response)
         error = error_for_status(self.provider, operation, response.status_code, info, self.scrub)
+        asked = parse_retry_after(response.headers)
+        if asked is not None:
+            self.hold_until = max(self.hold_until, time.monotonic() + asked)
+            error.retry_after = asked
         plan = plan_after_status(
             self.policy,
             attempt=attempt,
@@ -290,6 +301,11 @@ class Transport:
                 provider=self.provider,
             )
         await self._sleep(delay)
+
+    async def _honour_hold(self) -> None:
+        wait = self.hold_until - time.monotonic()
+        if wait > 0:
+            await self._sleep(wait)
 
     async def aclose(self) -> None:
         if self._owns_client:

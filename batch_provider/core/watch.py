@@ -66,6 +66,17 @@ class Progress:
     transient_errors: int = 0
     endings: Mapping[str, int] = field(default_factory=dict)
 
+    def news(self) -> tuple[Any, ...]:
+        """What a progress line says beyond time passing: equal news, nothing new to log."""
+        return (
+            self.batches_ended,
+            self.items_total,
+            self.items_done,
+            self.items_errored,
+            self.transient_errors,
+            tuple(sorted(self.endings.items())),
+        )
+
     @property
     def fraction(self) -> float:
         if self.items_total:
@@ -176,6 +187,52 @@ async def poll_round(
     return states, len(ids) - len(states)
 
 
+class Sweeps:
+    """Progress once per sweep: when every batch still pending at the sweep's start has answered
+    (or failed transiently) once more. Shared by every watch loop, so their progress lines agree."""
+
+    def __init__(
+        self, ids: list[str], on_progress: Callable[[Progress], Awaitable[None] | None] | None
+    ) -> None:
+        self.ids = ids
+        self.on_progress = on_progress
+        self.started = time.monotonic()
+        self.pending = set(ids)
+        self._sweep = set(ids)
+        self._count = 0
+        self._transient = 0
+
+    def answered(self, batch_id: str, state: BatchState | None, states: dict[str, BatchState]) -> None:
+        """Record one poll's outcome (``None``: failed transiently) into ``states``."""
+        if state is None:
+            self._transient += 1
+        else:
+            states[batch_id] = state
+            if state.is_terminal:
+                self.pending.discard(batch_id)
+        self._sweep.discard(batch_id)
+
+    async def report_if_done(
+        self, states: Mapping[str, BatchState], next_poll: Callable[[], float | None]
+    ) -> None:
+        """Report a :class:`Progress` when the sweep is complete or nothing is pending."""
+        if self._sweep and self.pending:
+            return
+        self._count += 1
+        await _report(
+            self.on_progress,
+            summarise(
+                states,
+                len(self.ids),
+                round_no=self._count,
+                elapsed=time.monotonic() - self.started,
+                next_poll=next_poll(),
+                transient_errors=self._transient,
+            ),
+        )
+        self._sweep, self._transient = set(self.pending), 0
+
+
 async def watch_batches(
     backend: BatchBackend,
     batch_ids: Iterable[str],
@@ -201,14 +258,14 @@ async def watch_batches(
     ids = list(dict.fromkeys(batch_ids))
     order = {b: i for i, b in enumerate(ids)}
     states: dict[str, BatchState] = {}
-    pending = set(ids)
-    started = time.monotonic()
+    sweeps = Sweeps(ids, on_progress)
+    pending = sweeps.pending
+    started = sweeps.started
     spread = poll_interval_min if jitter and len(ids) > 1 else 0.0
     # batches waiting for their next poll, by due time; a polling batch is in ``running`` instead
     queue = [(started + random.uniform(0, spread), i, b) for i, b in enumerate(ids)]
     heapq.heapify(queue)
     running: dict[asyncio.Task[BatchState | None], str] = {}
-    sweep, sweep_no, transient = set(ids), 0, 0
 
     async def poll(batch_id: str) -> BatchState | None:
         try:
@@ -237,32 +294,14 @@ async def watch_batches(
             done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 batch_id = running.pop(task)
-                state = task.result()  # a non-retryable error propagates from here
-                finished = time.monotonic()
-                if state is None:
-                    transient += 1
-                else:
-                    states[batch_id] = state
-                    if state.is_terminal:
-                        pending.discard(batch_id)
+                sweeps.answered(batch_id, task.result(), states)  # a non-retryable error propagates
                 if batch_id in pending:
+                    finished = time.monotonic()
                     wait = next_interval(finished - started, poll_interval_min, poll_interval_max)
                     heapq.heappush(queue, (finished + wait, order[batch_id], batch_id))
-                sweep.discard(batch_id)
-            if not sweep or not pending:
-                sweep_no += 1
-                await _report(
-                    on_progress,
-                    summarise(
-                        states,
-                        len(ids),
-                        round_no=sweep_no,
-                        elapsed=time.monotonic() - started,
-                        next_poll=max(0.0, queue[0][0] - time.monotonic()) if queue else None,
-                        transient_errors=transient,
-                    ),
-                )
-                sweep, transient = set(pending), 0
+            await sweeps.report_if_done(
+                states, lambda: max(0.0, queue[0][0] - time.monotonic()) if queue else None
+            )
     finally:
         for task in running:
             task.cancel()
@@ -341,6 +380,7 @@ async def watch_to_end(
     poll_interval_max: float = DEFAULT_POLL_INTERVAL_MAX,
     on_progress: Callable[[Progress], Awaitable[None] | None] | None = None,
     log: Any = None,
+    watcher: Callable[..., Awaitable[dict[str, BatchState]]] | None = None,
 ) -> WatchOutcome:
     """Watch until every batch has ended; a passed ``deadline`` ends the wait, not the run.
 
@@ -348,11 +388,13 @@ async def watch_to_end(
     watched again until they report an ending (a cancelled or expired batch keeps the answers
     it already has), for at most ``grace_seconds`` after the deadline. At least one more poll
     is made after the deadline, so a watch resumed late still sees batches that ended meanwhile.
+    ``watcher`` replaces :func:`watch_batches` (same signature), e.g. a shared poller's.
     """
+    watch = watcher or watch_batches
     ids = list(dict.fromkeys(batch_ids))
     poll = {"poll_interval_min": poll_interval_min, "poll_interval_max": poll_interval_max}
     try:
-        states = await watch_batches(backend, ids, deadline=deadline, on_progress=on_progress, **poll)
+        states = await watch(backend, ids, deadline=deadline, on_progress=on_progress, **poll)
         return WatchOutcome(states=states)
     except WatchTimeout as exc:
         passed = exc
@@ -372,7 +414,7 @@ async def watch_to_end(
         datetime.now(UTC) + timedelta(seconds=poll_interval_min),
     )
     try:
-        ended = await watch_batches(
+        ended = await watch(
             backend, passed.pending, deadline=end, on_progress=on_progress, jitter=False, **poll
         )
     except WatchTimeout as again:

@@ -22,6 +22,7 @@ from batch_provider.backends.base import BatchBackend
 from batch_provider.backends.bedrock_connection import bedrock_options
 from batch_provider.backends.registry import create_backend
 from batch_provider.core.models import Provider
+from batch_provider.core.poller import POLL_POLICY, PollerLease, acquire_poller, pool_key, resolve_once
 
 CONN_TYPE_PROVIDER: dict[str, Provider] = {
     "llm_openai": Provider.OPENAI,
@@ -148,6 +149,27 @@ class LLMBatchHook(BaseHook):
             # The first build imports aiobotocore and the amazon provider: keep it off the loop.
             return await asyncio.to_thread(create_backend, provider, **options)
         return create_backend(provider, **options)
+
+    async def apoller(self) -> PollerLease:
+        """A lease on this process's shared poller for this connection's endpoint and key (see
+        :mod:`batch_provider.core.poller`); the caller releases it. Status calls of every trigger
+        on the same provider, base URL and credentials go through one HTTP pool. The connection
+        is looked up once a minute per process, however many triggers start."""
+        async def resolve() -> tuple[Provider, dict[str, Any]]:
+            return self._options(await self.aget_connection(self.conn_id))
+
+        key = ("connection", self.conn_id, self._explicit_provider)
+        provider, resolved = await resolve_once(key, resolve)
+        options = dict(resolved)
+        if provider is not Provider.BEDROCK:
+            options["policy"] = POLL_POLICY
+
+        async def build() -> BatchBackend:
+            if provider is Provider.BEDROCK:
+                return await asyncio.to_thread(create_backend, provider, **options)
+            return create_backend(provider, **options)
+
+        return await acquire_poller(pool_key(provider.value, options), build)
 
     def get_conn(self) -> BatchBackend:
         return self.get_backend()

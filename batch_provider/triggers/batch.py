@@ -10,6 +10,10 @@ Invariants:
   ended when the grace period ran out; or ``error`` with a message (e.g. a wrong key or an
   unknown batch id). States in events are compact (:func:`event_state`), so an event stays small
   for hundreds of batches.
+- Every trigger of a triggerer process on the same provider, base URL and key registers its
+  batches with one shared poller (:mod:`batch_provider.core.poller`): one HTTP pool and one
+  schedule for all of them; the last trigger to leave (or be cancelled) closes it. A restarted
+  triggerer re-registers from the kwargs.
 - ``on_kill`` (a user marked the deferred task failed/success or cleared it) cancels the remote
   batches when ``cancel_on_kill`` is set; a triggerer restart or redistribution does not, since
   Airflow calls ``cleanup`` then, not ``on_kill``. A restart after the deadline cancels again
@@ -19,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -38,6 +43,9 @@ from batch_provider.core.watch import (
 from batch_provider.hooks.batch import LLMBatchHook
 
 __all__ = ["CANCEL_TIMEOUT_SECONDS", "BatchWaitTrigger", "cancel_batches", "event_state"]
+
+PROGRESS_REPEAT_SECONDS = 600.0
+"""A progress line that says nothing new is logged at most this often."""
 
 
 class BatchWaitTrigger(BaseTrigger):
@@ -79,6 +87,7 @@ class BatchWaitTrigger(BaseTrigger):
         self.cancel_on_kill = bool(cancel_on_kill)
         self.cancel_at_deadline = bool(cancel_at_deadline)
         self.grace_seconds = None if grace_seconds is None else float(grace_seconds)
+        self._last_progress: tuple[tuple[Any, ...], float] | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -100,7 +109,14 @@ class BatchWaitTrigger(BaseTrigger):
         return LLMBatchHook(conn_id=self.conn_id, provider=self.provider)
 
     def _log_progress(self, progress: Progress) -> None:
-        self.log.info("%s", progress.line())
+        """Log a progress line when something changed since the last one, or once every
+        ``PROGRESS_REPEAT_SECONDS``: every line goes through the triggerer's supervisor to the
+        task's log, and thousands of triggers repeating "0/1 batches ended" would keep it busy."""
+        news, now = progress.news(), time.monotonic()
+        last = self._last_progress
+        if last is None or last[0] != news or now - last[1] >= PROGRESS_REPEAT_SECONDS:
+            self._last_progress = (news, now)
+            self.log.info("%s", progress.line())
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = datetime.fromisoformat(self.deadline) if self.deadline else None
@@ -112,13 +128,13 @@ class BatchWaitTrigger(BaseTrigger):
             self.deadline or "they end",
         )
         try:
-            backend = await self._hook().aget_backend()
+            lease = await self._hook().apoller()
         except Exception as exc:
             yield TriggerEvent({"status": "error", "message": f"{type(exc).__name__}: {exc}"})
             return
         try:
             outcome = await watch_to_end(
-                backend,
+                lease.backend,
                 self.batch_ids,
                 deadline=deadline,
                 grace_seconds=self.grace_seconds,
@@ -127,6 +143,7 @@ class BatchWaitTrigger(BaseTrigger):
                 poll_interval_max=self.poll_interval_max,
                 on_progress=self._log_progress,
                 log=self.log,
+                watcher=lease.poller.watch_batches,
             )
         except BatchProviderError as exc:
             event: dict[str, Any] = {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
@@ -149,7 +166,7 @@ class BatchWaitTrigger(BaseTrigger):
                         f"({'cancelled' if outcome.cancelled else 'not cancelled'})",
                     )
         finally:
-            await backend.aclose()
+            await lease.release()
         yield TriggerEvent(event)
 
     async def on_kill(self) -> None:

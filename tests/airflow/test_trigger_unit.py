@@ -144,3 +144,37 @@ async def test_success_event_stays_small_for_many_batches(scripted):
     assert all(s["ending"] == "completed" and s["status"] == "ended" for s in states)
     size = len(json.dumps(event.payload))
     assert size / len(ids) < 160, f"{size / len(ids):.0f} bytes per batch"
+
+
+def test_progress_lines_that_say_nothing_new_are_not_repeated(monkeypatch):
+    """Each line goes through the triggerer's supervisor: thousands of triggers must not log
+    "0/1 batches ended" at every poll. A change, or ten quiet minutes, logs again."""
+    from batch_provider.core.watch import Progress
+    from batch_provider.triggers import batch as trigger_module
+
+    lines: list[str] = []
+
+    class Recorder:
+        def info(self, fmt, *args):
+            lines.append(fmt % args)
+
+    trigger = make()
+    trigger._log = Recorder()
+    clock = [1000.0]
+    monkeypatch.setattr(trigger_module.time, "monotonic", lambda: clock[0])
+
+    def progress(done: int, elapsed: float) -> Progress:
+        return Progress(
+            round=1, batches_total=1, batches_ended=0, items_total=10, items_done=done,
+            items_errored=0, elapsed_seconds=elapsed, next_poll_seconds=5,
+        )  # fmt: skip
+
+    trigger._log_progress(progress(0, 5))
+    clock[0] += 5
+    trigger._log_progress(progress(0, 10))
+    assert len(lines) == 1
+    trigger._log_progress(progress(3, 15))
+    assert len(lines) == 2 and "3/10 requests done" in lines[-1]
+    clock[0] += trigger_module.PROGRESS_REPEAT_SECONDS
+    trigger._log_progress(progress(3, 615))
+    assert len(lines) == 3
