@@ -45,6 +45,7 @@ from batch_provider.core.models import (
     RequestKind,
     ResultRecord,
 )
+from batch_provider.core.output_type import strict_allowed
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
@@ -181,6 +182,7 @@ def _chat_body(request: LLMRequest) -> dict[str, Any]:
             "json_schema": {
                 "name": schema_name(request.response_schema),
                 "schema": request.response_schema,
+                "strict": strict_allowed(request.response_schema),
             },
         }
     return body
@@ -205,6 +207,7 @@ def _responses_body(request: LLMRequest) -> dict[str, Any]:
                 "type": "json_schema",
                 "name": schema_name(request.response_schema),
                 "schema": request.response_schema,
+                "strict": strict_allowed(request.response_schema),
             }
         }
     return body
