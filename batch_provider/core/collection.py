@@ -193,6 +193,14 @@ async def collect_run(
         summary.rejected,
         summary.inputs,
     )
+    invalid = sum(f.invalid_output for f in figures)
+    if invalid:
+        log.warning(
+            "Attempt %d: %d answer(s) did not match the output type (status invalid_output, in %s)",
+            handle.attempt,
+            invalid,
+            run_dir.attempt_errors(handle.attempt),
+        )
     return summary
 
 

@@ -88,6 +88,9 @@ async def test_pydantic_output_validated_invalid_answers_resent_once(
     finally:
         emu.bedrock_settings(min_records=before.get("min_records", 100))
     manifest = assert_every_row_once(run_dir, [d["id"] for d in data], final=True)
+    dead = read_lines(run_dir.dead_letter)
+    assert sorted(d["custom_id"] for d in dead) == sorted(r["custom_id"] for r in again)
+    assert all(d["dead_letter_reason"].startswith("answer not valid") for d in dead)
     assert manifest["invalid_output"] == len(invalid) + len(again)
     tickets = load_results(run_dir.root, Ticket)
     assert len(tickets) == 20 - len(again) and all(isinstance(t, Ticket) for t in tickets)
