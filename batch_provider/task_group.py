@@ -64,7 +64,8 @@ def llm_batch_group(
     """Build the group ``group_id`` with tasks ``submit``, ``wait``, ``collect`` and ``retry``.
 
     ``submit_kwargs`` go to :class:`SubmitBatchOperator` (``input_path``/``records``/
-    ``requests_path``, ``prompt_template``, ``model``, ``max_tokens``, ``response_schema`` …).
+    ``requests_path``, ``prompt_template``, ``model``, ``max_tokens``, ``output_type``,
+    ``retry_invalid_output``, ``model_column`` …).
     ``results_asset`` is emitted by the last task (``retry``) once the results are final.
     ``submit_retries``: Airflow retries of the submit task, which re-attach to batches already
     created rather than paying twice.

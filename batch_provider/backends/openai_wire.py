@@ -45,6 +45,7 @@ from batch_provider.core.models import (
     RequestKind,
     ResultRecord,
 )
+from batch_provider.core.output_type import strict_allowed
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
@@ -157,6 +158,12 @@ def _native_body(request: LLMRequest, endpoint: str) -> dict[str, Any]:
     return body
 
 
+def _strict_if_allowed(schema: dict[str, Any]) -> dict[str, Any]:
+    """``{"strict": True}`` when OpenAI's strict mode accepts the schema, else nothing (the
+    default, non-strict; left out so bodies of such schemas stay as they were)."""
+    return {"strict": True} if strict_allowed(schema) else {}
+
+
 def _chat_body(request: LLMRequest) -> dict[str, Any]:
     messages: list[dict[str, Any]] = []
     if isinstance(request.system, str) and request.system:
@@ -181,6 +188,7 @@ def _chat_body(request: LLMRequest) -> dict[str, Any]:
             "json_schema": {
                 "name": schema_name(request.response_schema),
                 "schema": request.response_schema,
+                **_strict_if_allowed(request.response_schema),
             },
         }
     return body
@@ -205,6 +213,7 @@ def _responses_body(request: LLMRequest) -> dict[str, Any]:
                 "type": "json_schema",
                 "name": schema_name(request.response_schema),
                 "schema": request.response_schema,
+                **_strict_if_allowed(request.response_schema),
             }
         }
     return body

@@ -36,6 +36,7 @@ from batch_provider.core.deadline import load_deadline
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import BatchRef, ItemStatus, ResultRecord, Usage
+from batch_provider.core.output_type import OutputChecks
 from batch_provider.core.pricing import Calibration, Cost, CostTally, PriceTable, default_price_table
 from batch_provider.core.reconcile import ReconcileReport, reconcile
 from batch_provider.core.rejects import reject_reasons
@@ -51,6 +52,12 @@ from batch_provider.core.submission import part_custom_ids, part_ids
 
 log = logging.getLogger(__name__)
 _SUCCEEDED = ItemStatus.SUCCEEDED
+_INVALID = ItemStatus.INVALID_OUTPUT
+
+
+class ModelFigures(BaseModel):
+    usage: Usage = Field(default_factory=Usage)
+    cost: Cost = Field(default_factory=Cost)
 
 
 class BatchFigures(BaseModel):
@@ -73,6 +80,10 @@ class BatchFigures(BaseModel):
     """Extra result lines for an id already answered (a success is kept over an error)."""
     cache_not_stored: int = 0
     """Successes of this batch that could not be stored in the result cache."""
+    invalid_output: int = 0
+    """Answers that were not JSON or did not validate against the output type."""
+    by_model: dict[str, ModelFigures] = Field(default_factory=dict)
+    """Usage and cost per model (a batch may mix models where the provider allows it)."""
 
 
 class RunSummary(BaseModel):
@@ -109,6 +120,8 @@ class RunSummary(BaseModel):
     """Attempts whose wait passed its deadline (their batches were ended early)."""
     dead_letter_after_deadline: int = 0
     """Items of the dead letter cut off by a passed deadline rather than failed."""
+    invalid_output: int = 0
+    """Answers, over every collected batch, that did not validate (each attempt counted)."""
 
     def for_xcom(self) -> dict[str, Any]:
         """A short summary for downstream tasks: counts, tokens and file paths, never records."""
@@ -147,6 +160,7 @@ async def collect_run(
             "that lost its claims. Collect the handle the submit task returned for this folder."
         )
     figures: list[BatchFigures] = []
+    checks = OutputChecks.load(run_dir, handle.attempt)
     attempt_dir = run_dir.attempt_dir(handle.attempt)
     attempt_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(run_dir.root)
@@ -161,7 +175,7 @@ async def collect_run(
         for ref in handle.batches:
             figures.append(
                 await _collect_batch(
-                    backend, ref, handle.attempt, run_dir, parts, results, errors, prices, cache
+                    backend, ref, handle.attempt, run_dir, parts, results, errors, prices, cache, checks
                 )
             )
     # written last: it tells a later collect of this attempt that the history has its figures
@@ -180,6 +194,14 @@ async def collect_run(
         summary.rejected,
         summary.inputs,
     )
+    invalid = sum(f.invalid_output for f in figures)
+    if invalid:
+        log.warning(
+            "Attempt %d: %d answer(s) did not match the output type (status invalid_output, in %s)",
+            handle.attempt,
+            invalid,
+            run_dir.attempt_errors(handle.attempt),
+        )
     return summary
 
 
@@ -193,6 +215,7 @@ async def _collect_batch(
     errors: Any,
     prices: PriceTable,
     cache: ResultCache | None,
+    checks: OutputChecks | None = None,
 ) -> BatchFigures:
     state = await backend.status(ref.batch_id)
     if not state.is_terminal:
@@ -207,9 +230,20 @@ async def _collect_batch(
     to_cache: list[tuple[str, ResultRecord]] = []
     report = ReconcileReport()
     not_stored = 0
-    records = reconcile(ref, ids.wants, state, backend.results(ref), report=report, row_ids=ids.rows)
+    checks = checks or OutputChecks()
+    records = reconcile(
+        ref,
+        ids.wants,
+        state,
+        backend.results(ref),
+        report=report,
+        row_ids=ids.rows,
+        validator=checks.validator,
+    )
     async for record in records:
         record.attempt = attempt
+        if record.status is _INVALID:
+            checks.limit_retries(record)
         succeeded = record.status is _SUCCEEDED
         if succeeded and cache is not None and record.custom_id in keys:
             to_cache.append((keys[record.custom_id], record))
@@ -239,6 +273,8 @@ async def _collect_batch(
         stray_results=report.unexpected,
         duplicate_results=report.duplicates,
         cache_not_stored=not_stored,
+        invalid_output=report.invalid_outputs,
+        by_model={m: ModelFigures(usage=u, cost=c) for m, (u, c) in tally.by_model().items()},
     )
 
 
@@ -368,6 +404,7 @@ def rebuild_outputs(
         cache_entries_not_stored=sum(f.cache_not_stored for f in figures),
         deadline_passed=timed_out,
         dead_letter_after_deadline=dead_after_deadline,
+        invalid_output=sum(f.invalid_output for f in figures),
     )
     manifest = _manifest(summary, ledger)
     manifest["rejected_reasons"] = reject_reasons(run_dir.rejects) if first.rejected else {}
@@ -398,11 +435,27 @@ def _estimate_error(estimate: dict[str, Any] | None, actual: Cost) -> float | No
     return round((expected - actual.batch_usd) / actual.batch_usd * 100, 1)
 
 
+def _models_of(batches: list[BatchFigures]) -> set[str]:
+    return {m for b in batches for m in b.by_model if m != "(none)"}
+
+
+def _costs_by_model(batches: list[BatchFigures]) -> dict[str, dict[str, Any]]:
+    """Usage and cost per model over every collected batch."""
+    totals: dict[str, ModelFigures] = {}
+    for batch in batches:
+        for model, figures in batch.by_model.items():
+            seen = totals.setdefault(model, ModelFigures())
+            seen.usage = seen.usage + figures.usage
+            seen.cost = seen.cost + figures.cost
+    return {m: {"usage": f.usage.model_dump(), "cost": f.cost.summary()} for m, f in sorted(totals.items())}
+
+
 def _manifest(summary: RunSummary, ledger: Ledger) -> dict[str, Any]:
     data = summary.model_dump(mode="json")
     data["cost"] = summary.cost.summary()
     data["run_key"] = ledger.run_key.model_dump()
-    data["models"] = sorted({b.model for b in summary.batches if b.model})
+    data["models"] = sorted({b.model for b in summary.batches if b.model} | _models_of(summary.batches))
+    data["costs_by_model"] = _costs_by_model(summary.batches)
     data["written_at"] = datetime.now(UTC).isoformat()
     data["invariant"] = "inputs == rejected + succeeded + unresolved (succeeded includes cached)"
     return data

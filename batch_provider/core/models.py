@@ -168,6 +168,8 @@ class ItemStatus(StrEnum):
     EXPIRED = "expired"
     CANCELLED = "cancelled"
     REJECTED = "rejected"
+    INVALID_OUTPUT = "invalid_output"
+    """Answered, but the answer is not JSON or does not validate against the output type."""
 
 
 class ResultError(BaseModel):
@@ -179,6 +181,8 @@ class ResultError(BaseModel):
     retryable: bool
     code: str | None = None
     field: str | None = None
+    details: list[str] | None = None
+    """Every validation error of an ``invalid_output`` answer (``field: why``)."""
 
 
 class ResultRecord(BaseModel):

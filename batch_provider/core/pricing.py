@@ -268,6 +268,16 @@ class CostTally:
             total = total + row.priced(summed, long=long)
         return total
 
+    def by_model(self) -> dict[str, tuple[Usage, Cost]]:
+        """Usage and cost of each model added (``(none)`` for requests without one)."""
+        out: dict[str, tuple[Usage, Cost]] = {}
+        for model in self._rows:
+            part = CostTally(self._prices, self._provider)
+            part._rows = {model: self._rows[model]}
+            part._tokens = {key: sums for key, sums in self._tokens.items() if key[0] == model}
+            out[model or "(none)"] = (part.usage, part.cost)
+        return out
+
 
 PRICE_TABLE_ENV = "BATCH_PROVIDER_PRICE_TABLE"
 """A JSON file (local path or any fsspec URL) whose rows override or extend the packaged table."""

@@ -9,8 +9,11 @@ Invariants:
 - Duplicates are dropped (a success beats an error, whatever their order) and unexpected ids
   (strays: answers to requests this batch was not given) are counted and logged, never emitted.
 - A succeeded answer to a request that asked for a JSON schema carries ``parsed``; text that does
-  not parse turns the record ``errored`` (type ``invalid_json_output``), retryable unless the
-  model stopped on its token limit (then resending unchanged would truncate again).
+  not parse, or (with a ``validator``) a value that does not validate against the output type,
+  turns the record ``invalid_output`` (error type ``invalid_json_output`` or
+  ``output_validation``, with the raw text and every validation error), retryable unless the
+  model stopped on its token limit (then resending unchanged would truncate again). How many
+  times it is resent is the collect's decision (``retry_invalid_output``).
 - Memory is bounded by one batch's id set plus its error records (held until the stream ends,
   in case a success for the same id follows).
 """
@@ -33,6 +36,7 @@ from batch_provider.core.models import (
     ResultError,
     ResultRecord,
 )
+from batch_provider.core.output_type import OutputValidator, summarise_errors
 from batch_provider.core.split import part_ids_path
 from batch_provider.core.wire_ids import PartIds, read_sidecar_file
 
@@ -53,6 +57,7 @@ class ReconcileReport:
     unexpected: int = 0
     unexpected_sample: list[str] = field(default_factory=list)
     json_failures: int = 0
+    invalid_outputs: int = 0
 
 
 def read_part_ids(path: Any, backend: BatchBackend) -> PartIds:
@@ -100,23 +105,41 @@ def _missing_record(custom_id: str, ref: BatchRef, state: BatchState) -> ResultR
     )
 
 
-def _with_parsed(record: ResultRecord) -> tuple[ResultRecord, bool]:
-    """The record with ``parsed`` set from its text; (errored record, False) when it is not JSON."""
-    if record.parsed is not None:
-        return record, True
-    try:
-        parsed = json.loads(record.output_text or "")
-    except ValueError as exc:
-        return record.model_copy(
-            update={
-                "status": ItemStatus.ERRORED,
-                "error": ResultError(
-                    type="invalid_json_output",
-                    message=f"the output is not valid JSON for the requested schema: {exc}",
-                    retryable=record.finish_reason not in _TRUNCATED,
-                ),
-            }
-        ), False
+def _invalid(record: ResultRecord, kind: str, message: str, details: list[str]) -> ResultRecord:
+    return record.model_copy(
+        update={
+            "status": ItemStatus.INVALID_OUTPUT,
+            "parsed": None,
+            "error": ResultError(
+                type=kind,
+                message=message,
+                retryable=record.finish_reason not in _TRUNCATED,
+                details=details,
+            ),
+        }
+    )
+
+
+def _with_parsed(
+    record: ResultRecord, validator: OutputValidator | None = None
+) -> tuple[ResultRecord, bool]:
+    """The record with ``parsed`` set from its text (checked by ``validator`` when given);
+    (``invalid_output`` record, False) when it is not JSON or does not validate."""
+    parsed = record.parsed
+    if parsed is None:
+        try:
+            parsed = json.loads(record.output_text or "")
+        except ValueError as exc:
+            why = f"the output is not valid JSON for the requested schema: {exc}"
+            return _invalid(record, "invalid_json_output", why, [why]), False
+    if validator is not None:
+        value, errors = validator.check(parsed)
+        if errors:
+            if record.output_text is None:  # a tool answer: keep what the model wrote
+                record = record.model_copy(update={"output_text": json.dumps(parsed, ensure_ascii=False)})
+            message = f"the output does not match {validator.spec.name}: {summarise_errors(errors)}"
+            return _invalid(record, "output_validation", message, errors), False
+        parsed = value
     return record.model_copy(update={"parsed": parsed}), True
 
 
@@ -128,10 +151,12 @@ async def reconcile(
     *,
     report: ReconcileReport | None = None,
     row_ids: Mapping[str, str] | None = None,
+    validator: OutputValidator | None = None,
 ) -> AsyncIterator[ResultRecord]:
     """Exactly one record per id of ``expected`` (ids, or id → wants-JSON from :func:`expected_ids`):
     successes first in the provider's order, then errors, then the unanswered ids in expected
-    order. With ``row_ids`` (wire id → row id), records carry the row id instead of the wire id."""
+    order. With ``row_ids`` (wire id → row id), records carry the row id instead of the wire id.
+    With ``validator``, answers to requests that asked for JSON are checked against the output type."""
     report = report if report is not None else ReconcileReport()
     wants: dict[str, bool] = expected if isinstance(expected, dict) else dict.fromkeys(expected, False)
     report.expected = len(wants)
@@ -159,9 +184,11 @@ async def reconcile(
         succeeded.add(custom_id)
         report.answered += 1
         if wants[custom_id]:
-            record, ok = _with_parsed(record)
+            record, ok = _with_parsed(record, validator)
             if not ok:
-                report.json_failures += 1
+                report.invalid_outputs += 1
+                if record.error is not None and record.error.type == "invalid_json_output":
+                    report.json_failures += 1
         yield _relabel(record, row_ids)
     for record in errored.values():
         report.answered += 1

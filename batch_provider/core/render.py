@@ -31,6 +31,9 @@ _ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, 
 Item = LLMRequest | RejectedRow
 SystemPrompt = str | list[str] | list[dict[str, Any]] | list[TextPart]
 
+OVERRIDABLE = ("model", "system", "max_tokens", "temperature")
+"""Request fields a row may set through a column the user names (``model_column=`` …)."""
+
 _UNDEFINED = re.compile(r"^'([^']+)' is undefined$")
 
 
@@ -107,6 +110,7 @@ class RequestBuilder:
         extra: dict[str, Any] | None = None,
         render_missing_as_empty: bool = False,
         cache_system_prompt: bool = False,
+        columns: dict[str, str] | None = None,
     ):
         if template is not None and build is not None:
             raise ValueError("give either a prompt template or a build callable, not both")
@@ -129,6 +133,11 @@ class RequestBuilder:
         self.response_schema = response_schema
         self.kind = RequestKind(kind)
         self.extra = dict(extra or {})
+        unknown = sorted(set(columns or {}) - set(OVERRIDABLE))
+        if unknown:
+            raise ValueError(f"per-row columns can set {', '.join(OVERRIDABLE)}; not {', '.join(unknown)}")
+        self.columns = {k: v for k, v in (columns or {}).items() if v}
+        """Request field → the row column whose value, when not blank, overrides it for that row."""
 
     def render(
         self, rows: Iterable[tuple[int, dict[str, Any] | RejectedRow]], *, same_columns: bool = False
@@ -261,7 +270,16 @@ class RequestBuilder:
                 values["system"] = texts[0] if texts and texts[0] else None
             if self.cache_system_prompt and values["system"]:
                 values["cache_system_prompt"] = True
-        return LLMRequest(custom_id=custom_id, **values)
+        return LLMRequest(custom_id=custom_id, **self._row_overrides(row, values))
+
+    def _row_overrides(self, row: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` with the fields the row sets through its named columns (blank cells keep
+        the task's value). A bad value is checked by ``LLMRequest``, which names the field."""
+        for name, column in self.columns.items():
+            value = row.get(column)
+            if not _is_blank(value):
+                values[name] = str(value) if name in ("model", "system") else value
+        return values
 
     def _from_callable(self, number: int, custom_id: str, row: dict[str, Any]) -> Item:
         try:
@@ -275,7 +293,7 @@ class RequestBuilder:
             )
         data = built.model_dump(exclude_unset=True) if isinstance(built, LLMRequest) else dict(built)
         data.setdefault("custom_id", custom_id)
-        for key, value in self._defaults().items():
+        for key, value in self._row_overrides(row, self._defaults()).items():
             if data.get(key) is None:
                 data[key] = value
         return LLMRequest.model_validate(data)

@@ -28,7 +28,7 @@ from batch_provider.core.deadline import DeadlineRecord, load_deadline
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.jsonl import iter_path_lines
 from batch_provider.core.ledger import Ledger, LedgerAttempt, LedgerChunk, LedgerConflictError, RunKey
-from batch_provider.core.models import ResultRecord
+from batch_provider.core.models import ItemStatus, ResultRecord
 from batch_provider.core.rundir import RunDirectory, atomic_write, remove_stale_temps
 from batch_provider.core.split import part_ids_path
 from batch_provider.core.submission import OnCreated, handle_for, part_ids, submit_pending
@@ -180,6 +180,8 @@ def dead_letter_reasons(run_dir: RunDirectory, *, max_attempts: int | None) -> C
     deadlines: dict[int, DeadlineRecord | None] = {}
 
     def reason(record: ResultRecord) -> str:
+        if record.status is ItemStatus.INVALID_OUTPUT and not record.retryable and record.error:
+            return f"answer not valid ({record.error.type}): {record.error.message}"
         if not record.retryable:
             kind = record.error.type if record.error else record.status.value
             return f"not retryable ({kind}): resending the same request cannot succeed"

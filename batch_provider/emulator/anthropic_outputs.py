@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import outputs
+from .invalid_answers import corrupt_anthropic, invalid_kind
 from .prompt_cache import PromptCache, anthropic_usage
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ def _result(
             },
         }
     message = outputs.anthropic_message(obj["params"], seed)
+    corrupt_anthropic(message, invalid_kind(seed, obj["custom_id"], plan.faults))
     anthropic_usage(cache, obj["params"], message["usage"])
     return {"type": "succeeded", "message": message}
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import outputs
 from .faults import BatchFaults, directive_id, parse_custom_id
+from .invalid_answers import corrupt_anthropic, invalid_kind
 from .prompt_cache import PromptCache, anthropic_usage, converse_usage
 from .resends import ItemCode, first_sightings
 
@@ -123,16 +124,23 @@ def _converse_as_anthropic(model_id: str, body: dict[str, Any]) -> dict[str, Any
 
 
 def model_output(
-    kind: str, model_id: str, body: dict[str, Any], seed: int, cache: PromptCache | None = None
+    kind: str,
+    model_id: str,
+    body: dict[str, Any],
+    seed: int,
+    cache: PromptCache | None = None,
+    invalid: str | None = None,
 ) -> dict[str, Any]:
     """The ``modelOutput`` of a record whose ``modelInput`` is ``body`` (no problem with it); with
-    ``cache``, its prompt-cache usage within the job (:mod:`.prompt_cache`)."""
+    ``cache``, its prompt-cache usage within the job (:mod:`.prompt_cache`); with ``invalid`` (a
+    kind of :mod:`.invalid_answers`), its JSON answer is made invalid."""
     if kind == "anthropic":
-        message = outputs.anthropic_message({**body, "model": model_id}, seed)
+        message = corrupt_anthropic(outputs.anthropic_message({**body, "model": model_id}, seed), invalid)
         anthropic_usage(cache, body, message["usage"])
         return message
     if kind == "converse":
         message = outputs.anthropic_message(_converse_as_anthropic(model_id, body), seed)
+        corrupt_anthropic(message, invalid)
         content: list[dict[str, Any]] = []
         for block in message["content"]:
             if block["type"] == "tool_use":
@@ -209,6 +217,12 @@ def output_lines(
     ``recordId`` and ``modelInput`` and holds a ``modelOutput``, or an ``error`` where ``codes`` has
     one. With ``shuffle`` each file's lines are shuffled, seeded by (seed, job id, file name)."""
     kind = family(job.model_id, job.invocation_type)
+    faults = BatchFaults.from_json(job.faults)
+    if records:  # the first record's [[emu:…]] batch tokens (``invalidNN``) count as well
+        first = records[0]
+        _, tokens = parse_custom_id(directive_id(str(first.get("recordId")), first.get("modelInput")))
+        if tokens.invalid_output is not None:
+            faults.invalid_output = tokens.invalid_output
     out: dict[str, list[bytes]] = {}
     cache = PromptCache()
     position = 0
@@ -220,7 +234,10 @@ def output_lines(
             code = codes[position]
             line: dict[str, Any] = {"recordId": record["recordId"], "modelInput": record["modelInput"]}
             if code is None:
-                line["modelOutput"] = model_output(kind, job.model_id, record["modelInput"], seed, cache)
+                invalid = invalid_kind(seed, str(record["recordId"]), faults)
+                line["modelOutput"] = model_output(
+                    kind, job.model_id, record["modelInput"], seed, cache, invalid
+                )
             else:
                 line["error"] = record_error(kind, record.get("modelInput"), code)
             lines.append(json.dumps(line, separators=(",", ":")).encode())

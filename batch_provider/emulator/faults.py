@@ -19,11 +19,15 @@ Three levels, all deterministic for a given ``--seed`` (and, for the random rate
                                 results stream are cut mid-body (connection dropped)
        fail_validation[=CODE]   validating → failed with one errors.data entry of CODE
                                 (default invalid_request; e.g. token_limit_exceeded)
+       invalid_output=F         fraction F of the JSON answers (structured output) are invalid:
+                                broken JSON, a missing field or a wrong type, picked per request
+                                (:mod:`.invalid_answers`)
 
    Anthropic (custom_id charset has no ``=``/``,``): tokens in the *first* request's custom_id,
    after ``emu-``, read until the first token that is not a directive::
 
        emu-expire-…  emu-shuffle-…  emu-drop-… / emu-drop2-…  emu-errors20-… (20 % item errors)
+       emu-invalid30-… (30 % of the JSON answers invalid)
 
    e.g. ``emu-expire-shuffle-doc-0001``. These batch tokens also work on an OpenAI file's first line.
    A token may be combined with an item token: ``emu-expire-fail500-x``.
@@ -79,7 +83,7 @@ DEFAULT_ITEM_RECOVERY = 0.8
 DEFAULT_ITEM_CODES = (400, 429, 500)
 HTTP_KINDS = ("429", "429_long", "quota", "500", "502", "503", "504", "529", "drop", "reset")
 _ITEM_TOKEN = re.compile(r"^fail(\d{3})?$")
-_BATCH_TOKEN = re.compile(r"^(expire|shuffle|drop(\d*)|errors(\d{1,3}))$")
+_BATCH_TOKEN = re.compile(r"^(expire|shuffle|drop(\d*)|errors(\d{1,3})|invalid(\d{1,3}))$")
 
 
 class FaultSyntaxError(ValueError):
@@ -93,6 +97,8 @@ class BatchFaults:
     shuffle: bool = False
     drop: int = 0
     fail_validation: str | None = None
+    invalid_output: float | None = None
+    """Share of JSON answers made invalid (a fresh draw per custom_id, so per sending)."""
 
     def merged(self, other: BatchFaults) -> BatchFaults:
         """``self`` (server default) overlaid with ``other`` (per batch)."""
@@ -102,6 +108,7 @@ class BatchFaults:
             shuffle=self.shuffle or other.shuffle,
             drop=max(self.drop, other.drop),
             fail_validation=other.fail_validation or self.fail_validation,
+            invalid_output=other.invalid_output if other.invalid_output is not None else self.invalid_output,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -111,6 +118,7 @@ class BatchFaults:
             "shuffle": self.shuffle,
             "drop": self.drop,
             "fail_validation": self.fail_validation,
+            "invalid_output": self.invalid_output,
         }
 
     @classmethod
@@ -121,6 +129,7 @@ class BatchFaults:
             shuffle=bool(d.get("shuffle")),
             drop=int(d.get("drop", 0)),
             fail_validation=d.get("fail_validation"),
+            invalid_output=d.get("invalid_output"),
         )
 
 
@@ -148,6 +157,8 @@ def parse_batch_faults(text: str | None, expire_default: float = 0.5) -> BatchFa
                 out.drop = int(value) if value else 1
             elif name == "fail_validation":
                 out.fail_validation = value or "invalid_request"
+            elif name == "invalid_output":
+                out.invalid_output = _fraction(value)
             else:
                 raise FaultSyntaxError(f"unknown fault directive {name!r}")
         except (TypeError, ValueError) as exc:
@@ -206,6 +217,8 @@ def parse_custom_id(custom_id: str, expire_default: float = 0.5) -> tuple[int | 
             faults.shuffle = True
         elif token.startswith("drop"):
             faults.drop = int(m.group(2) or 1)
+        elif token.startswith("invalid"):
+            faults.invalid_output = min(int(m.group(4)), 100) / 100.0
         else:
             faults.item_errors.append((min(int(m.group(3)), 100) / 100.0, DEFAULT_ITEM_CODES))
     return code, faults

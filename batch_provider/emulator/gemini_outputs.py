@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import outputs
+from .faults import BatchFaults
+from .invalid_answers import corrupt_anthropic, invalid_kind
 from .prompt_cache import PromptCache, gemini_usage
 
 ITEM_STATUS = {
@@ -102,10 +104,15 @@ def request_problem(request: Any) -> str | None:
 
 
 def generate(
-    request: dict[str, Any], model: str, seed: int, cache: PromptCache | None = None
+    request: dict[str, Any],
+    model: str,
+    seed: int,
+    cache: PromptCache | None = None,
+    invalid: str | None = None,
 ) -> dict[str, Any]:
     """The ``GenerateContentResponse`` of a request without a problem; with ``cache``, a shared
-    system instruction read from the batch's implicit cache is in ``cachedContentTokenCount``."""
+    system instruction read from the batch's implicit cache is in ``cachedContentTokenCount``;
+    with ``invalid`` (a kind of :mod:`.invalid_answers`), its JSON answer is made invalid."""
     config = request.get("generationConfig") or {}
     params: dict[str, Any] = {
         "model": model,
@@ -115,7 +122,7 @@ def generate(
     schema = response_schema(request)
     if schema is not None:
         params["output_format"] = {"type": "json_schema", "schema": schema}
-    message = outputs.anthropic_message(params, seed)
+    message = corrupt_anthropic(outputs.anthropic_message(params, seed), invalid)
     text = "".join(block.get("text") or "" for block in message["content"] if block.get("type") == "text")
     prompt_tokens = message["usage"]["input_tokens"]
     out_tokens = message["usage"]["output_tokens"]
@@ -157,6 +164,8 @@ class Results:
     batch_id: str
     shuffle: bool
     """Shuffle the results, seeded by (seed, batch id)."""
+    faults: BatchFaults | None = None
+    """The batch's fault directives (for ``invalid_output``)."""
 
     def items(self, entries: Iterable[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         """(entry, ``{"response"}`` or ``{"error"}``) of the first ``done`` entries, in input order."""
@@ -169,7 +178,9 @@ class Results:
                 code, message = failure
                 yield entry, {"error": {"code": ITEM_STATUS[code][1], "message": message}}
             else:
-                yield entry, {"response": generate(entry["request"], self.model, self.seed, cache)}
+                key = str(entry.get("key") or (entry.get("metadata") or {}).get("key") or idx)
+                invalid = invalid_kind(self.seed, key, self.faults)
+                yield entry, {"response": generate(entry["request"], self.model, self.seed, cache, invalid)}
 
     def order(self, items: list[T]) -> list[T]:
         """``items`` (the results, in input order), shuffled in place when ``shuffle``."""

@@ -300,7 +300,7 @@ class GeminiBatches(BatchRegistry[GeminiBatch]):
         """``render`` (a :mod:`.gemini_outputs` function) over the first ``done`` requests."""
         plan = self.plan(rec)
         shuffle = plan.faults.shuffle or self.cfg.shuffle_results
-        results = Results(plan.fail, done, rec.model, self.cfg.seed, rec.id, shuffle)
+        results = Results(plan.fail, done, rec.model, self.cfg.seed, rec.id, shuffle, plan.faults)
         return render(gemini_input.read_entries(self.input_path(rec.id)), results)
 
     def inlined(self, rec: GeminiBatch, done: int) -> list[dict[str, Any]]:

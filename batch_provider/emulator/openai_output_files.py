@@ -150,5 +150,6 @@ class OutputFiles:
             seed=cfg.seed,
             embedding_dim=cfg.embedding_dim,
             shuffle=plan.faults.shuffle or cfg.shuffle_results,
+            faults=plan.faults,
         )
         write_file(job, self.batches.input_path(rec.id), target)

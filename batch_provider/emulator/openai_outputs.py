@@ -26,6 +26,8 @@ from typing import Any
 import msgspec
 
 from . import outputs
+from .faults import BatchFaults
+from .invalid_answers import corrupt_openai, invalid_kind
 from .prompt_cache import PromptCache, openai_usage
 
 ITEM_ERRORS: dict[int, tuple[str, str | None, str]] = {
@@ -70,6 +72,8 @@ class OutputJob:
     seed: int
     embedding_dim: int
     shuffle: bool
+    faults: BatchFaults | None = None
+    """The batch's fault directives (for ``invalid_output``)."""
 
 
 def write_file(job: OutputJob, src: Path, target: Path) -> None:
@@ -138,6 +142,7 @@ def _line_for(
     if failure is None:
         created = int(job.t_v + (idx + 1) * job.step)
         resp, _, _ = outputs.openai_response(job.endpoint, obj["body"], job.seed, created, job.embedding_dim)
+        corrupt_openai(resp, invalid_kind(job.seed, obj["custom_id"], job.faults))
         openai_usage(cache, job.endpoint, obj["body"], resp)
         return _line(job, obj["custom_id"], 200, resp)
     status, message, param = failure

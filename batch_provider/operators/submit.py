@@ -23,6 +23,12 @@ from batch_provider.backends.errors import RequestRejected
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import RunKey
 from batch_provider.core.models import LLMRequest, Message, RejectedRow, RequestKind
+from batch_provider.core.output_type import (
+    DEFAULT_RETRY_INVALID_OUTPUT,
+    OutputSpec,
+    output_spec,
+    save_output_spec,
+)
 from batch_provider.core.records import (
     EmptyInputError,
     InputError,
@@ -141,7 +147,17 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
     :param model: model for every request (rows/requests may set their own).
     :param max_tokens: output-token limit per request.
     :param system: system prompt (a Jinja template over the row).
-    :param response_schema: JSON schema the answer must follow (structured output).
+    :param output_type: the answer's type (structured output): a pydantic model, ``TypedDict``,
+        dataclass, ``list[...]`` of one, or a JSON schema dict. Sent as each provider's
+        structured-output directive; every answer is validated at collect: valid ones carry
+        ``parsed``, others get status ``invalid_output`` (raw text and errors in ``errors.jsonl``).
+    :param response_schema: a JSON schema: the same as ``output_type`` given a dict.
+    :param retry_invalid_output: how many times the retry task resends a row whose answer did not
+        validate (default 1; 0: never).
+    :param model_column, system_column, max_tokens_column, temperature_column: the row column
+        whose value (when not blank) sets that request's model, system prompt, max_tokens or
+        temperature instead of the task's. Requests are split one model per batch where the
+        provider needs it (OpenAI, Bedrock, Gemini); Anthropic batches mix models.
     :param id_field: column holding each row's custom_id (default: ``custom_id``/``id``, else row-N).
     :param metadata: tags such as a cost centre, attached to the batches where the provider keeps tags.
     :param run_path: base ObjectStoragePath of run directories; default ``[batch_provider] run_path``,
@@ -213,6 +229,12 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         system: SystemPrompt | None = None,
         temperature: float | None = None,
         response_schema: dict[str, Any] | None = None,
+        output_type: Any = None,
+        retry_invalid_output: int = DEFAULT_RETRY_INVALID_OUTPUT,
+        model_column: str | None = None,
+        system_column: str | None = None,
+        max_tokens_column: str | None = None,
+        temperature_column: str | None = None,
         id_field: str | None = None,
         kind: str = RequestKind.CHAT.value,
         metadata: Mapping[str, str] | None = None,
@@ -276,7 +298,26 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         self.max_tokens = max_tokens
         self.system = system
         self.temperature = temperature
+        if output_type is not None and response_schema is not None:
+            raise ValueError("give output_type or response_schema (its alias), not both")
+        self.output_type = output_type if output_type is not None else response_schema
         self.response_schema = response_schema
+        self.retry_invalid_output = retry_invalid_output
+        self.output_spec: dict[str, Any] | None = None
+        """The output type as JSON (schema and import path): what survives DAG serialisation."""
+        if self.output_type is not None:
+            spec = output_spec(self.output_type, retry_invalid_output=retry_invalid_output)
+            self.output_spec = spec.model_dump(mode="json")
+        self.row_columns = {
+            name: column
+            for name, column in (
+                ("model", model_column),
+                ("system", system_column),
+                ("max_tokens", max_tokens_column),
+                ("temperature", temperature_column),
+            )
+            if column
+        }
         self.id_field = id_field
         self.kind = kind
         self.metadata = metadata
@@ -336,8 +377,9 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
             max_tokens=int(self.max_tokens) if self.max_tokens not in (None, "") else None,
             temperature=self.temperature,
             id_field=self.id_field,
-            response_schema=self.response_schema,
+            response_schema=self.output_spec["json_schema"] if self.output_spec else None,
             kind=self.kind,
+            columns=self.row_columns,
             render_missing_as_empty=self.render_missing_as_empty,
             cache_system_prompt=self.cache_system_prompt,
             extra=self.extra,
@@ -397,6 +439,8 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         hook = self._hook()
         provider = hook.get_provider()
         self._check_run_path(run_dir)
+        if self.output_spec is not None:
+            save_output_spec(run_dir.root, OutputSpec.model_validate(self.output_spec))
         builder = self._builder(context)
         items = builder.render(self._rows(), same_columns=self._same_columns())
         cache = self._cache()

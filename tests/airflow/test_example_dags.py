@@ -134,3 +134,24 @@ def test_records_from_xcom_and_native_requests_file(run_root, llm_conns):
     native = read_jsonl(run_folder(run_root, "input_kinds", "native") / "results.jsonl")
     assert sorted(r["custom_id"] for r in native) == [f"n{i}" for i in range(4)]
     assert llm_conns.stats()["batches_created"]["openai"] == 2
+
+
+def test_structured_ticket_triage_validates_answers_against_a_pydantic_model(run_root, llm_conns):
+    llm_conns.set_faults({"batch_faults": "invalid_output=0.3"})  # some answers come back invalid
+    module = load_dags("examples/structured_ticket_triage.py")
+    run = module.dag.test()
+    assert str(run.state) == "success", task_states(run)
+    folder = run_folder(run_root, "structured_ticket_triage", "triage")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    rows = manifest["inputs"]
+    results = read_jsonl(folder / "results.jsonl")
+    dead = read_jsonl(folder / "dead_letter.jsonl")
+    assert len(results) + len(dead) == rows and manifest["accounted"]
+    assert manifest["invalid_output"] > 0 and {d["status"] for d in dead} <= {"invalid_output"}
+    first = read_jsonl(folder / "attempt-1" / "errors.jsonl")
+    assert first and all(r["status"] == "invalid_output" for r in first)
+    assert len(read_jsonl(folder / "attempt-2" / "requests" / "part-00000.jsonl")) == len(first)
+    assert all(module.Triage.model_validate(r["parsed"]) for r in results)
+    report = xcom(run, "triage_report")
+    assert report["triaged"] == len(results) and sum(report["by_category"].values()) == len(results)
+    assert report["invalid_output"] == manifest["invalid_output"]

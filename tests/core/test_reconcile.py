@@ -87,8 +87,9 @@ async def test_json_outputs_are_parsed(tmp_path: Path) -> None:
     )
     out = {r.custom_id: r async for r in reconcile(REF, expected, state(BatchEnding.COMPLETED), answers)}
     assert out["r0"].parsed == {"a": 1} and out["r0"].status is ItemStatus.SUCCEEDED
-    assert out["r1"].status is ItemStatus.ERRORED and out["r1"].error.retryable
-    assert out["r2"].status is ItemStatus.ERRORED and not out["r2"].error.retryable
+    assert out["r1"].status is ItemStatus.INVALID_OUTPUT and out["r1"].error.retryable
+    assert out["r1"].error.type == "invalid_json_output" and out["r1"].output_text == "{not json"
+    assert out["r2"].status is ItemStatus.INVALID_OUTPUT and not out["r2"].error.retryable
     assert out["plain"].status is ItemStatus.SUCCEEDED and out["plain"].parsed is None
 
 
