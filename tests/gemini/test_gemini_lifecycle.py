@@ -262,7 +262,7 @@ async def test_retry_under_the_same_faults_recovers_transient_errors_only(emu: A
     """The retry's batch carries the same item-error fault as the first: the resent 429/500 rows
     recover (the emulator's item errors are transient), the 400 row stays an error."""
     data = [{"id": f"g-{i:04d}", "text": f"gemini recovery row {i}"} for i in range(30)]
-    data[2]["id"] = "emu-fail400-stays"
+    data[2]["text"] += " [[emu:fail400]]"  # a permanent item error, through the text marker
     faults = {"emu_faults": "item_errors=0.4:500/429"}
     run_dir = run_directory(tmp_path, dag_id="d", run_id="transient")
     key = RunKey(dag_id="d", task_id="submit", run_id="transient")
@@ -279,6 +279,6 @@ async def test_retry_under_the_same_faults_recovers_transient_errors_only(emu: A
     assert 0 < second.succeeded - first.succeeded <= first.retryable
     recovered = {r["custom_id"] for r in read_lines(run_dir.results) if r["attempt"] == 2}
     dead = {r["custom_id"]: r for r in read_lines(run_dir.dead_letter)}
-    assert dead["emu-fail400-stays"]["error"]["retryable"] is False
+    assert dead["g-0002"]["error"]["retryable"] is False
     assert recovered and dead.keys().isdisjoint(recovered)
     assert_accounted(run_dir, 30)

@@ -30,7 +30,7 @@ from batch_provider.core.watch import watch_batches
 
 async def _run(emulator: Any, base: Path, *, run_id: str, tags: dict[str, str]) -> Any:
     data = [{"id": f"r-{i}", "text": f"row {i}"} for i in range(6)]
-    data[2]["id"] = "emu-fail500-flaky"
+    data[2]["text"] += " [[emu:fail500]]"  # retryable in attempt 1: the run has a retry
     run_dir = run_directory(base, dag_id="ui_dag", run_id=run_id, group="classify")
     key = RunKey(dag_id="ui_dag", task_id="classify.submit", run_id=run_id)
     builder = RequestBuilder(template="Say: {{ text }}", model="gpt-6-luna", max_tokens=16)

@@ -92,7 +92,7 @@ def _plugin_dist(site: Path) -> None:
 
 async def _known_run(emulator: Any, base: Path) -> dict[str, Any]:
     data = [{"id": f"k-{i}", "text": f"row {i}"} for i in range(7)]
-    data[4]["id"] = "emu-fail400-bad"
+    data[4]["text"] += " [[emu:fail400]]"  # refused by the provider: an error
     del data[6]["text"]  # rejected before sending
     run_dir = run_directory(base, dag_id=KNOWN["dag_id"], run_id=KNOWN["run_id"], group=KNOWN["group"])
     key = RunKey(dag_id=KNOWN["dag_id"], task_id="classify.submit", run_id=KNOWN["run_id"])
