@@ -52,4 +52,5 @@ with DAG(dag_id="scheduler_kill", schedule=None, start_date=datetime(2026, 1, 1)
         max_poll_interval=2.0,
         cancel_on_kill=True,
         use_cache=False,  # same requests as scheduler_e2e: a live batch is needed to kill
+        max_attempts=1,  # collect still lands what the killed batch answered; nothing is resent
     )
