@@ -40,6 +40,7 @@ from batch_provider.core.models import BatchRef
 from batch_provider.core.rundir import (
     RunDirectory,
     create_exclusive,
+    pid_running,
     read_bytes_if_present,
     write_json_atomic,
 )
@@ -90,19 +91,9 @@ class ChunkClaim(BaseModel):
         if self.host == HOST:
             if self.pid == os.getpid():
                 return self.owner not in _LIVE_OWNERS
-            if not _pid_running(self.pid):
+            if not pid_running(self.pid):
                 return True
         return ((now or _now()) - self.alive_at).total_seconds() > LEASE_SECONDS
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _dump(model: BaseModel) -> bytes:

@@ -203,6 +203,11 @@ def _writer_alive(temp_name: str) -> bool:
     pid = int(parts[1])
     if pid == os.getpid():
         return False  # this process has no write open while it cleans up
+    return pid_running(pid)
+
+
+def pid_running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
