@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .wire import validation
 
 if TYPE_CHECKING:
-    from .state import BedrockJob, BedrockSettings, JobView
+    from .jobs import BedrockJob, BedrockSettings, JobView
 
 S3_ENDPOINT_ENV = "BATCH_EMULATOR_S3_ENDPOINT"
 
