@@ -1,6 +1,7 @@
 """AWS Bedrock batch inference backend (model invocation jobs).
 
-Wire format: spec §C. Each chunk becomes one JSONL object in S3 and one
+Wire format: the Bedrock model-invocation-job API (boto3) and S3.
+Each chunk becomes one JSONL object in S3 and one
 ``CreateModelInvocationJob``; results are the ``.jsonl.out`` objects Bedrock writes under
 ``<output s3Uri>/<jobId>/``. Record lines, job identity and states live in :mod:`.wire`,
 model-family bodies in :mod:`.models`.

@@ -1,4 +1,4 @@
-"""Anthropic Message Batches state machine (spec B.2-B.7, E). A batch's results stream comes from
+"""Anthropic Message Batches state machine. A batch's results stream comes from
 :mod:`.outputs`.
 
 Timeline, all derived from the record and the emulated clock::

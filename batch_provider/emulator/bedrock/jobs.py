@@ -29,7 +29,7 @@ class BedrockSettings:
     account_id: str = "123456789012"
     region: str = "us-east-1"
     require_authorization: bool = False
-    """Unsigned requests are accepted by default (spec E row 9); True demands an Authorization
+    """Unsigned requests are accepted by default; True demands an Authorization
     header (any SigV4 signature or bearer key is accepted, never verified)."""
 
     def restore_defaults(self) -> None:

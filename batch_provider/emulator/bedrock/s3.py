@@ -1,4 +1,4 @@
-"""The S3 side of the Bedrock face: where the data of model invocation jobs lives (spec C.5).
+"""The S3 side of the Bedrock face: where the data of model invocation jobs lives.
 
 moto has no model-invocation-job operations, so the emulator serves those itself and keeps the data
 in a real S3 API: any endpoint (``BATCH_EMULATOR_S3_ENDPOINT`` or ``POST /_emu/bedrock

@@ -1,4 +1,4 @@
-"""Bedrock model invocation jobs: the state machine and API views (spec C, E); the job records,
+"""Bedrock model invocation jobs: the state machine and API views; the job records,
 settings and per-instant views are :mod:`.jobs`'.
 
 A create request is checked by :mod:`.create`; the input is read from S3 and the outputs

@@ -1,4 +1,4 @@
-"""Gemini batch mode state machine (spec D, E), persisted under ``<data dir>/gemini``.
+"""Gemini batch mode state machine, persisted under ``<data dir>/gemini``.
 
 A batch's requests are copied and planned by :mod:`.input`; what it answers comes from
 :mod:`.outputs`.

@@ -1,4 +1,4 @@
-"""OpenAI batch output and error files as records of the Files store (spec A.6, E).
+"""OpenAI batch output and error files as records of the Files store.
 
 A batch's (output, error) file ids are registered once: at its first terminal view or, with
 ``outputs_at_finalize``, when its processing is over. A registered file is *pending*: its lines are

@@ -1,4 +1,4 @@
-"""OpenAI batch plan: its input file validated and its requests planned, once (spec A.4, A.5).
+"""OpenAI batch plan: its input file validated and its requests planned, once.
 
 The plan holds what the batch state machine (:mod:`.state`) derives everything from: the
 validation errors (``errors.data``, at most :data:`MAX_ERRORS` line errors), the request count and

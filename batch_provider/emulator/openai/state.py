@@ -1,4 +1,4 @@
-"""OpenAI batch state machine (spec A.4-A.8, E).
+"""OpenAI batch state machine.
 
 A batch is a small persisted record plus a *plan* computed once from its input file
 (:mod:`.plan`): validation errors, request count, which requests fail and why, and prefix
