@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import models, registry
-from ..anthropic.state import rfc3339
+from ..clock import rfc3339
 from ..faults import BatchFaults
 from ..registry import BatchRegistry
 from . import input as gemini_input
