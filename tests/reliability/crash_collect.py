@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_provider.backends.registry import create_backend
-from batch_provider.core import collection, retry, rundir
+from batch_provider.core import collection, result_files, retry, run_files, rundir
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger
 
@@ -78,7 +78,7 @@ def install_kill(run_dir: rundir.RunDirectory, kill: dict[str, Any] | None) -> N
                     return
             yield fh
 
-    for module in (rundir, collection, retry):
+    for module in (rundir, collection, retry, result_files, run_files):
         module.atomic_write = atomic_write  # type: ignore[attr-defined]
 
 

@@ -35,18 +35,17 @@ S3_CONN = "bp_crash_s3"
 
 FILES = {
     "collect": [
-        "attempt-1/results.jsonl",
         "attempt-1/errors.jsonl",
         "attempt-1/batches.json",
         "results.jsonl",
         "errors.jsonl",
         "manifest.json",
     ],
-    "finish": ["results.jsonl", "errors.jsonl", "dead_letter.jsonl", "manifest.json"],
+    "finish": ["errors.jsonl", "dead_letter.jsonl", "manifest.json"],
     "resubmit": ["attempt-2/requests/part-00000.jsonl", "ledger.json"],
 }
 CASES = [("local", phase, name) for phase, names in FILES.items() for name in names] + [
-    ("s3", "collect", "attempt-1/results.jsonl"),
+    ("s3", "collect", "results.jsonl"),
     ("s3", "collect", "manifest.json"),
     ("s3", "finish", "dead_letter.jsonl"),
     ("s3", "resubmit", "attempt-2/requests/part-00000.jsonl"),
