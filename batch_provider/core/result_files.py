@@ -33,6 +33,7 @@ RESULTS_FORMATS: tuple[str, ...] = ("jsonl", "parquet")
 _ROW_GROUP_ROWS = 8192
 _ROW_GROUP_BYTES = 32 << 20
 _USAGE = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+_DICTIONARY_COLUMNS = ["status", "finish_reason", "model", "batch_id", "provider", "error_type", "error_code"]
 
 
 def check_results_format(fmt: str) -> ResultsFormat:
@@ -222,7 +223,14 @@ class ParquetResults:
         import pyarrow.parquet as pq
 
         self._schema = results_schema(self._pa, dim, keep_raw=self._keep_raw)
-        self._writer = pq.ParquetWriter(self._fh, self._schema, compression="zstd")
+        self._writer = pq.ParquetWriter(
+            self._fh,
+            self._schema,
+            compression="zstd",
+            use_dictionary=_DICTIONARY_COLUMNS,
+            # float32 bytes split by position compress (the exponents) where plain ones do not
+            use_byte_stream_split=["embedding.list.element"],
+        )
 
     def _flush(self) -> None:
         if not self._pending:
