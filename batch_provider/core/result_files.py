@@ -206,7 +206,7 @@ class ParquetResults:
         with path.open("rb") as fh:
             previous = pq.ParquetFile(fh)
             self._adopt(previous.schema_arrow)
-            for batch in previous.iter_batches(batch_size=_ROW_GROUP_ROWS):
+            for batch in previous.iter_batches(batch_size=1024):
                 keep = pc.or_(batch.column("cached"), pc.not_equal(batch.column("attempt"), attempt))
                 kept = pa.Table.from_batches([batch]).filter(keep)
                 if kept.num_rows:
@@ -397,4 +397,9 @@ def count_results(run_dir: RunDirectory) -> int:
 
         with path.open("rb") as fh:
             return pq.ParquetFile(fh).metadata.num_rows
-    return sum(1 for _ in _jsonl_lines(path))
+    # written by JsonlResults: one newline-terminated line per row, no blank line
+    lines = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            lines += chunk.count(b"\n")
+    return lines
