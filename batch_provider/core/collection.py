@@ -32,13 +32,14 @@ from typing import Any
 
 import msgspec
 
-from batch_provider.backends.base import BatchBackend
 from batch_provider.core.cache import CACHE_BLOCK, ResultCache
+from batch_provider.core.contract import BatchBackend
+from batch_provider.core.estimate import Calibration
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import BatchRef, ItemStatus, ResultRecord
 from batch_provider.core.output_type import OutputChecks
-from batch_provider.core.pricing import Calibration, CostTally, PriceTable, default_price_table
+from batch_provider.core.pricing import CostTally, PriceTable, default_price_table
 from batch_provider.core.reconcile import ReconcileReport, reconcile
 from batch_provider.core.result_files import check_results_format, open_results, remove_other_formats
 from batch_provider.core.run_files import (

@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 from pydantic import BaseModel, Field
 
-from batch_provider.backends.base import BatchBackend
+from batch_provider.core.contract import BatchBackend
 from batch_provider.core.deadline import load_deadline
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import ResultRecord, Usage
