@@ -202,6 +202,8 @@ async def test_retry_run_final_file_holds_every_success_once(
     dead = [r["custom_id"] for r in read_lines(run_dir.dead_letter)]
     assert sorted(ids + dead) == [d["id"] for d in data]
     assert "r-013" in dead and set(dead) <= {"r-002", "r-009", "r-013"} and final.accounted
+    unresolved = read_lines(run_dir.attempt_errors(1)) + read_lines(run_dir.dead_letter)
+    assert unresolved and not any("raw" in r for r in unresolved), "nor for errors"
     attempts = {r["custom_id"]: r["attempt"] for r in got}
     # a row resent after a server error is answered in attempt 2 (the emulator lets most pass)
     # or ends in the dead letter; none is lost or kept twice
