@@ -1,9 +1,11 @@
 """Read a run's results as Python objects: ``load_results(summary_or_path, Ticket)``.
 
 Invariants:
-- Only successes are read (``results.jsonl``): every one of them validated against the run's
-  output type at collect, so turning ``parsed`` into an instance cannot fail for the same type.
-- Results are streamed (:func:`iter_results`); :func:`load_results` is the list of them.
+- Only successes are read (``results.jsonl``, or ``results.parquet`` when the run was collected
+  with ``results_format="parquet"``): every one of them validated against the run's output type
+  at collect, so turning ``parsed`` into an instance cannot fail for the same type.
+- Results are streamed (:func:`iter_results`, one Parquet row group at a time);
+  :func:`load_results` is the list of them.
 - Without a type, the run's own (``output_type.json``, imported when it can be) is used; a run
   without one yields the ``parsed`` values as they are.
 """
@@ -18,6 +20,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from batch_provider.core.output_type import OutputValidator, load_output_spec
+from batch_provider.core.result_files import iter_parquet_rows
 
 
 def _path(value: Any) -> Any:
@@ -34,31 +37,44 @@ def _path(value: Any) -> Any:
 
 def _results_file(source: Any) -> tuple[Any, Any]:
     """(results file, run folder) of a summary (the collect or retry task's return value), a run
-    folder or a ``results.jsonl`` path."""
+    folder or a ``results.jsonl`` / ``results.parquet`` path."""
     if isinstance(source, Mapping):
         files = source.get("files") or {}
-        results = _path(files.get("results") or f"{source['run_path']}/results.jsonl")
-        return results, results.parent
+        if files.get("results"):
+            results = _path(files["results"])
+            return results, results.parent
+        source = source["run_path"]
     path = _path(source)
-    if path.name.endswith(".jsonl"):
+    if path.name.endswith((".jsonl", ".parquet")):
         return path, path.parent
-    return path / "results.jsonl", path
+    parquet = path / "results.parquet"
+    return (parquet if parquet.exists() else path / "results.jsonl"), path
 
 
-def iter_results(source: Any, output_type: Any = None, *, with_ids: bool = False) -> Iterator[Any]:
-    """Each success of the run as an instance of ``output_type`` (default: the run's own), in the
-    results file's order; ``(custom_id, instance)`` pairs with ``with_ids``. ``source`` is the
-    collect or retry task's return value, the run folder, or its ``results.jsonl``."""
-    results, root = _results_file(source)
-    convert = _converter(output_type, root)
+def _parsed_values(results: Any) -> Iterator[tuple[str, Any]]:
+    """(custom_id, parsed value or None) of each line or row of the results file."""
+    if results.name.endswith(".parquet"):
+        for row in iter_parquet_rows(results, columns=["custom_id", "parsed"]):
+            parsed = row.get("parsed")
+            yield row["custom_id"], json.loads(parsed) if parsed is not None else None
+        return
     with results.open("rb") as fh:
         for line in fh:
             if not line.strip():
                 continue
             record = json.loads(line)
-            parsed = record.get("parsed")
-            value = convert(parsed) if parsed is not None else None
-            yield (record["custom_id"], value) if with_ids else value
+            yield record["custom_id"], record.get("parsed")
+
+
+def iter_results(source: Any, output_type: Any = None, *, with_ids: bool = False) -> Iterator[Any]:
+    """Each success of the run as an instance of ``output_type`` (default: the run's own), in the
+    results file's order; ``(custom_id, instance)`` pairs with ``with_ids``. ``source`` is the
+    collect or retry task's return value, the run folder, or its results file (JSONL or Parquet)."""
+    results, root = _results_file(source)
+    convert = _converter(output_type, root)
+    for custom_id, parsed in _parsed_values(results):
+        value = convert(parsed) if parsed is not None else None
+        yield (custom_id, value) if with_ids else value
 
 
 def load_results(source: Any, output_type: Any = None, *, with_ids: bool = False) -> list[Any]:

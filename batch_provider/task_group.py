@@ -59,6 +59,8 @@ def llm_batch_group(
     on_timeout: str = DEFAULT_ON_TIMEOUT,
     collect_retries: int = 3,
     collect_retry_delay: timedelta = timedelta(seconds=30),
+    keep_raw: bool = False,
+    results_format: str = "jsonl",
     **submit_kwargs: Any,
 ) -> TaskGroup:
     """Build the group ``group_id`` with tasks ``submit``, ``wait``, ``collect`` and ``retry``.
@@ -92,6 +94,9 @@ def llm_batch_group(
     ``"retry"`` (they are resubmitted, as after a provider-side expiry).
     ``collect_retries`` / ``collect_retry_delay``: Airflow retries of collect and retry, with an
     exponential backoff, for transient storage and provider errors (both are safe to re-run).
+    ``keep_raw`` / ``results_format``: given to collect and retry; keep each answer's raw provider
+    body (off by default: an answer is stored once), write ``results.jsonl`` (default) or
+    ``results.parquet`` (typed columns; needs the ``parquet`` extra).
     Collect runs whenever submit succeeded, also after the wait failed or was stopped by a user,
     so what the batches answered is never left uncollected.
     """
@@ -102,6 +107,7 @@ def llm_batch_group(
         "use_cache": use_cache,
         "cache_ttl": cache_ttl,
     }
+    result_options = {"keep_raw": keep_raw, "results_format": results_format}
     with TaskGroup(group_id, tooltip=tooltip or f"LLM batch run ({provider or 'from connection'})") as group:
         submit = submit_operator_class(
             task_id="submit",
@@ -144,6 +150,7 @@ def llm_batch_group(
             max_poll_interval=max_poll_interval,
             **resilient,
             **cache,
+            **result_options,
         )
         retry = RetryBatchOperator(
             task_id="retry",
@@ -162,6 +169,7 @@ def llm_batch_group(
             doc_md=docs["retry"],
             **resilient,
             **cache,
+            **result_options,
         )
         submit >> wait >> collect >> retry
     return group

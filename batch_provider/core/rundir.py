@@ -54,9 +54,6 @@ class RunDirectory:
     def requests_dir(self, attempt: int = 1) -> Any:
         return self.attempt_dir(attempt) / "requests"
 
-    def attempt_results(self, attempt: int) -> Any:
-        return self.attempt_dir(attempt) / "results.jsonl"
-
     def attempt_errors(self, attempt: int) -> Any:
         return self.attempt_dir(attempt) / "errors.jsonl"
 
@@ -86,6 +83,11 @@ class RunDirectory:
     @property
     def results(self) -> Any:
         return self.root / "results.jsonl"
+
+    @property
+    def results_parquet(self) -> Any:
+        """The final results as Parquet, instead of ``results.jsonl`` (``results_format="parquet"``)."""
+        return self.root / "results.parquet"
 
     @property
     def errors(self) -> Any:

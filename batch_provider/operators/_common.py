@@ -17,6 +17,7 @@ from airflow.sdk import Asset, ObjectStoragePath
 from batch_provider import metrics
 from batch_provider.core.cache import ResultCache
 from batch_provider.core.handle import RunHandle
+from batch_provider.core.result_files import check_results_format
 from batch_provider.core.rundir import RunDirectory
 from batch_provider.hooks.batch import LLMBatchHook
 from batch_provider.operators._templating import NoSecretTemplating
@@ -199,6 +200,12 @@ class _BatchOperatorMixin(NoSecretTemplating):
         self.cache_path = cache_path
         self.use_cache = use_cache
         self.cache_ttl = cache_ttl
+
+    def _set_result_options(self, *, keep_raw: bool, results_format: str) -> None:
+        """How collected answers are written: the raw provider body kept or not, JSONL or Parquet
+        (checked now, so a missing pyarrow fails the DAG, not a collect of paid batches)."""
+        self.keep_raw = keep_raw
+        self.results_format = check_results_format(results_format)
 
     def _hook(self, provider: str | None = None, conn_id: str | None = None) -> LLMBatchHook:
         """The hook for a run: the run's provider; this task's ``conn_id`` if set, else the run's."""

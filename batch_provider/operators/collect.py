@@ -122,6 +122,11 @@ class CollectBatchOperator(_BatchOperatorMixin, BaseOperator):
     :param run_path, cache_path, use_cache, cache_ttl: the result cache successes are stored in;
         the same values as the submit task's (see :class:`SubmitBatchOperator`).
     :param wait_timeout: how long to wait for batches not ended yet (default 1 h).
+    :param keep_raw: keep each answer's raw provider body in the results (``raw``); off by
+        default, so an answer is stored once, in its fields.
+    :param results_format: ``"jsonl"`` (default, ``results.jsonl``) or ``"parquet"``
+        (``results.parquet``: typed columns, embeddings as fixed-size float32 lists; needs the
+        ``parquet`` extra).
     :param deferrable: wait for them in the triggerer (default) rather than in the worker.
     """
 
@@ -140,6 +145,8 @@ class CollectBatchOperator(_BatchOperatorMixin, BaseOperator):
         cache_path: str | ObjectStoragePath | None = None,
         use_cache: bool = True,
         cache_ttl: timedelta | float | None = None,
+        keep_raw: bool = False,
+        results_format: str = "jsonl",
         wait_timeout: timedelta | float = DEFAULT_COLLECT_WAIT,
         deferrable: bool = True,
         poll_interval: float = DEFAULT_POLL_INTERVAL_MIN,
@@ -160,6 +167,7 @@ class CollectBatchOperator(_BatchOperatorMixin, BaseOperator):
             use_cache=use_cache,
             cache_ttl=cache_ttl,
         )
+        self._set_result_options(keep_raw=keep_raw, results_format=results_format)
 
     def execute(self, context: Any) -> dict[str, Any]:
         handle = upstream_handle(self, context, self.handle)
@@ -223,7 +231,14 @@ class CollectBatchOperator(_BatchOperatorMixin, BaseOperator):
 
         async def collect() -> RunSummary:
             async with hook.get_backend() as backend:
-                return await collect_run(backend, handle, run_dir, cache=cache)
+                return await collect_run(
+                    backend,
+                    handle,
+                    run_dir,
+                    cache=cache,
+                    keep_raw=self.keep_raw,
+                    results_format=self.results_format,
+                )
 
         summary = run_sync(collect())
         self.log.info(

@@ -73,6 +73,11 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
     :param conn_id: use this connection instead of the one recorded in the handle.
     :param run_path, cache_path, use_cache, cache_ttl: the result cache successes are stored in;
         the same values as the submit task's (see :class:`SubmitBatchOperator`).
+    :param keep_raw: keep each answer's raw provider body in the results (``raw``); off by
+        default, so an answer is stored once, in its fields.
+    :param results_format: ``"jsonl"`` (default, ``results.jsonl``) or ``"parquet"``
+        (``results.parquet``: typed columns, embeddings as fixed-size float32 lists; needs the
+        ``parquet`` extra).
     """
 
     template_fields: Sequence[str] = ("handle", "max_attempts", "run_path", "cache_path")
@@ -101,6 +106,8 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         cache_path: str | ObjectStoragePath | None = None,
         use_cache: bool = True,
         cache_ttl: timedelta | float | None = None,
+        keep_raw: bool = False,
+        results_format: str = "jsonl",
         **kwargs: Any,
     ):
         super().__init__(outlets=outlets_with(results_asset, kwargs.pop("outlets", None)), **kwargs)
@@ -126,6 +133,7 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
             use_cache=use_cache,
             cache_ttl=cache_ttl,
         )
+        self._set_result_options(keep_raw=keep_raw, results_format=results_format)
         self._watching: RunHandle | None = None
 
     def _latest_handle(self, context: Any) -> RunHandle:
@@ -242,7 +250,14 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
 
         async def collect() -> RunSummary:
             async with hook.get_backend() as backend:
-                return await collect_run(backend, handle, run_dir_of(handle), cache=cache)
+                return await collect_run(
+                    backend,
+                    handle,
+                    run_dir_of(handle),
+                    cache=cache,
+                    keep_raw=self.keep_raw,
+                    results_format=self.results_format,
+                )
 
         summary = run_sync(collect())
         self.log.info(

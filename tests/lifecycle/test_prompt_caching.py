@@ -45,7 +45,10 @@ def read_lines(path: Any) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-async def run_rows(provider: str, emulator: Any, tmp_path: Path, builder: RequestBuilder) -> Any:
+async def run_rows(
+    provider: str, emulator: Any, tmp_path: Path, builder: RequestBuilder, *, keep_raw: bool = False
+) -> Any:
+    """Submit ``ROWS``, wait, collect (``keep_raw``: with each answer's provider body)."""
     run_dir = run_directory(tmp_path, dag_id="cache", run_id=f"r-{provider}", group="g")
     key = RunKey(dag_id="cache", task_id="submit", run_id=f"r-{provider}")
     async with backend_for(provider, emulator) as backend:
@@ -56,7 +59,7 @@ async def run_rows(provider: str, emulator: Any, tmp_path: Path, builder: Reques
         await watch_batches(
             backend, handle.batch_ids, deadline=None, poll_interval_min=0.05, poll_interval_max=0.2
         )
-        await collect_run(backend, handle, run_dir)
+        await collect_run(backend, handle, run_dir, keep_raw=keep_raw)
     return run_dir
 
 
@@ -106,7 +109,7 @@ async def test_openai_system_blocks_first_and_implicit_cache_reads(emulator: Any
         model=MODELS["openai"],
         max_tokens=32,
     )
-    run_dir = await run_rows("openai", emulator, tmp_path, builder)
+    run_dir = await run_rows("openai", emulator, tmp_path, builder, keep_raw=True)  # usage checked on it
     messages = sent_lines(run_dir)[0]["body"]["messages"]
     assert messages[0] == {
         "role": "system",
@@ -136,7 +139,7 @@ async def test_gemini_shared_system_instruction_is_read_from_cache(emulator: Any
         model=MODELS["gemini"],
         max_tokens=32,
     )
-    run_dir = await run_rows("gemini", emulator, tmp_path, builder)
+    run_dir = await run_rows("gemini", emulator, tmp_path, builder, keep_raw=True)  # usage checked on it
     results = read_lines(run_dir.results)
     readers = [r for r in results if r["usage"]["cache_read_tokens"]]
     assert len(readers) == 3, "the first request run is not read from the cache, the rest are"

@@ -7,7 +7,8 @@ dict), ``phase`` and ``kill`` (null, or ``{"file": <path relative to the run fol
 <bytes>, "nth": <which write of that file, default 1>}``: the process dies once that many bytes
 of that write have been handed to the file, before it is closed).
 
-Phases: ``collect`` (``collect_run`` of the handle's attempt), ``finish`` (the retry task's last
+Phases: ``collect`` (``collect_run`` of the handle's attempt; ``collect-parquet`` writing
+``results.parquet``), ``finish`` (the retry task's last
 step: dead letter, final results and manifest), ``resubmit`` (the retry task's next attempt: part
 files and ledger, then the batches).
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_provider.backends.registry import create_backend
-from batch_provider.core import collection, retry, rundir
+from batch_provider.core import collection, result_files, retry, run_files, rundir
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger
 
@@ -78,7 +79,7 @@ def install_kill(run_dir: rundir.RunDirectory, kill: dict[str, Any] | None) -> N
                     return
             yield fh
 
-    for module in (rundir, collection, retry):
+    for module in (rundir, collection, retry, result_files, run_files):
         module.atomic_write = atomic_write  # type: ignore[attr-defined]
 
 
@@ -89,6 +90,8 @@ async def main(args: dict[str, Any], run_dir: rundir.RunDirectory) -> None:
     async with backend:
         if args["phase"] == "collect":
             await collection.collect_run(backend, handle, run_dir)
+        elif args["phase"] == "collect-parquet":
+            await collection.collect_run(backend, handle, run_dir, results_format="parquet")
         elif args["phase"] == "finish":
             retry.write_dead_letter(backend, run_dir, max_attempts=1)
         elif args["phase"] == "resubmit":

@@ -6,6 +6,7 @@ with the right counts."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from moto_support import aws_connection, moto_s3
 from rel_support import backend_for, base_url, batches_created, wait_until_ended
@@ -32,21 +34,27 @@ ROWS = 30
 NOT_RETRYABLE = (3, 17)  # a fail400 marker: straight to the dead letter
 RETRYABLE = (5, 24)  # a fail500 marker: sent again by a retry
 S3_CONN = "bp_crash_s3"
+RESULTS_FORMAT = {"collect-parquet": "parquet"}
 
 FILES = {
     "collect": [
-        "attempt-1/results.jsonl",
         "attempt-1/errors.jsonl",
         "attempt-1/batches.json",
         "results.jsonl",
         "errors.jsonl",
         "manifest.json",
     ],
-    "finish": ["results.jsonl", "errors.jsonl", "dead_letter.jsonl", "manifest.json"],
+    "collect-parquet": ["results.parquet", "attempt-1/errors.jsonl", "manifest.json"],
+    "finish": ["errors.jsonl", "dead_letter.jsonl", "manifest.json"],
     "resubmit": ["attempt-2/requests/part-00000.jsonl", "ledger.json"],
 }
-CASES = [("local", phase, name) for phase, names in FILES.items() for name in names] + [
-    ("s3", "collect", "attempt-1/results.jsonl"),
+CASES = [
+    ("local", phase, name)
+    for phase, names in FILES.items()
+    for name in names
+    if name.endswith(".parquet") or phase != "collect-parquet"
+] + [
+    ("s3", "collect", "results.jsonl"),
     ("s3", "collect", "manifest.json"),
     ("s3", "finish", "dead_letter.jsonl"),
     ("s3", "resubmit", "attempt-2/requests/part-00000.jsonl"),
@@ -138,7 +146,9 @@ def lines(run_dir: RunDirectory, name: str) -> list[dict[str, Any]]:
 
 def assert_every_row_once(run_dir: RunDirectory, *, final: bool) -> dict[str, Any]:
     manifest = json.loads((run_dir.root / "manifest.json").read_bytes())
-    results = lines(run_dir, "results.jsonl")
+    parquet = run_dir.root / "results.parquet"
+    results = pq.read_table(io.BytesIO(parquet.read_bytes())).to_pylist() if parquet.exists() else []
+    results += lines(run_dir, "results.jsonl")
     unresolved = lines(run_dir, "dead_letter.jsonl" if final else "errors.jsonl")
     outcomes = Counter(r["custom_id"] for r in results + unresolved)
     assert sorted(outcomes) == sorted(f"r-{i:03d}" for i in range(ROWS)) and set(outcomes.values()) == {1}
@@ -155,15 +165,13 @@ def assert_every_row_once(run_dir: RunDirectory, *, final: bool) -> dict[str, An
 async def next_try(emulator: Any, run_dir: RunDirectory, handle: RunHandle, phase: str) -> None:
     """The task's next try, with nothing in the way."""
     async with backend_for("openai", emulator) as backend:
-        if phase == "collect":
-            await collect_run(backend, handle, run_dir)
+        if phase.startswith("collect"):
+            await collect_run(backend, handle, run_dir, results_format=RESULTS_FORMAT.get(phase, "jsonl"))
         elif phase == "finish":
             write_dead_letter(backend, run_dir, max_attempts=1)
         else:
             ledger = Ledger.load(run_dir)
-            again = await resubmit_retryable(
-                backend, handle, run_dir, run_key=ledger.run_key, max_attempts=2
-            )
+            again = await resubmit_retryable(backend, handle, run_dir, run_key=ledger.run_key, max_attempts=2)
             assert again is not None and again.counts.submitted == len(RETRYABLE)
 
 
@@ -187,7 +195,7 @@ def test_killed_mid_write_then_next_try(
         run_path = str(tmp_path / case / "run")
     run_dir = directory(run_path)
     handle = asyncio.run(prepare(emulator, run_dir, run_path))
-    if phase != "collect":
+    if not phase.startswith("collect"):
         asyncio.run(collect_first(emulator, run_dir, handle))  # the collect task, complete
     before = snapshot(run_dir, FILES[phase])
     created = batches_created(emulator, "openai")
