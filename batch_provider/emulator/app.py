@@ -16,12 +16,16 @@ from starlette.responses import JSONResponse, Response
 
 from . import (
     anthropic_routes,
+    anthropic_sync,
     bedrock_routes,
     bedrock_state,
     control,
     gemini_routes,
     gemini_state,
+    gemini_sync,
     openai_routes,
+    openai_sync,
+    sync_limits,
 )
 from .config import EmulatorConfig
 from .errors import ApiError
@@ -45,6 +49,7 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
     store = Store(config)
     bedrock_state.attach(store)
     gemini_state.attach(store)
+    sync_limits.attach(store)
     install_log_filter()
 
     @asynccontextmanager
@@ -58,6 +63,10 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
             *anthropic_routes.ROUTES,
             *bedrock_routes.ROUTES,
             *gemini_routes.ROUTES,
+            *openai_sync.ROUTES,
+            *anthropic_sync.ROUTES,
+            *gemini_sync.ROUTES,
+            sync_limits.control_route(),
             *control.ROUTES,
         ],
         exception_handlers={404: _http_error, 405: _http_error},
