@@ -49,6 +49,7 @@ from batch_provider.core.rundir import (
     write_json_atomic,
 )
 from batch_provider.core.submission import part_custom_ids, part_ids
+from batch_provider.core.sync_journal import SyncAnswers
 
 log = logging.getLogger(__name__)
 _SUCCEEDED = ItemStatus.SUCCEEDED
@@ -337,6 +338,7 @@ def rebuild_outputs(
     unresolved: Counter[str] = Counter()
     retryable = 0
     figures: list[BatchFigures] = []
+    synced = SyncAnswers.load(run_dir, collected, ledger.provider.value)
     with atomic_write(run_dir.results) as results_out, atomic_write(run_dir.errors) as errors_out:
         for line in _lines(run_dir.cached):
             results_out.write(line)
@@ -345,11 +347,14 @@ def rebuild_outputs(
             for line in _lines(run_dir.attempt_results(attempt)):
                 results_out.write(line)
                 succeeded += 1
+            for line in synced.result_lines(attempt):  # rows a sync fallback answered
+                results_out.write(line)
+                succeeded += 1
             later = collected[position + 1] if position + 1 < len(collected) else None
             resubmitted = _resubmitted_ids(backend, run_dir, ledger, later)
             for line in _lines(run_dir.attempt_errors(attempt)):
                 record = ResultRecord.model_validate_json(line)
-                if record.custom_id in resubmitted:
+                if record.custom_id in resubmitted or record.custom_id in synced.answered:
                     continue
                 errors_out.write(line)
                 unresolved[record.status.value] += 1
@@ -370,8 +375,8 @@ def rebuild_outputs(
                 dead += 1
     first = ledger.attempts[1]
     total_unresolved = sum(unresolved.values())
-    usage = sum((f.usage for f in figures), Usage())
-    cost = sum((f.cost for f in figures), Cost())
+    usage = sum((f.usage for f in figures), synced.usage)
+    cost = sum((f.cost for f in figures), synced.cost)
     summary = RunSummary(
         run_path=str(run_dir.root),
         provider=ledger.provider.value,
@@ -407,6 +412,7 @@ def rebuild_outputs(
         invalid_output=sum(f.invalid_output for f in figures),
     )
     manifest = _manifest(summary, ledger)
+    manifest.update(synced.manifest(succeeded, first.cached))
     manifest["rejected_reasons"] = reject_reasons(run_dir.rejects) if first.rejected else {}
     write_json_atomic(run_dir.manifest, manifest)
     record_run(run_dir, manifest)
