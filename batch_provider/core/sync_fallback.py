@@ -42,7 +42,7 @@ from batch_provider.core.models import ItemStatus, ResultRecord, Usage
 from batch_provider.core.pricing import PriceTable, default_price_table
 from batch_provider.core.rundir import RunDirectory, read_json
 from batch_provider.core.submission import part_ids
-from batch_provider.core.sync_journal import SyncJournal, read_answers, record_refusal
+from batch_provider.core.sync_journal import SyncJournal, clear_refusal, read_answers, record_refusal
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +225,7 @@ async def run_sync_fallback(
                 },
             )
             return report
+    clear_refusal(run_dir, attempt)
     log.info(
         "Sync fallback for attempt %d: %d row(s) to send (%d answered before), at most %d at a time, "
         "ceiling $%.4f",

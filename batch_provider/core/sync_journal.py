@@ -83,6 +83,13 @@ def record_refusal(run_dir: RunDirectory, attempt: int, facts: dict[str, Any]) -
     write_json_atomic(sync_dir(run_dir, attempt) / "refused.json", facts)
 
 
+def clear_refusal(run_dir: RunDirectory, attempt: int) -> None:
+    """Forget an earlier refusal (a later try found the budget allows the fallback)."""
+    path = sync_dir(run_dir, attempt) / "refused.json"
+    if path.exists():
+        path.unlink()
+
+
 def load_refusal(run_dir: RunDirectory, attempt: int) -> dict[str, Any] | None:
     path = sync_dir(run_dir, attempt) / "refused.json"
     try:

@@ -126,8 +126,12 @@ class SyncFace:
     def count(self, body: Any) -> None:
         self.served[body_hash(0, body)] += 1
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, bodies: bool = False) -> dict[str, Any]:
+        """Settings and counts; with ``bodies``, answers per body hash too (``served_by_body``,
+        keyed by :func:`.outputs.body_hash` with seed 0 of the body, as text)."""
+        extra = {"served_by_body": {str(h): n for h, n in self.served.items()}} if bodies else {}
         return {
+            **extra,
             **dataclasses.asdict(self.settings),
             "served": sum(self.served.values()),
             "distinct_bodies": len(self.served),
@@ -198,6 +202,6 @@ def control_route() -> Any:
                 face.settings = trial
             except (ValueError, TypeError) as exc:
                 return JSONResponse({"error": {"message": str(exc)}}, status_code=400)
-        return JSONResponse(face.snapshot())
+        return JSONResponse(face.snapshot(bodies=request.query_params.get("bodies") == "1"))
 
     return Route("/_emu/sync", endpoint, methods=["GET", "POST"], name="settings /_emu/sync")

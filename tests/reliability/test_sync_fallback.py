@@ -1,0 +1,98 @@
+"""Sync fallback on the emulator: the rows a cut-off attempt left unanswered go to the
+synchronous endpoints under a rate limit, each sent once; the run's files and manifest count
+them apart (with their full-price cost); a budget that cannot afford it refuses before any call."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rel_support import backend_for, read_lines
+from sync_fallback_support import ROWS, cut_off_run, served_per_row
+
+from batch_provider.backends.sync_callers import sync_caller
+from batch_provider.core.ledger import Ledger
+from batch_provider.core.retry import write_dead_letter
+from batch_provider.core.sync_fallback import rows_to_send, run_sync_fallback
+from batch_provider.emulator.process import running_emulator
+
+
+@pytest.fixture(scope="module")
+def slow_emulator():
+    """Real time barely moves the emulated clock: the tests cut the batches with ``advance``."""
+    with running_emulator(time_factor=1.0) as emulator:
+        yield emulator
+
+
+def manifest_of(run_dir: Any) -> dict[str, Any]:
+    return json.loads(Path(str(run_dir.manifest)).read_text())
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+async def test_fallback_answers_the_long_tail_once_under_a_rate_limit(
+    provider: str, slow_emulator: Any, tmp_path: Path
+) -> None:
+    emulator = slow_emulator
+    emulator.reset()
+    _, run_dir = await cut_off_run(provider, emulator, tmp_path, f"tail-{provider}")
+    batch_answered = {r["custom_id"] for r in read_lines(run_dir.results)}
+    async with backend_for(provider, emulator) as backend:
+        to_send = rows_to_send(backend, run_dir, Ledger.load(run_dir), 1)
+    assert to_send and batch_answered, "the cut left nothing to fall back on, or nothing answered"
+    assert not {r.row_id for r in to_send} & batch_answered  # a row answered in a batch is never sent
+    emulator.sync_settings(rpm=4, window_seconds=1.0)
+
+    async with backend_for(provider, emulator) as backend:
+        report = await run_sync_fallback(backend, sync_caller(backend), run_dir, 1, concurrency=6)
+        summary = write_dead_letter(backend, run_dir, max_attempts=1)
+
+    counts = emulator.sync_settings()
+    assert report.answered == len(to_send) and not report.unanswered
+    assert counts["limited"] > 0, "the rate limit was never reached: the test proves nothing about 429s"
+    assert counts["served"] == len(to_send) and counts["max_per_body"] == 1
+    assert set(served_per_row(provider, emulator, to_send).values()) == {1}
+    results = read_lines(run_dir.results)
+    assert sorted(Counter(r["custom_id"] for r in results).items()) == [
+        (f"s-{i:03d}", 1) for i in range(ROWS)
+    ]
+    assert read_lines(run_dir.dead_letter) == []
+    manifest = manifest_of(run_dir)
+    assert manifest["finished_by"] == {"batch": len(batch_answered), "sync": len(to_send), "cache": 0}
+    assert manifest["accounted"] and summary.succeeded == ROWS and summary.dead_letter == 0
+    fallback = manifest["sync_fallback"]
+    batches_usd = sum(b["cost"]["batch_usd"] for b in manifest["batches"])
+    assert fallback["cost_usd"] > 0
+    assert manifest["cost"]["batch_usd"] == pytest.approx(batches_usd + fallback["cost_usd"], abs=1e-6)
+    assert fallback["extra_cost_usd"] == pytest.approx(
+        fallback["cost_usd"] - fallback["at_batch_prices_usd"], abs=2e-6
+    )
+    assert fallback["extra_cost_usd"] > 0  # full price, no batch discount
+    synced = [r for r in results if r["batch_id"] == "sync"]
+    assert len(synced) == len(to_send) and all(r["output_text"] for r in synced)
+
+    # running it again (a retried task) sends nothing
+    async with backend_for(provider, emulator) as backend:
+        again = await run_sync_fallback(backend, sync_caller(backend), run_dir, 1)
+    assert again.to_send == 0 and emulator.sync_settings()["served"] == len(to_send)
+
+
+async def test_fallback_the_budget_cannot_afford_is_refused_before_any_call(
+    slow_emulator: Any, tmp_path: Path
+) -> None:
+    emulator = slow_emulator
+    emulator.reset()
+    _, run_dir = await cut_off_run("openai", emulator, tmp_path, "refused")
+    spent = manifest_of(run_dir)["cost"]["batch_usd"]
+    async with backend_for("openai", emulator) as backend:
+        report = await run_sync_fallback(backend, sync_caller(backend), run_dir, 1, max_cost_usd=spent + 1e-7)
+        write_dead_letter(backend, run_dir, max_attempts=1)
+    assert report.refused and "max_cost_usd" in report.refused and report.answered == 0
+    assert emulator.sync_settings()["served"] == 0
+    manifest = manifest_of(run_dir)
+    assert manifest["sync_fallback"]["refused"]["1"]["rows"] == report.to_send
+    assert manifest["finished_by"]["sync"] == 0
+    dead = read_lines(run_dir.dead_letter)
+    assert len(dead) == report.to_send and manifest["dead_letter"] == report.to_send
