@@ -4,20 +4,28 @@ them apart (with their full-price cost); a budget that cannot afford it refuses 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from rel_support import backend_for, read_lines
+from rel_support import backend_for, base_url, read_lines
 from sync_fallback_support import ROWS, cut_off_run, served_per_row
 
 from batch_provider.backends.sync_callers import sync_caller
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.retry import write_dead_letter
 from batch_provider.core.sync_fallback import rows_to_send, run_sync_fallback
+from batch_provider.core.sync_journal import read_answers
 from batch_provider.emulator.process import running_emulator
+
+CHILD = Path(__file__).with_name("crash_sync_fallback.py")
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +104,59 @@ async def test_fallback_the_budget_cannot_afford_is_refused_before_any_call(
     assert manifest["finished_by"]["sync"] == 0
     dead = read_lines(run_dir.dead_letter)
     assert len(dead) == report.to_send and manifest["dead_letter"] == report.to_send
+
+
+def test_fallback_killed_mid_way_resumes_without_resending_answered_rows(
+    slow_emulator: Any, tmp_path: Path
+) -> None:
+    emulator = slow_emulator
+    emulator.reset()
+    _, run_dir = asyncio.run(cut_off_run("openai", emulator, tmp_path, "killed"))
+
+    async def pending() -> list[Any]:
+        async with backend_for("openai", emulator) as backend:
+            return rows_to_send(backend, run_dir, Ledger.load(run_dir), 1)
+
+    to_send = asyncio.run(pending())
+    assert len(to_send) >= 8, "too few rows cut off to kill the fallback half-way"
+    emulator.sync_settings(latency_seconds=0.25)
+    args = {"provider": "openai", "base_url": base_url("openai", emulator), "run_path": str(run_dir.root)}
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), json.dumps(args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(read_answers(run_dir, 1))) < 3:
+            assert child.poll() is None, child.stdout.read().decode()[-3000:] if child.stdout else ""
+            assert time.monotonic() < deadline, "the fallback committed no answers in time"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+    kept = {row for row, _ in read_answers(run_dir, 1)}
+    assert 3 <= len(kept) < len(to_send), "the kill did not land in the middle of the fallback"
+
+    emulator.sync_settings(latency_seconds=0.0)
+    left = asyncio.run(pending())
+    assert not {r.row_id for r in left} & kept  # what the journal holds is not sent again
+
+    async def resume() -> Any:
+        async with backend_for("openai", emulator) as backend:
+            report = await run_sync_fallback(backend, sync_caller(backend), run_dir, 1)
+            write_dead_letter(backend, run_dir, max_attempts=1)
+            return report
+
+    report = asyncio.run(resume())
+    assert report.already_answered == len(kept) and report.answered == len(left)
+    served = served_per_row("openai", emulator, to_send)
+    assert all(served[row] == 1 for row in kept), {row: served[row] for row in kept}
+    # only rows in flight at the kill (at most the concurrency, 2) may have been answered twice
+    assert sum(served.values()) - len(to_send) <= 2
+    results = read_lines(run_dir.results)
+    assert sorted(Counter(r["custom_id"] for r in results).items()) == [
+        (f"s-{i:03d}", 1) for i in range(ROWS)
+    ]
+    manifest = manifest_of(run_dir)
+    assert manifest["finished_by"]["sync"] == len(to_send) and manifest["accounted"]
