@@ -20,9 +20,12 @@ from batch_provider.operators._common import run_dir_of, run_sync, seconds_of
 
 
 def submitted_at(handle: RunHandle) -> datetime:
-    """When the run's batches were created (the earliest), or now for a run without any."""
-    created = [ref.created_at for ref in handle.batches if ref.created_at is not None]
-    return min(created) if created else datetime.now(UTC)
+    """When the run's first batch was about to be created, by this side's clock (the ledger's
+    intents; a provider's ``created_at`` is its own clock), or now for a run without batches."""
+    ledger = Ledger.load(run_dir_of(handle))
+    intents = [] if ledger is None or 1 not in ledger.attempts else ledger.attempts[1].chunks
+    moments = [c.intent_at for c in intents if c.intent_at is not None]
+    return min(moments) if moments else datetime.now(UTC)
 
 
 def first_wait_timeout(task: Any, handle: RunHandle, context: Any) -> float | None:

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 
 @pytest.fixture
 def slow_batches(monkeypatch, run_root):
-    """Requests finish one per emulated 600 s (10 s real): at the fallback, 45 s after the DAG file
-    is loaded, a few of the 16 at most are answered. The synchronous endpoints take 3 calls a
+    """Requests finish one per emulated 600 s (10 s real): at the fallback, 15 s after submit, a
+    few of the 16 at most are answered. The synchronous endpoints take 3 calls a
     second per key."""
     args = ["--processing-seconds", "0", "--per-request-seconds", "600", "--set", "sync_rpm=3"]
     args += ["--set", "sync_window_seconds=1"]
