@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from batch_provider.backends.base import BatchBackend
+from batch_provider.core.contract import BatchBackend
 from batch_provider.core.models import Provider
 from batch_provider.core.sync_fallback import SyncCaller
 
@@ -13,15 +13,15 @@ SYNC_PROVIDERS = (Provider.OPENAI, Provider.OPENAI_COMPATIBLE, Provider.ANTHROPI
 def sync_caller(backend: BatchBackend) -> SyncCaller:
     """The backend's synchronous caller; ``ValueError`` for a provider without one."""
     if backend.provider in (Provider.OPENAI, Provider.OPENAI_COMPATIBLE):
-        from batch_provider.backends.openai_sync import OpenAISyncCaller
+        from batch_provider.backends.openai.sync import OpenAISyncCaller
 
         return OpenAISyncCaller(backend)  # type: ignore[arg-type]
     if backend.provider is Provider.ANTHROPIC:
-        from batch_provider.backends.anthropic_sync import AnthropicSyncCaller
+        from batch_provider.backends.anthropic.sync import AnthropicSyncCaller
 
         return AnthropicSyncCaller(backend)  # type: ignore[arg-type]
     if backend.provider is Provider.GEMINI:
-        from batch_provider.backends.gemini_sync import GeminiSyncCaller
+        from batch_provider.backends.gemini.sync import GeminiSyncCaller
 
         return GeminiSyncCaller(backend)  # type: ignore[arg-type]
     raise ValueError(

@@ -33,8 +33,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from batch_provider.backends.base import BatchBackend
-from batch_provider.backends.errors import BatchProviderError, RateLimitedError
+from batch_provider.core.contract import BatchBackend
+from batch_provider.core.errors import BatchProviderError, RateLimitedError
 from batch_provider.core.estimate import estimate_input_tokens
 from batch_provider.core.jsonl import iter_path_lines
 from batch_provider.core.ledger import Ledger

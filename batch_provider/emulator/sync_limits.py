@@ -27,6 +27,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import providers
 from .outputs import body_hash
 
 if TYPE_CHECKING:
@@ -205,3 +206,6 @@ def control_route() -> Any:
         return JSONResponse(face.snapshot(bodies=request.query_params.get("bodies") == "1"))
 
     return Route("/_emu/sync", endpoint, methods=["GET", "POST"], name="settings /_emu/sync")
+
+
+providers.join("sync", attach, [control_route()])

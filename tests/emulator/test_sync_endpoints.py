@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from batch_provider.emulator import outputs
-from batch_provider.emulator.gemini_outputs import generate
+from batch_provider.emulator.gemini.outputs import generate
 
 SEED = 7  # the module emulator's seed (conftest)
 
