@@ -51,6 +51,10 @@ def fallback_step(task: Any, hook: LLMBatchHook, handle: RunHandle) -> SyncRepor
     run_dir = run_dir_of(handle)
     if load_deadline(run_dir, handle.attempt) is None:
         return None
+    ledger = Ledger.load(run_dir)
+    if ledger is not None and max(ledger.attempts) > handle.attempt:
+        # a refused fallback left the rows to on_timeout="retry", which resubmitted them already
+        return None
 
     async def go() -> SyncReport:
         async with hook.get_backend() as backend:
