@@ -21,8 +21,9 @@ from sync_fallback_support import ROWS, cut_off_run, served_per_row
 from batch_provider.backends.sync_callers import sync_caller
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.retry import write_dead_letter
-from batch_provider.core.sync_fallback import rows_to_send, run_sync_fallback
+from batch_provider.core.sync_fallback import row_tokens, rows_to_send, run_sync_fallback
 from batch_provider.core.sync_journal import read_answers
+from batch_provider.emulator.outputs import anthropic_message
 from batch_provider.emulator.process import running_emulator
 
 CHILD = Path(__file__).with_name("crash_sync_fallback.py")
@@ -160,3 +161,33 @@ def test_fallback_killed_mid_way_resumes_without_resending_answered_rows(
     ]
     manifest = manifest_of(run_dir)
     assert manifest["finished_by"]["sync"] == len(to_send) and manifest["accounted"]
+
+
+async def test_a_tokens_per_minute_budget_keeps_the_fallback_under_the_provider_limit(
+    slow_emulator: Any, tmp_path: Path
+) -> None:
+    emulator = slow_emulator
+    emulator.reset()
+    _, run_dir = await cut_off_run("anthropic", emulator, tmp_path, "tpm")
+    async with backend_for("anthropic", emulator) as backend:
+        rows = rows_to_send(backend, run_dir, Ledger.load(run_dir), 1)
+        budget = 3 * max(sum(row_tokens(r)) for r in rows)  # about three rows per window
+        used = [anthropic_message(json.loads(r.line)["params"], 0)["usage"] for r in rows]
+        # the provider lets three rows' worth of real tokens through a window (eight at once are
+        # refused), over a window a little shorter than the client's, so calls the client spaced
+        # by its window never meet in the provider's
+        real = 3 * max(u["input_tokens"] + u["output_tokens"] for u in used)
+        emulator.sync_settings(tpm=real, window_seconds=0.9)
+        report = await run_sync_fallback(
+            backend,
+            sync_caller(backend),
+            run_dir,
+            1,
+            concurrency=8,
+            tokens_per_minute=budget,
+            token_window_seconds=1.0,
+        )
+    counts = emulator.sync_settings()
+    assert report.answered == len(rows) >= 6
+    assert counts["limited"] == 0, "the client's token budget let the provider's limit be hit"
+    assert counts["served"] == len(rows) and counts["max_per_body"] == 1
