@@ -42,7 +42,13 @@ from batch_provider.core.models import ItemStatus, ResultRecord, Usage
 from batch_provider.core.pricing import PriceTable, default_price_table
 from batch_provider.core.rundir import RunDirectory, read_json
 from batch_provider.core.submission import part_ids
-from batch_provider.core.sync_journal import SyncJournal, clear_refusal, read_answers, record_refusal
+from batch_provider.core.sync_journal import (
+    SyncJournal,
+    clear_refusal,
+    read_answers,
+    record_refusal,
+    record_unanswered,
+)
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +286,7 @@ async def run_sync_fallback(
             report.unanswered[row.row_id] = last
 
     await asyncio.gather(*(send(row) for row in rows))
+    await asyncio.to_thread(record_unanswered, run_dir, attempt, report.unanswered)
     if report.unanswered:
         log.warning(
             "Sync fallback for attempt %d: %d row(s) without an answer, e.g. %s",

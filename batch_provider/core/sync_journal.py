@@ -83,6 +83,22 @@ def record_refusal(run_dir: RunDirectory, attempt: int, facts: dict[str, Any]) -
     write_json_atomic(sync_dir(run_dir, attempt) / "refused.json", facts)
 
 
+def record_unanswered(run_dir: RunDirectory, attempt: int, unanswered: dict[str, str]) -> None:
+    """Why each row the fallback sent got no answer (replaced by every run of the fallback)."""
+    write_json_atomic(sync_dir(run_dir, attempt) / "unanswered.json", unanswered)
+
+
+def fallback_notes(run_dir: RunDirectory, attempt: int) -> tuple[dict[str, str], str | None]:
+    """(row id → why the fallback got no answer, why the fallback was refused) of ``attempt``."""
+    path = sync_dir(run_dir, attempt) / "unanswered.json"
+    try:
+        unanswered = read_json(path) if path.exists() else {}
+    except (OSError, ValueError):
+        unanswered = {}
+    refusal = load_refusal(run_dir, attempt)
+    return unanswered, (refusal or {}).get("reason")
+
+
 def clear_refusal(run_dir: RunDirectory, attempt: int) -> None:
     """Forget an earlier refusal (a later try found the budget allows the fallback)."""
     path = sync_dir(run_dir, attempt) / "refused.json"

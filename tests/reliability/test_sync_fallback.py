@@ -105,6 +105,28 @@ async def test_fallback_the_budget_cannot_afford_is_refused_before_any_call(
     assert manifest["finished_by"]["sync"] == 0
     dead = read_lines(run_dir.dead_letter)
     assert len(dead) == report.to_send and manifest["dead_letter"] == report.to_send
+    assert all("sync fallback was not started" in d["dead_letter_reason"] for d in dead)
+
+
+async def test_rows_the_fallback_got_no_answer_for_go_to_the_dead_letter_saying_why(
+    slow_emulator: Any, tmp_path: Path
+) -> None:
+    emulator = slow_emulator
+    emulator.reset()
+    _, run_dir = await cut_off_run("openai", emulator, tmp_path, "no-answer")
+    emulator.set_faults({"fault_rate": 1.0, "fault_kinds": ["500"]})
+    try:
+        async with backend_for("openai", emulator) as backend:
+            report = await run_sync_fallback(backend, sync_caller(backend), run_dir, 1, max_tries=1)
+    finally:
+        emulator.clear_faults()
+    async with backend_for("openai", emulator) as backend:
+        write_dead_letter(backend, run_dir, max_attempts=1)
+    assert report.to_send and report.answered == 0 and len(report.unanswered) == report.to_send
+    dead = read_lines(run_dir.dead_letter)
+    assert sorted(d["custom_id"] for d in dead) == sorted(report.unanswered)
+    assert all("sync fallback got no answer" in d["dead_letter_reason"] for d in dead)
+    assert manifest_of(run_dir)["finished_by"]["sync"] == 0
 
 
 def test_fallback_killed_mid_way_resumes_without_resending_answered_rows(
