@@ -161,7 +161,9 @@ async def next_try(emulator: Any, run_dir: RunDirectory, handle: RunHandle, phas
             write_dead_letter(backend, run_dir, max_attempts=1)
         else:
             ledger = Ledger.load(run_dir)
-            again = await resubmit_retryable(backend, handle, run_dir, run_key=ledger.run_key, max_attempts=2)
+            again = await resubmit_retryable(
+                backend, handle, run_dir, run_key=ledger.run_key, max_attempts=2
+            )
             assert again is not None and again.counts.submitted == len(RETRYABLE)
 
 

@@ -244,7 +244,9 @@ async def test_manifest_says_how_many_rows_were_rejected_and_why(emu: Any, tmp_p
 
 def test_extra_on_the_task_reaches_every_request_and_is_checked(conns: Any, tmp_path: Path) -> None:
     records = [{"id": "x1", "text": "hello"}, {"id": "x2", "text": "world"}]
-    handle = submit(tmp_path, "anthropic", "extra", records=records, extra={"max_tokens": 24, "top_k": 5})
+    handle = submit(
+        tmp_path, "anthropic", "extra", records=records, extra={"max_tokens": 24, "top_k": 5}
+    )
     params = [json.loads(line)["params"] for line in sent(handle).splitlines()]
     assert [(p["max_tokens"], p["top_k"]) for p in params] == [(24, 5), (24, 5)]
     error = refused(conns, tmp_path, "anthropic", "extra-bad", records=records, extra={"max_tokens": 0})
