@@ -42,6 +42,8 @@ def test_openai_chat_responses_and_embeddings_answer_as_a_batch_would(oai: opena
     assert response.output_text and response.id == want["id"]
     assert (response.usage.input_tokens, response.usage.output_tokens) == (in_tok, out_tok)
 
+    with pytest.raises(openai.NotFoundError):
+        oai.chat.completions.create(model="gpt-unknown-9", messages=[{"role": "user", "content": "x"}])
     vectors = oai.embeddings.create(model="text-embedding-3-small", input=["one", "two"], dimensions=8)
     assert [len(d.embedding) for d in vectors.data] == [8, 8]
     assert (
@@ -65,6 +67,10 @@ def test_anthropic_messages_answer_as_a_batch_would(anth: anthropic.Anthropic) -
     assert got.id == want["id"] and got.content[0].text == want["content"][0]["text"]
     assert got.usage.output_tokens == want["usage"]["output_tokens"]
     assert got.usage.service_tier == "standard"  # not "batch": the full price applies
+    with pytest.raises(anthropic.NotFoundError):
+        anth.messages.create(
+            model="claude-unknown-9", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
     with pytest.raises(anthropic.BadRequestError):
         anth.messages.create(
             model="claude-haiku-4-5", max_tokens=0, messages=[{"role": "user", "content": "x"}]

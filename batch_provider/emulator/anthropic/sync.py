@@ -12,7 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import outputs
+from .. import models, outputs
 from ..errors import ApiError
 from ..store import Store
 from ..sync_limits import admit, attach, retry_headers
@@ -28,6 +28,8 @@ async def create_message(request: Request, store: Store) -> Response:
     problem = params_problem(params)
     if problem:
         raise ApiError(400, problem)
+    if not models.serves(store.config, "anthropic", params["model"]):
+        raise ApiError(404, f"model: {params['model']}", "not_found_error")
     message = outputs.anthropic_message(params, store.config.seed)
     usage = message["usage"]
     wait = await admit(request, int(usage["input_tokens"]) + int(usage["output_tokens"]))

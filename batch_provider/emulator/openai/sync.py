@@ -15,7 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import outputs
+from .. import models, outputs
 from ..errors import ApiError
 from ..store import Store
 from ..sync_limits import admit, attach, retry_headers
@@ -31,6 +31,8 @@ async def _answer(endpoint: str, request: Request, store: Store) -> Response:
     if endpoint != "/v1/embeddings" and not (body.get("messages") or body.get("input")):
         raise ApiError(400, "'messages' is a required property", param="messages")
     cfg = store.config
+    if not models.serves(cfg, "openai", body["model"]):
+        raise ApiError(404, models.openai_message(str(body["model"])), code="model_not_found", param="model")
     answer, in_tok, out_tok = outputs.openai_response(
         endpoint, body, cfg.seed, int(time.time()), cfg.embedding_dim
     )
