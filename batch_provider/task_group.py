@@ -61,6 +61,9 @@ def llm_batch_group(
     collect_retry_delay: timedelta = timedelta(seconds=30),
     keep_raw: bool = False,
     results_format: str = "jsonl",
+    sync_fallback_at: Any = None,
+    sync_concurrency: int = 8,
+    sync_tokens_per_minute: int | None = None,
     **submit_kwargs: Any,
 ) -> TaskGroup:
     """Build the group ``group_id`` with tasks ``submit``, ``wait``, ``collect`` and ``retry``.
@@ -92,6 +95,10 @@ def llm_batch_group(
     collected, and ``on_timeout`` decides the rest: ``"partial"`` (default: rows cut off go to the
     dead letter, the run succeeds with a warning), ``"fail"`` (same files, the retry task fails),
     ``"retry"`` (they are resubmitted, as after a provider-side expiry).
+    ``sync_fallback_at``: a time of day in the DAG's timezone (``"07:00"``) or a duration after
+    submit (``timedelta``): batches still running then are cancelled, what they answered is kept,
+    and the rows left are sent to the provider's synchronous API (``sync_concurrency`` calls at a
+    time, ``sync_tokens_per_minute`` at most) at full price, within ``max_cost_usd``.
     ``collect_retries`` / ``collect_retry_delay``: Airflow retries of collect and retry, with an
     exponential backoff, for transient storage and provider errors (both are safe to re-run).
     ``keep_raw`` / ``results_format``: given to collect and retry; keep each answer's raw provider
@@ -131,6 +138,7 @@ def llm_batch_group(
             cancel_on_timeout=cancel_on_timeout,
             cancel_on_kill=cancel_on_kill,
             timeout_grace=timeout_grace,
+            sync_fallback_at=sync_fallback_at,
             doc_md=docs["wait"],
         )
         resilient = {
@@ -164,6 +172,10 @@ def llm_batch_group(
             cancel_on_kill=cancel_on_kill,
             timeout_grace=timeout_grace,
             on_timeout=on_timeout,
+            sync_fallback_at=sync_fallback_at,
+            sync_concurrency=sync_concurrency,
+            sync_tokens_per_minute=sync_tokens_per_minute,
+            max_cost_usd=max_cost_usd,
             results_asset=results_asset,
             metadata=metadata,
             doc_md=docs["retry"],

@@ -32,6 +32,7 @@ from batch_provider.core.models import ItemStatus, ResultRecord
 from batch_provider.core.rundir import RunDirectory, atomic_write, remove_stale_temps
 from batch_provider.core.split import part_ids_path
 from batch_provider.core.submission import OnCreated, handle_for, part_ids, submit_pending
+from batch_provider.core.sync_journal import fallback_notes
 from batch_provider.core.wire_ids import SIDECAR_HEADER, sidecar_line, swap_wire_id, wire_id
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,7 @@ def dead_letter_reasons(run_dir: RunDirectory, *, max_attempts: int | None) -> C
     """Why an unresolved item was not sent again: not retryable, cut off by a passed deadline,
     or no attempts left."""
     deadlines: dict[int, DeadlineRecord | None] = {}
+    fallbacks: dict[int, tuple[dict[str, str], str | None]] = {}
 
     def reason(record: ResultRecord) -> str:
         if record.status is ItemStatus.INVALID_OUTPUT and not record.retryable and record.error:
@@ -188,6 +190,14 @@ def dead_letter_reasons(run_dir: RunDirectory, *, max_attempts: int | None) -> C
         if record.attempt not in deadlines:
             deadlines[record.attempt] = load_deadline(run_dir, record.attempt)
         passed = deadlines[record.attempt]
+        if record.attempt not in fallbacks:
+            fallbacks[record.attempt] = fallback_notes(run_dir, record.attempt)
+        unanswered, refused = fallbacks[record.attempt]
+        cut = f"{passed.reason()}; " if passed is not None else ""
+        if record.custom_id in unanswered:
+            return f"{cut}the sync fallback got no answer: {unanswered[record.custom_id]}"
+        if refused:
+            return f"{cut}the sync fallback was not started: {refused}"
         if passed is not None:
             return f"{passed.reason()}; {record.status.value} then, not sent again"
         limit = f" of max_attempts={max_attempts}" if max_attempts else ""

@@ -30,10 +30,11 @@ from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import ResultRecord, Usage
 from batch_provider.core.pricing import Cost
 from batch_provider.core.rejects import reject_reasons
-from batch_provider.core.result_files import count_results, existing_results
+from batch_provider.core.result_files import count_results, existing_results, iter_records, open_results
 from batch_provider.core.run_index import record_run
 from batch_provider.core.rundir import RunDirectory, atomic_write, read_json, write_json_atomic
 from batch_provider.core.submission import part_custom_ids
+from batch_provider.core.sync_journal import SyncAnswers
 
 
 class ModelFigures(BaseModel):
@@ -140,6 +141,8 @@ def rebuild_outputs(
     unresolved: Counter[str] = Counter()
     retryable = 0
     figures: list[BatchFigures] = []
+    synced = SyncAnswers.load(run_dir, collected, ledger.provider.value)
+    _add_sync_answers(run_dir, synced)
     succeeded = count_results(run_dir)
     with atomic_write(run_dir.errors) as errors_out:
         for position, attempt in enumerate(collected):
@@ -147,7 +150,7 @@ def rebuild_outputs(
             resubmitted = _resubmitted_ids(backend, run_dir, ledger, later)
             for line in lines_of(run_dir.attempt_errors(attempt)):
                 record = ResultRecord.model_validate_json(line)
-                if record.custom_id in resubmitted:
+                if record.custom_id in resubmitted or record.custom_id in synced.answered:
                     continue
                 errors_out.write(line)
                 unresolved[record.status.value] += 1
@@ -169,8 +172,8 @@ def rebuild_outputs(
     first = ledger.attempts[1]
     found = existing_results(run_dir)
     total_unresolved = sum(unresolved.values())
-    usage = sum((f.usage for f in figures), Usage())
-    cost = sum((f.cost for f in figures), Cost())
+    usage = sum((f.usage for f in figures), synced.usage)
+    cost = sum((f.cost for f in figures), synced.cost)
     summary = RunSummary(
         run_path=str(run_dir.root),
         provider=ledger.provider.value,
@@ -207,10 +210,39 @@ def rebuild_outputs(
         invalid_output=sum(f.invalid_output for f in figures),
     )
     manifest = _manifest(summary, ledger)
+    manifest.update(synced.manifest(succeeded, first.cached))
     manifest["rejected_reasons"] = reject_reasons(run_dir.rejects) if first.rejected else {}
     write_json_atomic(run_dir.manifest, manifest)
     record_run(run_dir, manifest)
     return summary
+
+
+def _add_sync_answers(run_dir: RunDirectory, synced: SyncAnswers) -> None:
+    """Put each answer of a sync fallback into the final results file, once. A collect rewrites
+    that file from the batches' answers, so every rebuild checks that the journal's answers are
+    there (in the file's format) and writes the missing ones."""
+    if not synced.answered:
+        return
+    found = existing_results(run_dir)
+    fmt = found[1] if found else "jsonl"
+    present: set[str] = set()
+    keep_raw = False
+    if found is not None:
+        for record in iter_records(found[0], fmt):
+            present.add(record.custom_id)
+            keep_raw = keep_raw or record.raw is not None
+    missing = [
+        ResultRecord.model_validate_json(line)
+        for lines in synced.lines.values()
+        for line in lines
+        if msgspec.json.decode(line)["custom_id"] not in present
+    ]
+    if not missing:
+        return
+    with open_results(run_dir, fmt, keep_raw=keep_raw) as out:
+        out.keep_previous(run_dir, 0)  # attempts count from 1: every row is kept
+        for record in missing:
+            out.write(record)
 
 
 def _with_reason(line: bytes, reason: str) -> bytes:

@@ -75,6 +75,15 @@ class EmulatorConfig:
     """Chance that a request sent again after a transient item error (429/5xx) succeeds."""
     faults_json: str | None = None
 
+    # --- synchronous endpoints (real seconds; 0 = no limit) ---
+    sync_rpm: int = 0
+    """Requests per key per ``sync_window_seconds`` on the synchronous endpoints (0: unlimited)."""
+    sync_tpm: int = 0
+    """Tokens (input + output) per key per ``sync_window_seconds`` (0: unlimited)."""
+    sync_window_seconds: float = 60.0
+    sync_latency_seconds: float = 0.0
+    """Added to every synchronous answer (real seconds)."""
+
     # --- serving ---
     log_level: str = "warning"
     access_log: bool = False

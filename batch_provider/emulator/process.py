@@ -178,6 +178,13 @@ class EmulatorProcess:
             return self._call("POST", "/_emu/bedrock", json=values)
         return self._call("GET", "/_emu/bedrock")
 
+    def sync_settings(self, bodies: bool = False, **values: Any) -> dict[str, Any]:
+        """Read, or change, the synchronous endpoints' limits and counts (``rpm=5``,
+        ``window_seconds=1`` ...); ``bodies`` adds the answers per body hash."""
+        if values:
+            self._call("POST", "/_emu/sync", json=values)
+        return self._call("GET", "/_emu/sync", params={"bodies": "1"} if bodies else None)
+
     def synthetic(self, requests: int, text_bytes: int) -> dict[str, Any]:
         return self._call("POST", "/_emu/synthetic", json={"requests": requests, "text_bytes": text_bytes})
 

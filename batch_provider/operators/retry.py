@@ -22,6 +22,7 @@ from batch_provider.core.deadline import (
     check_on_timeout,
     record_from_event,
 )
+from batch_provider.core.fallback_time import check_sync_fallback_at
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.retry import resubmit_retryable, write_dead_letter
@@ -43,6 +44,7 @@ from batch_provider.operators._common import (
     seconds_of,
     upstream_handle,
 )
+from batch_provider.operators._sync_fallback import fallback_step, fell_back
 from batch_provider.operators.collect import _publish, log_cost, warn_cache_gaps
 from batch_provider.sensors.batch import DEFAULT_TIMEOUT_GRACE, note_deadline
 
@@ -69,6 +71,12 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         attempt's): ``"partial"`` (default) ends the run with them in the dead letter and the
         task green with a warning; ``"fail"`` does the same, then fails the task; ``"retry"``
         resubmits them like after a provider-side expiry.
+    :param sync_fallback_at: when set, and the first wait passed its deadline, the rows it cut off
+        are first sent to the provider's synchronous API (see ``docs/deadlines.md``); the rows
+        still without an answer then go to the dead letter.
+    :param sync_concurrency: synchronous calls in flight at most during the fallback.
+    :param sync_tokens_per_minute: estimated tokens sent per minute at most during the fallback.
+    :param max_cost_usd: the fallback starts only if what the run paid plus its ceiling fits.
     :param results_asset: Asset emitted with the final results.
     :param conn_id: use this connection instead of the one recorded in the handle.
     :param run_path, cache_path, use_cache, cache_ttl: the result cache successes are stored in;
@@ -98,6 +106,10 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         cancel_on_kill: bool = False,
         timeout_grace: timedelta | float | None = DEFAULT_TIMEOUT_GRACE,
         on_timeout: OnTimeout | str = DEFAULT_ON_TIMEOUT,
+        sync_fallback_at: Any = None,
+        sync_concurrency: int = 8,
+        sync_tokens_per_minute: int | None = None,
+        max_cost_usd: float | None = None,
         results_asset: Asset | None = None,
         metadata: Mapping[str, str] | None = None,
         provider: str | None = None,
@@ -124,6 +136,11 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         self.cancel_on_kill = cancel_on_kill
         self.timeout_grace = timeout_grace
         self.on_timeout = check_on_timeout(on_timeout)
+        self.sync_fallback_at = check_sync_fallback_at(sync_fallback_at)
+        self.sync_concurrency = sync_concurrency
+        self.sync_tokens_per_minute = sync_tokens_per_minute
+        self.max_cost_usd = max_cost_usd
+        self._synced_attempts: set[int] = set()
         self.metadata = metadata
         self._set_run_options(
             provider=provider,
@@ -149,6 +166,10 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         handle = self._latest_handle(context)
         persist_batch_links(context, handle.provider, [], None)  # slots filled when batches exist
+        if self.sync_fallback_at is not None and handle.attempt == 1:
+            report = fallback_step(self, self._hook(handle.provider.value, handle.conn_id), handle)
+            if fell_back(report):
+                self._synced_attempts.add(handle.attempt)
         return self._next_round(context, handle)
 
     def _next_round(self, context: Any, handle: RunHandle) -> dict[str, Any]:
@@ -198,7 +219,8 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
                 tags={str(k): str(v) for k, v in (self.metadata or {}).items()},
                 max_attempts=int(self.max_attempts),
                 on_created=metrics.batch_created_counter(metric_labels),
-                resubmit_after_deadline=self.on_timeout == "retry",
+                resubmit_after_deadline=self.on_timeout == "retry"
+                and handle.attempt not in self._synced_attempts,
             )
 
     def _wait_in_worker(self, hook: LLMBatchHook, handle: RunHandle) -> dict[str, dict[str, Any]]:

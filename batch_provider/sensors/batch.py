@@ -21,6 +21,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout
 
 from batch_provider.core.deadline import DeadlineRecord, record_deadline, record_from_event
+from batch_provider.core.fallback_time import check_sync_fallback_at
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.watch import (
     DEFAULT_POLL_INTERVAL_MAX,
@@ -42,6 +43,7 @@ from batch_provider.operators._common import (
     seconds_of,
     upstream_handle,
 )
+from batch_provider.operators._sync_fallback import first_wait_timeout
 from batch_provider.operators._templating import NoSecretTemplating
 
 DEFAULT_TIMEOUT = timedelta(hours=25)
@@ -108,6 +110,9 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
     :param cancel_on_timeout: cancel the remote batches when the timeout passes.
     :param timeout_grace: after the timeout, how long to wait for the batches to report an
         ending (default 1 h), deferred like the wait itself.
+    :param sync_fallback_at: end the wait earlier, like a timeout, at this time of day (DAG
+        timezone, ``"07:00"``) or this long after submit (``timedelta``): the retry task then sends
+        the rows cut off to the synchronous API (see ``docs/deadlines.md``).
     :param cancel_on_kill: cancel the remote batches when a user marks the waiting task failed or
         success, or clears it (triggerer ``on_kill``, or the worker's in poke mode).
     """
@@ -127,6 +132,7 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
         cancel_on_timeout: bool = False,
         cancel_on_kill: bool = False,
         timeout_grace: timedelta | float | None = DEFAULT_TIMEOUT_GRACE,
+        sync_fallback_at: Any = None,
         **kwargs: Any,
     ):
         kwargs.setdefault("poke_interval", poll_interval)
@@ -138,6 +144,9 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
         self.cancel_on_timeout = cancel_on_timeout
         self.cancel_on_kill = cancel_on_kill
         self.timeout_grace = timeout_grace
+        self.sync_fallback_at = check_sync_fallback_at(sync_fallback_at)
+        if sync_fallback_at is not None:
+            self.cancel_on_timeout = True  # the fallback takes over only once the batches stop
         self._run: RunHandle | None = None
         self._pokes = 0
 
@@ -152,6 +161,8 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
         if not handle.batches:
             self.log.info("The run has no batches (every row rejected or cached): nothing to wait for")
             return handle.model_dump(mode="json")
+        if self.sync_fallback_at is not None:
+            self.timeout = first_wait_timeout(self, handle, context)
         if not self.deferrable:
             try:
                 return super().execute(context)

@@ -4,5 +4,6 @@
 from .. import providers
 from .routes import ROUTES
 from .state import attach
+from .sync import ROUTES as SYNC_ROUTES
 
-providers.join("gemini", attach, ROUTES)
+providers.join("gemini", attach, [*ROUTES, *SYNC_ROUTES])
