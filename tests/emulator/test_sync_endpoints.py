@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from batch_provider.emulator import outputs
+from batch_provider.emulator.openai import answers
 from batch_provider.emulator.gemini.outputs import generate
 
 SEED = 7  # the module emulator's seed (conftest)
@@ -31,14 +31,14 @@ def test_openai_chat_responses_and_embeddings_answer_as_a_batch_would(oai: opena
         "max_tokens": 24,
     }
     got = oai.chat.completions.create(**chat)
-    want, in_tok, out_tok = outputs.openai_response("/v1/chat/completions", chat, SEED, 0, 1536)
+    want, in_tok, out_tok = answers.openai_response("/v1/chat/completions", chat, SEED, 0, 1536)
     assert got.choices[0].message.content == want["choices"][0]["message"]["content"]
     assert (got.usage.prompt_tokens, got.usage.completion_tokens) == (in_tok, out_tok)
     assert got.id == want["id"]
 
     body = {"model": "gpt-4o-mini", "input": "Name a colour", "max_output_tokens": 20}
     response = oai.responses.create(**body)
-    want, in_tok, out_tok = outputs.openai_response("/v1/responses", body, SEED, 0, 1536)
+    want, in_tok, out_tok = answers.openai_response("/v1/responses", body, SEED, 0, 1536)
     assert response.output_text and response.id == want["id"]
     assert (response.usage.input_tokens, response.usage.output_tokens) == (in_tok, out_tok)
 

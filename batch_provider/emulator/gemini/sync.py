@@ -1,7 +1,7 @@
 """Gemini's synchronous endpoint ``POST /v1beta/models/{model}:generateContent``.
 
 The answer is the ``GenerateContentResponse`` a batch request with the same body and model gets
-(:func:`.gemini_outputs.generate`, model named ``models/<id>`` as the batch face names it). Rate
+(:func:`.outputs.generate`, model named ``models/<id>`` as the batch face names it). Rate
 limits, latency and counts are :mod:`.sync_limits`'; key check and server-wide faults the Gemini
 face's own (:func:`.gemini_routes.gemini_route`).
 """

@@ -2,7 +2,7 @@
 ``/v1/embeddings``.
 
 An answer is exactly the ``response.body`` a batch line with the same body gets (the same
-generator, :func:`..outputs.openai_response`), so a row answered here or in a batch reads the same.
+generator, :func:`.answers.openai_response`), so a row answered here or in a batch reads the same.
 Rate limits, latency and counts are :mod:`..sync_limits`'; auth and server-wide faults the
 OpenAI face's own (:func:`..web.api_route`).
 """
@@ -15,11 +15,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import models, outputs
+from .. import models
 from ..errors import ApiError
 from ..store import Store
 from ..sync_limits import admit, attach, retry_headers
 from ..web import api_route, json_body
+from . import answers
 
 
 async def _answer(endpoint: str, request: Request, store: Store) -> Response:
@@ -33,7 +34,7 @@ async def _answer(endpoint: str, request: Request, store: Store) -> Response:
     cfg = store.config
     if not models.serves(cfg, "openai", body["model"]):
         raise ApiError(404, models.openai_message(str(body["model"])), code="model_not_found", param="model")
-    answer, in_tok, out_tok = outputs.openai_response(
+    answer, in_tok, out_tok = answers.openai_response(
         endpoint, body, cfg.seed, int(time.time()), cfg.embedding_dim
     )
     wait = await admit(request, in_tok + out_tok)
