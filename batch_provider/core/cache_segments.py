@@ -164,9 +164,7 @@ class KeyTable:
         for number, body in enumerate(indexes):
             for key, offset, length in _ENTRY.iter_unpack(body):
                 # prefix | segment (20 bits) | offset (44 bits) | length (32 bits), sortable as one int
-                packed.append(
-                    (int.from_bytes(key[-8:]) << 96) | (number << 76) | (offset << 32) | length
-                )
+                packed.append((int.from_bytes(key[-8:]) << 96) | (number << 76) | (offset << 32) | length)
         packed.sort()
         self._prefixes = array("Q", (v >> 96 for v in packed))
         self._places = array("Q", ((v >> 32) & 0xFFFF_FFFF_FFFF_FFFF for v in packed))
@@ -238,9 +236,7 @@ def read_ranges(root: Any, ranges: list[tuple[str, int, int]]) -> list[bytes | N
         return out
     fs = root.fs
     paths = [(root / name).path for name, _, _ in ranges]
-    got = fs.cat_ranges(
-        paths, [s for _, s, _ in ranges], [e for _, _, e in ranges], on_error="return"
-    )
+    got = fs.cat_ranges(paths, [s for _, s, _ in ranges], [e for _, _, e in ranges], on_error="return")
     return [data if isinstance(data, bytes) else None for data in got]
 
 
@@ -270,9 +266,7 @@ def load_table(root: Any, ttl: timedelta | None) -> KeyTable:
     return KeyTable(segments, bodies)
 
 
-def read_entries(
-    root: Any, table: KeyTable, keys: Iterable[str]
-) -> dict[str, bytes]:
+def read_entries(root: Any, table: KeyTable, keys: Iterable[str]) -> dict[str, bytes]:
     """The newest segment line carrying each of ``keys``: hits close together in one segment
     are read with one ranged request. A line that cannot be read, or whose key differs, is absent."""
     wanted = [(key, rank, place) for key in keys for rank, place in enumerate(table.find(key))]
@@ -282,11 +276,7 @@ def read_entries(
         end = place.offset + place.length
         if spans:
             segment, start, stop, members = spans[-1]
-            if (
-                segment == place.segment
-                and place.offset - stop <= MAX_GAP
-                and end - start <= MAX_SPAN
-            ):
+            if segment == place.segment and place.offset - stop <= MAX_GAP and end - start <= MAX_SPAN:
                 spans[-1] = (segment, start, max(stop, end), members)
                 members.append((key, rank, place))
                 continue
