@@ -11,11 +11,12 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
+
+from pydantic import BaseModel
 
 from batch_provider.core.cache_segments import SegmentWriter, list_names, read_objects
 from batch_provider.core.models import ItemStatus, ResultRecord
@@ -34,13 +35,23 @@ def legacy_shards(root: Any) -> list[str]:
     return sorted(name for name in list_names(root) if _SHARD.match(name))
 
 
+class StoredEntry(BaseModel):
+    """One entry as either layout stores it (segment lines add the ``key``)."""
+
+    key: str | None = None
+    stored_at: datetime
+    record: ResultRecord
+
+
 def parse_entry(data: bytes) -> tuple[datetime, ResultRecord] | None:
     """(stored_at, record) of one stored entry (either layout's JSON), None when malformed."""
     try:
-        entry = json.loads(data)
-        return datetime.fromisoformat(entry["stored_at"]), ResultRecord.model_validate(entry["record"])
-    except (ValueError, KeyError, TypeError):
+        entry = StoredEntry.model_validate_json(data)
+    except ValueError:
         return None
+    if entry.stored_at.tzinfo is None:
+        return None
+    return entry.stored_at, entry.record
 
 
 def read_legacy(root: Any, keys: list[str]) -> dict[str, bytes]:
