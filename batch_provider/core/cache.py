@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from batch_provider.core.cache_legacy import legacy_shards, migrate_legacy, parse_entry, read_legacy
-from batch_provider.core.cache_segments import KeyTable, SegmentWriter, load_table, read_entries
+from batch_provider.core.cache_segments import SegmentReader, SegmentWriter, load_table
 from batch_provider.core.models import ItemStatus, LLMRequest, ResultRecord
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class ResultCache:
     def __init__(self, root: Any, *, ttl: timedelta | None = None):
         self.root = root
         self.ttl = ttl
-        self._table: KeyTable | None = None
+        self._reader: SegmentReader | None = None
         self._legacy: bool | None = None
 
     def __repr__(self) -> str:
@@ -71,15 +71,20 @@ class ResultCache:
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return {}
-        if self._table is None:
-            self._table = load_table(self.root, self.ttl)
+        if self._reader is None:
+            self._reader = SegmentReader(self.root, load_table(self.root, self.ttl))
             self._legacy = bool(legacy_shards(self.root))
-        found = read_entries(self.root, self._table, wanted)
+        found = self._reader.lines(wanted)
         records = self._fresh(found)
         if self._legacy:
             missing = [key for key in wanted if key not in records]
             records.update(self._fresh(read_legacy(self.root, missing)) if missing else {})
         return records
+
+    @property
+    def segment_reads(self) -> int:
+        """Ranged segment reads this instance has sent (index and listing requests aside)."""
+        return 0 if self._reader is None else self._reader.requests
 
     def _fresh(self, found: dict[str, bytes]) -> dict[str, ResultRecord]:
         records: dict[str, ResultRecord] = {}
@@ -108,7 +113,7 @@ class ResultCache:
                 if record.status is ItemStatus.SUCCEEDED:
                     writer.add(key, record)
             if writer.commit() is not None:
-                self._table = None  # read again, so this instance sees what it stored
+                self._reader = None  # read again, so this instance sees what it stored
         finally:
             writer.discard()
 
@@ -128,13 +133,13 @@ class ResultCache:
         finally:
             writer.discard()
             if writer.committed:
-                self._table = None  # read again, so this instance sees what it stored
+                self._reader = None  # read again, so this instance sees what it stored
 
     def migrate_legacy(self) -> int:
         """Move the entries of the one-object-per-entry layout into a segment (see
         :func:`.cache_legacy.migrate_legacy`); returns how many were moved."""
         moved = migrate_legacy(self.root)
-        self._table = None
+        self._reader = None
         return moved
 
     def _retrying(self, store: Callable[[], object], wanted: int) -> int:

@@ -19,7 +19,8 @@ Invariants:
   replace each other's objects: readers list ``indexes/`` to find every segment.
 - An index's name carries the newest ``stored_at`` of its entries: a reader skips the indexes that
   are wholly past the TTL without reading them; each entry's own ``stored_at`` is checked on a hit.
-- A writer spools its lines to a local temporary file, so memory holds 44 bytes per entry.
+- A writer spools its lines to a local temporary file, so memory holds 44 bytes per entry; a
+  reader keeps at most ``WINDOWS * (READAHEAD + MAX_SPAN)`` bytes of segments.
 - A reader holds every fresh entry's location in three arrays (20 bytes per entry), keyed by the
   key's last 8 bytes; a hit is a line carrying the full key, so keys sharing those bytes never
   answer for each other. Of several entries with one key the newest wins.
@@ -56,6 +57,10 @@ MAX_GAP = 1 << 20
 """Hits in one segment less than this many bytes apart are read in one ranged request."""
 MAX_SPAN = 32 << 20
 """Largest single ranged read."""
+READAHEAD = 4 << 20
+"""Bytes read past a dense run of hits (see :class:`SegmentReader`)."""
+WINDOWS = 4
+"""Segments whose last read a reader keeps."""
 _MAX_CANDIDATES = 4
 """Entries read for one key at most: the same key stored again, or another key sharing the bytes
 the table is keyed by."""
@@ -266,33 +271,76 @@ def load_table(root: Any, ttl: timedelta | None) -> KeyTable:
     return KeyTable(segments, bodies)
 
 
-def read_entries(root: Any, table: KeyTable, keys: Iterable[str]) -> dict[str, bytes]:
-    """The newest segment line carrying each of ``keys``: hits close together in one segment
-    are read with one ranged request. A line that cannot be read, or whose key differs, is absent."""
-    wanted = [(key, rank, place) for key in keys for rank, place in enumerate(table.find(key))]
-    wanted.sort(key=lambda item: (item[2].segment, item[2].offset))
-    spans: list[tuple[int, int, int, list[tuple[str, int, Location]]]] = []
-    for key, rank, place in wanted:
-        end = place.offset + place.length
-        if spans:
-            segment, start, stop, members = spans[-1]
-            if segment == place.segment and place.offset - stop <= MAX_GAP and end - start <= MAX_SPAN:
-                spans[-1] = (segment, start, max(stop, end), members)
-                members.append((key, rank, place))
+class SegmentReader:
+    """Reads the lines of hits from segments; keeps the last bytes read of a few segments, since
+    a re-run looks its keys up in the order they were stored.
+
+    When a block's hits in a segment are dense (a run of consecutive lines, as a re-run of the same
+    input asks), the read goes :data:`READAHEAD` bytes further, so the next blocks are served from
+    memory; scattered hits are read without it. At most :data:`WINDOWS` such reads are kept."""
+
+    def __init__(self, root: Any, table: KeyTable):
+        self.root = root
+        self.table = table
+        self._windows: dict[int, tuple[int, bytes]] = {}
+        self.requests = 0
+        """Ranged reads sent so far."""
+
+    def lines(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """The newest segment line carrying each of ``keys``: hits close together in one segment
+        are read with one ranged request. A line that cannot be read, or whose key differs, is
+        absent."""
+        table = self.table
+        wanted = [(key, rank, place) for key in keys for rank, place in enumerate(table.find(key))]
+        wanted.sort(key=lambda item: (item[2].segment, item[2].offset))
+        spans: list[tuple[int, int, int, list[tuple[str, int, Location]]]] = []
+        for key, rank, place in wanted:
+            end = place.offset + place.length
+            if spans:
+                segment, start, stop, members = spans[-1]
+                if segment == place.segment and place.offset - stop <= MAX_GAP and end - start <= MAX_SPAN:
+                    spans[-1] = (segment, start, max(stop, end), members)
+                    members.append((key, rank, place))
+                    continue
+            spans.append((place.segment, place.offset, end, [(key, rank, place)]))
+        blobs: list[tuple[int, bytes] | None] = [
+            self._buffered(s, start, stop) for s, start, stop, _ in spans
+        ]
+        missing = [i for i, blob in enumerate(blobs) if blob is None]
+        reads = []
+        for i in missing:
+            segment, start, stop, members = spans[i]
+            dense = sum(place.length for _, _, place in members) * 2 >= stop - start
+            reads.append((table.segments[segment], start, stop + READAHEAD if dense else stop))
+        self.requests += len(reads)
+        for i, data in zip(missing, read_ranges(self.root, reads), strict=True):
+            if data is not None:
+                blobs[i] = (spans[i][1], data)
+                self._keep(spans[i][0], spans[i][1], data)
+        best: dict[str, tuple[int, bytes]] = {}
+        for (_, _, _, members), blob in zip(spans, blobs, strict=True):
+            if blob is None:
                 continue
-        spans.append((place.segment, place.offset, end, [(key, rank, place)]))
-    blobs = read_ranges(root, [(table.segments[s], start, stop) for s, start, stop, _ in spans])
-    best: dict[str, tuple[int, bytes]] = {}
-    for (_, start, _, members), blob in zip(spans, blobs, strict=True):
-        if blob is None:
-            continue
-        for key, rank, place in members:
-            line = blob[place.offset - start : place.offset - start + place.length]
-            if (
-                len(line) == place.length
-                and line.endswith(b"\n")
-                and line.startswith(b'{"key":"%s"' % key.encode())
-                and (key not in best or rank < best[key][0])
-            ):
-                best[key] = (rank, line)
-    return {key: line for key, (_, line) in best.items()}
+            start, data = blob
+            for key, rank, place in members:
+                line = data[place.offset - start : place.offset - start + place.length]
+                if (
+                    len(line) == place.length
+                    and line.endswith(b"\n")
+                    and line.startswith(b'{"key":"%s"' % key.encode())
+                    and (key not in best or rank < best[key][0])
+                ):
+                    best[key] = (rank, line)
+        return {key: line for key, (_, line) in best.items()}
+
+    def _buffered(self, segment: int, start: int, stop: int) -> tuple[int, bytes] | None:
+        window = self._windows.get(segment)
+        if window is not None and window[0] <= start and stop <= window[0] + len(window[1]):
+            return window
+        return None
+
+    def _keep(self, segment: int, start: int, data: bytes) -> None:
+        self._windows.pop(segment, None)
+        self._windows[segment] = (start, data)
+        while len(self._windows) > WINDOWS:
+            del self._windows[next(iter(self._windows))]

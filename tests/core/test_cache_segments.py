@@ -206,3 +206,17 @@ def test_the_per_entry_layout_is_still_read_then_migrated(store: Store):
     after = store.cache(ttl=timedelta(days=1)).get_many(wanted)
     assert after == found
     assert set(store.cache().get_many(wanted)) == {key_of(i) for i in (*range(20), 50, 98)}
+
+
+def test_a_rerun_in_stored_order_reads_few_ranges(store: Store):
+    writer = store.cache().segment()
+    for i in range(5000):
+        writer.add(key_of(i), record(i))
+    store.cache().commit_safely(writer)
+    cache = store.cache()
+    for at in range(0, 5000, 512):
+        assert len(cache.get_many(key_of(i) for i in range(at, min(at + 512, 5000)))) == min(512, 5000 - at)
+    assert cache.segment_reads <= 2, "a re-run is read ahead, not one request per block"
+    scattered = store.cache()
+    assert len(scattered.get_many(key_of(i) for i in range(0, 5000, 97))) == len(range(0, 5000, 97))
+    assert scattered.segment_reads == 1  # one block: nearby hits share one ranged read
