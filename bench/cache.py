@@ -200,7 +200,8 @@ def main() -> None:
             assert writer_cache.commit_safely(segment) == 0
         new_put_s = time.perf_counter() - started
         new_objects = count_objects(s3, "segments/")
-        new_hits, new_s = look_up(ResultCache(new_root), new_keys)
+        reader = ResultCache(new_root)
+        new_hits, new_s = look_up(reader, new_keys)
     finally:
         moto.kill()
         if proxy is not None:
@@ -217,7 +218,8 @@ def main() -> None:
     print(
         f"segments : stored {len(new_keys):,} in {new_put_s:.1f}s as {batches} batches, "
         f"{new_objects:,} objects "
-        f"({new_objects / batches:.0f} per batch); looked up at {new_rate:,.0f} keys/s ({new_s:.1f}s)"
+        f"({new_objects / batches:.0f} per batch); looked up at {new_rate:,.0f} keys/s ({new_s:.1f}s, "
+        f"{reader.segment_reads:,} ranged reads)"
     )
     print(f"lookups  : segments {new_rate / old_rate:,.0f}x the per-entry layout")
     print(
