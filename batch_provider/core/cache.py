@@ -31,8 +31,7 @@ from batch_provider.core.models import ItemStatus, LLMRequest, ResultRecord
 log = logging.getLogger(__name__)
 
 CACHE_BLOCK = 512
-"""Entries looked up (at submit) or stored (at collect) at once: one concurrent fetch or put on
-object storage."""
+"""Keys submit looks up at once: at most one ranged read per run of nearby hits in a segment."""
 
 
 class ResultCache:
