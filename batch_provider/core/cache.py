@@ -25,7 +25,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from batch_provider.core.cache_legacy import legacy_shards, migrate_legacy, parse_entry, read_legacy
-from batch_provider.core.cache_segments import SegmentReader, SegmentWriter, load_table
+from batch_provider.core.cache_segments import (
+    SegmentReader,
+    SegmentWriter,
+    expired_names,
+    load_table,
+    remove_segments,
+)
 from batch_provider.core.models import ItemStatus, LLMRequest, ResultRecord
 
 log = logging.getLogger(__name__)
@@ -133,6 +139,16 @@ class ResultCache:
             writer.discard()
             if writer.committed:
                 self._reader = None  # read again, so this instance sees what it stored
+
+    def prune(self) -> int:
+        """Delete the segments whose every entry is past the TTL (nothing without a TTL); returns
+        how many were deleted. Entries still fresh are never touched."""
+        if self.ttl is None:
+            return 0
+        names = expired_names(self.root, self.ttl)
+        remove_segments(self.root, names)
+        self._reader = None
+        return len(names)
 
     def migrate_legacy(self) -> int:
         """Move the entries of the one-object-per-entry layout into a segment (see

@@ -245,6 +245,30 @@ def read_ranges(root: Any, ranges: list[tuple[str, int, int]]) -> list[bytes | N
     return [data if isinstance(data, bytes) else None for data in got]
 
 
+def expired_names(root: Any, ttl: timedelta) -> list[str]:
+    """The segments (by name) whose every entry is past ``ttl``, judged from their index names."""
+    now = datetime.now(UTC)
+    names = []
+    for name in list_names(root / INDEXES):
+        stamp = _stamp_time(name.removesuffix(".idx"))
+        if name.endswith(".idx") and stamp is not None and now - stamp > ttl:
+            names.append(name.removesuffix(".idx"))
+    return sorted(names)
+
+
+def remove_segments(root: Any, names: list[str]) -> None:
+    """Delete each named segment's index, then the segment: a reader that still holds the index
+    finds the segment gone and counts a miss."""
+    for folder, suffix in ((INDEXES, ".idx"), (SEGMENTS, ".jsonl")):
+        paths = [root / folder / f"{name}{suffix}" for name in names]
+        local = local_path(root)
+        if local is not None:
+            for path in paths:
+                local_path(path).unlink(missing_ok=True)
+        elif paths:
+            root.fs.rm([path.path for path in paths])
+
+
 def load_table(root: Any, ttl: timedelta | None) -> KeyTable:
     """Every fresh index under ``root``: one listing and one concurrent fetch."""
     now = datetime.now(UTC)

@@ -121,6 +121,10 @@ def test_entries_past_the_ttl_are_misses(store: Store):
     assert set(store.cache(ttl=timedelta(hours=4)).get_many([key_of(1), key_of(2)])) == {key_of(1), key_of(2)}
     assert set(store.cache().get_many([key_of(1)])) == {key_of(1)}  # no TTL: never expires
 
+    assert store.cache().prune() == 0 and len(store.names()) == 4  # without a TTL nothing expires
+    assert store.cache(ttl=timedelta(hours=2)).prune() == 1
+    assert len(store.names()) == 2 and set(store.cache().get_many([key_of(1), key_of(2)])) == {key_of(2)}
+
 
 def test_a_torn_segment_or_index_is_never_a_hit(store: Store):
     store.cache().put_many((key_of(i), record(i)) for i in range(10))
