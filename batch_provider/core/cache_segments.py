@@ -38,9 +38,8 @@ import tempfile
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from batch_provider.core.models import ResultRecord
 from batch_provider.core.rundir import atomic_write, local_path
@@ -61,6 +60,7 @@ READAHEAD = 4 << 20
 """Bytes read past a dense run of hits (see :class:`SegmentReader`)."""
 WINDOWS = 4
 """Segments whose last read a reader keeps."""
+_OFFSET_MASK = (1 << 44) - 1
 _MAX_CANDIDATES = 4
 """Entries read for one key at most: the same key stored again, or another key sharing the bytes
 the table is keyed by."""
@@ -152,8 +152,7 @@ def parse_index(data: bytes) -> tuple[str, datetime, bytes] | None:
     return segment, stored_at, body
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(NamedTuple):
     segment: int
     offset: int
     length: int
@@ -166,27 +165,33 @@ class KeyTable:
         """``indexes[i]`` holds the packed entries of ``segments[i]``; later segments are newer."""
         self.segments = segments
         packed: list[int] = []
+        from_bytes = int.from_bytes
         for number, body in enumerate(indexes):
-            for key, offset, length in _ENTRY.iter_unpack(body):
-                # prefix | segment (20 bits) | offset (44 bits) | length (32 bits), sortable as one int
-                packed.append((int.from_bytes(key[-8:]) << 96) | (number << 76) | (offset << 32) | length)
+            segment = number << 76
+            # prefix | segment (20 bits) | offset (44 bits) | length (32 bits), sortable as one int
+            packed += [
+                (from_bytes(key[24:]) << 96) | segment | (offset << 32) | length
+                for key, offset, length in _ENTRY.iter_unpack(body)
+            ]
         packed.sort()
-        self._prefixes = array("Q", (v >> 96 for v in packed))
-        self._places = array("Q", ((v >> 32) & 0xFFFF_FFFF_FFFF_FFFF for v in packed))
-        self._lengths = array("I", (v & 0xFFFF_FFFF for v in packed))
+        self._prefixes = array("Q", [v >> 96 for v in packed])
+        self._places = array("Q", [(v >> 32) & 0xFFFF_FFFF_FFFF_FFFF for v in packed])
+        self._lengths = array("I", [v & 0xFFFF_FFFF for v in packed])
 
     def __len__(self) -> int:
         return len(self._prefixes)
 
     def find(self, key: str) -> list[Location]:
         """The entries that may hold ``key``, newest first (almost always one, or none)."""
+        prefixes = self._prefixes
         prefix = int(key[-16:], 16)
-        stop = bisect_right(self._prefixes, prefix)
+        at = bisect_right(prefixes, prefix) - 1
+        if at < 0 or prefixes[at] != prefix:
+            return []
         found = []
-        at = stop - 1
-        while at >= 0 and self._prefixes[at] == prefix and len(found) < _MAX_CANDIDATES:
+        while at >= 0 and prefixes[at] == prefix and len(found) < _MAX_CANDIDATES:
             place = self._places[at]
-            found.append(Location(place >> 44, place & ((1 << 44) - 1), self._lengths[at]))
+            found.append(Location(place >> 44, place & _OFFSET_MASK, self._lengths[at]))
             at -= 1
         return found
 
