@@ -147,8 +147,9 @@ def parse_index(data: bytes) -> tuple[str, datetime, bytes] | None:
     except (ValueError, KeyError, TypeError):
         return None
     body = data[end + 1 :]
-    if len(body) != count * _ENTRY.size or not segment.startswith(f"{SEGMENTS}/"):
-        return None
+    name = segment.removeprefix(f"{SEGMENTS}/").removesuffix(".jsonl")
+    if len(body) != count * _ENTRY.size or segment != f"{SEGMENTS}/{name}.jsonl" or not _NAME.match(name):
+        return None  # torn, or naming something other than a segment of this cache
     return segment, stored_at, body
 
 

@@ -140,13 +140,17 @@ def test_a_torn_segment_or_index_is_never_a_hit(store: Store):
     store.write(segment, b"".join([lines[1], lines[0], *lines[2:]]))
     found = store.cache().get_many(key_of(i) for i in range(10))
     assert len(lines[0]) == len(lines[1]) and set(found) == {key_of(i) for i in range(2, 10)}
-    # an index cut short (or an index whose segment was never written) names nothing
+    # an index cut short names nothing, nor does a whole index whose segment was never written
     store.write(segment, body)
-    store.write(index, store.read(index)[:-5])
+    whole_index = store.read(index)
+    store.write(index, whole_index[:-5])
     assert store.cache().get_many(key_of(i) for i in range(10)) == {}
     name = index.removeprefix(f"{INDEXES}/").removesuffix(".idx")
-    store.write(f"{INDEXES}/{name[:-1]}0.idx", store.read(index).replace(name.encode(), b"missing"))
+    never_written = name[:-4] + ("beef" if not name.endswith("beef") else "f00d")
+    store.write(f"{INDEXES}/{never_written}.idx", whole_index.replace(name.encode(), never_written.encode()))
     assert store.cache().get_many(key_of(i) for i in range(10)) == {}
+    store.write(index, whole_index)  # the real index whole again: every entry hits
+    assert len(store.cache().get_many(key_of(i) for i in range(10))) == 10
 
 
 def test_concurrent_writers_lose_no_entries(store: Store):
