@@ -5,10 +5,13 @@ Invariants:
   ``custom_id``: the same prompt to the same model with the same options hits, anything else
   misses. Keys never contain secrets; entries hold the result record only.
 - Only succeeded results are stored. An entry older than ``ttl`` is a miss.
-- One file per entry (``<root>/<key[:2]>/<key>.json``) on any ObjectStoragePath: writers never
-  contend, and a partial write is never read as a hit (a malformed entry is a miss).
-- Callers look up and store ``CACHE_BLOCK`` entries at a time, so object storage serves them
-  concurrently.
+- Entries are stored a segment at a time (:mod:`.cache_segments`): a collect writes one segment
+  and one index per batch, however many rows it holds, and a partial write is never read as a
+  hit. Writers never contend: each one's objects have names of their own.
+- A reader loads every fresh index once (one listing, one concurrent fetch), then reads the hits
+  of each block of ``CACHE_BLOCK`` keys with a ranged request per run of nearby entries.
+- Entries of the older one-object-per-entry layout (:mod:`.cache_legacy`) still hit, looked up
+  only when that layout is present.
 """
 
 from __future__ import annotations
@@ -17,33 +20,40 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from batch_provider.core.cache_legacy import legacy_shards, migrate_legacy, parse_entry, read_legacy
+from batch_provider.core.cache_segments import (
+    SegmentReader,
+    SegmentWriter,
+    expired_names,
+    load_table,
+    remove_segments,
+)
 from batch_provider.core.models import ItemStatus, LLMRequest, ResultRecord
 
 log = logging.getLogger(__name__)
 
 CACHE_BLOCK = 512
-"""Entries looked up (at submit) or stored (at collect) at once: one concurrent fetch or put on
-object storage."""
+"""Keys submit looks up at once: at most one ranged read per run of nearby hits in a segment."""
 
 
 class ResultCache:
-    """Entries are read and written a block at a time (:meth:`get_many`, :meth:`put_many`): on
-    object storage one block costs about one round trip, as fsspec runs its requests concurrently,
-    so a million lookups are thousands of round trips rather than a million."""
+    """Lookups go a block at a time (:meth:`get_many`); stores a segment at a time
+    (:meth:`segment`, or :meth:`put_many` / :meth:`store_safely` for one list of entries)."""
 
     store_retries: int = 3
-    """Further tries of a block whose write failed (see :meth:`store_safely`)."""
+    """Further tries of a segment whose write failed (see :meth:`store_safely`)."""
     store_backoff: float = 1.0
     """Seconds before the first further try; doubled for each next one."""
 
     def __init__(self, root: Any, *, ttl: timedelta | None = None):
         self.root = root
         self.ttl = ttl
-        self._made: set[str] = set()  # shard folders this instance created or found
+        self._reader: SegmentReader | None = None
+        self._legacy: bool | None = None
 
     def __repr__(self) -> str:
         return f"ResultCache({str(self.root)!r}, ttl={self.ttl})"
@@ -54,9 +64,6 @@ class ResultCache:
         raw = json.dumps([provider, body], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(raw.encode()).hexdigest()
 
-    def _path(self, key: str) -> Any:
-        return self.root / key[:2] / f"{key}.json"
-
     def get(self, key: str, custom_id: str) -> ResultRecord | None:
         """The cached success for ``key``, relabelled with ``custom_id``; None on a miss."""
         record = self.get_many([key]).get(key)
@@ -64,49 +71,56 @@ class ResultCache:
 
     def get_many(self, keys: Iterable[str]) -> dict[str, ResultRecord]:
         """The fresh entries among ``keys``: key → stored record (not relabelled). A missing,
-        expired or malformed entry is simply absent."""
+        expired or malformed entry is simply absent. The indexes are read by the first call;
+        entries stored later by other writers are seen by a new instance."""
         wanted = list(dict.fromkeys(keys))
-        found = self._read_many(wanted) if wanted else {}
+        if not wanted:
+            return {}
+        if self._reader is None:
+            self._reader = SegmentReader(self.root, load_table(self.root, self.ttl))
+            self._legacy = bool(legacy_shards(self.root))
+        found = self._reader.lines(wanted)
+        records = self._fresh(found)
+        if self._legacy:
+            missing = [key for key in wanted if key not in records]
+            records.update(self._fresh(read_legacy(self.root, missing)) if missing else {})
+        return records
+
+    @property
+    def segment_reads(self) -> int:
+        """Ranged segment reads this instance has sent (index and listing requests aside)."""
+        return 0 if self._reader is None else self._reader.requests
+
+    def _fresh(self, found: dict[str, bytes]) -> dict[str, ResultRecord]:
         records: dict[str, ResultRecord] = {}
         now = datetime.now(UTC)
         for key, data in found.items():
-            try:
-                entry = json.loads(data)
-                stored_at = datetime.fromisoformat(entry["stored_at"])
-                record = ResultRecord.model_validate(entry["record"])
-            except (ValueError, KeyError, TypeError):
+            parsed = parse_entry(data)
+            if parsed is None:
                 continue
-            if self.ttl is None or now - stored_at <= self.ttl:
+            stored_at, record = parsed
+            if record.status is ItemStatus.SUCCEEDED and (self.ttl is None or now - stored_at <= self.ttl):
                 records[key] = record
         return records
+
+    def segment(self) -> SegmentWriter:
+        """A writer of one segment: ``add`` each succeeded entry, then :meth:`commit_safely`."""
+        return SegmentWriter(self.root)
 
     def put(self, key: str, record: ResultRecord) -> None:
         self.put_many([(key, record)])
 
     def put_many(self, entries: Iterable[tuple[str, ResultRecord]]) -> None:
-        """Store the succeeded records among ``entries`` (others are ignored)."""
-        stored_at = datetime.now(UTC).isoformat()
-        blobs = {
-            key: json.dumps(
-                {"stored_at": stored_at, "record": record.model_dump(mode="json", exclude_none=True)},
-                separators=(",", ":"),
-            ).encode()
-            for key, record in entries
-            if record.status is ItemStatus.SUCCEEDED
-        }
-        if not blobs:
-            return
-        for key in blobs:
-            if key[:2] not in self._made:
-                self._path(key).parent.mkdir(parents=True, exist_ok=True)
-                self._made.add(key[:2])
-        fs = getattr(self.root, "fs", None)
-        if fs is not None:
-            fs.pipe({self._path(key).path: data for key, data in blobs.items()})
-            return
-        for key, data in blobs.items():
-            with self._path(key).open("wb") as fh:
-                fh.write(data)
+        """Store the succeeded records among ``entries`` (others are ignored) as one segment."""
+        writer = self.segment()
+        try:
+            for key, record in entries:
+                if record.status is ItemStatus.SUCCEEDED:
+                    writer.add(key, record)
+            if writer.commit() is not None:
+                self._reader = None  # read again, so this instance sees what it stored
+        finally:
+            writer.discard()
 
     def store_safely(self, entries: Sequence[tuple[str, ResultRecord]]) -> int:
         """Store ``entries`` like :meth:`put_many`, never raising: the cache is optional, so a
@@ -114,10 +128,40 @@ class ResultCache:
         is logged as a warning and costs only the cache entries. Returns how many succeeded
         records were not stored."""
         wanted = sum(1 for _, record in entries if record.status is ItemStatus.SUCCEEDED)
+        return self._retrying(lambda: self.put_many(entries), wanted)
+
+    def commit_safely(self, writer: SegmentWriter) -> int:
+        """Commit ``writer`` like :meth:`store_safely` stores: retried, never raising; returns how
+        many of its entries were not stored."""
+        try:
+            return self._retrying(writer.commit, writer.count)
+        finally:
+            writer.discard()
+            if writer.committed:
+                self._reader = None  # read again, so this instance sees what it stored
+
+    def prune(self) -> int:
+        """Delete the segments whose every entry is past the TTL (nothing without a TTL); returns
+        how many were deleted. Entries still fresh are never touched."""
+        if self.ttl is None:
+            return 0
+        names = expired_names(self.root, self.ttl)
+        remove_segments(self.root, names)
+        self._reader = None
+        return len(names)
+
+    def migrate_legacy(self) -> int:
+        """Move the entries of the one-object-per-entry layout into a segment (see
+        :func:`.cache_legacy.migrate_legacy`); returns how many were moved."""
+        moved = migrate_legacy(self.root)
+        self._reader = None
+        return moved
+
+    def _retrying(self, store: Callable[[], object], wanted: int) -> int:
         delay = self.store_backoff
         for attempt in range(self.store_retries + 1):
             try:
-                self.put_many(entries)
+                store()
                 return 0
             except Exception as exc:
                 if attempt == self.store_retries:
@@ -135,21 +179,6 @@ class ResultCache:
                 time.sleep(delay)
                 delay *= 2
         return wanted  # pragma: no cover - the loop always returns
-
-    def _read_many(self, keys: list[str]) -> dict[str, bytes]:
-        fs = getattr(self.root, "fs", None)
-        if fs is not None:  # an ObjectStoragePath: one concurrent fetch
-            by_path = {fs._strip_protocol(self._path(key).path): key for key in keys}
-            fetched = fs.cat(list(by_path), on_error="omit")
-            return {by_path[fs._strip_protocol(path)]: data for path, data in fetched.items()}
-        found: dict[str, bytes] = {}
-        for key in keys:
-            try:
-                with self._path(key).open("rb") as fh:
-                    found[key] = fh.read()
-            except OSError:
-                continue
-        return found
 
 
 def relabelled(record: ResultRecord, custom_id: str) -> ResultRecord:

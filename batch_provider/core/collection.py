@@ -32,12 +32,12 @@ from typing import Any
 
 import msgspec
 
-from batch_provider.core.cache import CACHE_BLOCK, ResultCache
+from batch_provider.core.cache import ResultCache
 from batch_provider.core.contract import BatchBackend
 from batch_provider.core.estimate import Calibration
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger
-from batch_provider.core.models import BatchRef, ItemStatus, ResultRecord
+from batch_provider.core.models import BatchRef, ItemStatus
 from batch_provider.core.output_type import OutputChecks
 from batch_provider.core.pricing import CostTally, PriceTable, default_price_table
 from batch_provider.core.reconcile import ReconcileReport, reconcile
@@ -178,7 +178,7 @@ async def _collect_batch(
     counts: Counter[str] = Counter()
     tally = CostTally(prices.dated(ref.created_at), ref.provider.value)  # prices of the batch's day
     keys = _cache_keys(run_dir, set(ids.rows.values())) if cache is not None else {}
-    to_cache: list[tuple[str, ResultRecord]] = []
+    segment = cache.segment() if cache is not None else None  # one cache segment per batch
     report = ReconcileReport()
     not_stored = 0
     checks = checks or OutputChecks()
@@ -198,11 +198,8 @@ async def _collect_batch(
         if record.status is _INVALID:
             checks.limit_retries(record)
         succeeded = record.status is _SUCCEEDED
-        if succeeded and cache is not None and record.custom_id in keys:
-            to_cache.append((keys[record.custom_id], record))
-            if len(to_cache) >= CACHE_BLOCK:
-                not_stored += await asyncio.to_thread(cache.store_safely, to_cache)
-                to_cache = []
+        if succeeded and segment is not None and record.custom_id in keys:
+            segment.add(keys[record.custom_id], record)
         counts[record.status] += 1
         if record.usage.total_tokens:
             tally.add(record.model or ref.model, record.usage)
@@ -210,8 +207,8 @@ async def _collect_batch(
             results.write(record)
         else:
             errors.write(record.json_line())
-    if to_cache and cache is not None:
-        not_stored += await asyncio.to_thread(cache.store_safely, to_cache)
+    if segment is not None and cache is not None:
+        not_stored += await asyncio.to_thread(cache.commit_safely, segment)
     return BatchFigures(
         batch_id=ref.batch_id,
         attempt=attempt,

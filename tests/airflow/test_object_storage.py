@@ -76,13 +76,19 @@ def test_run_on_s3(moto_s3, llm_conns):
     assert handle["cache_path"] == "s3://moto@llm/runs/_cache"
     body = moto_s3.get_object(Bucket="llm", Key=run + "attempt-1/cache_keys.jsonl")["Body"].read()
     wanted = {json.loads(line)["key"] for line in body.splitlines()}
-    cached = {k.rsplit("/", 1)[1].removesuffix(".json") for k in keys if k.startswith("runs/_cache/")}
-    assert len(wanted) == 19 and cached == wanted, "collect stores into the cache submit used"
+    from airflow.sdk import ObjectStoragePath
+
+    from batch_provider.core.cache import ResultCache
+
+    cached = ResultCache(ObjectStoragePath("s3://moto@llm/runs/_cache")).get_many(wanted)
+    assert len(wanted) == 19 and set(cached) == wanted, "collect stores into the cache submit used"
+    cache_objects = sorted(k.split("/")[2] for k in keys if k.startswith("runs/_cache/"))
+    assert cache_objects == ["indexes", "segments"], "one segment and its index for the one batch"
 
 
 def test_result_cache_blocks_on_s3(moto_s3, monkeypatch):
-    """Blocks of entries larger than one fetch go to S3 and come back; misses, errored records
-    and malformed entries are absent, never errors."""
+    """Blocks of entries larger than one fetch go to S3 as one segment and come back; misses,
+    errored records and malformed entries of the older per-entry layout are absent, never errors."""
     from airflow.sdk import ObjectStoragePath
 
     from batch_provider.core.cache import ResultCache
@@ -107,4 +113,4 @@ def test_result_cache_blocks_on_s3(moto_s3, monkeypatch):
     assert set(found) == set(stored)
     assert all(found[key].output_text == record.output_text for key, record in stored.items())
     listed = moto_s3.list_objects_v2(Bucket="llm", Prefix="cache/", MaxKeys=1000)["KeyCount"]
-    assert listed == 601  # 600 entries and the malformed one; nothing for the errored record
+    assert listed == 3  # one segment, its index and the malformed entry; the errored record is not stored

@@ -60,7 +60,7 @@ def test_second_run_of_unchanged_input_is_served_from_the_cache(run_root, llm_co
     assert str(first.state) == "success", task_states(first)
     assert llm_conns.stats()["batches_created"]["openai"] == 1
     assert xcom(first, "batch.retry")["cached"] == 0
-    assert any((run_root / "_cache").rglob("*.json"))  # successes stored under <run_path>/_cache
+    assert any((run_root / "_cache" / "indexes").glob("*.idx"))  # successes stored under <run_path>/_cache
 
     second = dag.test(run_conf=CONF)  # a new run id: a new run folder, same requests
     assert str(second.state) == "success", task_states(second)

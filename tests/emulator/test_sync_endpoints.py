@@ -11,8 +11,9 @@ import httpx
 import openai
 import pytest
 
-from batch_provider.emulator.openai import answers
+from batch_provider.emulator import outputs
 from batch_provider.emulator.gemini.outputs import generate
+from batch_provider.emulator.openai import answers
 
 SEED = 7  # the module emulator's seed (conftest)
 
@@ -48,7 +49,7 @@ def test_openai_chat_responses_and_embeddings_answer_as_a_batch_would(oai: opena
     assert [len(d.embedding) for d in vectors.data] == [8, 8]
     assert (
         vectors.usage.prompt_tokens
-        == outputs.openai_usage(
+        == answers.openai_usage(
             "/v1/embeddings",
             {"model": "text-embedding-3-small", "input": ["one", "two"], "dimensions": 8},
             SEED,
