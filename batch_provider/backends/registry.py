@@ -13,6 +13,7 @@ _BACKENDS: dict[Provider, str] = {
     Provider.ANTHROPIC: "batch_provider.backends.anthropic:AnthropicBackend",
     Provider.BEDROCK: "batch_provider.backends.bedrock:BedrockBackend",
     Provider.GEMINI: "batch_provider.backends.gemini:GeminiBackend",
+    Provider.VERTEX: "batch_provider.backends.vertex:VertexBackend",
 }
 
 
