@@ -39,7 +39,7 @@ def test_input_line_carries_the_wire_id_first_in_request_labels() -> None:
     encoded = backend().encode(request(max_tokens=32, system="Be brief", extra={"labels": {"team": "ml"}}))
     line = json.loads(encoded.line)
     assert list(line) == ["request"]
-    assert list(line["request"])[0] == "labels"
+    assert next(iter(line["request"])) == "labels"
     assert line["request"]["labels"] == {"bp_id": WIRE, "team": "ml"}
     assert line["request"]["generationConfig"]["maxOutputTokens"] == 32
     assert line["request"]["systemInstruction"] == {"parts": [{"text": "Be brief"}]}
@@ -80,7 +80,7 @@ def test_wire_ids_fit_the_label_rule_and_row_ids_need_not() -> None:
 def test_tags_become_labels_and_a_display_name_that_find_matches() -> None:
     tags = {"bp_run": "a1b2c3d4e5f6a7b8c9d0e1f2", "bp_chunk": "1:0:0123456789ab", "team": "Data Eng"}
     labels = wire.job_labels(tags)
-    assert labels == {"bp_run": "a1b2c3d4e5f6a7b8c9d0e1f2", "bp_chunk": "1-0-0123456789ab", "team": "data_eng"}
+    assert labels == {"bp_run": tags["bp_run"], "bp_chunk": "1-0-0123456789ab", "team": "data_eng"}
     job = {"displayName": wire.display_name(tags), "labels": labels}
     assert wire.matches(job, tags)
     assert not wire.matches(job, {**tags, "bp_chunk": "1:1:0123456789ab"})
@@ -153,7 +153,8 @@ def test_a_prediction_line_with_usage_cached_tokens_apart() -> None:
     assert record is not None and record.status is ItemStatus.SUCCEEDED
     assert (record.custom_id, record.provider, record.batch_id) == (WIRE, "vertex", "job-1")
     assert record.output_text == '{"a": 1}' and record.finish_reason == "stop"
-    assert (record.usage.input_tokens, record.usage.cache_read_tokens, record.usage.output_tokens) == (60, 40, 10)
+    used = record.usage
+    assert (used.input_tokens, used.cache_read_tokens, used.output_tokens) == (60, 40, 10)
 
 
 @pytest.mark.parametrize(
@@ -192,7 +193,8 @@ def test_prices_are_gemini_prices_at_the_batch_rate_without_stacking_the_cache_d
     plain = table.cost("vertex", "gemini-2.5-flash", Usage(input_tokens=1_000_000, output_tokens=1_000_000))
     same = table.cost("gemini", "gemini-2.5-flash", Usage(input_tokens=1_000_000, output_tokens=1_000_000))
     assert plain.batch_usd == pytest.approx(plain.standard_usd * 0.5) and plain.batch_usd == same.batch_usd
-    cached = table.cost("vertex", "publishers/google/models/gemini-2.5-flash", Usage(cache_read_tokens=1_000_000))
+    resource = "publishers/google/models/gemini-2.5-flash"
+    cached = table.cost("vertex", resource, Usage(cache_read_tokens=1_000_000))
     assert cached.batch_usd > 0 and cached.batch_usd == pytest.approx(cached.standard_usd)
 
 
