@@ -47,8 +47,10 @@ class GcsStore:
 
     def _filesystem(self) -> Any:
         if self._fs is None:
-            gcsfs = require("gcsfs")
-            self._fs = gcsfs.GCSFileSystem(**self._options)
+            # The JSON-API filesystem: gcsfs' default class first asks a gRPC storage-control
+            # service for each bucket's layout, which emulators do not serve.
+            core = require("gcsfs.core")
+            self._fs = core.GCSFileSystem(**self._options)
         return self._fs
 
     async def upload(self, source: Any, uri: str) -> None:
