@@ -166,6 +166,8 @@ def test_a_prediction_line_with_usage_cached_tokens_apart() -> None:
         ('{"error": {"code": 503, "message": "backend"}}', True),
         ({"code": 8, "message": "quota"}, True),
         ("400 Request contains an invalid argument", False),
+        ('Too Many Requests: {"error": {"code": 429, "message": "m", "status": "RESOURCE_EXHAUSTED"}}', True),
+        ('Bad Request: {"error": {"code": 400, "message": "m", "status": "INVALID_ARGUMENT"}}', False),
         ({"code": 3, "message": "INVALID_ARGUMENT: bad schema"}, False),
     ],
 )

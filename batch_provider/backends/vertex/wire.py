@@ -214,8 +214,8 @@ def _status_error(status: Any) -> dict[str, Any]:
     if isinstance(status, dict):
         return status
     text = str(status)
-    try:
-        decoded = json.loads(text)
+    try:  # "Too Many Requests: {"error": {...}}": the HTTP reason, then Google's envelope
+        decoded = json.loads(text[text.index("{") :]) if "{" in text else None
     except ValueError:
         decoded = None
     if isinstance(decoded, dict):
