@@ -254,3 +254,16 @@ async def test_tokens_refresh_off_the_event_loop_once_and_again_near_expiry() ->
 async def test_anonymous_credentials_send_no_authorization() -> None:
     credentials, project = auth.load_credentials(anonymous=True)
     assert project is None and await auth.BearerAuth(credentials).token() is None
+
+
+def test_links_go_to_the_cloud_console_or_the_emulator() -> None:
+    from batch_provider.links.batch import batch_url
+
+    name = "projects/my-proj/locations/europe-west4/batchPredictionJobs/123"
+    assert batch_url("vertex", name) == (
+        "https://console.cloud.google.com/vertex-ai/locations/europe-west4/batch-predictions/123"
+        "?project=my-proj"
+    )
+    public = "https://europe-west4-aiplatform.googleapis.com"
+    assert batch_url("vertex", name, public) == batch_url("vertex", name)
+    assert batch_url("vertex", name, "http://127.0.0.1:8787/") == f"http://127.0.0.1:8787/v1/{name}"
