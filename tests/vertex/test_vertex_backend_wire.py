@@ -251,9 +251,9 @@ async def test_tokens_refresh_off_the_event_loop_once_and_again_near_expiry() ->
     assert await bearer.token() == "tok-2"
 
 
-async def test_anonymous_credentials_send_no_authorization() -> None:
+async def test_anonymous_credentials_send_a_placeholder_never_a_real_token() -> None:
     credentials, project = auth.load_credentials(anonymous=True)
-    assert project is None and await auth.BearerAuth(credentials).token() is None
+    assert project is None and await auth.BearerAuth(credentials).token() == auth.ANONYMOUS_TOKEN
 
 
 def test_links_go_to_the_cloud_console_or_the_emulator() -> None:

@@ -3,7 +3,8 @@
 Invariants:
 - Credentials come from a service-account key given as JSON (the connection's secret field) or,
   when none is given, from Application Default Credentials; anonymous credentials exist only for
-  an emulator (``anonymous=True``) and send no ``Authorization`` header.
+  an emulator (``anonymous=True``): they send the fixed bearer :data:`ANONYMOUS_TOKEN` (an
+  emulator wants some bearer; Google answers it 401) and read GCS anonymously.
 - The access token lives only in the credentials object and in the ``Authorization`` header set on
   each outgoing request by :class:`BearerAuth`; it is never logged or stored elsewhere.
 - Refreshing is blocking (google-auth's ``requests`` transport), so it runs in a worker thread
@@ -24,6 +25,7 @@ import httpx2
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 REFRESH_MARGIN = timedelta(minutes=5)
 EXTRA_HINT = "pip install 'airflow-provider-llm-batch[vertex]'"
+ANONYMOUS_TOKEN = "anonymous"
 
 
 class MissingVertexExtraError(ImportError):
@@ -85,16 +87,16 @@ def _refresh(credentials: Any) -> None:
 
 class BearerAuth(httpx2.Auth):
     """Sets ``Authorization: Bearer <token>`` on each request, refreshing the token off the event
-    loop first when needed; anonymous credentials send no header."""
+    loop first when needed; anonymous credentials send :data:`ANONYMOUS_TOKEN`."""
 
     def __init__(self, credentials: Any) -> None:
         self.credentials = credentials
         self.anonymous = type(credentials).__name__ == "AnonymousCredentials"
         self._lock: asyncio.Lock | None = None
 
-    async def token(self) -> str | None:
+    async def token(self) -> str:
         if self.anonymous:
-            return None
+            return ANONYMOUS_TOKEN
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
@@ -103,9 +105,7 @@ class BearerAuth(httpx2.Auth):
         return str(self.credentials.token)
 
     async def async_auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, Any]:
-        token = await self.token()
-        if token:
-            request.headers["authorization"] = f"Bearer {token}"
+        request.headers["authorization"] = f"Bearer {await self.token()}"
         yield request
 
     def __repr__(self) -> str:

@@ -194,7 +194,7 @@ class VertexBackend(HttpBatchBackend):
 
     # ----------------------------------------------------------------- operations
 
-    async def _upload(self, chunk: Chunk, uri: str) -> str:
+    async def _stage(self, chunk: Chunk, uri: str) -> str:
         await self._gcs.upload(chunk.path, uri)
         return uri
 
@@ -203,7 +203,7 @@ class VertexBackend(HttpBatchBackend):
             raise ValueError("a Vertex chunk needs its model")
         name = vw.display_name(tags)
         folder = job_dir(tags, chunk)
-        source = await self._upload(chunk, join(self.staging_uri, folder, "input.jsonl"))
+        source = await self._stage(chunk, join(self.staging_uri, folder, "input.jsonl"))
         body = {
             "displayName": name,
             "model": vw.model_resource(chunk.model),
