@@ -26,6 +26,8 @@ from . import (
 from .config import EmulatorConfig
 from .errors import ApiError
 from .store import Store
+from .vertex import routes as vertex_routes
+from .vertex import state as vertex_state
 from .web import error_response, install_log_filter, provider_of
 
 
@@ -45,6 +47,7 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
     store = Store(config)
     bedrock_state.attach(store)
     gemini_state.attach(store)
+    vertex_state.attach(store)
     install_log_filter()
 
     @asynccontextmanager
@@ -58,6 +61,7 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
             *anthropic_routes.ROUTES,
             *bedrock_routes.ROUTES,
             *gemini_routes.ROUTES,
+            *vertex_routes.ROUTES,
             *control.ROUTES,
         ],
         exception_handlers={404: _http_error, 405: _http_error},
