@@ -31,16 +31,16 @@ from batch_provider.emulator.process import EmulatorProcess, running_emulator
 
 
 @pytest.fixture(scope="module")
-def vertex_emulator() -> Iterator[EmulatorProcess]:
+def backend_emulator() -> Iterator[EmulatorProcess]:
     with running_emulator(time_factor=600.0, with_gcs=True) as emu:
         make_bucket(emu)
         yield emu
 
 
 @pytest.fixture
-def emu(vertex_emulator: EmulatorProcess) -> Iterator[EmulatorProcess]:
-    yield vertex_emulator
-    vertex_emulator.clear_faults()
+def emu(backend_emulator: EmulatorProcess) -> Iterator[EmulatorProcess]:
+    yield backend_emulator
+    backend_emulator.clear_faults()
 
 
 async def test_partial_failure_recovered_by_retry_then_dead_letter(emu: Any, tmp_path: Path) -> None:
