@@ -10,7 +10,7 @@ Clients: ``gcsfs`` talks to it with ``endpoint_url=<endpoint>`` and ``token="ano
 ``gcsfs.core.GCSFileSystem`` (or set ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` before importing
 gcsfs): the default ``gcsfs.GCSFileSystem`` of gcsfs 2026.x first asks a gRPC storage-control
 service for each bucket's layout, which no local emulator serves, and waits 60 s per bucket before
-falling back to the JSON API. :func:`local_gcsfs` builds such a filesystem.
+falling back to the JSON API.
 
 Invariants:
 - :class:`GcsAccess` is called from worker threads only; it speaks the JSON API with httpx
@@ -31,7 +31,6 @@ import threading
 from collections.abc import Iterator
 from http.server import HTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -198,17 +197,6 @@ def start_local_gcs(
         (root / "endpoint.json").write_text(json.dumps({"port": httpd.server_address[1]}))
     os.environ[GCS_ENDPOINT_ENV] = local.endpoint
     return local
-
-
-def local_gcsfs(endpoint: str, **options: Any) -> Any:
-    """A ``gcsfs`` filesystem on ``endpoint`` that needs no credentials and skips the gRPC
-    bucket-layout lookup (see the module docstring)."""
-    from gcsfs.core import GCSFileSystem
-
-    options.setdefault("token", "anon")
-    options.setdefault("project", "emulator")
-    options.setdefault("skip_instance_cache", True)
-    return GCSFileSystem(endpoint_url=endpoint, **options)
 
 
 def iter_lines(data: bytes) -> Iterator[tuple[int, bytes]]:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from vertex_emu_support import INPUT_BUCKET, OUTPUT_BUCKET
 
-from batch_provider.emulator.gcs import GcsAccess, local_gcsfs
+from batch_provider.emulator.gcs import GcsAccess
 from batch_provider.emulator.process import EmulatorProcess, running_emulator
 
 DEFAULT_SETTINGS = {
@@ -27,6 +27,13 @@ DEFAULT_SETTINGS = {
     "partial_state": True,
     "max_requests": 200_000,
 }
+
+
+def local_gcsfs(endpoint: str) -> Any:
+    """A gcsfs filesystem on the GCS emulator at ``endpoint``: no credentials, JSON API only."""
+    from gcsfs.core import GCSFileSystem
+
+    return GCSFileSystem(endpoint_url=endpoint, token="anon", project="emulator", skip_instance_cache=True)
 
 
 def create_buckets(endpoint: str, *buckets: str) -> None:

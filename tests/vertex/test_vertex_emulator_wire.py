@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
-from conftest import create_buckets
+from conftest import create_buckets, local_gcsfs
 from vertex_emu_support import (
     INPUT_BUCKET,
     OUTPUT_BUCKET,
@@ -22,7 +22,6 @@ from vertex_emu_support import (
     request_line,
 )
 
-from batch_provider.emulator.gcs import local_gcsfs
 from batch_provider.emulator.process import EmulatorProcess, running_emulator
 
 
