@@ -22,6 +22,7 @@ from batch_provider.emulator.gcs import GcsAccess
 from batch_provider.emulator.process import EmulatorProcess, running_emulator
 
 DEFAULT_SETTINGS = {
+    "queued_seconds": 0.0,
     "expire_seconds": 72 * 3600.0,
     "lines_per_file": 100_000,
     "partial_state": True,

@@ -103,6 +103,29 @@ def test_input_problems_fail_the_job_not_the_call(vertex_emu: EmulatorProcess, g
     assert "emulated fault" in _get(vertex_emu, validated["name"])["error"]["message"]
 
 
+def test_jobs_wait_queued_and_one_that_never_leaves_the_queue_expires_empty(
+    vertex_emu: EmulatorProcess, gcs: Any
+) -> None:
+    vertex_emu.vertex_settings(queued_seconds=7200)  # 12 real seconds at the fixture's time factor
+    src = _upload(gcs, [request_line(f"row {i}") for i in range(3)])
+    normal = _create(vertex_emu, create_body(src, _out()))
+    stuck = _create(vertex_emu, create_body(src, _out(), name="stuck emu_faults=expire=0"))
+    assert normal["state"] == stuck["state"] == "JOB_STATE_QUEUED" and "startTime" not in normal
+    vertex_emu.advance(7200)
+    assert _get(vertex_emu, normal["name"])["state"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING")
+    vertex_emu.advance(60)
+    running = _get(vertex_emu, normal["name"])
+    assert running["state"] == "JOB_STATE_RUNNING" and "startTime" in running
+    assert _get(vertex_emu, stuck["name"])["state"] == "JOB_STATE_QUEUED"
+    vertex_emu.advance(72 * 3600)
+    assert _get(vertex_emu, normal["name"])["state"] == "JOB_STATE_SUCCEEDED"
+    expired = _get(vertex_emu, stuck["name"])
+    assert expired["state"] == "JOB_STATE_EXPIRED" and "startTime" not in expired
+    assert expired["error"]["message"] and "completionStats" not in expired
+    directory = expired["outputInfo"]["gcsOutputDirectory"] if "outputInfo" in expired else None
+    assert directory is None or not gcs.exists(directory.removeprefix("gs://"))
+
+
 def test_list_filters_and_pages(vertex_emu: EmulatorProcess, gcs: Any) -> None:
     run = f"r{uuid.uuid4().hex[:12]}"
     src = _upload(gcs, [request_line("x")])

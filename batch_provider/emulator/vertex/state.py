@@ -7,11 +7,13 @@ markers, refused requests); the predictions come from :mod:`.outputs`.
 
 Timeline of a job, derived from its record and the emulated clock (``t0`` = createTime)::
 
-    JOB_STATE_PENDING    [t0, t_run = t0 + validating_seconds)  → FAILED here when the input is refused
+    JOB_STATE_QUEUED     [t0, t_q = t0 + queued_seconds)        (0 s unless set)
+    JOB_STATE_PENDING    [t_q, t_run = t_q + validating_seconds)  → FAILED here when the input is refused
     JOB_STATE_RUNNING    [t_run, t_end = t_run + processing_seconds + n * per_request_seconds)
                          → SUCCEEDED, or PARTIALLY_SUCCEEDED when a row failed (``partial_state``)
     expiry               t0 + expire_seconds: still running → EXPIRED with the rows done so far
-                         (the ``expire`` fault keeps a job from finishing, with fraction F done then)
+                         (the ``expire`` fault keeps a job from finishing, with fraction F done then;
+                         ``expire=0`` keeps it QUEUED until it expires with no row done)
     cancel at c          CANCELLING until c + cancel_seconds (or t_end if sooner), then CANCELLED
                          with the rows done by c
 
@@ -72,6 +74,8 @@ class VertexSettings:
     """Vertex knobs; change them at run time with ``POST /_emu/vertex``."""
 
     gcs_endpoint: str | None = None
+    queued_seconds: float = 0.0
+    """JOB_STATE_QUEUED before validation starts."""
     expire_seconds: float = 72 * 3600.0
     """A job not done by then expires (Vertex: jobs may stay queued up to 72 h)."""
     max_requests: int = 200_000
@@ -248,8 +252,13 @@ class VertexJobs(BatchRegistry[VertexJob]):
             )
         return job
 
+    def _t_pending(self, job: VertexJob) -> float:
+        return job.created_at + self.settings.queued_seconds
+
     def _t_run(self, job: VertexJob) -> float:
-        return job.created_at + self.cfg.validating_seconds
+        if job.fail_message is None and self.plan(job).faults.expire == 0:
+            return math.inf  # never leaves the queue
+        return self._t_pending(job) + self.cfg.validating_seconds
 
     def _t_end(self, job: VertexJob, plan: Plan) -> float:
         if plan.faults.expire is not None:
@@ -280,9 +289,11 @@ class VertexJobs(BatchRegistry[VertexJob]):
     def view(self, job: VertexJob, now: float) -> View:
         plan = self.plan(job)
         t_run = self._t_run(job)
+        queued = now < self._t_pending(job) or math.isinf(t_run)
+        waiting = "JOB_STATE_QUEUED" if queued else "JOB_STATE_PENDING"
         if job.fail_message is not None:
             if now < t_run:
-                return View("JOB_STATE_PENDING", 0, None)
+                return View(waiting, 0, None)
             return View("JOB_STATE_FAILED", 0, t_run)
         t_end = self._t_end(job, plan)
         expires = self.expires_at(job)
@@ -299,7 +310,7 @@ class VertexJobs(BatchRegistry[VertexJob]):
                 return View(state, plan.n, t_end)
             return View("JOB_STATE_EXPIRED", self.done_at(job, plan, expires), expires)
         if now < t_run:
-            return View("JOB_STATE_PENDING", 0, None)
+            return View(waiting, 0, None)
         return View("JOB_STATE_RUNNING", self.done_at(job, plan, now), None)
 
     # ------------------------------------------------------------------ outputs
@@ -360,7 +371,7 @@ class VertexJobs(BatchRegistry[VertexJob]):
         }
         if job.model.startswith(create.PUBLISHER_PREFIX):
             out["modelVersionId"] = "1"
-        started = view.state != "JOB_STATE_PENDING" and job.fail_message is None
+        started = job.fail_message is None and (view.ended_at or now) >= self._t_run(job)
         if started:
             out["startTime"] = rfc3339(self._t_run(job))
             out["outputInfo"] = {"gcsOutputDirectory": job.output_dir}
