@@ -33,7 +33,7 @@ from ..gemini_routes import _error, _fault_response, _json
 from ..store import Store
 from ..web import CutResponse, inject_fault
 from . import filters
-from .state import TERMINAL, VertexJob, VertexJobs, attach
+from .state import TERMINAL, VertexJob, VertexJobs, View, attach
 
 Handler = Callable[[Request, VertexJobs], Awaitable[Response]]
 VERSIONS = ("v1", "v1beta1")
@@ -130,34 +130,35 @@ async def list_jobs(request: Request, jobs: VertexJobs) -> Response:
         if token not in ids:
             raise invalid(f"Invalid pageToken {token!r}.")
         start = ids.index(token) + 1
-    page: list[dict[str, Any]] = []
-    last: str | None = None
-    more = False
-    for job in every[start:]:
-        resource = await _resource(jobs, job)
-        if not keep(_fields(jobs, job, resource)):
-            continue
-        if len(page) == size:
-            more = True
-            break
-        page.append(resource)
-        last = job.id
-    body: dict[str, Any] = {"batchPredictionJobs": page}
-    if more and last is not None:
-        body["nextPageToken"] = last
+
+    def choose() -> tuple[list[VertexJob], bool]:
+        """The page's jobs (the filter reads each job's view; plans may read input copies)."""
+        now = jobs.store.clock.now()
+        chosen: list[VertexJob] = []
+        for job in every[start:]:
+            if keep(_fields(job, jobs.view(job, now), now)):
+                if len(chosen) == size:
+                    return chosen, True
+                chosen.append(job)
+        return chosen, False
+
+    chosen, more = await asyncio.to_thread(choose)
+    body: dict[str, Any] = {"batchPredictionJobs": [await _resource(jobs, job) for job in chosen]}
+    if more:
+        body["nextPageToken"] = chosen[-1].id
     return JSONResponse(body)
 
 
-def _fields(jobs: VertexJobs, job: VertexJob, resource: dict[str, Any]) -> dict[str, Any]:
-    view_end = jobs.view(job, jobs.store.clock.now()).ended_at if resource["state"] in TERMINAL else None
+def _fields(job: VertexJob, view: View, now: float) -> dict[str, Any]:
+    """What the list filter sees of a job."""
     return {
         "display_name": job.display_name,
         "model_display_name": job.model.rsplit("/", 1)[-1],
-        "state": resource["state"],
+        "state": view.state,
         "labels": job.labels,
         "create_time": job.created_at,
-        "update_time": view_end or jobs.store.clock.now(),
-        "end_time": view_end,
+        "update_time": view.ended_at or now,
+        "end_time": view.ended_at if view.state in TERMINAL else None,
     }
 
 
