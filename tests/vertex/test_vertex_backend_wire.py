@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from batch_provider.backends.errors import RequestRejected
 from batch_provider.backends.registry import create_backend
 from batch_provider.backends.vertex import auth, wire
 from batch_provider.backends.vertex.connection import vertex_options
+from batch_provider.core.errors import RequestRejected
 from batch_provider.core.limits import LIMITS
 from batch_provider.core.models import BatchEnding, BatchStatus, ItemStatus, LLMRequest, Message, Provider
 from batch_provider.core.pricing import default_price_table

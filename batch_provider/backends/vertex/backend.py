@@ -37,8 +37,6 @@ from typing import Any, ClassVar
 
 import httpx2
 
-from batch_provider.backends.base import Chunk, EncodedRequest
-from batch_provider.backends.errors import ConflictError, InvalidRequestError, NotFoundError, RequestRejected
 from batch_provider.backends.http_backend import HttpBatchBackend
 from batch_provider.backends.transport import TransportPolicy, shared_ssl_context
 from batch_provider.backends.vertex import wire as vw
@@ -51,6 +49,8 @@ from batch_provider.backends.wire import (
     encode_line,
     parse_timestamp,
 )
+from batch_provider.core.contract import Chunk, EncodedRequest
+from batch_provider.core.errors import ConflictError, InvalidRequestError, NotFoundError, RequestRejected
 from batch_provider.core.jsonl import loads
 from batch_provider.core.limits import ProviderLimits
 from batch_provider.core.models import BatchRef, BatchState, LLMRequest, Provider, ResultRecord

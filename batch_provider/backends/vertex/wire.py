@@ -26,9 +26,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from batch_provider.backends import gemini_wire as gw
-from batch_provider.backends.errors import RequestRejected
+from batch_provider.backends.gemini import wire as gw
 from batch_provider.backends.wire import counts_of_totals, parse_timestamp
+from batch_provider.core.errors import RequestRejected
 from batch_provider.core.models import (
     BatchEnding,
     BatchState,

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..faults import BatchFaults, FaultSyntaxError, parse_batch_faults
 from ..gcs import GcsAccess, GcsError, iter_lines, split_gs_uri
-from ..gemini_files import invalid
+from ..gemini.files import invalid
 
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")

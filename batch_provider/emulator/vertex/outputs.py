@@ -1,7 +1,7 @@
 """What a Vertex batch prediction job writes: ``predictions*.jsonl`` under its output directory.
 
 Each line echoes the request (with its ``labels``) and adds either ``response`` (a
-``GenerateContentResponse`` from the Gemini face's generator, :func:`..gemini_outputs.generate`,
+``GenerateContentResponse`` from the Gemini face's generator, :func:`..gemini.outputs.generate`,
 ``usageMetadata`` with ``cachedContentTokenCount`` on implicit cache reads) and ``status: ""``, or
 only ``status``, the error text Vertex writes for a failed row::
 
@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from ..gemini_input import Plan
-from ..gemini_outputs import ITEM_STATUS, Results
+from ..gemini.input import Plan
+from ..gemini.outputs import ITEM_STATUS, Results
 
 
 def processed_time(t: float) -> str:

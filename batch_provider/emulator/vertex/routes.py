@@ -26,10 +26,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..anthropic_state import rfc3339
+from ..anthropic.state import rfc3339
 from ..control import settings_route
-from ..gemini_files import GeminiError, invalid
-from ..gemini_routes import _error, _fault_response, _json
+from ..gemini.files import GeminiError, invalid
+from ..gemini.routes import _error, _fault_response, _json
 from ..store import Store
 from ..web import CutResponse, inject_fault
 from . import filters

@@ -2,7 +2,7 @@
 persisted under ``<data dir>/vertex``.
 
 A create body is checked and the input read from GCS by :mod:`.create`; the requests are planned
-by the Gemini face's planner (:func:`..gemini_input.build_plan`: item errors, ``[[emu:…]]``
+by the Gemini face's planner (:func:`..gemini.input.build_plan`: item errors, ``[[emu:…]]``
 markers, refused requests); the predictions come from :mod:`.outputs`.
 
 Timeline of a job, derived from its record and the emulated clock (``t0`` = createTime)::
@@ -44,13 +44,14 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import gemini_input, models, registry
-from ..anthropic_state import rfc3339
+from .. import models, registry
+from ..anthropic.state import rfc3339
 from ..faults import BatchFaults
 from ..gcs import GCS_ENDPOINT_ENV, GcsAccess, split_gs_uri
-from ..gemini_files import GeminiError, not_found
-from ..gemini_input import Plan
-from ..gemini_outputs import Results
+from ..gemini import input as gemini_input
+from ..gemini.files import GeminiError, not_found
+from ..gemini.input import Plan
+from ..gemini.outputs import Results
 from ..registry import BatchRegistry
 from . import create, outputs
 
