@@ -26,7 +26,6 @@ import fnmatch
 import json
 import logging
 import os
-import secrets
 import threading
 from collections.abc import Iterator
 from http.server import HTTPServer
@@ -107,23 +106,19 @@ class GcsAccess:
         return self._check(resp, f"read gs://{bucket}/{name}").content
 
     def write(self, bucket: str, name: str, data: bytes, content_type: str = "application/jsonl") -> None:
-        """Upload one object (a multipart upload: its metadata, then its bytes)."""
-        boundary = "bp-" + secrets.token_hex(12)
-        meta = json.dumps({"name": name, "contentType": content_type}).encode()
-        body = b"".join(
-            [
-                f"--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n".encode(),
-                meta,
-                f"\r\n--{boundary}\r\ncontent-type: {content_type}\r\n\r\n".encode(),
-                data,
-                f"\r\n--{boundary}--\r\n".encode(),
-            ]
-        )
-        resp = self._client.post(
+        """Upload one object: a resumable session (its metadata), then its bytes in one request."""
+        start = self._client.post(
             f"{self.endpoint}/upload/storage/v1/b/{quote(bucket, safe='')}/o",
-            params={"uploadType": "multipart"},
-            content=body,
-            headers={"content-type": f"multipart/related; boundary={boundary}"},
+            params={"uploadType": "resumable", "name": name},
+            json={"name": name, "contentType": content_type},
+            headers={"x-upload-content-type": content_type, "x-upload-content-length": str(len(data))},
+        )
+        session = self._check(start, f"start upload of gs://{bucket}/{name}").headers.get("location")
+        if not session:
+            raise GcsError(f"start upload of gs://{bucket}/{name}: no session URL")
+        span = f"bytes 0-{len(data) - 1}/{len(data)}" if data else "bytes */0"
+        resp = self._client.put(
+            session, content=data, headers={"content-type": content_type, "content-range": span}
         )
         self._check(resp, f"write gs://{bucket}/{name}")
 

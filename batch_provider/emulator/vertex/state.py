@@ -163,6 +163,7 @@ class VertexJobs(BatchRegistry[VertexJob]):
     def forget(self, batch_id: str) -> None:
         super().forget(batch_id)
         self.plans.pop(batch_id, None)
+        self._locks.pop(batch_id, None)
 
     def gcs(self) -> GcsAccess:
         endpoint = self.settings.gcs_endpoint
