@@ -130,3 +130,24 @@ def test_a_submit_killed_after_creating_its_job_reattaches_on_the_next_try(
     folder = Path(xcom(run, "summarise.retry")["run_path"].removeprefix("file://"))
     results = read_jsonl(folder / "results.jsonl")
     assert sorted(r["custom_id"] for r in results) == sorted(p.stem for p in DOCUMENTS.glob("*.md"))
+
+
+async def test_the_hook_builds_a_vertex_backend_from_the_connection(
+    vertex_conn: Any, monkeypatch: Any
+) -> None:
+    from batch_provider.backends.vertex import VertexBackend
+    from batch_provider.hooks.batch import LLMBatchHook, VertexBatchHook
+
+    hook = LLMBatchHook(conn_id="llm_vertex_default")
+    assert hook.get_provider().value == "vertex" and VertexBatchHook().conn_id == "llm_vertex_default"
+    assert hook.test_connection() == (True, "llm_vertex connection has a gs:// staging location")
+    async with await hook.aget_backend() as backend:
+        assert isinstance(backend, VertexBackend)
+        assert (backend.project, backend.region) == (PROJECT, REGION)
+        assert backend.staging_uri.startswith(f"gs://{BUCKET}/dags/")
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LLM_VERTEX_BARE", json.dumps({"conn_type": "llm_vertex", "extra": {"project": "p"}})
+    )
+    ok, message = LLMBatchHook(conn_id="llm_vertex_bare").test_connection()
+    assert not ok and "staging_uri" in message
