@@ -284,3 +284,19 @@ def test_jobs_and_objects_survive_a_restart(tmp_path: Any) -> None:
         assert sorted(o["request"]["labels"]["bp_id"] for o in _lines(fs, done)) == [
             f"k{i}" for i in range(5)
         ]
+
+
+def test_settings_are_checked_and_partial_state_can_be_turned_off(
+    vertex_emu: EmulatorProcess, gcs: Any
+) -> None:
+    url = f"{vertex_emu.base_url}/_emu/vertex"
+    refused = httpx.post(url, json={"no_such_knob": 1, "lines_per_file": 5})
+    assert refused.status_code == 400 and "no_such_knob" in refused.json()["error"]["message"]
+    assert vertex_emu.vertex_settings()["lines_per_file"] == 100_000  # nothing changed
+    assert vertex_emu.vertex_settings(partial_state="false")["partial_state"] is False
+    lines = [request_line("fine", {"bp_id": "ok"}), request_line("x [[emu:fail500]]", {"bp_id": "bad"})]
+    job = _create(vertex_emu, create_body(_upload(gcs, lines), _out()))
+    vertex_emu.advance(86400)
+    done = _get(vertex_emu, job["name"])
+    assert done["state"] == "JOB_STATE_SUCCEEDED" and done["completionStats"]["failedCount"] == "1"
+    assert vertex_emu.vertex_settings()["gcs_endpoint"] == vertex_emu.gcs_endpoint

@@ -37,7 +37,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import os
 import secrets
@@ -53,6 +52,7 @@ from ..gemini.files import GeminiError, not_found
 from ..gemini.input import Plan
 from ..gemini.outputs import Results
 from ..registry import BatchRegistry
+from ..settings import FaceSettings
 from . import create, outputs
 
 if TYPE_CHECKING:
@@ -71,8 +71,11 @@ WITH_OUTPUT = TERMINAL - {"JOB_STATE_FAILED"}
 
 
 @dataclass
-class VertexSettings:
+class VertexSettings(FaceSettings):
     """Vertex knobs; change them at run time with ``POST /_emu/vertex``."""
+
+    FACE = "vertex"
+    KEEP = ("gcs_endpoint",)
 
     gcs_endpoint: str | None = None
     queued_seconds: float = 0.0
@@ -85,21 +88,6 @@ class VertexSettings:
     display_name_max: int = 128
     partial_state: bool = True
     """A job with failed rows ends PARTIALLY_SUCCEEDED (false: SUCCEEDED, the rows' status tells)."""
-
-    def update(self, values: dict[str, Any]) -> None:
-        known = {f.name: f for f in dataclasses.fields(self)}
-        for name, value in values.items():
-            if name not in known:
-                raise ValueError(f"unknown vertex setting {name!r}; known: {', '.join(sorted(known))}")
-            current = getattr(self, name)
-            if isinstance(current, bool) and isinstance(value, str):
-                value = value.lower() in ("1", "true", "yes", "on")
-            setattr(self, name, value if current is None or value is None else type(current)(value))
-
-    def restore_defaults(self) -> None:
-        for f in dataclasses.fields(self):
-            if f.name != "gcs_endpoint":
-                setattr(self, f.name, f.default)
 
 
 @dataclass
