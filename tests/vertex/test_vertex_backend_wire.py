@@ -267,3 +267,16 @@ def test_links_go_to_the_cloud_console_or_the_emulator() -> None:
     public = "https://europe-west4-aiplatform.googleapis.com"
     assert batch_url("vertex", name, public) == batch_url("vertex", name)
     assert batch_url("vertex", name, "http://127.0.0.1:8787/") == f"http://127.0.0.1:8787/v1/{name}"
+
+
+async def test_without_the_extra_building_or_reading_names_it(monkeypatch: Any) -> None:
+    import sys
+
+    with monkeypatch.context() as blocked:
+        blocked.setitem(sys.modules, "google.auth.credentials", None)
+        with pytest.raises(auth.MissingVertexExtraError, match=r"\[vertex\]"):
+            backend()
+    async with backend() as built:
+        monkeypatch.setitem(sys.modules, "gcsfs.core", None)
+        with pytest.raises(auth.MissingVertexExtraError, match=r"gcsfs .*\[vertex\]"):
+            await built.prediction_files({"outputInfo": {"gcsOutputDirectory": "gs://b/out/x"}})
