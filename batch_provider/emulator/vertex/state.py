@@ -357,8 +357,9 @@ class VertexJobs(BatchRegistry[VertexJob]):
             "state": view.state,
             "createTime": rfc3339(job.created_at),
             "updateTime": rfc3339(view.ended_at or now),
-            "labels": job.labels,
         }
+        if job.labels:
+            out["labels"] = job.labels
         if job.model.startswith(create.PUBLISHER_PREFIX):
             out["modelVersionId"] = "1"
         started = job.fail_message is None and (view.ended_at or now) >= self._t_run(job)
