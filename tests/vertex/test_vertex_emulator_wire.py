@@ -284,6 +284,13 @@ def test_jobs_and_objects_survive_a_restart(tmp_path: Any) -> None:
         assert sorted(o["request"]["labels"]["bp_id"] for o in _lines(fs, done)) == [
             f"k{i}" for i in range(5)
         ]
+        assert emu.stats()["batches_created"].get("vertex", 0) == 0  # counters start again after a restart
+        emu.vertex_settings(lines_per_file=7)
+        emu.reset()
+        assert _list(emu)["batchPredictionJobs"] == []
+        settings = emu.vertex_settings()
+        assert settings["lines_per_file"] == 100_000 and settings["gcs_endpoint"] == endpoint
+        assert fs.exists(src.removeprefix("gs://")), "a reset forgets jobs, not the objects in GCS"
 
 
 def test_settings_are_checked_and_partial_state_can_be_turned_off(
