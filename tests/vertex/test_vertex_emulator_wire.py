@@ -307,3 +307,20 @@ def test_settings_are_checked_and_partial_state_can_be_turned_off(
     done = _get(vertex_emu, job["name"])
     assert done["state"] == "JOB_STATE_SUCCEEDED" and done["completionStats"]["failedCount"] == "1"
     assert vertex_emu.vertex_settings()["gcs_endpoint"] == vertex_emu.gcs_endpoint
+
+
+def test_answers_depend_only_on_the_requests(vertex_emu: EmulatorProcess, gcs: Any) -> None:
+    src = _upload(
+        gcs, [request_line(f"summarise item {i}", {"bp_id": f"d{i}"}, maxOutputTokens=40) for i in range(8)]
+    )
+    jobs = [_create(vertex_emu, create_body(src, _out())) for _ in range(2)]
+    vertex_emu.advance(86400)
+
+    def answers(job: dict[str, Any]) -> dict[str, Any]:
+        return {
+            o["request"]["labels"]["bp_id"]: o["response"] for o in _lines(gcs, _get(vertex_emu, job["name"]))
+        }
+
+    first, second = (answers(job) for job in jobs)
+    assert sorted(first) == [f"d{i}" for i in range(8)] and first == second
+    assert len({json.dumps(r["candidates"]) for r in first.values()}) > 1  # not one canned answer
