@@ -324,3 +324,16 @@ def test_answers_depend_only_on_the_requests(vertex_emu: EmulatorProcess, gcs: A
     first, second = (answers(job) for job in jobs)
     assert sorted(first) == [f"d{i}" for i in range(8)] and first == second
     assert len({json.dumps(r["candidates"]) for r in first.values()}) > 1  # not one canned answer
+
+
+def test_server_wide_batch_faults_apply_to_new_jobs(vertex_emu: EmulatorProcess, gcs: Any) -> None:
+    vertex_emu.set_faults({"batch_faults": "item_errors=1:503", "item_recovery": 0})
+    tag = uuid.uuid4().hex
+    job = _create(
+        vertex_emu, create_body(_upload(gcs, [request_line(f"{tag} {i}") for i in range(4)]), _out())
+    )
+    vertex_emu.advance(86400)
+    done = _get(vertex_emu, job["name"])
+    assert done["state"] == "JOB_STATE_PARTIALLY_SUCCEEDED" and done["completionStats"]["failedCount"] == "4"
+    statuses = [o["status"] for o in _lines(gcs, done)]
+    assert len(statuses) == 4 and all(s.startswith("Service Unavailable: ") for s in statuses)
