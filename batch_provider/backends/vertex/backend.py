@@ -1,7 +1,8 @@
 """Vertex AI batch prediction backend (aiplatform v1 ``batchPredictionJobs``) for Gemini models.
 
-Wire format: spec §D "Vertex 1.1"–"1.5"; translation, states and prediction lines live in
-:mod:`.wire`, credentials in :mod:`.auth`, Cloud Storage in :mod:`.storage`.
+Wire format: Google's aiplatform v1 REST reference for ``batchPredictionJobs`` and its "batch
+prediction for Gemini" guide; translation, states and prediction lines live in :mod:`.wire`,
+credentials in :mod:`.auth`, Cloud Storage in :mod:`.storage`.
 
 Decisions:
 - **Input on GCS.** A chunk's part file is already the job's input JSONL (one

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..anthropic.state import rfc3339
+from ..clock import rfc3339
 from ..control import settings_route
 from ..gemini.files import GeminiError, invalid
 from ..gemini.routes import _error, _fault_response, _json

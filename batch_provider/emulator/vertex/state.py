@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import models, registry
-from ..anthropic.state import rfc3339
+from ..clock import rfc3339
 from ..faults import BatchFaults
 from ..gcs import GCS_ENDPOINT_ENV, GcsAccess, split_gs_uri
 from ..gemini import input as gemini_input
