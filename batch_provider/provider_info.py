@@ -20,7 +20,7 @@ PROVIDER_INFO: dict = {
     "package-name": "airflow-provider-llm-batch",
     "name": "LLM Batch APIs",
     "description": "Submit, wait for, collect and retry LLM Batch API jobs (OpenAI, Anthropic, "
-    "Google Gemini, and AWS Bedrock through an amazon-provider aws connection).",
+    "Google Gemini, Vertex AI, and AWS Bedrock through an amazon-provider aws connection).",
     "versions": ["0.1.0"],
     "integrations": [
         {
@@ -97,6 +97,30 @@ PROVIDER_INFO: dict = {
                     "as a file first. Empty for the backend's default.",
                     "schema": {"type": ["integer", "null"], "minimum": 0},
                 },
+            },
+        },
+        {
+            "connection-type": "llm_vertex",
+            "hook-class-name": "batch_provider.hooks.batch.VertexBatchHook",
+            "hook-name": "Vertex AI Batch Prediction",
+            "ui-field-behaviour": {
+                "hidden-fields": _HIDDEN,
+                "relabeling": {
+                    "password": "Service account key JSON (empty: Application Default Credentials)",
+                    "host": "API base URL (optional)",
+                },
+                "placeholders": {
+                    "host": "https://us-central1-aiplatform.googleapis.com",
+                    "password": '{"type": "service_account", ...}',
+                },
+            },
+            "conn-fields": {
+                "project": _text_field("Project", "Google Cloud project id; empty: the key's or ADC's"),
+                "region": _text_field("Region", "the jobs' location, e.g. us-central1; empty: us-central1"),
+                "staging_uri": _text_field("Staging URI", "gs://bucket/prefix where batch inputs are staged"),
+                "output_uri": _text_field(
+                    "Output URI", "gs://bucket/prefix for predictions; empty: the staging URI"
+                ),
             },
         },
     ],

@@ -13,6 +13,7 @@ _BACKENDS: dict[Provider, str] = {
     Provider.ANTHROPIC: "batch_provider.backends.anthropic.backend:AnthropicBackend",
     Provider.BEDROCK: "batch_provider.backends.bedrock.backend:BedrockBackend",
     Provider.GEMINI: "batch_provider.backends.gemini.backend:GeminiBackend",
+    Provider.VERTEX: "batch_provider.backends.vertex.backend:VertexBackend",
 }
 
 

@@ -25,7 +25,9 @@ from batch_provider.core.model_names import closest, name_candidates, opaque_mod
 from batch_provider.core.models import LLMRequest, Provider, RejectedRow
 from batch_provider.core.pricing import PriceTable, default_price_table
 
-CHECKED_PROVIDERS = frozenset({Provider.OPENAI, Provider.ANTHROPIC, Provider.GEMINI, Provider.BEDROCK})
+CHECKED_PROVIDERS = frozenset(
+    {Provider.OPENAI, Provider.ANTHROPIC, Provider.GEMINI, Provider.VERTEX, Provider.BEDROCK}
+)
 MAX_OUTPUT_TOKENS = 1_000_000
 
 

@@ -27,8 +27,10 @@ GENAI_PROVIDERS = {
     Provider.OPENAI: "openai",
     Provider.ANTHROPIC: "anthropic",
     Provider.GEMINI: "google",
+    Provider.VERTEX: "google",
 }
-"""Our providers priced from genai-prices; Bedrock names come from its ``aws`` entries only."""
+"""Our providers priced from genai-prices; Bedrock names come from its ``aws`` entries only.
+Vertex serves the same Gemini models at the same prices (and batch rates) as the Gemini API."""
 NAME_PROVIDERS = {**GENAI_PROVIDERS, Provider.BEDROCK: "aws"}
 BATCH_DISCOUNT = 0.5
 _PARTIAL_DATE = re.compile(r"-\d{4}$|[-.@:]$")

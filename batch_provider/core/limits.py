@@ -91,10 +91,27 @@ GEMINI_LIMITS = ProviderLimits(
     one_model_per_batch=True,
 )
 
+VERTEX_LIMITS = ProviderLimits(
+    # Vertex publishes no per-job cap for Gemini batch prediction ("no predefined quota",
+    # docs.cloud.google.com .../batch-prediction-gemini). 1 GB per job is the first-party figure of
+    # the embeddings batch page (cloud.google.com .../embeddings/batch-prediction-genai-embeddings);
+    # 200,000 requests and 1 GB per job for Gemini are quoted by docs.gmicloud.ai's Vertex guide.
+    # Both read 2026-12-02; the lower of each is used. 20 MB per request: the inline-data limit of
+    # a Gemini request (assumed, as for the Gemini API).
+    max_requests_per_batch=200_000,
+    max_bytes_per_batch=1024 * MB,
+    max_bytes_per_request=20 * MB,
+    # The wire id travels as a GCP label value.
+    custom_id_pattern=re.compile(r"[a-z0-9_-]{1,63}"),
+    custom_id_rule="1 to 63 characters from a-z, 0-9, '_' and '-' (a Vertex label value)",
+    one_model_per_batch=True,
+)
+
 LIMITS: dict[Provider, ProviderLimits] = {
     Provider.OPENAI: OPENAI_LIMITS,
     Provider.OPENAI_COMPATIBLE: OPENAI_LIMITS,
     Provider.ANTHROPIC: ANTHROPIC_LIMITS,
     Provider.BEDROCK: BEDROCK_LIMITS,
     Provider.GEMINI: GEMINI_LIMITS,
+    Provider.VERTEX: VERTEX_LIMITS,
 }

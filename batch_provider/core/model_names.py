@@ -34,7 +34,10 @@ _LATEST = re.compile(r"^(.+)-latest$")
 
 
 def opaque_model_id(provider: Provider, model: str) -> bool:
-    """A Bedrock ARN that names no model (application profile, provisioned or custom model)."""
+    """A Bedrock ARN that names no model (application profile, provisioned or custom model), or a
+    Vertex tuned model (``projects/…/models/…``)."""
+    if provider is Provider.VERTEX:
+        return model.startswith("projects/")
     if provider is not Provider.BEDROCK:
         return False
     arn = _BEDROCK_ARN.match(model)
@@ -44,6 +47,8 @@ def opaque_model_id(provider: Provider, model: str) -> bool:
 def _stripped(provider: Provider, model: str) -> str:
     if provider is Provider.GEMINI:
         return model.removeprefix("models/")
+    if provider is Provider.VERTEX:
+        return model.removeprefix("publishers/google/models/").removeprefix("models/")
     if provider is Provider.BEDROCK:
         arn = _BEDROCK_ARN.match(model)
         if arn is not None:
@@ -74,7 +79,7 @@ def name_candidates(provider: Provider | str, model: str) -> list[str]:
             add(_OPENAI_DATE, name)
     elif provider is Provider.ANTHROPIC:
         add(_LATEST, add(_ANTHROPIC_DATE, name))
-    elif provider is Provider.GEMINI:
+    elif provider in (Provider.GEMINI, Provider.VERTEX):
         add(_GEMINI_VERSION, add(_GEMINI_PREVIEW, name))
     elif provider is Provider.BEDROCK:
         add(_ANTHROPIC_DATE, add(_BEDROCK_VERSION, name))

@@ -23,6 +23,7 @@ class Provider(StrEnum):
     ANTHROPIC = "anthropic"
     BEDROCK = "bedrock"
     GEMINI = "gemini"
+    VERTEX = "vertex"
 
 
 class RequestKind(StrEnum):

@@ -82,7 +82,7 @@ def image_tokens(provider: Provider, size: tuple[int, int] | None) -> int:
         scale = min(1.0, 768 / min(width, height))
         width, height = width * scale, height * scale
         return 85 + 170 * (-(-int(width) // 512)) * (-(-int(height) // 512))
-    if provider is Provider.GEMINI:
+    if provider in (Provider.GEMINI, Provider.VERTEX):
         # 258 per image up to 384 px a side; larger ones are cut into 768 × 768 tiles of 258.
         if size is None:
             return 258 * 6

@@ -1,6 +1,6 @@
 """ASGI application factory: one Starlette app, one router per provider plus ``/_emu`` control.
 
-Each provider package (``openai/``, ``anthropic/``, ``bedrock/``, ``gemini/``) joins
+Each provider package (``openai/``, ``anthropic/``, ``bedrock/``, ``gemini/``, ``vertex/``) joins
 :mod:`.providers` with its state and its routes (plain route lists); the app attaches every joined
 provider's state to one shared :class:`~.store.Store` and serves their routes plus ``/_emu``.
 """
@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import anthropic, bedrock, control, gemini, openai, providers  # noqa: F401 (importing a provider joins it)
+from . import anthropic, bedrock, control, gemini, openai, providers, vertex  # noqa: F401 (importing joins it)
 from .config import EmulatorConfig
 from .errors import ApiError
 from .store import Store

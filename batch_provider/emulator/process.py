@@ -34,6 +34,7 @@ class EmulatorProcess:
         port: int = 0,
         startup_timeout: float = 30.0,
         with_s3: bool = False,
+        with_gcs: bool = False,
     ) -> None:
         self.time_factor = time_factor
         self.seed = seed
@@ -41,6 +42,7 @@ class EmulatorProcess:
         self.port = port
         self.startup_timeout = startup_timeout
         self.with_s3 = with_s3
+        self.with_gcs = with_gcs
         self._own_dir = data_dir is None
         self._work = Path(tempfile.mkdtemp(prefix="emu-proc-"))
         self.data_dir = Path(data_dir) if data_dir is not None else self._work / "data"
@@ -76,6 +78,7 @@ class EmulatorProcess:
             "--data-dir",
             str(self.data_dir),
             *(["--with-s3"] if self.with_s3 else []),
+            *(["--with-gcs"] if self.with_gcs else []),
             *self.extra_args,
         ]
         env = dict(os.environ)
@@ -185,6 +188,17 @@ class EmulatorProcess:
             self._call("POST", "/_emu/sync", json=values)
         return self._call("GET", "/_emu/sync", params={"bodies": "1"} if bodies else None)
 
+    @property
+    def gcs_endpoint(self) -> str | None:
+        """The GCS endpoint serving the Vertex face (set when started ``with_gcs``)."""
+        return self._call("GET", "/_emu/vertex").get("gcs_endpoint")
+
+    def vertex_settings(self, **values: Any) -> dict[str, Any]:
+        """Read, or change, the Vertex settings (``expire_seconds=...``, ``lines_per_file=2`` ...)."""
+        if values:
+            return self._call("POST", "/_emu/vertex", json=values)
+        return self._call("GET", "/_emu/vertex")
+
     def synthetic(self, requests: int, text_bytes: int) -> dict[str, Any]:
         return self._call("POST", "/_emu/synthetic", json={"requests": requests, "text_bytes": text_bytes})
 
@@ -198,9 +212,11 @@ def running_emulator(
     extra_args: Sequence[str] = (),
     port: int = 0,
     with_s3: bool = False,
+    with_gcs: bool = False,
 ) -> Iterator[EmulatorProcess]:
     """Start the emulator subprocess, yield it once healthy, stop it on exit. ``with_s3`` also
-    starts moto's S3 for Bedrock jobs (``.s3_endpoint``)."""
+    starts moto's S3 for Bedrock jobs (``.s3_endpoint``), ``with_gcs`` a GCS emulator for Vertex
+    jobs (``.gcs_endpoint``)."""
     emu = EmulatorProcess(
         time_factor=time_factor,
         data_dir=data_dir,
@@ -208,6 +224,7 @@ def running_emulator(
         extra_args=extra_args,
         port=port,
         with_s3=with_s3,
+        with_gcs=with_gcs,
     )
     try:
         emu.start()

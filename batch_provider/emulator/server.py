@@ -77,6 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "or exact ids; requests for others are refused as the real service does",
     )
     p.add_argument("--with-s3", action="store_true", help="start moto's S3 on loopback for Bedrock jobs")
+    p.add_argument(
+        "--with-gcs",
+        action="store_true",
+        help="start a GCS emulator on loopback for Vertex AI batch prediction jobs",
+    )
     p.add_argument("--log-level", default=d.log_level)
     p.add_argument("--access-log", action="store_true")
 
@@ -110,6 +115,11 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         from .bedrock.s3 import start_local_s3
 
         print(f"moto S3 for Bedrock on {start_local_s3(args.host)[1]}", file=sys.stderr, flush=True)
+    if getattr(args, "with_gcs", False):
+        from .gcs import start_local_gcs
+
+        gcs_dir = Path(args.data_dir) / "gcs" if args.data_dir else None
+        print(f"GCS for Vertex on {start_local_gcs(args.host, data_dir=gcs_dir).endpoint}", file=sys.stderr)
     if cfg.faults_json:
         json.loads(cfg.faults_json)
     return cfg

@@ -5,6 +5,10 @@ Invariants:
   only to the backend's constructor: it is never logged, stored on the hook, pushed to XCom or
   put into trigger kwargs.
 - ``host`` is the base URL (empty: the provider's public API); ``password`` is the key.
+- Vertex reads the service-account key JSON from the password (empty: Application Default
+  Credentials) and its project, region and gs:// locations from extras
+  (:mod:`batch_provider.backends.vertex.connection`); its backend is built off the event loop in
+  async code (credentials may be looked up over the network).
 - Bedrock is the exception: it uses a plain amazon-provider ``aws`` connection (credentials,
   region, endpoints read by ``AwsBaseHook``) plus ``bedrock_*`` extras; no key passes through here.
 - ``get_backend`` is for workers; ``aget_backend`` is for triggers and other async code, where a
@@ -20,6 +24,7 @@ from airflow.sdk import BaseHook
 
 from batch_provider.backends.bedrock.connection import bedrock_options
 from batch_provider.backends.registry import create_backend
+from batch_provider.backends.vertex.connection import vertex_options
 from batch_provider.core.contract import BatchBackend
 from batch_provider.core.models import Provider
 from batch_provider.core.poller import POLL_POLICY, PollerLease, acquire_poller, pool_key, resolve_once
@@ -29,6 +34,7 @@ CONN_TYPE_PROVIDER: dict[str, Provider] = {
     "llm_openai_compatible": Provider.OPENAI_COMPATIBLE,
     "llm_anthropic": Provider.ANTHROPIC,
     "llm_gemini": Provider.GEMINI,
+    "llm_vertex": Provider.VERTEX,
     "aws": Provider.BEDROCK,
 }
 
@@ -37,6 +43,7 @@ DEFAULT_CONN_IDS: dict[Provider, str] = {
     Provider.OPENAI_COMPATIBLE: "llm_openai_compatible_default",
     Provider.ANTHROPIC: "llm_anthropic_default",
     Provider.GEMINI: "llm_gemini_default",
+    Provider.VERTEX: "llm_vertex_default",
     Provider.BEDROCK: "aws_default",
 }
 
@@ -48,6 +55,9 @@ EXTRA_OPTIONS: dict[Provider, tuple[str, ...]] = {
     Provider.GEMINI: ("api_version", "inline_max_bytes"),
 }
 """Connection extras (the form's ``conn-fields``) passed to each backend's constructor."""
+
+
+_BUILT_IN_THREAD = frozenset({Provider.BEDROCK, Provider.VERTEX})
 
 
 class MissingApiKeyError(ValueError):
@@ -68,8 +78,9 @@ class LLMBatchHook(BaseHook):
 
     :param conn_id: Airflow connection id. Default: the provider's default connection
         (``llm_openai_default``, ``llm_openai_compatible_default``, ``llm_anthropic_default``,
-        ``llm_gemini_default``, ``aws_default`` for Bedrock).
-    :param provider: ``openai``, ``openai_compatible``, ``anthropic``, ``gemini`` or ``bedrock``.
+        ``llm_gemini_default``, ``llm_vertex_default``, ``aws_default`` for Bedrock).
+    :param provider: ``openai``, ``openai_compatible``, ``anthropic``, ``gemini``, ``vertex`` or
+        ``bedrock``.
         Default: derived from the connection type (``aws`` is Bedrock), then from the
         connection's ``provider`` extra.
     """
@@ -98,7 +109,7 @@ class LLMBatchHook(BaseHook):
         raise ValueError(
             f"connection {self.conn_id!r} (type {conn.conn_type!r}) does not say which provider it is "
             "for: pass provider=..., use an llm_openai / llm_openai_compatible / llm_anthropic / "
-            "llm_gemini or aws connection, or set the 'provider' extra"
+            "llm_gemini / llm_vertex or aws connection, or set the 'provider' extra"
         )
 
     def _options(self, conn: Any) -> tuple[Provider, dict[str, Any]]:
@@ -106,6 +117,10 @@ class LLMBatchHook(BaseHook):
         if provider is Provider.BEDROCK:
             # Pure: reads extras only; AwsBaseHook resolves credentials lazily inside the backend.
             return provider, bedrock_options(self.conn_id, conn.extra_dejson or {})
+        if provider is Provider.VERTEX:
+            return provider, vertex_options(
+                self.conn_id, password=conn.password, extra=conn.extra_dejson, base_url=base_url_of(conn)
+            )
         if not conn.password:
             raise MissingApiKeyError(
                 f"connection {self.conn_id!r} has no API key: set its password (shown as 'API Key' "
@@ -145,8 +160,9 @@ class LLMBatchHook(BaseHook):
     async def aget_backend(self) -> BatchBackend:
         """Async twin of :meth:`get_backend`, for triggers."""
         provider, options = self._options(await self.aget_connection(self.conn_id))
-        if provider is Provider.BEDROCK:
-            # The first build imports aiobotocore and the amazon provider: keep it off the loop.
+        if provider in _BUILT_IN_THREAD:
+            # Bedrock's first build imports aiobotocore and the amazon provider; Vertex may look up
+            # Application Default Credentials over the network: keep both off the loop.
             return await asyncio.to_thread(create_backend, provider, **options)
         return create_backend(provider, **options)
 
@@ -165,7 +181,7 @@ class LLMBatchHook(BaseHook):
             options["policy"] = POLL_POLICY
 
         async def build() -> BatchBackend:
-            if provider is Provider.BEDROCK:
+            if provider in _BUILT_IN_THREAD:
                 return await asyncio.to_thread(create_backend, provider, **options)
             return create_backend(provider, **options)
 
@@ -181,6 +197,8 @@ class LLMBatchHook(BaseHook):
             return False, str(exc)
         if self.get_provider() is Provider.BEDROCK:
             return True, "aws connection has the Bedrock role and S3 location extras"
+        if self.get_provider() is Provider.VERTEX:
+            return True, "llm_vertex connection has a gs:// staging location"
         return True, "connection has an API key and a usable base URL"
 
 
@@ -220,6 +238,16 @@ class GeminiBatchHook(LLMBatchHook):
     conn_type = "llm_gemini"
     hook_name = "Gemini Batch API"
     provider = Provider.GEMINI
+
+
+class VertexBatchHook(LLMBatchHook):
+    """Connection type ``llm_vertex``: Vertex AI batch prediction (service-account key JSON in the
+    password or Application Default Credentials; project, region and gs:// locations in extras)."""
+
+    default_conn_name = "llm_vertex_default"
+    conn_type = "llm_vertex"
+    hook_name = "Vertex AI Batch Prediction"
+    provider = Provider.VERTEX
 
 
 def base_url_of(conn: Any) -> str | None:

@@ -51,11 +51,32 @@ def bedrock_url(job_arn: str) -> str:
     return BEDROCK_CONSOLE.format(region=region, job_id=quote(job_id, safe=""))
 
 
+VERTEX_CONSOLE = (
+    "https://console.cloud.google.com/vertex-ai/locations/{region}/batch-predictions/{job_id}?project={project}"
+)
+
+
+def vertex_url(job_name: str, base_url: str | None = None) -> str:
+    """The Cloud console page of a Vertex job, from its resource name
+    (``projects/<p>/locations/<region>/batchPredictionJobs/<id>``), or the job on an emulator's URL."""
+    root = (base_url or "").rstrip("/")
+    if root and not root.endswith("aiplatform.googleapis.com"):
+        return f"{root}/v1/{job_name}"
+    parts = job_name.split("/")
+    if len(parts) != 6:
+        return VERTEX_CONSOLE.split("/locations/")[0] + "/batch-predictions"
+    return VERTEX_CONSOLE.format(
+        region=quote(parts[3], safe=""), job_id=quote(parts[5], safe=""), project=quote(parts[1], safe="")
+    )
+
+
 def batch_url(provider: Provider | str, batch_id: str, base_url: str | None = None) -> str:
     """The page for one batch: the provider's console, or the batch on a custom base URL."""
     provider = Provider(provider)
     if provider is Provider.BEDROCK:
         return bedrock_url(batch_id)
+    if provider is Provider.VERTEX:
+        return vertex_url(batch_id, base_url)
     custom = base_url and not base_url.rstrip("/").startswith(PUBLIC_API_ROOTS)
     if provider is Provider.GEMINI:
         # Gemini ids are resource names ("batches/<id>"): the slash is part of the path, not the id.

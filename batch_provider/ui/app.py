@@ -32,7 +32,7 @@ from batch_provider.ui.runs_query import RunFilter
 STATIC = pathlib.Path(__file__).parent / "static"
 MAX_PAGE_SIZE = 500
 CONSOLE_PROVIDERS = {
-    p.value for p in (Provider.OPENAI, Provider.ANTHROPIC, Provider.GEMINI, Provider.BEDROCK)
+    p.value for p in (Provider.OPENAI, Provider.ANTHROPIC, Provider.GEMINI, Provider.VERTEX, Provider.BEDROCK)
 }
 """Providers with a public console page per batch (an OpenAI-compatible service has none)."""
 

@@ -17,6 +17,7 @@ from batch_provider.hooks.batch import (
     MissingApiKeyError,
     OpenAIBatchHook,
     OpenAICompatibleBatchHook,
+    VertexBatchHook,
     base_url_of,
 )
 
@@ -87,11 +88,13 @@ def test_provider_info_matches_hooks():
     classes = {"llm_openai": OpenAIBatchHook, "llm_openai_compatible": OpenAICompatibleBatchHook}
     classes["llm_anthropic"] = AnthropicBatchHook
     classes["llm_gemini"] = GeminiBatchHook
+    classes["llm_vertex"] = VertexBatchHook
     for entry in info["connection-types"]:
         hook = classes[entry["connection-type"]]
         assert entry["hook-class-name"] == f"{hook.__module__}.{hook.__qualname__}"
         assert hook.conn_type == entry["connection-type"]
-        assert entry["ui-field-behaviour"]["relabeling"]["password"] == "API Key"
+        secret = "Service account key JSON" if hook is VertexBatchHook else "API Key"
+        assert entry["ui-field-behaviour"]["relabeling"]["password"].startswith(secret)
 
 
 def test_providers_manager_lists_the_connection_types():

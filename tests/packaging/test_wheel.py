@@ -26,7 +26,7 @@ from packaging.utils import canonicalize_name
 REPO = Path(__file__).resolve().parents[2]
 SUPPORTED = ["3.11", "3.12", "3.13"]
 # Imported only inside the functions that need them, and declared in the extra that brings them.
-OPTIONAL_IMPORTS = {"pyarrow": "parquet", "moto": "emulator"}
+OPTIONAL_IMPORTS = {"pyarrow": "parquet", "moto": "emulator", "gcp_storage_emulator": "emulator"}
 
 
 @pytest.fixture(scope="module")
