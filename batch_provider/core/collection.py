@@ -9,7 +9,8 @@ Invariants:
 - Each submitted custom_id appears once per attempt it was part of, in exactly one of that
   attempt's two files (reconciliation guarantees it, even for expired or cancelled batches).
 - Collecting again overwrites the same files with the same content: collect is idempotent
-  (the output-token history is recorded by the first collect that writes ``batches.json``).
+  (the output-token and completion-time histories are recorded by the first collect that writes
+  ``batches.json``).
 - Every file is written with :func:`atomic_write`: a collect killed at any point leaves each
   file old and complete or new and complete. An attempt's ``errors.jsonl`` is committed after
   its ``results.jsonl``, so an attempt whose errors file exists has both complete.
@@ -34,6 +35,7 @@ from batch_provider.backends.base import BatchBackend
 from batch_provider.core.cache import CACHE_BLOCK, ResultCache
 from batch_provider.core.deadline import load_deadline
 from batch_provider.core.handle import RunHandle
+from batch_provider.core.history import Timeline, record_completed
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import BatchRef, ItemStatus, ResultRecord, Usage
 from batch_provider.core.output_type import OutputChecks
@@ -73,7 +75,15 @@ class BatchFigures(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     cost: Cost = Field(default_factory=Cost)
     created_at: datetime | None = None
+    started_at: datetime | None = None
+    """When processing started, where the provider says (else None, as are the two splits)."""
     ended_at: datetime | None = None
+    queue_seconds: float | None = None
+    """created → started: how long the batch waited in the provider's queue."""
+    processing_seconds: float | None = None
+    """started → ended."""
+    completion_seconds: float | None = None
+    """created → ended."""
     stray_results: int = 0
     """Result lines for ids this batch was not given (ignored)."""
     duplicate_results: int = 0
@@ -182,6 +192,7 @@ async def collect_run(
     write_json_atomic(batches_file, [f.model_dump(mode="json") for f in figures])
     if not recorded_before:
         _record_history(run_dir, ledger.provider.value, figures)
+        record_completed(run_dir.root, ledger.provider.value, figures)
     not_stored = sum(f.cache_not_stored for f in figures)
     if not_stored:
         log.warning("%d successes of attempt %d are not in the result cache", not_stored, handle.attempt)
@@ -256,6 +267,7 @@ async def _collect_batch(
         (results if succeeded else errors).write(record.json_line())
     if to_cache and cache is not None:
         not_stored += await asyncio.to_thread(cache.store_safely, to_cache)
+    timeline = Timeline(state.created_at or ref.created_at, state.started_at, state.ended_at)
     return BatchFigures(
         batch_id=ref.batch_id,
         attempt=attempt,
@@ -268,8 +280,12 @@ async def _collect_batch(
         counts={status.value: n for status, n in counts.items()},
         usage=tally.usage,
         cost=tally.cost,
-        created_at=state.created_at or ref.created_at,
-        ended_at=state.ended_at,
+        created_at=timeline.created_at,
+        started_at=timeline.started_at,
+        ended_at=timeline.ended_at,
+        queue_seconds=timeline.queue_seconds,
+        processing_seconds=timeline.processing_seconds,
+        completion_seconds=timeline.completion_seconds,
         stray_results=report.unexpected,
         duplicate_results=report.duplicates,
         cache_not_stored=not_stored,

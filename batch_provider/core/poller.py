@@ -46,7 +46,7 @@ from batch_provider.backends.base import BatchBackend
 from batch_provider.backends.errors import BatchProviderError
 from batch_provider.backends.transport_policy import TransportPolicy
 from batch_provider.core.models import BatchState
-from batch_provider.core.watch import (
+from batch_provider.core.sweeps import (
     DEFAULT_POLL_INTERVAL_MAX,
     DEFAULT_POLL_INTERVAL_MIN,
     Progress,
