@@ -247,6 +247,7 @@ class BatchWaitTrigger(BaseTrigger):
             "overdue": {
                 b: {
                     **event_state(states[b]),
+                    "native_status": states[b].native_status,
                     "expected_by": due[b].isoformat(),
                     "done": states[b].counts.done,
                     "total": states[b].counts.total,
