@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,6 @@ class QueueDelay:
     def _save(self) -> None:
         if self.path is None:
             return
-        from .store import write_json
-
-        write_json(self.path, {"per_batch": self.per_batch, "next": self.next})
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"per_batch": self.per_batch, "next": self.next}, separators=(",", ":")))
+        os.replace(tmp, self.path)

@@ -229,7 +229,8 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
             next_poll=None,
             transient_errors=transient,
         )
-        self.log.info("%s", progress.line())
+        usual = expectation(handle, expected_within=None, overdue_factor=self.overdue_factor).usual
+        self.log.info("%s", progress.line() + (f"; {usual}" if usual else ""))
         done = len(states) == len(handle.batch_ids) and all(s.is_terminal for s in states.values())
         return PokeReturnValue(is_done=done, xcom_value=handle.model_dump(mode="json") if done else None)
 
