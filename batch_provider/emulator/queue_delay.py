@@ -7,9 +7,12 @@ its processing phase (OpenAI stays ``validating``, Anthropic ``in_progress`` wit
 Gemini ``PENDING``, Bedrock ``Scheduled``), so a test can make one batch late.
 
 Invariants:
-- A batch's delay is pinned the first time it is read and kept in ``<data dir>/queue_delay.json``:
-  changing the settings later only affects batches not seen yet, so no timeline moves backwards.
-  ``per_batch`` set through the control API overrides a pin (to make a running batch late).
+- A batch's delay is pinned the first time it is read: changing the settings later only affects
+  batches not seen yet, so no timeline moves backwards. ``per_batch`` set through the control API
+  overrides a pin (to make a running batch late, or release a held one).
+- Delays set per batch or taken from ``next`` are kept in ``<data dir>/queue_delay.json`` (written
+  only when they change, never once per batch); a fixed or random delay is recomputed from the
+  command-line settings after a restart.
 - Times are emulated seconds, like every other duration of the emulator.
 """
 
@@ -30,6 +33,8 @@ class QueueDelay:
     """With ``max_seconds`` > ``seconds``, each batch waits a random time in between."""
     next: list[float] = field(default_factory=list)
     per_batch: dict[str, float] = field(default_factory=dict)
+    explicit: set[str] = field(default_factory=set)
+    """Batch ids whose delay was set per batch or taken from ``next`` (the ones saved)."""
     seed: int = 0
     path: Path | None = None
 
@@ -39,6 +44,7 @@ class QueueDelay:
         try:
             saved = json.loads(delay.path.read_text())
             delay.per_batch = {str(k): float(v) for k, v in saved.get("per_batch", {}).items()}
+            delay.explicit = set(delay.per_batch)
             delay.next = [float(x) for x in saved.get("next", [])]
         except (OSError, ValueError, AttributeError):
             pass
@@ -51,12 +57,15 @@ class QueueDelay:
             return pinned
         if self.next:
             value = self.next.pop(0)
-        elif self.max_seconds is not None and self.max_seconds > self.seconds:
+            self.per_batch[batch_id] = max(0.0, value)
+            self.explicit.add(batch_id)
+            self._save()  # a delay taken from ``next`` cannot be recomputed after a restart
+            return self.per_batch[batch_id]
+        if self.max_seconds is not None and self.max_seconds > self.seconds:
             value = random.Random(f"{self.seed}:{batch_id}").uniform(self.seconds, self.max_seconds)
         else:
             value = self.seconds
-        self.per_batch[batch_id] = max(0.0, value)
-        self._save()
+        self.per_batch[batch_id] = max(0.0, value)  # in memory: the settings give it again
         return self.per_batch[batch_id]
 
     def update(self, values: dict[str, Any]) -> None:
@@ -74,14 +83,17 @@ class QueueDelay:
             raise ValueError("queue delays must be >= 0 seconds")
         self.seconds, self.max_seconds, self.next = seconds, max_seconds, upcoming
         self.per_batch.update(per_batch)
+        self.explicit.update(per_batch)
         self._save()
 
     def clear(self) -> None:
         self.per_batch.clear()
+        self.explicit.clear()
         self.next.clear()
         self._save()
 
     def to_json(self) -> dict[str, Any]:
+        """The settings and every delay pinned so far (``per_batch``)."""
         return {
             "seconds": self.seconds,
             "max_seconds": self.max_seconds,
@@ -93,5 +105,6 @@ class QueueDelay:
         if self.path is None:
             return
         tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"per_batch": self.per_batch, "next": self.next}, separators=(",", ":")))
+        saved = {b: self.per_batch[b] for b in self.explicit if b in self.per_batch}
+        tmp.write_text(json.dumps({"per_batch": saved, "next": self.next}, separators=(",", ":")))
         os.replace(tmp, self.path)

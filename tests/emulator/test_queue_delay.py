@@ -48,3 +48,16 @@ def test_next_and_per_batch_make_one_anthropic_batch_late(emu: EmulatorProcess) 
     emu.set_queue_delay(per_batch={late.id: 0})  # the control API can release it too
     emu.advance(5000)
     assert anth.messages.batches.retrieve(late.id).processing_status == "ended"
+
+
+def test_a_delay_taken_from_next_survives_a_restart(tmp_path) -> None:
+    with running_emulator(time_factor=1.0, data_dir=tmp_path) as emu:
+        anth = anthropic.Anthropic(base_url=emu.base_url, api_key="k", max_retries=0)
+        emu.set_queue_delay(next=[100_000])
+        held = anth.messages.batches.create(requests=[claude_request("held")])
+        assert anth.messages.batches.retrieve(held.id).processing_status == "in_progress"
+        emu.restart()
+        emu.advance(5000)
+        assert emu.set_queue_delay()["per_batch"] == {held.id: 100_000}
+        seen = anth.messages.batches.retrieve(held.id)
+        assert seen.processing_status == "in_progress" and seen.request_counts.succeeded == 0
