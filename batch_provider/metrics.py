@@ -2,7 +2,9 @@
 
 Names, all prefixed ``llm_batch.<provider>.``: ``batches_submitted``, ``requests_submitted``
 (counted once per batch actually created, never for a re-attached one), ``rows_rejected``,
-``batch_wait`` (timer, created → ended), and per finished run ``rows_succeeded``,
+``batch_wait`` (timer, created → ended), ``batch_queue`` and ``batch_processing`` (timers,
+created → started → ended, where the provider says when a batch started), ``batches_overdue``
+(batches still running past their expected end), and per finished run ``rows_succeeded``,
 ``rows_dead_letter``, ``input_tokens``, ``output_tokens``, ``cost_microusd``, ``savings_microusd``
 and ``runs_finished``.
 
@@ -77,3 +79,24 @@ def run_finished(summary: Any, tags: Mapping[str, str]) -> None:
     stats.incr(f"{prefix}.cost_microusd", round(summary.cost.batch_usd * 1_000_000), tags=labels)
     stats.incr(f"{prefix}.savings_microusd", round(summary.cost.savings_usd * 1_000_000), tags=labels)
     stats.incr(f"{prefix}.runs_finished", 1, tags=labels)
+
+
+@_never_raise
+def batch_timeline(
+    provider: str, queue_seconds: float | None, processing_seconds: float | None, tags: Mapping[str, str]
+) -> None:
+    """``batch_queue`` (created → started) and ``batch_processing`` (started → ended) timers, for
+    providers that say when a batch started."""
+    stats = _stats()
+    if queue_seconds is not None:
+        stats.timing(f"{PREFIX}.{provider}.batch_queue", timedelta(seconds=queue_seconds), tags=dict(tags))
+    if processing_seconds is not None:
+        stats.timing(
+            f"{PREFIX}.{provider}.batch_processing", timedelta(seconds=processing_seconds), tags=dict(tags)
+        )
+
+
+@_never_raise
+def batches_overdue(provider: str, count: int, tags: Mapping[str, str]) -> None:
+    """Batches still running past their expected end (counted once per wait)."""
+    _stats().incr(f"{PREFIX}.{provider}.batches_overdue", count, tags=dict(tags))

@@ -7,7 +7,7 @@ make every step safe to re-run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +15,7 @@ from airflow.sdk import Asset, TaskGroup, TriggerRule
 
 from batch_provider.core.deadline import DEFAULT_ON_TIMEOUT
 from batch_provider.core.watch import DEFAULT_POLL_INTERVAL_MAX, DEFAULT_POLL_INTERVAL_MIN
+from batch_provider.operators._overdue import DEFAULT_OVERDUE_FACTOR
 from batch_provider.operators.collect import CollectBatchOperator
 from batch_provider.operators.retry import RetryBatchOperator
 from batch_provider.operators.submit import SubmitBatchOperator
@@ -64,6 +65,9 @@ def llm_batch_group(
     sync_fallback_at: Any = None,
     sync_concurrency: int = 8,
     sync_tokens_per_minute: int | None = None,
+    expected_within: timedelta | float | None = None,
+    overdue_factor: float = DEFAULT_OVERDUE_FACTOR,
+    on_overdue: Callable[..., Any] | None = None,
     **submit_kwargs: Any,
 ) -> TaskGroup:
     """Build the group ``group_id`` with tasks ``submit``, ``wait``, ``collect`` and ``retry``.
@@ -106,6 +110,9 @@ def llm_batch_group(
     ``results.parquet`` (typed columns; needs the ``parquet`` extra).
     Collect runs whenever submit succeeded, also after the wait failed or was stopped by a user,
     so what the batches answered is never left uncollected.
+    ``expected_within`` / ``overdue_factor`` / ``on_overdue``: when the wait reports a batch
+    overdue (still running past ``expected_within``, or the completion-time history's p95 ×
+    ``overdue_factor``) and whom it tells; see :class:`BatchSensor`.
     """
     docs = {**TASK_DOCS, **(task_docs or {})}
     cache = {
@@ -139,6 +146,9 @@ def llm_batch_group(
             cancel_on_kill=cancel_on_kill,
             timeout_grace=timeout_grace,
             sync_fallback_at=sync_fallback_at,
+            expected_within=expected_within,
+            overdue_factor=overdue_factor,
+            on_overdue=on_overdue,
             doc_md=docs["wait"],
         )
         resilient = {

@@ -12,7 +12,8 @@ Invariants:
   (tagged with its attempt) or in that attempt's errors file (reconciliation guarantees it, even
   for expired or cancelled batches).
 - Collecting again overwrites the same files with the same content: collect is idempotent
-  (the output-token history is recorded by the first collect that writes ``batches.json``).
+  (the output-token and completion-time histories are recorded by the first collect that writes
+  ``batches.json``).
 - Every file is written with :func:`atomic_write`: a collect killed at any point leaves each
   file old and complete or new and complete. The results file is committed before the attempt's
   ``errors.jsonl``, so an attempt whose errors file exists has its answers in the results file.
@@ -36,6 +37,7 @@ from batch_provider.core.cache import ResultCache
 from batch_provider.core.contract import BatchBackend
 from batch_provider.core.estimate import Calibration
 from batch_provider.core.handle import RunHandle
+from batch_provider.core.history import Timeline, record_completed
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import BatchRef, ItemStatus
 from batch_provider.core.output_type import OutputChecks
@@ -132,6 +134,7 @@ async def collect_run(
     write_json_atomic(batches_file, [f.model_dump(mode="json") for f in figures])
     if not recorded_before:
         _record_history(run_dir, ledger.provider.value, figures)
+        record_completed(run_dir.root, ledger.provider.value, figures)
     not_stored = sum(f.cache_not_stored for f in figures)
     if not_stored:
         log.warning("%d successes of attempt %d are not in the result cache", not_stored, handle.attempt)
@@ -209,6 +212,7 @@ async def _collect_batch(
             errors.write(record.json_line())
     if segment is not None and cache is not None:
         not_stored += await asyncio.to_thread(cache.commit_safely, segment)
+    timeline = Timeline(state.created_at or ref.created_at, state.started_at, state.ended_at)
     return BatchFigures(
         batch_id=ref.batch_id,
         attempt=attempt,
@@ -221,8 +225,12 @@ async def _collect_batch(
         counts={status.value: n for status, n in counts.items()},
         usage=tally.usage,
         cost=tally.cost,
-        created_at=state.created_at or ref.created_at,
-        ended_at=state.ended_at,
+        created_at=timeline.created_at,
+        started_at=timeline.started_at,
+        ended_at=timeline.ended_at,
+        queue_seconds=timeline.queue_seconds,
+        processing_seconds=timeline.processing_seconds,
+        completion_seconds=timeline.completion_seconds,
         stray_results=report.unexpected,
         duplicate_results=report.duplicates,
         cache_not_stored=not_stored,

@@ -291,6 +291,8 @@ class BatchState(BaseModel):
     error_message: str | None = None
     retryable: bool = False
     created_at: datetime | None = None
+    started_at: datetime | None = None
+    """When processing started, where the provider says (OpenAI ``in_progress_at``); else None."""
     ended_at: datetime | None = None
     expires_at: datetime | None = None
 

@@ -45,8 +45,7 @@ from typing import Any
 from batch_provider.core.contract import BatchBackend
 from batch_provider.core.errors import BatchProviderError
 from batch_provider.core.models import BatchState
-from batch_provider.core.transport_policy import TransportPolicy
-from batch_provider.core.watch import (
+from batch_provider.core.sweeps import (
     DEFAULT_POLL_INTERVAL_MAX,
     DEFAULT_POLL_INTERVAL_MIN,
     Progress,
@@ -54,6 +53,7 @@ from batch_provider.core.watch import (
     _check_deadline,
     next_interval,
 )
+from batch_provider.core.transport_policy import TransportPolicy
 
 POLL_MAX_IN_FLIGHT = 100
 """Status calls in flight per pool: about ``POLL_MAX_IN_FLIGHT / latency`` polls a second (1,000/s

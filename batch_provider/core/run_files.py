@@ -55,7 +55,15 @@ class BatchFigures(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     cost: Cost = Field(default_factory=Cost)
     created_at: datetime | None = None
+    started_at: datetime | None = None
+    """When processing started, where the provider says (else None, as are the two splits)."""
     ended_at: datetime | None = None
+    queue_seconds: float | None = None
+    """created → started: how long the batch waited in the provider's queue."""
+    processing_seconds: float | None = None
+    """started → ended."""
+    completion_seconds: float | None = None
+    """created → ended."""
     stray_results: int = 0
     """Result lines for ids this batch was not given (ignored)."""
     duplicate_results: int = 0

@@ -33,6 +33,10 @@ class EmulatorConfig:
     completion_window_seconds: float = 86400.0
     file_ttl_seconds: float = 30 * 86400.0
     anthropic_archive_seconds: float = 29 * 86400.0
+    queue_delay_seconds: float = 0.0
+    """How long a new batch waits before processing starts (see queue_delay.py)."""
+    queue_delay_max_seconds: float | None = None
+    """With a value above ``queue_delay_seconds``: each batch waits a random time in between."""
     expire_done_fraction: float = 0.5
     """Under the ``expire`` fault, the fraction of requests finished when the window ends."""
 

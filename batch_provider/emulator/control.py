@@ -1,7 +1,8 @@
 """Control API under ``/_emu`` (no auth, never faulted).
 
 ``GET /_emu/health``, ``GET /_emu/clock``, ``POST /_emu/advance?seconds=N``,
-``GET|POST|DELETE /_emu/faults``, ``GET /_emu/stats``, ``POST /_emu/reset``, ``GET /_emu/config``,
+``GET|POST|DELETE /_emu/faults``, ``GET|POST /_emu/queue_delay``, ``GET /_emu/stats``,
+``POST /_emu/reset``, ``GET /_emu/config``,
 ``POST /_emu/synthetic`` (a large finished batch whose results are generated on the fly while
 streamed: ``{"provider": "anthropic"|"openai", "requests": N, "text_bytes": L}``; about
 ``N * (L + 330)`` bytes; OpenAI answers with ``output_file_id`` and its exact ``bytes``).
@@ -90,6 +91,22 @@ async def faults(request: Request) -> Response:
     elif request.method == "DELETE":
         store.faults.set({}, defaults=_cli_recovery(store))
     return JSONResponse(store.faults.to_json())
+
+
+async def queue_delay(request: Request) -> Response:
+    """``GET``: the queue delay settings and each batch's pinned delay; ``POST`` a JSON object with
+    any of ``seconds``, ``max_seconds``, ``next`` (delays for the next new batches, in order) and
+    ``per_batch`` (``{batch_id: seconds}``) to change them (see queue_delay.py)."""
+    store = _store(request)
+    if request.method == "POST":
+        try:
+            body = await _json(request)
+            if not isinstance(body, dict):
+                raise ValueError("expected a JSON object")
+            store.queue_delay.update(body)
+        except (ValueError, TypeError) as exc:
+            return _bad(f"bad queue delay: {exc}")
+    return JSONResponse(store.queue_delay.to_json())
 
 
 async def stats(request: Request) -> Response:
@@ -182,6 +199,7 @@ ROUTES = [
     Route("/_emu/clock", clock, methods=["GET"]),
     Route("/_emu/advance", advance, methods=["POST"]),
     Route("/_emu/faults", faults, methods=["GET", "POST", "DELETE"]),
+    Route("/_emu/queue_delay", queue_delay, methods=["GET", "POST"]),
     Route("/_emu/stats", stats, methods=["GET"]),
     Route("/_emu/reset", reset, methods=["POST"]),
     Route("/_emu/config", config, methods=["GET"]),

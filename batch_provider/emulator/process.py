@@ -166,6 +166,11 @@ class EmulatorProcess:
     def clear_faults(self) -> dict[str, Any]:
         return self._call("DELETE", "/_emu/faults")
 
+    def set_queue_delay(self, **settings: Any) -> dict[str, Any]:
+        """Change the queue delay (``seconds``, ``max_seconds``, ``next``, ``per_batch``; see
+        queue_delay.py): how long new batches wait before processing starts."""
+        return self._call("POST", "/_emu/queue_delay", json=settings)
+
     def reset(self) -> None:
         """Drop all batches, files, counters and server-wide faults."""
         self._call("POST", "/_emu/reset")

@@ -36,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.per_request_seconds,
         help="emulated processing time added per request",
     )
+    p.add_argument(
+        "--queue-delay",
+        default=None,
+        metavar="SECONDS|MIN:MAX",
+        help="emulated seconds a new batch waits before processing starts: fixed, or random in MIN:MAX",
+    )
     p.add_argument("--finalizing-seconds", type=float, default=d.finalizing_seconds)
     p.add_argument("--cancel-seconds", type=float, default=d.cancel_seconds)
     p.add_argument(
@@ -110,6 +116,10 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         access_log=args.access_log,
         known_models=[m.strip() for m in args.known_models.split(",") if m.strip()],
     )
+    if args.queue_delay:
+        low, _, high = str(args.queue_delay).partition(":")
+        cfg.queue_delay_seconds = float(low)
+        cfg.queue_delay_max_seconds = float(high) if high else None
     cfg.apply_overrides(args.set)
     if getattr(args, "with_s3", False):
         from .bedrock.s3 import start_local_s3

@@ -38,6 +38,7 @@ from typing import Any
 from .clock import Clock
 from .config import EmulatorConfig
 from .faults import ServerFaults
+from .queue_delay import QueueDelay
 from .resends import ItemCode, ResendHistory
 
 
@@ -220,6 +221,9 @@ class Store:
         self.faults = ServerFaults(config.seed)
         self.faults.set(self._fault_defaults())
         self.resends = ResendHistory(self.root)
+        self.queue_delay = QueueDelay.load(
+            self.root, config.queue_delay_seconds, config.queue_delay_max_seconds, config.seed
+        )
 
     def _fault_defaults(self) -> dict[str, Any]:
         c = self.config
@@ -247,6 +251,7 @@ class Store:
         self.files.clear()
         self.stats.clear()
         self.resends.clear()
+        self.queue_delay.clear()
         self.faults.set(self._fault_defaults())
 
     def close(self) -> None:

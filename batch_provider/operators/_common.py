@@ -17,6 +17,7 @@ from airflow.sdk import Asset, ObjectStoragePath
 from batch_provider import metrics
 from batch_provider.core.cache import ResultCache
 from batch_provider.core.handle import RunHandle
+from batch_provider.core.history import Timeline
 from batch_provider.core.result_files import check_results_format
 from batch_provider.core.rundir import RunDirectory
 from batch_provider.hooks.batch import LLMBatchHook
@@ -227,13 +228,17 @@ class _BatchOperatorMixin(NoSecretTemplating):
 
 
 def record_waits(provider: str, event: Mapping[str, Any], tags: Mapping[str, str]) -> None:
-    """``batch_wait`` for each ended batch of a trigger event whose state carries both times."""
+    """``batch_wait`` for each ended batch of a trigger event whose state carries both times, and
+    ``batch_queue``/``batch_processing`` when it also says when the batch started."""
     for state in (event.get("states") or {}).values():
         created, ended = state.get("created_at"), state.get("ended_at")
         if not (created and ended and state.get("ending")):
             continue
         seconds = (_as_datetime(ended) - _as_datetime(created)).total_seconds()
         metrics.batch_waited(provider, max(seconds, 0.0), str(state["ending"]), tags)
+        if started := state.get("started_at"):
+            timeline = Timeline(_as_datetime(created), _as_datetime(started), _as_datetime(ended))
+            metrics.batch_timeline(provider, timeline.queue_seconds, timeline.processing_seconds, tags)
 
 
 def _as_datetime(value: Any) -> datetime:
@@ -257,13 +262,17 @@ def defer_until_ended(
     timeout: timedelta | float | None,
     method_name: str,
     kwargs: dict[str, Any] | None = None,
+    expected_by: dict[str, str] | None = None,
+    usual: str | None = None,
 ) -> None:
     """Defer ``task`` (a sensor or operator with ``poll_interval``, ``max_poll_interval`` and
     ``cancel_on_kill``) on one trigger watching every batch of ``handle`` until ``timeout``.
 
     A task with ``cancel_on_timeout`` and ``timeout_grace`` gets them as the trigger's
     ``cancel_at_deadline`` and ``grace_seconds``: past the deadline the trigger cancels and waits
-    for the batches to end, so the task resumes with something to collect."""
+    for the batches to end, so the task resumes with something to collect. ``expected_by`` (batch
+    id → ISO time) makes the trigger report a batch still running then, once (see
+    :mod:`batch_provider.operators._overdue`); ``usual`` goes into its progress lines."""
     grace = seconds_of(getattr(task, "timeout_grace", None))
     task.defer(
         trigger=BatchWaitTrigger(
@@ -276,6 +285,8 @@ def defer_until_ended(
             cancel_on_kill=task.cancel_on_kill,
             cancel_at_deadline=bool(getattr(task, "cancel_on_timeout", False)),
             grace_seconds=grace,
+            expected_by=expected_by,
+            usual=usual,
         ),
         method_name=method_name,
         kwargs=kwargs,

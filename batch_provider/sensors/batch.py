@@ -9,11 +9,15 @@ and the wait goes on, for at most ``timeout_grace``, until the provider reports 
 sensor then succeeds with a warning and notes the deadline in the run folder
 (``attempt-N/deadline.json``), so collect takes what was answered and retry applies its
 ``on_timeout`` policy to the rest.
+
+Overdue is not a timeout: a batch still running past ``expected_within`` (or the history's p95 ×
+``overdue_factor``) is reported once (warning, ``batches_overdue`` metric, ``on_overdue``) and the
+wait goes on, deferred (see :mod:`batch_provider.operators._overdue`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,6 +47,7 @@ from batch_provider.operators._common import (
     seconds_of,
     upstream_handle,
 )
+from batch_provider.operators._overdue import DEFAULT_OVERDUE_FACTOR, expectation, handle_overdue
 from batch_provider.operators._sync_fallback import first_wait_timeout
 from batch_provider.operators._templating import NoSecretTemplating
 
@@ -115,6 +120,13 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
         the rows cut off to the synchronous API (see ``docs/deadlines.md``).
     :param cancel_on_kill: cancel the remote batches when a user marks the waiting task failed or
         success, or clears it (triggerer ``on_kill``, or the worker's in poke mode).
+    :param expected_within: how long after its creation a batch is expected to have ended
+        (seconds or timedelta); default: the completion-time history's p95 × ``overdue_factor``,
+        and no expectation without history. Deferrable waits only.
+    :param overdue_factor: multiplies the history's p95 when ``expected_within`` is not given.
+    :param on_overdue: called once per wait when a batch runs past its expected end: an Airflow
+        notifier or a callable taking the context, which holds ``batch_overdue`` (``message``,
+        ``overdue`` per batch, the run's ``progress`` with ``eta_seconds``). The wait goes on.
     """
 
     template_fields: Sequence[str] = ("handle",)
@@ -133,6 +145,9 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
         cancel_on_kill: bool = False,
         timeout_grace: timedelta | float | None = DEFAULT_TIMEOUT_GRACE,
         sync_fallback_at: Any = None,
+        expected_within: timedelta | float | None = None,
+        overdue_factor: float = DEFAULT_OVERDUE_FACTOR,
+        on_overdue: Callable[..., Any] | None = None,
         **kwargs: Any,
     ):
         kwargs.setdefault("poke_interval", poll_interval)
@@ -147,6 +162,11 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
         self.sync_fallback_at = check_sync_fallback_at(sync_fallback_at)
         if sync_fallback_at is not None:
             self.cancel_on_timeout = True  # the fallback takes over only once the batches stop
+        self.expected_within = expected_within
+        if overdue_factor <= 0:
+            raise ValueError(f"overdue_factor must be > 0, got {overdue_factor!r}")
+        self.overdue_factor = overdue_factor
+        self.on_overdue = on_overdue
         self._run: RunHandle | None = None
         self._pokes = 0
 
@@ -182,8 +202,25 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
                     still_running=outcome.still_running,
                 )
                 return self._after_deadline(handle, record, str(exc))
-        self.log.info("Deferring: %d batch(es) to watch, timeout %ss", len(handle.batches), self.timeout)
-        defer_until_ended(self, hook, handle, timeout=self.timeout, method_name="execute_complete")
+        expect = expectation(
+            handle, expected_within=self.expected_within, overdue_factor=self.overdue_factor, log=self.log
+        )
+        self.log.info(
+            "Deferring: %d batch(es) to watch, timeout %ss%s%s",
+            len(handle.batches),
+            self.timeout,
+            f"; {expect.usual}" if expect.usual else "",
+            f"; overdue after {min(expect.expected_by.values())}" if expect.expected_by else "",
+        )
+        defer_until_ended(
+            self,
+            hook,
+            handle,
+            timeout=self.timeout,
+            method_name="execute_complete",
+            expected_by=expect.expected_by,
+            usual=expect.usual,
+        )
 
     def poke(self, context: Any) -> PokeReturnValue:
         handle, hook = self._resolve(context)
@@ -203,7 +240,8 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
             next_poll=None,
             transient_errors=transient,
         )
-        self.log.info("%s", progress.line())
+        usual = expectation(handle, expected_within=None, overdue_factor=self.overdue_factor).usual
+        self.log.info("%s", progress.line() + (f"; {usual}" if usual else ""))
         done = len(states) == len(handle.batch_ids) and all(s.is_terminal for s in states.values())
         return PokeReturnValue(is_done=done, xcom_value=handle.model_dump(mode="json") if done else None)
 
@@ -217,6 +255,8 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
             self.log.info("All %d batch(es) ended: %s", len(handle.batches), endings)
             record_waits(handle.provider.value, event, metric_tags(context))
             return handle.model_dump(mode="json")
+        if status == "overdue":
+            handle_overdue(self, context, handle, event, self.on_overdue, method_name="execute_complete")
         if status in ("deadline", "timeout"):
             record_waits(handle.provider.value, event, metric_tags(context))
             record = record_from_event(handle.attempt, event)

@@ -2,14 +2,20 @@
 
 Invariants:
 - kwargs hold only the connection id, provider, batch ids, deadline, grace period, poll
-  intervals and the cancel flags: never an API key (the backend is built from the connection
+  intervals, the cancel flags, each batch's expected end, the overdue flag and a usual-duration
+  phrase: never an API key (the backend is built from the connection
   inside ``run``) and never request or result data.
-- Exactly one event is yielded: ``success`` with each batch's final state; ``deadline`` when the
+- Exactly one event is yielded: ``overdue`` when a batch is still running past its
+  ``expected_by`` time and ``overdue_notified`` is false (with its progress and the trigger's own
+  kwargs, so the task can warn, call its ``on_overdue`` and defer again on the same trigger with
+  ``overdue_notified=True``: a batch is reported overdue once per wait, also across triggerer
+  restarts); else ``success`` with each batch's final state; ``deadline`` when the
   deadline passed first but every batch then ended (cancelled when ``cancel_at_deadline``, within
   ``grace_seconds``), so its answers can be collected; ``timeout`` with the batches still not
   ended when the grace period ran out; or ``error`` with a message (e.g. a wrong key or an
-  unknown batch id). States in events are compact (:func:`event_state`), so an event stays small
-  for hundreds of batches.
+  unknown batch id). An ``overdue`` check polls each batch once at the expected time; nothing
+  else is polled outside the shared poller. States in events are compact (:func:`event_state`),
+  so an event stays small for hundreds of batches.
 - Every trigger of a triggerer process on the same provider, base URL and key registers its
   batches with one shared poller (:mod:`batch_provider.core.poller`): one HTTP pool and one
   schedule for all of them; the last trigger to leave (or be cancelled) closes it. A restarted
@@ -23,9 +29,10 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -38,6 +45,8 @@ from batch_provider.core.watch import (
     DEFAULT_POLL_INTERVAL_MIN,
     Progress,
     cancel_batches,
+    poll_round,
+    summarise,
     watch_to_end,
 )
 from batch_provider.hooks.batch import LLMBatchHook
@@ -62,6 +71,10 @@ class BatchWaitTrigger(BaseTrigger):
     :param cancel_at_deadline: cancel the batches still running when ``deadline`` passes.
     :param grace_seconds: after ``deadline``, how long to keep waiting for the batches to report
         an ending (cancelled, expired, completed) before giving up with a ``timeout`` event.
+    :param expected_by: ISO-8601 aware time by which each batch (by id) is expected to have
+        ended; a batch still running then ends the trigger with an ``overdue`` event.
+    :param overdue_notified: the task was already told: no ``overdue`` event any more.
+    :param usual: how long such batches usually take, appended to the progress lines.
     """
 
     def __init__(
@@ -76,6 +89,9 @@ class BatchWaitTrigger(BaseTrigger):
         cancel_on_kill: bool = False,
         cancel_at_deadline: bool = False,
         grace_seconds: float | None = None,
+        expected_by: dict[str, str] | None = None,
+        overdue_notified: bool = False,
+        usual: str | None = None,
     ):
         super().__init__()
         self.conn_id = conn_id
@@ -87,6 +103,9 @@ class BatchWaitTrigger(BaseTrigger):
         self.cancel_on_kill = bool(cancel_on_kill)
         self.cancel_at_deadline = bool(cancel_at_deadline)
         self.grace_seconds = None if grace_seconds is None else float(grace_seconds)
+        self.expected_by = dict(expected_by or {})
+        self.overdue_notified = bool(overdue_notified)
+        self.usual = usual
         self._last_progress: tuple[tuple[Any, ...], float] | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -102,6 +121,9 @@ class BatchWaitTrigger(BaseTrigger):
                 "cancel_on_kill": self.cancel_on_kill,
                 "cancel_at_deadline": self.cancel_at_deadline,
                 "grace_seconds": self.grace_seconds,
+                "expected_by": dict(self.expected_by),
+                "overdue_notified": self.overdue_notified,
+                "usual": self.usual,
             },
         )
 
@@ -116,24 +138,25 @@ class BatchWaitTrigger(BaseTrigger):
         last = self._last_progress
         if last is None or last[0] != news or now - last[1] >= PROGRESS_REPEAT_SECONDS:
             self._last_progress = (news, now)
-            self.log.info("%s", progress.line())
+            self.log.info("%s", progress.line() + (f"; {self.usual}" if self.usual else ""))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = datetime.fromisoformat(self.deadline) if self.deadline else None
         self.log.info(
-            "Watching %d %s batch(es) on connection %r until %s",
+            "Watching %d %s batch(es) on connection %r until %s%s",
             len(self.batch_ids),
             self.provider,
             self.conn_id,
             self.deadline or "they end",
+            f"; {self.usual}" if self.usual else "",
         )
         try:
             lease = await self._hook().apoller()
         except Exception as exc:
             yield TriggerEvent({"status": "error", "message": f"{type(exc).__name__}: {exc}"})
             return
-        try:
-            outcome = await watch_to_end(
+        watch = asyncio.ensure_future(
+            watch_to_end(
                 lease.backend,
                 self.batch_ids,
                 deadline=deadline,
@@ -145,29 +168,103 @@ class BatchWaitTrigger(BaseTrigger):
                 log=self.log,
                 watcher=lease.poller.watch_batches,
             )
+        )
+        event: dict[str, Any]
+        try:
+            overdue = None
+            if self.expected_by and not self.overdue_notified:
+                overdue = await self._overdue(lease.backend, watch)
+            event = overdue if overdue is not None else self._ended_event(await watch)
         except BatchProviderError as exc:
-            event: dict[str, Any] = {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
-        else:
-            event = {"status": "success", "states": {k: event_state(v) for k, v in outcome.states.items()}}
-            if outcome.deadline_passed:
-                event.update(deadline=self.deadline, cancelled=outcome.cancelled)
-                if outcome.still_running:
-                    event.update(
-                        status="timeout",
-                        pending=outcome.still_running,
-                        message=f"deadline {self.deadline} passed and {len(outcome.still_running)} "
-                        f"batch(es) had not ended {self.grace_seconds or 0:.0f}s later: "
-                        + ", ".join(outcome.still_running[:5]),
-                    )
-                else:
-                    event.update(
-                        status="deadline",
-                        message=f"deadline {self.deadline} passed; every batch has ended since "
-                        f"({'cancelled' if outcome.cancelled else 'not cancelled'})",
-                    )
+            event = {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
         finally:
+            if not watch.done():
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watch
             await lease.release()
         yield TriggerEvent(event)
+
+    def _ended_event(self, outcome: Any) -> dict[str, Any]:
+        event: dict[str, Any] = {
+            "status": "success",
+            "states": {k: event_state(v) for k, v in outcome.states.items()},
+        }
+        if outcome.deadline_passed:
+            event.update(deadline=self.deadline, cancelled=outcome.cancelled)
+            if outcome.still_running:
+                event.update(
+                    status="timeout",
+                    pending=outcome.still_running,
+                    message=f"deadline {self.deadline} passed and {len(outcome.still_running)} "
+                    f"batch(es) had not ended {self.grace_seconds or 0:.0f}s later: "
+                    + ", ".join(outcome.still_running[:5]),
+                )
+            else:
+                event.update(
+                    status="deadline",
+                    message=f"deadline {self.deadline} passed; every batch has ended since "
+                    f"({'cancelled' if outcome.cancelled else 'not cancelled'})",
+                )
+        return event
+
+    async def _overdue(self, backend: Any, watch: asyncio.Future[Any]) -> dict[str, Any] | None:
+        """Wait until the earliest ``expected_by`` of a batch not known to have ended; then poll
+        every batch once. An ``overdue`` event when one is still running past its time; None when
+        the watch ends first (or every batch ended in time)."""
+        due = {b: datetime.fromisoformat(t) for b, t in self.expected_by.items() if b in self.batch_ids}
+        ended: set[str] = set()
+        while True:
+            waiting = [t for b, t in due.items() if b not in ended]
+            if not waiting:
+                break
+            left = (min(waiting) - datetime.now(UTC)).total_seconds()
+            done, _ = await asyncio.wait({watch}, timeout=max(left, 0.0))
+            if done:
+                return None
+            states, _ = await poll_round(backend, self.batch_ids)
+            ended.update(b for b, state in states.items() if state.is_terminal)
+            now = datetime.now(UTC)
+            late = [b for b, t in due.items() if t <= now and b in states and b not in ended]
+            if late:
+                return self._overdue_event(states, late, due, now)
+            if any(t <= now and b not in states for b, t in due.items() if b not in ended):
+                # the poll of a due batch failed transiently: ask again after the shortest interval
+                done, _ = await asyncio.wait({watch}, timeout=self.poll_interval_min)
+                if done:
+                    return None
+        await watch
+        return None
+
+    def _overdue_event(
+        self, states: dict[str, BatchState], late: list[str], due: dict[str, datetime], now: datetime
+    ) -> dict[str, Any]:
+        created = [s.created_at for s in states.values() if s.created_at is not None]
+        elapsed = (now - min(created)).total_seconds() if created else 0.0
+        progress = summarise(states, len(self.batch_ids), round_no=0, elapsed=elapsed, next_poll=None)
+        return {
+            "status": "overdue",
+            "overdue": {
+                b: {
+                    **event_state(states[b]),
+                    "native_status": states[b].native_status,
+                    "expected_by": due[b].isoformat(),
+                    "done": states[b].counts.done,
+                    "total": states[b].counts.total,
+                }
+                for b in late
+            },
+            "progress": {
+                "batches_total": progress.batches_total,
+                "batches_ended": progress.batches_ended,
+                "items_done": progress.items_done,
+                "items_total": progress.items_total,
+                "fraction": progress.fraction,
+                "elapsed_seconds": elapsed,
+                "eta_seconds": progress.eta_seconds,
+            },
+            "trigger": self.serialize()[1],
+        }
 
     async def on_kill(self) -> None:
         if not self.cancel_on_kill:
@@ -189,7 +286,7 @@ def event_state(state: BatchState) -> dict[str, Any]:
     other figures the collect step reads from the provider anyway (~100 bytes a batch).
     """
     compact: dict[str, Any] = {"status": state.status.value, "ending": state.ending and state.ending.value}
-    for key in ("created_at", "ended_at"):
+    for key in ("created_at", "started_at", "ended_at"):
         value = getattr(state, key)
         if value is not None:
             compact[key] = value.isoformat()

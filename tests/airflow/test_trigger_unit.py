@@ -57,6 +57,9 @@ def test_serialize_round_trip_holds_no_key_nor_payload():
         "cancel_on_kill",
         "cancel_at_deadline",
         "grace_seconds",
+        "expected_by",
+        "overdue_notified",
+        "usual",
     }
     assert API_KEY not in repr(kwargs)
 

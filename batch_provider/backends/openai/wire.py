@@ -265,6 +265,7 @@ def state_of(batch: dict[str, Any]) -> BatchState:
         error_message=message,
         retryable=ending is BatchEnding.FAILED and codes == {"token_limit_exceeded"},
         created_at=parse_timestamp(batch.get("created_at")),
+        started_at=parse_timestamp(batch.get("in_progress_at")),
         ended_at=parse_timestamp(
             batch.get("completed_at")
             or batch.get("failed_at")

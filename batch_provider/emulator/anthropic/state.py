@@ -190,23 +190,28 @@ class AnthropicBatches(BatchRegistry[AnthropicBatch]):
             raise not_found(f"{batch_id} not found", "anthropic")
         return rec
 
+    def _t_start(self, rec: AnthropicBatch) -> float:
+        """When processing starts: creation plus the queue delay (``in_progress`` with none done before)."""
+        if rec.processing_seconds is not None:
+            return rec.created_at
+        return rec.created_at + self.store.queue_delay.for_batch(rec.id)
+
     def _t_end(self, rec: AnthropicBatch, plan: Plan) -> float:
         if plan.faults.expire is not None:
             return math.inf
         if rec.processing_seconds is not None:
             return rec.created_at + rec.processing_seconds
-        return rec.created_at + self.cfg.processing_seconds + plan.n * self.cfg.per_request_seconds
+        return self._t_start(rec) + self.cfg.processing_seconds + plan.n * self.cfg.per_request_seconds
 
     def done_at(self, rec: AnthropicBatch, plan: Plan, t: float) -> int:
-        if t <= rec.created_at or plan.n == 0:
+        start = self._t_start(rec)
+        if t <= start or plan.n == 0:
             return 0
         if plan.faults.expire is not None:
-            span = max(rec.expires_at - rec.created_at, 1e-9)
-            return min(
-                plan.n, math.floor(plan.faults.expire * plan.n * min(1.0, (t - rec.created_at) / span))
-            )
+            span = max(rec.expires_at - start, 1e-9)
+            return min(plan.n, math.floor(plan.faults.expire * plan.n * min(1.0, (t - start) / span)))
         t_end = self._t_end(rec, plan)
-        return min(plan.n, math.floor(plan.n * (t - rec.created_at) / max(t_end - rec.created_at, 1e-9)))
+        return min(plan.n, math.floor(plan.n * (t - start) / max(t_end - start, 1e-9)))
 
     def state(self, rec: AnthropicBatch, plan: Plan, now: float) -> tuple[str, float | None, int, str | None]:
         """(processing_status, ended_at, requests done, how unrun requests end: expired/canceled)."""

@@ -158,6 +158,7 @@ class BedrockJobs(BatchRegistry[BedrockJob]):
         """(t_start, duration) of the InProgress phase; t_start is inf when it never starts."""
         c, s = self.cfg, self.settings
         t_start = job.submit_time + s.submitted_seconds + c.validating_seconds + s.scheduled_seconds
+        t_start += self.store.queue_delay.for_batch(job.job_id)
         duration = c.processing_seconds + job.n * c.per_request_seconds
         expire = BatchFaults.from_json(job.faults).expire
         if expire is not None:

@@ -208,7 +208,7 @@ class GeminiBatches(BatchRegistry[GeminiBatch]):
         return rec
 
     def _t_run(self, rec: GeminiBatch) -> float:
-        return rec.created_at + self.cfg.validating_seconds
+        return rec.created_at + self.cfg.validating_seconds + self.store.queue_delay.for_batch(rec.id)
 
     def _t_end(self, rec: GeminiBatch, plan: Plan) -> float:
         if plan.faults.expire is not None:

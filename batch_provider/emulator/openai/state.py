@@ -219,7 +219,7 @@ class OpenAIBatches(BatchRegistry[OpenAIBatch]):
         cfg = self.cfg
         if rec.synthetic_text_bytes is not None:
             return rec.created_at, rec.created_at
-        t_v = rec.created_at + cfg.validating_seconds
+        t_v = rec.created_at + cfg.validating_seconds + self.store.queue_delay.for_batch(rec.id)
         if plan.faults.expire is not None:
             return t_v, math.inf
         return t_v, t_v + cfg.processing_seconds + plan.n * cfg.per_request_seconds
