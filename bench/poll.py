@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 import httpx2
 
-from batch_provider.backends.anthropic import AnthropicBackend
-from batch_provider.backends.base import BatchBackend
-from batch_provider.backends.openai import OpenAIBackend
+from batch_provider.backends.anthropic.backend import AnthropicBackend
+from batch_provider.backends.openai.backend import OpenAIBackend
 from batch_provider.backends.transport import TransportPolicy
+from batch_provider.core.contract import BatchBackend
 from batch_provider.emulator.process import running_emulator
 
 KEY = "sk-bench-key"

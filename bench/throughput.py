@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _floors import codec_floor_s, objects_floor_s, result_model_floor_s
 
-from batch_provider.backends.anthropic import AnthropicBackend
-from batch_provider.backends.base import BatchBackend, Chunk
-from batch_provider.backends.openai import OpenAIBackend
+from batch_provider.backends.anthropic.backend import AnthropicBackend
+from batch_provider.backends.openai.backend import OpenAIBackend
+from batch_provider.core.contract import BatchBackend, Chunk
 from batch_provider.core.models import BatchRef, LLMRequest
 from batch_provider.core.reconcile import expected_ids, reconcile
 from batch_provider.core.split import split_requests

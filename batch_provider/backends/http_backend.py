@@ -16,8 +16,8 @@ from typing import ClassVar
 
 import httpx2
 
-from batch_provider.backends.base import BatchBackend
 from batch_provider.backends.transport import QuotaCheck, Transport, TransportPolicy
+from batch_provider.core.contract import BatchBackend
 from batch_provider.core.limits import LIMITS, ProviderLimits
 
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from batch_provider.backends.base import BatchBackend
+from batch_provider.core.contract import BatchBackend
 from batch_provider.core.models import Provider
 
 _BACKENDS: dict[Provider, str] = {
-    Provider.OPENAI: "batch_provider.backends.openai:OpenAIBackend",
-    Provider.OPENAI_COMPATIBLE: "batch_provider.backends.openai:OpenAICompatibleBackend",
-    Provider.ANTHROPIC: "batch_provider.backends.anthropic:AnthropicBackend",
-    Provider.BEDROCK: "batch_provider.backends.bedrock:BedrockBackend",
-    Provider.GEMINI: "batch_provider.backends.gemini:GeminiBackend",
+    Provider.OPENAI: "batch_provider.backends.openai.backend:OpenAIBackend",
+    Provider.OPENAI_COMPATIBLE: "batch_provider.backends.openai.backend:OpenAICompatibleBackend",
+    Provider.ANTHROPIC: "batch_provider.backends.anthropic.backend:AnthropicBackend",
+    Provider.BEDROCK: "batch_provider.backends.bedrock.backend:BedrockBackend",
+    Provider.GEMINI: "batch_provider.backends.gemini.backend:GeminiBackend",
 }
 
 

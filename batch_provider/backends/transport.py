@@ -1,11 +1,11 @@
 """The one HTTP transport every HTTP backend uses: pooling, timeouts, retries, error classes.
 
-The decisions (timeouts, retry schedule, error classes) are :mod:`.transport_policy`'s; this
-module makes the calls and applies them.
+The decisions (timeouts, retry schedule, error classes) are
+:mod:`batch_provider.core.transport_policy`'s; this module makes the calls and applies them.
 
 Invariants:
 - One :class:`Transport` wraps one ``httpx2.AsyncClient`` (one connection pool) for its lifetime.
-- A call is retried as :mod:`.transport_policy` says, within one overall deadline per call; a
+- A call is retried as the transport policy says, within one overall deadline per call; a
   non-idempotent call that may have reached the server is retried only after ``recover`` found no
   trace of it.
 - Error messages name the provider, the operation, the HTTP status and the provider's own message,
@@ -34,8 +34,9 @@ from typing import Any
 
 import httpx2
 
-from batch_provider.backends.errors import ProviderUnavailableError
-from batch_provider.backends.transport_policy import (
+from batch_provider.core.errors import ProviderUnavailableError
+from batch_provider.core.jsonl import dumps_line
+from batch_provider.core.transport_policy import (
     RETRYABLE_STATUSES,
     ErrorInfo,
     QuotaCheck,
@@ -47,7 +48,6 @@ from batch_provider.backends.transport_policy import (
     plan_after_status,
     read_error_info,
 )
-from batch_provider.core.jsonl import dumps_line
 
 __all__ = [
     "RETRYABLE_STATUSES",

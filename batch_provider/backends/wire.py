@@ -16,9 +16,9 @@ from typing import Any
 import httpx2
 import msgspec
 
-from batch_provider.backends.base import ReadablePath
-from batch_provider.backends.errors import RequestRejected
 from batch_provider.backends.transport import Transport, TruncatedStreamError
+from batch_provider.core.contract import ReadablePath
+from batch_provider.core.errors import RequestRejected
 from batch_provider.core.jsonl import aiter_line_blocks, dumps_line, loads
 from batch_provider.core.limits import ProviderLimits
 from batch_provider.core.models import (

@@ -30,14 +30,15 @@ from typing import Any
 import msgspec
 from pydantic import BaseModel, Field
 
-from batch_provider.backends.base import BatchBackend
 from batch_provider.core.cache import CACHE_BLOCK, ResultCache
+from batch_provider.core.contract import BatchBackend
 from batch_provider.core.deadline import load_deadline
+from batch_provider.core.estimate import Calibration
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import BatchRef, ItemStatus, ResultRecord, Usage
 from batch_provider.core.output_type import OutputChecks
-from batch_provider.core.pricing import Calibration, Cost, CostTally, PriceTable, default_price_table
+from batch_provider.core.pricing import Cost, CostTally, PriceTable, default_price_table
 from batch_provider.core.reconcile import ReconcileReport, reconcile
 from batch_provider.core.rejects import reject_reasons
 from batch_provider.core.run_index import record_run

@@ -40,9 +40,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from batch_provider.backends.base import BatchBackend
 from batch_provider.core.cache import CACHE_BLOCK, ResultCache, relabelled
 from batch_provider.core.catalog import context_problem, request_problem
+from batch_provider.core.contract import BatchBackend
 from batch_provider.core.estimate import Calibration, CostEstimator
 from batch_provider.core.ledger import LedgerAttempt, LedgerChunk
 from batch_provider.core.models import LLMRequest, RejectedRow, RequestKind

@@ -42,10 +42,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from batch_provider.backends.base import BatchBackend
-from batch_provider.backends.errors import BatchProviderError
-from batch_provider.backends.transport_policy import TransportPolicy
+from batch_provider.core.contract import BatchBackend
+from batch_provider.core.errors import BatchProviderError
 from batch_provider.core.models import BatchState
+from batch_provider.core.transport_policy import TransportPolicy
 from batch_provider.core.watch import (
     DEFAULT_POLL_INTERVAL_MAX,
     DEFAULT_POLL_INTERVAL_MIN,

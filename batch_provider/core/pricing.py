@@ -311,11 +311,3 @@ def load_price_table(override_path: Any | None = None) -> PriceTable:
     with override_path.open("rb") as fh:
         return table.with_overrides(PriceTable.from_json(json.loads(fh.read()), source=str(override_path)))
 
-
-def __getattr__(name: str) -> Any:
-    """The estimator lived here; its names still import from this module."""
-    from batch_provider.core import estimate
-
-    if name in estimate.__all__:
-        return getattr(estimate, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from batch_provider.backends.base import BatchBackend
+from batch_provider.core.contract import BatchBackend
 from batch_provider.core.jsonl import iter_path_lines
 from batch_provider.core.models import (
     BatchEnding,

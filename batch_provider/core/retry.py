@@ -21,9 +21,9 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 
-from batch_provider.backends.base import BatchBackend
 from batch_provider.core.claims import claim_run, publish_split
 from batch_provider.core.collection import RunSummary, rebuild_outputs
+from batch_provider.core.contract import BatchBackend
 from batch_provider.core.deadline import DeadlineRecord, load_deadline
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.jsonl import iter_path_lines

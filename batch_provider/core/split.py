@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from batch_provider.backends.base import BatchBackend, Chunk
-from batch_provider.backends.errors import RequestRejected
+from batch_provider.core.contract import BatchBackend, Chunk
+from batch_provider.core.errors import RequestRejected
 from batch_provider.core.jsonl import JsonlWriter, iter_path_lines
 from batch_provider.core.limits import ProviderLimits
 from batch_provider.core.models import LLMRequest, RejectedRow

@@ -36,9 +36,9 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 
-from batch_provider.backends.base import BatchBackend, Chunk
 from batch_provider.core.cache import CACHE_BLOCK, ResultCache
 from batch_provider.core.claims import HeldClaim, claim_chunk, claim_run, publish_split
+from batch_provider.core.contract import BatchBackend, Chunk
 from batch_provider.core.handle import InputCounts, RunHandle
 from batch_provider.core.intake import input_fingerprint, intake
 from batch_provider.core.ledger import (

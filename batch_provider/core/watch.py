@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from batch_provider.backends.base import BatchBackend
-from batch_provider.backends.errors import BatchProviderError
+from batch_provider.core.contract import BatchBackend
+from batch_provider.core.errors import BatchProviderError
 from batch_provider.core.models import BatchEnding, BatchState
 
 DEFAULT_POLL_INTERVAL_MIN = 5.0

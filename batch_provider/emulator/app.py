@@ -1,7 +1,8 @@
 """ASGI application factory: one Starlette app, one router per provider plus ``/_emu`` control.
 
-Provider routers are plain route lists (``openai_routes.ROUTES``, ``anthropic_routes.ROUTES``);
-a Bedrock or Gemini face is added the same way, sharing the :class:`~.store.Store`.
+Each provider package (``openai/``, ``anthropic/``, ``bedrock/``, ``gemini/``) joins
+:mod:`.providers` with its state and its routes (plain route lists); the app attaches every joined
+provider's state to one shared :class:`~.store.Store` and serves their routes plus ``/_emu``.
 """
 
 from __future__ import annotations
@@ -14,15 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import (
-    anthropic_routes,
-    bedrock_routes,
-    bedrock_state,
-    control,
-    gemini_routes,
-    gemini_state,
-    openai_routes,
-)
+from . import anthropic, bedrock, control, gemini, openai, providers  # noqa: F401 (importing a provider joins it)
 from .config import EmulatorConfig
 from .errors import ApiError
 from .store import Store
@@ -43,8 +36,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_app(config: EmulatorConfig | None = None) -> Starlette:
     config = config or EmulatorConfig()
     store = Store(config)
-    bedrock_state.attach(store)
-    gemini_state.attach(store)
+    for provider in providers.joined():
+        provider.attach(store)
     install_log_filter()
 
     @asynccontextmanager
@@ -53,13 +46,7 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
         store.close()
 
     app = Starlette(
-        routes=[
-            *openai_routes.ROUTES,
-            *anthropic_routes.ROUTES,
-            *bedrock_routes.ROUTES,
-            *gemini_routes.ROUTES,
-            *control.ROUTES,
-        ],
+        routes=[*(route for provider in providers.joined() for route in provider.routes), *control.ROUTES],
         exception_handlers={404: _http_error, 405: _http_error},
         lifespan=lifespan,
     )

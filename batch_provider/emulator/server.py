@@ -107,7 +107,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     )
     cfg.apply_overrides(args.set)
     if getattr(args, "with_s3", False):
-        from .bedrock_s3 import start_local_s3
+        from .bedrock.s3 import start_local_s3
 
         print(f"moto S3 for Bedrock on {start_local_s3(args.host)[1]}", file=sys.stderr, flush=True)
     if cfg.faults_json:

@@ -63,7 +63,7 @@ class FileRecord:
     seq: int = 0
     pending: bool = False
     synthetic_lines: int = 0
-    """> 0: content generated on the fly (``/_emu/synthetic``), never stored; see openai_state."""
+    """> 0: content generated on the fly (``/_emu/synthetic``), never stored; see openai/state.py."""
     synthetic_text_bytes: int = 0
 
     def to_api(self) -> dict[str, Any]:
@@ -196,8 +196,9 @@ class Stats:
 
 
 class Store:
-    """Everything the routers share. Provider state machines hang off it: ``openai`` and ``anthropic``
-    from the start, ``bedrock`` and ``gemini`` once :func:`.registry.attach` adds them."""
+    """Everything the routers share. Provider state machines hang off it as ``store.<provider>``
+    once :func:`.registry.attach` adds them (the app attaches every provider that joined
+    :mod:`.providers`); the store itself imports no provider."""
 
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
@@ -219,11 +220,6 @@ class Store:
         self.faults = ServerFaults(config.seed)
         self.faults.set(self._fault_defaults())
         self.resends = ResendHistory(self.root)
-        from .anthropic_state import AnthropicBatches
-        from .openai_state import OpenAIBatches
-
-        self.openai = OpenAIBatches(self)
-        self.anthropic = AnthropicBatches(self)
 
     def _fault_defaults(self) -> dict[str, Any]:
         c = self.config
@@ -248,8 +244,6 @@ class Store:
 
     def reset(self) -> None:
         """Drop every batch, file, counter and server-wide fault; the clock keeps running."""
-        self.openai.clear()
-        self.anthropic.clear()
         self.files.clear()
         self.stats.clear()
         self.resends.clear()

@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 
 from airflow.sdk import BaseHook
 
-from batch_provider.backends.base import BatchBackend
-from batch_provider.backends.bedrock_connection import bedrock_options
+from batch_provider.backends.bedrock.connection import bedrock_options
 from batch_provider.backends.registry import create_backend
+from batch_provider.core.contract import BatchBackend
 from batch_provider.core.models import Provider
 from batch_provider.core.poller import POLL_POLICY, PollerLease, acquire_poller, pool_key, resolve_once
 

@@ -10,19 +10,17 @@ Invariants:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowSkipException
 
 from batch_provider import metrics
-from batch_provider.backends.errors import RequestRejected
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import RunKey
-from batch_provider.core.models import LLMRequest, Message, RejectedRow, RequestKind
+from batch_provider.core.models import LLMRequest, RejectedRow, RequestKind
 from batch_provider.core.output_type import (
     DEFAULT_RETRY_INVALID_OUTPUT,
     OutputSpec,
@@ -34,7 +32,6 @@ from batch_provider.core.records import (
     InputError,
     detect_format,
     iter_list,
-    iter_records,
 )
 from batch_provider.core.rejects import TooManyRejectsError
 from batch_provider.core.render import RequestBuilder, SystemPrompt, TemplateVariableError
@@ -48,73 +45,33 @@ from batch_provider.operators._common import (
     metric_tags,
     run_sync,
 )
+from batch_provider.operators.input_rows import DATA_SUFFIXES, TEXT_SUFFIXES, iter_input_rows
+from batch_provider.operators.submit_options import (
+    RunPathError,
+    TaskBudgetExceededError,
+    TaskEmptyInputError,
+    TaskInputError,
+    TaskOptionError,
+    TaskRejectsError,
+    TaskTemplateError,
+    check_run_path,
+    check_submit_options,
+    option_problem,
+)
 
-
-class TaskBudgetExceededError(BudgetExceededError, AirflowFailException):
-    """The submit task's estimate is over ``max_cost_usd``: fails the task without Airflow retries
-    (a retry cannot change the estimate) and is still a :class:`BudgetExceededError`."""
-
-
-class TaskInputError(InputError, AirflowFailException):
-    """The input as a whole cannot be read (missing, unreadable): fails without Airflow retries."""
-
-
-class TaskEmptyInputError(EmptyInputError, AirflowFailException):
-    """The input holds no rows and ``on_empty="fail"``."""
-
-
-class TaskTemplateError(TemplateVariableError, AirflowFailException):
-    """The prompt template names a column no row has: fails without retries, nothing sent."""
-
-
-class TaskRejectsError(TooManyRejectsError, AirflowFailException):
-    """Too many rows rejected (by default: all of them): fails without retries, nothing sent."""
-
-
-class TaskOptionError(ValueError, AirflowFailException):
-    """An option of the task that the provider requires is missing, or one it refuses is given."""
-
-
-class RunPathError(OSError, AirflowFailException):
-    """The run folder cannot be written: fails without retries, naming the path and the fix."""
-
-
-ON_EMPTY = ("skip", "fail")
-
-DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
-TEXT_SUFFIXES = (".md", ".txt", ".rst", ".html")
-
-
-def iter_input_rows(path: Any, fmt: str | None = None) -> Iterator[tuple[int, dict[str, Any] | RejectedRow]]:
-    """Rows of a file, or of every file in a folder (sorted by name), numbered from 1.
-
-    Data files (JSONL, CSV, Parquet) give one row per record; text documents (``.md``, ``.txt``,
-    ``.rst``, ``.html``) give one row each: ``{"id": stem, "name", "path", "text"}``.
-    """
-    if not path.is_dir():
-        yield from iter_records(path, fmt)
-        return
-    files = sorted((p for p in path.iterdir() if p.is_file()), key=lambda p: p.name)
-    number = 0
-    for file in files:
-        suffix = os.path.splitext(file.name)[1].lower()
-        if suffix in TEXT_SUFFIXES:
-            number += 1
-            with file.open("rb") as fh:
-                text = fh.read().decode("utf-8-sig")
-            stem = os.path.splitext(file.name)[0]
-            yield number, {"id": stem, "name": file.name, "path": str(file), "text": text}
-        elif suffix in DATA_SUFFIXES:
-            for _, row in iter_records(file, fmt):
-                number += 1
-                if isinstance(row, RejectedRow):
-                    row = row.model_copy(update={"row": number})
-                yield number, row
-    if number == 0:
-        raise EmptyInputError(
-            f"folder {path} holds no input files (data: {', '.join(DATA_SUFFIXES)}; "
-            f"documents: {', '.join(TEXT_SUFFIXES)})"
-        )
+__all__ = [
+    "DATA_SUFFIXES",
+    "TEXT_SUFFIXES",
+    "RunPathError",
+    "SubmitBatchOperator",
+    "TaskBudgetExceededError",
+    "TaskEmptyInputError",
+    "TaskInputError",
+    "TaskOptionError",
+    "TaskRejectsError",
+    "TaskTemplateError",
+    "iter_input_rows",
+]
 
 
 class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
@@ -256,38 +213,16 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        if on_empty not in ON_EMPTY:
-            raise ValueError(f"on_empty must be one of {', '.join(ON_EMPTY)}, got {on_empty!r}")
-        if max_rejected_fraction is not None and not 0 <= max_rejected_fraction <= 1:
-            raise ValueError(
-                f"max_rejected_fraction is a share of the rows, from 0 to 1; got {max_rejected_fraction!r}"
-            )
-        given = [
-            n
-            for n, v in (("input_path", input_path), ("records", records), ("requests_path", requests_path))
-            if v is not None
-        ]
-        if len(given) != 1:
-            raise ValueError(
-                f"give exactly one of input_path, records or requests_path (got {given or 'none'})"
-            )
-        builders = [
-            n
-            for n, v in (
-                ("prompt_template", prompt_template),
-                ("prompt_template_param", prompt_template_param),
-                ("build_request", build_request),
-            )
-            if v is not None
-        ]
-        if len(builders) > 1:
-            raise ValueError(
-                f"give at most one of prompt_template, prompt_template_param, build_request (got {builders})"
-            )
-        if requests_path is None and not builders:
-            raise ValueError(
-                "rows need a prompt_template, prompt_template_param or build_request to become requests"
-            )
+        check_submit_options(
+            on_empty=on_empty,
+            max_rejected_fraction=max_rejected_fraction,
+            sources={"input_path": input_path, "records": records, "requests_path": requests_path},
+            builders={
+                "prompt_template": prompt_template,
+                "prompt_template_param": prompt_template_param,
+                "build_request": build_request,
+            },
+        )
         self.input_path = input_path
         self.records = records
         self.requests_path = requests_path
@@ -385,47 +320,10 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
             extra=self.extra,
         )
 
-    def _option_problem(self, backend: Any, builder: RequestBuilder) -> str | None:
-        """Why the task's own options cannot make a request for this provider, or None.
-
-        Checked only when the options come from the task alone (a prompt template): rows of a
-        requests file or a ``build_request`` callable may carry their own."""
-        if self.prompt_template is None and self.prompt_template_param is None:
-            return None
-        probe = LLMRequest(
-            custom_id="option-check",
-            model=builder.model,
-            max_tokens=builder.max_tokens,
-            kind=builder.kind,
-            temperature=builder.temperature,
-            response_schema=builder.response_schema,
-            extra=builder.extra,
-            input="check" if builder.kind is RequestKind.EMBEDDING else None,
-            messages=[] if builder.kind is RequestKind.EMBEDDING else [Message(role="user", content="check")],
-        )
-        try:
-            backend.encode(probe)
-        except RequestRejected as exc:
-            return (
-                f"the task's {exc.field!r} cannot be sent to {backend.provider.value}: {exc.reason}. "
-                f"Set it on the task (e.g. {exc.field}=...) or change it; nothing was sent."
-            )
-        return None
-
-    def _check_run_path(self, run_dir: Any) -> None:
-        """Write and remove a probe file in the run folder, or fail naming the path and the fix."""
-        probe = run_dir.root / ".write-check"
-        try:
-            run_dir.root.mkdir(parents=True, exist_ok=True)
-            with probe.open("wb") as fh:
-                fh.write(b"ok\n")
-            probe.unlink()
-        except OSError as exc:
-            raise RunPathError(
-                f"cannot write the run folder {run_dir.root} ({type(exc).__name__}: {exc}); make it "
-                "writable by the Airflow worker, or point run_path (or [batch_provider] run_path) "
-                "at a writable location. Nothing was sent."
-            ) from None
+    def _options_from_task(self) -> bool:
+        """Whether the options come from the task alone (a prompt template): rows of a requests file
+        or a ``build_request`` callable may carry their own."""
+        return self.prompt_template is not None or self.prompt_template_param is not None
 
     def execute(self, context: Any) -> dict[str, Any]:
         ti = context["ti"]
@@ -438,7 +336,7 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
         )
         hook = self._hook()
         provider = hook.get_provider()
-        self._check_run_path(run_dir)
+        check_run_path(run_dir)
         if self.output_spec is not None:
             save_output_spec(run_dir.root, OutputSpec.model_validate(self.output_spec))
         builder = self._builder(context)
@@ -455,7 +353,7 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
 
         async def submit() -> RunHandle:
             async with hook.get_backend() as backend:
-                problem = self._option_problem(backend, builder)
+                problem = option_problem(backend, builder) if self._options_from_task() else None
                 if problem is not None:
                     raise TaskOptionError(problem)
                 return await submit_run(

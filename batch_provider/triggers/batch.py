@@ -30,7 +30,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from batch_provider.backends.errors import BatchProviderError
+from batch_provider.core.errors import BatchProviderError
 from batch_provider.core.models import BatchState, Provider
 from batch_provider.core.watch import (
     CANCEL_TIMEOUT_SECONDS,

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from batch_provider.backends.base import BatchBackend, Chunk, EncodedRequest
-from batch_provider.backends.errors import ProviderUnavailableError
+from batch_provider.core.contract import BatchBackend, Chunk, EncodedRequest
+from batch_provider.core.errors import ProviderUnavailableError
 from batch_provider.core.limits import OPENAI_LIMITS
 from batch_provider.core.models import (
     BatchCounts,

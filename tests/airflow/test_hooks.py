@@ -8,8 +8,8 @@ import pytest
 from airflow_setup import API_KEY, conn_json
 
 from batch_provider import get_provider_info
-from batch_provider.backends.anthropic import AnthropicBackend
-from batch_provider.backends.openai import OpenAIBackend, OpenAICompatibleBackend
+from batch_provider.backends.anthropic.backend import AnthropicBackend
+from batch_provider.backends.openai.backend import OpenAIBackend, OpenAICompatibleBackend
 from batch_provider.hooks.batch import (
     AnthropicBatchHook,
     GeminiBatchHook,
@@ -172,7 +172,7 @@ def provider_conns(monkeypatch):
 
 
 async def test_gemini_connection_builds_the_gemini_backend(provider_conns):
-    from batch_provider.backends.gemini import GeminiBackend
+    from batch_provider.backends.gemini.backend import GeminiBackend
 
     hook = GeminiBatchHook()
     assert hook.conn_id == "llm_gemini_default" and hook.get_provider().value == "gemini"
@@ -190,7 +190,7 @@ async def test_gemini_connection_builds_the_gemini_backend(provider_conns):
 
 
 async def test_aws_connection_builds_the_bedrock_backend(provider_conns):
-    from batch_provider.backends.bedrock import BedrockBackend
+    from batch_provider.backends.bedrock.backend import BedrockBackend
 
     hook = LLMBatchHook(conn_id="aws_bedrock")
     assert hook.get_provider().value == "bedrock"  # from the conn type: no provider= needed

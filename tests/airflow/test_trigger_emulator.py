@@ -86,7 +86,7 @@ CRASHING_SUBMIT = textwrap.dedent(
     import os, signal, sys
     sys.path[:0] = {paths!r}
     from unittest import mock
-    from batch_provider.backends.openai import OpenAIBackend
+    from batch_provider.backends.openai.backend import OpenAIBackend
     original = OpenAIBackend.submit
 
     async def submit_then_die(self, chunk, *, tags):

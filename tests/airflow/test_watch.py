@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from airflow_fakes import ScriptedBackend
 
-from batch_provider.backends.errors import AuthenticationError
+from batch_provider.core.errors import AuthenticationError
 from batch_provider.core.watch import Progress, WatchTimeout, next_interval, watch_batches
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from batch_provider.backends.anthropic import AnthropicBackend
-from batch_provider.backends.base import BatchBackend, Chunk
-from batch_provider.backends.openai import OpenAIBackend
+from batch_provider.backends.anthropic.backend import AnthropicBackend
+from batch_provider.backends.openai.backend import OpenAIBackend
 from batch_provider.backends.transport import TransportPolicy
+from batch_provider.core.contract import BatchBackend, Chunk
 from batch_provider.core.models import BatchRef, BatchState, ItemStatus, LLMRequest, RejectedRow, ResultRecord
 from batch_provider.core.reconcile import ReconcileReport, expected_ids, reconcile
 from batch_provider.core.split import split_requests

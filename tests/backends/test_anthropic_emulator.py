@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from batch_provider.backends.anthropic import AnthropicBackend
-from batch_provider.backends.errors import (
+from batch_provider.backends.anthropic.backend import AnthropicBackend
+from batch_provider.backends.transport import TransportPolicy
+from batch_provider.core.errors import (
     AuthenticationError,
     InvalidRequestError,
     NotFoundError,
     ProviderUnavailableError,
     RateLimitedError,
 )
-from batch_provider.backends.transport import TransportPolicy
 from batch_provider.core.models import BatchEnding, BatchStatus, ItemStatus, LLMRequest
 from batch_provider.emulator.process import EmulatorProcess
 from tests.backends.conftest import FAST, assert_invariant, chat, end_all, submit_all

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from batch_provider.backends.anthropic import AnthropicBackend
-from batch_provider.backends.errors import RequestRejected
-from batch_provider.backends.openai import OpenAIBackend, OpenAICompatibleBackend
+from batch_provider.backends.anthropic.backend import AnthropicBackend
+from batch_provider.backends.openai.backend import OpenAIBackend, OpenAICompatibleBackend
+from batch_provider.core.errors import RequestRejected
 from batch_provider.core.limits import ANTHROPIC_LIMITS
 from batch_provider.core.models import LLMRequest
 
@@ -235,7 +235,7 @@ def test_openai_rejects_an_endpoint_the_batch_api_does_not_serve() -> None:
 def test_system_blocks_and_cache_flag_in_each_wire_form(
     openai: OpenAIBackend, anthropic: AnthropicBackend
 ) -> None:
-    from batch_provider.backends.gemini_wire import generate_content_request
+    from batch_provider.backends.gemini.wire import generate_content_request
 
     blocks = [{"type": "text", "text": "Shared policy."}, {"type": "text", "text": "Row rules."}]
     plain = chat(model="claude-haiku-4-5", max_tokens=8, system="Shared policy.")

@@ -7,14 +7,6 @@ import email.utils
 import httpx2
 import pytest
 
-from batch_provider.backends.errors import (
-    AuthenticationError,
-    ConflictError,
-    InvalidRequestError,
-    NotFoundError,
-    ProviderUnavailableError,
-    RateLimitedError,
-)
 from batch_provider.backends.transport import (
     ErrorInfo,
     Transport,
@@ -23,6 +15,14 @@ from batch_provider.backends.transport import (
     parse_retry_after,
     plan_after_exception,
     plan_after_status,
+)
+from batch_provider.core.errors import (
+    AuthenticationError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    ProviderUnavailableError,
+    RateLimitedError,
 )
 
 INFO = ErrorInfo(type="server_error", message="boom", code=None)

@@ -8,7 +8,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from batch_provider.backends.bedrock import BedrockBackend
+from batch_provider.backends.bedrock.backend import BedrockBackend
 from batch_provider.emulator.process import EmulatorProcess
 
 REGION = "us-east-1"

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from bedrock_support import CLAUDE, INPUT_BUCKET, OUTPUT_BUCKET, ROLE
 
-from batch_provider.backends.bedrock import (
+from batch_provider.backends.bedrock.backend import (
     BedrockBackend,
     client_request_token,
     job_name,
 )
-from batch_provider.backends.bedrock_models import ModelFamily, base_model_id, family_of
-from batch_provider.backends.errors import RequestRejected
+from batch_provider.backends.bedrock.models import ModelFamily, base_model_id, family_of
 from batch_provider.backends.registry import create_backend
+from batch_provider.core.errors import RequestRejected
 from batch_provider.core.ledger import RunKey, chunk_tags
 from batch_provider.core.models import BatchEnding, BatchStatus, ImagePart, ItemStatus, LLMRequest, Message
 from batch_provider.core.submission import submit_run
@@ -285,7 +285,7 @@ async def test_aws_connection_builds_the_clients(emu: Any, tmp_path: Any, monkey
 
 
 def test_job_tags_are_made_valid() -> None:
-    from batch_provider.backends.bedrock import job_tags
+    from batch_provider.backends.bedrock.backend import job_tags
 
     tags = job_tags({"team": "a,b", "dag": "x*y", "aws:reserved": "v", "k" * 200: "v" * 300})
     assert tags[0] == {"key": "team", "value": "a b"} and tags[1] == {"key": "dag", "value": "x_y"}
@@ -293,7 +293,7 @@ def test_job_tags_are_made_valid() -> None:
 
 
 def test_options_from_an_aws_connection() -> None:
-    from batch_provider.backends.bedrock_connection import bedrock_options
+    from batch_provider.backends.bedrock.connection import bedrock_options
 
     extra = {
         "role_arn": "arn:aws:iam::1:role/airflow",

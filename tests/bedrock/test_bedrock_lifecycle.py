@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from bedrock_support import CLAUDE, INPUT_BUCKET, backend_for, s3_client
 
-from batch_provider.backends.bedrock import BelowMinimumRecordsError
+from batch_provider.backends.bedrock.backend import BelowMinimumRecordsError
 from batch_provider.core.collection import collect_run
 from batch_provider.core.ledger import Ledger, RunKey
 from batch_provider.core.models import BatchEnding, BatchStatus
@@ -282,7 +282,7 @@ async def test_create_waits_for_a_job_slot(emu: Any, tmp_path: Path) -> None:
     import asyncio
     import time
 
-    from batch_provider.backends.errors import RateLimitedError
+    from batch_provider.core.errors import RateLimitedError
 
     emu.bedrock_settings(min_records=10, max_jobs_in_flight=0)
     key = RunKey(dag_id="d", task_id="submit", run_id="slot")

@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
-from batch_provider.backends.openai import OpenAIBackend
+from batch_provider.backends.openai.backend import OpenAIBackend
 from batch_provider.core.models import (
     BatchEnding,
     BatchRef,

@@ -11,8 +11,8 @@ from collections import Counter
 import httpx2
 import pytest
 
-from batch_provider.backends.errors import NotFoundError, RateLimitedError
 from batch_provider.backends.transport import Transport
+from batch_provider.core.errors import NotFoundError, RateLimitedError
 from batch_provider.core.models import BatchEnding, BatchState, BatchStatus
 from batch_provider.core.poller import BatchPoller, acquire_poller, pool_key, pools_of_running_loop
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_provider.backends.openai import OpenAIBackend
+from batch_provider.backends.openai.backend import OpenAIBackend
 from batch_provider.core.models import (
     BatchEnding,
     BatchRef,

@@ -6,8 +6,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from batch_provider.backends.anthropic import AnthropicBackend
-from batch_provider.backends.openai import OpenAIBackend
+from batch_provider.backends.anthropic.backend import AnthropicBackend
+from batch_provider.backends.openai.backend import OpenAIBackend
 from batch_provider.core.jsonl import iter_path_lines
 from batch_provider.core.limits import ANTHROPIC_LIMITS
 from batch_provider.core.models import LLMRequest, RejectedRow

@@ -9,7 +9,8 @@ import random
 import jsonschema
 import pytest
 
-from batch_provider.emulator import fake_values, openai_outputs, outputs
+from batch_provider.emulator import fake_values, outputs
+from batch_provider.emulator.openai import outputs as openai_outputs
 
 SCHEMAS = [
     {"type": "object", "properties": {"a": {"type": "string", "enum": ["x", "y", "z"]}}, "required": ["a"]},

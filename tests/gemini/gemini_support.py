@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from batch_provider.backends.gemini import GeminiBackend
+from batch_provider.backends.gemini.backend import GeminiBackend
 from batch_provider.backends.transport import TransportPolicy
 from batch_provider.core.records import iter_list
 from batch_provider.core.render import RequestBuilder

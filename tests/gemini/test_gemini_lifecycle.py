@@ -23,8 +23,8 @@ from gemini_support import (
     wait_all,
 )
 
-from batch_provider.backends.errors import NotFoundError, RateLimitedError
 from batch_provider.core.collection import collect_run
+from batch_provider.core.errors import NotFoundError, RateLimitedError
 from batch_provider.core.ledger import Ledger, RunKey
 from batch_provider.core.models import BatchEnding, BatchStatus
 from batch_provider.core.records import iter_list

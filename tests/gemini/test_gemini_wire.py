@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from batch_provider.backends import gemini_wire as gw
-from batch_provider.backends.errors import RequestRejected
-from batch_provider.backends.gemini import GeminiBackend
+from batch_provider.backends.gemini import wire as gw
+from batch_provider.backends.gemini.backend import GeminiBackend
 from batch_provider.backends.registry import create_backend
+from batch_provider.core.errors import RequestRejected
 from batch_provider.core.limits import LIMITS
 from batch_provider.core.models import BatchEnding, BatchStatus, ItemStatus, LLMRequest, Provider
 

@@ -86,7 +86,7 @@ def install_crash(point: str | None, chunk: int, backend: object) -> None:
         cls._upload = upload  # type: ignore[attr-defined]
 
     if getattr(cls, "provider", None) is not None and cls.provider.value == "bedrock":
-        from batch_provider.backends import bedrock
+        from batch_provider.backends.bedrock import backend as bedrock
 
         original_put = bedrock.upload_file
         uploads = {"n": 0}

@@ -23,8 +23,8 @@ from rel_support import (
     read_lines,
 )
 
-from batch_provider.backends.errors import BatchProviderError
 from batch_provider.core.collection import collect_run
+from batch_provider.core.errors import BatchProviderError
 from batch_provider.core.ledger import Ledger, RunKey
 from batch_provider.core.records import iter_list
 from batch_provider.core.render import RequestBuilder
@@ -82,7 +82,7 @@ def storm_emulator(request: Any) -> Any:
 def storm_backend(provider: str, emulator: Any, prefix: str) -> Any:
     if provider != "bedrock":
         return backend_for(provider, emulator)
-    from batch_provider.backends.bedrock_aws import AwsRetryPolicy
+    from batch_provider.backends.bedrock.aws import AwsRetryPolicy
     from batch_provider.backends.registry import create_backend
 
     policy = AwsRetryPolicy(connect_timeout=5.0, read_timeout=30.0, max_attempts=10)

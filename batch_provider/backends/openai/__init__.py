@@ -1,0 +1,16 @@
+"""The OpenAI backend and its OpenAI-compatible variant: client (``backend``) and wire translation
+(``wire``). The backend classes load on first use, so importing ``wire`` does not load the client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["OpenAIBackend", "OpenAICompatibleBackend"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import backend
+
+        return getattr(backend, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
