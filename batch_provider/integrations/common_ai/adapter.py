@@ -44,9 +44,9 @@ from airflow.providers.common.ai.exceptions import (
     LLMBatchModelMismatchError,
 )
 
-from batch_provider.backends.base import BatchBackend, Chunk
-from batch_provider.backends.errors import RequestRejected
 from batch_provider.backends.registry import create_backend
+from batch_provider.core.contract import BatchBackend, Chunk
+from batch_provider.core.errors import RequestRejected
 from batch_provider.core.limits import ProviderLimits
 from batch_provider.core.models import (
     BatchEnding,

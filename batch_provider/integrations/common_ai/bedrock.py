@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from batch_provider.backends.bedrock_connection import bedrock_options
+from batch_provider.backends.bedrock.connection import bedrock_options
 from batch_provider.core.limits import BEDROCK_LIMITS
 from batch_provider.core.models import Provider
 from batch_provider.integrations.common_ai.adapter import BackendBatchAdapter
