@@ -120,6 +120,9 @@ def test_entry_points_select_our_adapters_by_model_prefix():
     assert dispatch.get_adapter_class("pydanticai", "gemini:gemini-2.5-flash") is GeminiAliasBatchAdapter
     with pytest.raises(BatchProviderNotYetSupportedError, match="does not support connection type"):
         dispatch.get_adapter_class("llm_openai", f"bedrock:{CLAUDE}")
+    # a pydanticai connection's host may carry the API version; the backend adds it itself
+    gemini = GeminiBatchAdapter(api_key="k", base_url="https://gemini.example/v1beta/")
+    assert gemini.backend_options(None, None) == {"api_key": "k", "base_url": "https://gemini.example"}
 
 
 def test_llm_batch_decorator_on_bedrock_accounts_every_row(aws_conn, common_ai_env):

@@ -29,7 +29,8 @@ class GeminiBatchAdapter(BackendBatchAdapter):
             )
         options: dict[str, Any] = {"api_key": self._api_key}
         if self._base_url:
-            options["base_url"] = self._base_url
+            # the backend adds the API version itself; a host written with it would double it
+            options["base_url"] = self._base_url.removesuffix("/v1beta").removesuffix("/v1")
         return options
 
 
