@@ -11,6 +11,7 @@ Invariants:
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 
 class Clock:
@@ -30,3 +31,10 @@ class Clock:
             raise ValueError("the emulated clock cannot go backwards")
         self.offset += seconds
         return self.now()
+
+
+def rfc3339(t: float | None) -> str | None:
+    """An emulated time as the services write it (``2026-01-02T03:04:05.000000Z``), None as None."""
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

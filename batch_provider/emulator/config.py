@@ -1,4 +1,4 @@
-"""Emulator configuration: every knob the spec marks [EMU] lives here.
+"""Emulator configuration: what the services leave open, and what tests steer.
 
 Times are in *emulated* seconds unless a name says otherwise; the clock's ``time_factor`` maps
 them to real time. Every field can be set from the command line, either through its own flag or
@@ -48,15 +48,15 @@ class EmulatorConfig:
     anthropic_max_requests: int = 100_000
     anthropic_max_body_bytes: int = 256 * 1024 * 1024
 
-    # --- semantics the spec leaves open ---
+    # --- behaviour the services leave open ---
     expired_unrun_count_failed: bool = False
-    """Count unrun requests of an expired OpenAI batch in ``request_counts.failed`` (spec E row 3)."""
+    """Count unrun requests of an expired OpenAI batch in ``request_counts.failed``."""
     cancelled_unrun_error_lines: bool = False
-    """Write ``batch_cancelled`` lines for unrun requests of a cancelled OpenAI batch (spec E row 4)."""
+    """Write ``batch_cancelled`` lines for unrun requests of a cancelled OpenAI batch."""
     shuffle_results: bool = False
     """Shuffle every output file / results stream (the ``shuffle`` fault does it per batch)."""
     anthropic_results_shuffled: bool = True
-    """Anthropic results come in a deterministic shuffled order by default (spec E row 7: no order
+    """Anthropic results come in a deterministic shuffled order by default (no order
     is guaranteed); false serves them in request order unless a shuffle fault asks otherwise."""
     outputs_at_finalize: bool = False
     """OpenAI: write a batch's output/error files in the background as soon as its processing is

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .anthropic.state import rfc3339
+from .clock import rfc3339
 from .faults import FaultSyntaxError
 from .store import Store
 

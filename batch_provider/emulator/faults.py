@@ -13,7 +13,7 @@ Three levels, all deterministic for a given ``--seed`` (and, for the random rate
 
        item_errors=F[:C1/C2..]  fraction F of requests error; codes default 400/429/500, picked per request
        expire[=F]               the batch cannot finish: at expires_at it expires with fraction F
-                                (default 0.5) of the requests done (partial results, spec E row 3)
+                                (default 0.5) of the requests done (partial results)
        shuffle                  output/error lines (or results) in a shuffled order
        drop[=N]                 the first N downloads (default 1) of this batch's output, error or
                                 results stream are cut mid-body (connection dropped)

@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 
 from batch_provider.emulator import fake_values, outputs
+from batch_provider.emulator.openai import answers
 from batch_provider.emulator.openai import outputs as openai_outputs
 
 SCHEMAS = [
@@ -63,12 +64,12 @@ def test_schema_found_in_prompt() -> None:
 
 def test_chat_tokens_bounded_and_json_truncated_when_too_long() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "x" * 400}], "max_completion_tokens": 3}
-    resp, in_tok, out_tok = outputs.openai_response("/v1/chat/completions", body, 0, 0, 1536)
+    resp, in_tok, out_tok = answers.openai_response("/v1/chat/completions", body, 0, 0, 1536)
     assert in_tok == 100 and out_tok <= 3
     assert resp["usage"]["completion_tokens"] == out_tok
     big = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(30)}}
     body["response_format"] = {"type": "json_schema", "json_schema": {"name": "b", "schema": big}}
-    resp, _, out_tok = outputs.openai_response("/v1/chat/completions", body, 0, 0, 1536)
+    resp, _, out_tok = answers.openai_response("/v1/chat/completions", body, 0, 0, 1536)
     assert out_tok <= 3 and resp["choices"][0]["finish_reason"] == "length"
 
 
@@ -88,7 +89,7 @@ def test_anthropic_message_usage_and_seed() -> None:
 
 def test_embeddings_base64_and_model_default_dims() -> None:
     body = {"model": "text-embedding-3-large", "input": ["a", "bb"], "encoding_format": "base64"}
-    resp, tokens, _ = outputs.openai_response("/v1/embeddings", body, 0, 0, 1536)
+    resp, tokens, _ = answers.openai_response("/v1/embeddings", body, 0, 0, 1536)
     assert tokens == 2 and len(resp["data"]) == 2
     assert len(base64.b64decode(resp["data"][0]["embedding"])) == 3072 * 4
     json.dumps(resp)
@@ -135,8 +136,8 @@ USAGE_BODIES = [
 
 @pytest.mark.parametrize(("endpoint", "body"), USAGE_BODIES)
 def test_usage_equals_the_responses_usage(endpoint: str, body: dict) -> None:
-    _, in_tok, out_tok = outputs.openai_response(endpoint, body, 3, 0, 16)
-    assert outputs.openai_usage(endpoint, body, 3) == (in_tok, out_tok)
+    _, in_tok, out_tok = answers.openai_response(endpoint, body, 3, 0, 16)
+    assert answers.openai_usage(endpoint, body, 3) == (in_tok, out_tok)
 
 
 @pytest.mark.parametrize(("endpoint", "body"), USAGE_BODIES)

@@ -2,8 +2,8 @@
 ``batch_provider``, and the core depends on nothing above it (backends, the Airflow layer, the
 emulator).
 
-Imports under ``if TYPE_CHECKING:`` never run, so they are left out; every other import counts,
-including those inside functions (a lazy import still closes a cycle at run time). An import names
+Every import counts: those inside functions (a lazy import still closes a cycle at run time) and
+those under ``if TYPE_CHECKING:`` (a cycle of types is a cycle of knowledge). An import names
 the module it reads from (``from a.b import c`` is an edge to ``a.b.c`` when that is a module,
 else to ``a.b``); a package's ``__init__`` running first is not counted as an edge.
 """
@@ -37,27 +37,8 @@ def module_name(path: Path) -> tuple[str, bool]:
     return ".".join(parts), is_package
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
-    found: list[ast.Import | ast.ImportFrom] = []
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            for child in node.orelse:
-                visit(child)
-            return
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            found.append(node)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(tree)
-    return found
+def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    return [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -66,7 +47,7 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for (name, is_package), path in files.items():
         here = name.split(".") if is_package else name.split(".")[:-1]
-        for node in _runtime_imports(ast.parse(path.read_text(), str(path))):
+        for node in _imports(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -123,6 +104,8 @@ def test_graph_sees_the_package() -> None:
     assert "batch_provider.core.poller" in graph
     assert "batch_provider.core.contract" in graph["batch_provider.core.poller"]
     assert "batch_provider.emulator.store" in graph["batch_provider.emulator.app"]
+    # a type-only import (under TYPE_CHECKING) is an edge too
+    assert "batch_provider.emulator.openai.batch" in graph["batch_provider.emulator.openai.output_files"]
 
 
 def test_no_import_cycles() -> None:

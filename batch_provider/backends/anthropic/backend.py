@@ -1,6 +1,7 @@
 """Anthropic Message Batches backend.
 
-Wire format: spec §B. Paths are ``/v1/messages/batches...`` under a base URL without ``/v1``.
+Wire format: the Anthropic Message Batches API as the official SDK calls it.
+Paths are ``/v1/messages/batches...`` under a base URL without ``/v1``.
 
 Decisions:
 - Structured output uses ``params.output_format = {"type": "json_schema", "schema": ...}``; the

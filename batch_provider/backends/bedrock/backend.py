@@ -1,6 +1,7 @@
 """AWS Bedrock batch inference backend (model invocation jobs).
 
-Wire format: spec §C. Each chunk becomes one JSONL object in S3 and one
+Wire format: the Bedrock model-invocation-job API (boto3) and S3.
+Each chunk becomes one JSONL object in S3 and one
 ``CreateModelInvocationJob``; results are the ``.jsonl.out`` objects Bedrock writes under
 ``<output s3Uri>/<jobId>/``. Record lines, job identity and states live in :mod:`.wire`,
 model-family bodies in :mod:`.models`.
@@ -49,6 +50,7 @@ from batch_provider.backends.bedrock.aws import (
     split_s3_uri,
     upload_file,
 )
+from batch_provider.backends.bedrock.minimum import BelowMinimumRecordsError, check_sibling_parts
 from batch_provider.backends.bedrock.models import (
     STRUCTURED_TOOL,
     ModelFamily,
@@ -71,23 +73,6 @@ from batch_provider.core.limits import BEDROCK_LIMITS, ProviderLimits
 from batch_provider.core.models import BatchRef, BatchState, LLMRequest, Provider, ResultRecord
 
 INPUT_FILE = "records.jsonl"
-
-
-class BelowMinimumRecordsError(InvalidRequestError):
-    """A chunk has fewer records than a Bedrock job accepts; nothing was uploaded or created."""
-
-    def __init__(self, count: int, minimum: int, *, part: str | None = None) -> None:
-        which = f"the chunk {part}" if part else "this chunk"
-        super().__init__(
-            f"bedrock: a batch job needs at least {minimum} records, {which} has {count}; nothing "
-            "was sent. Bedrock would fail the job in validation, and padding would pay for fake rows. "
-            "Send at least that many requests per model, use another provider for small runs, or set "
-            "min_records_per_job lower if your account's quota allows it. For a retry of a few "
-            "records: close the run (dead letter) and rerun those rows later with others.",
-            provider="bedrock",
-        )
-        self.count = count
-        self.minimum = minimum
 
 
 class BedrockBackend(BatchBackend):
@@ -231,7 +216,7 @@ class BedrockBackend(BatchBackend):
         if not chunk.model:
             raise ValueError("a Bedrock chunk needs its model id")
         if chunk.index == 0:
-            await asyncio.to_thread(self._check_sibling_parts, chunk)
+            await asyncio.to_thread(check_sibling_parts, chunk, self.min_records_per_job)
         token, input_key, output_prefix = self._locations(tags, chunk)
         s3 = await self._aws.client("s3")
         await upload_file(s3, chunk.path, self.input_bucket, input_key, chunk.byte_size)
@@ -266,24 +251,6 @@ class BedrockBackend(BatchBackend):
             created_at=datetime.now(UTC),
             model=chunk.model,
         )
-
-    def _check_sibling_parts(self, chunk: Chunk) -> None:
-        """Before the first job of an attempt, refuse when any part file next to ``chunk``'s (the
-        attempt's other chunks) is below the minimum, so no job is paid for in a run that would
-        stop at a later chunk. Best effort: a folder that cannot be listed is not checked."""
-        try:
-            siblings = [p for p in chunk.path.parent.iterdir() if p.name.endswith(".jsonl")]
-        except (AttributeError, OSError, NotImplementedError):
-            return
-        for part in sorted(siblings, key=lambda p: p.name):
-            if part.name == chunk.path.name:
-                continue
-            count = 0
-            with part.open("rb") as fh:
-                while block := fh.read(1 << 20):
-                    count += block.count(b"\n")
-            if 0 < count < self.min_records_per_job:
-                raise BelowMinimumRecordsError(count, self.min_records_per_job, part=part.name)
 
     async def _create_job(self, bedrock: Any, request: dict[str, Any]) -> dict[str, Any]:
         """CreateModelInvocationJob; while the account is at its cap of jobs in flight, wait for a

@@ -1,6 +1,6 @@
 """Gemini Developer API batch mode backend (``models/{model}:batchGenerateContent``).
 
-Wire format: spec §D and the ``google-genai`` SDK. Paths carry the API version
+Wire format: Gemini batch mode as the ``google-genai`` SDK calls it. Paths carry the API version
 (``v1beta/...``) under a base URL without it (``https://generativelanguage.googleapis.com``).
 Translation, states and result lines live in :mod:`.wire`.
 

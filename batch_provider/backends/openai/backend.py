@@ -1,6 +1,7 @@
 """OpenAI Batch API backend (and OpenAI-compatible servers speaking the same wire format).
 
-Wire format: spec §A. Paths are relative to a base URL that includes ``/v1`` (the SDK convention),
+Wire format: the OpenAI Batch and Files APIs as the official SDK calls them.
+Paths are relative to a base URL that includes ``/v1`` (the SDK convention),
 while line ``url`` and batch ``endpoint`` values keep their ``/v1/...`` form. Translation, states
 and result lines live in :mod:`.wire`.
 

@@ -27,7 +27,7 @@ from ..invalid_answers import corrupt_anthropic, invalid_kind
 from ..prompt_cache import PromptCache, anthropic_usage
 
 if TYPE_CHECKING:
-    from .state import Plan
+    from .plan import Plan
 
 ERROR_TYPES = {
     400: "invalid_request_error",

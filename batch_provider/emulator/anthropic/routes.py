@@ -1,4 +1,4 @@
-"""Anthropic HTTP face: Message Batches (spec B.2-B.5). State lives in :mod:`.state`."""
+"""Anthropic HTTP face: Message Batches. State lives in :mod:`.state`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Anthropic Message Batches state machine (spec B.2-B.7, E). A batch's results stream comes from
+"""Anthropic Message Batches state machine. A batch's results stream comes from
 :mod:`.outputs`.
 
 Timeline, all derived from the record and the emulated clock::
@@ -19,50 +19,27 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import bisect
 import json
 import math
 import re
-from array import array
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import models, registry
+from ..clock import rfc3339
 from ..errors import ApiError, not_found
 from ..faults import BatchFaults, directive_id, parse_custom_id
 from ..registry import BatchRegistry
 from ..store import new_id
 from . import outputs as anthropic_outputs
 from .outputs import ERROR_TYPES
+from .plan import Plan
 
 if TYPE_CHECKING:
     from ..store import Store
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-
-
-def rfc3339(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@dataclass
-class Plan:
-    n: int = 0
-    fail: dict[int, tuple[str, str]] = field(default_factory=dict)
-    """index → (error type, message) of requests that end ``errored``."""
-    fail_sorted: list[int] = field(default_factory=list)
-    offsets: array = field(default_factory=lambda: array("Q", [0]))
-    faults: BatchFaults = field(default_factory=BatchFaults)
-    injected: Counter[str] = field(default_factory=Counter)
-    """Injected faults by kind (``item_<status>``, ``batch_<directive>``), for the stats."""
-
-    def failed_before(self, k: int) -> int:
-        return bisect.bisect_left(self.fail_sorted, k)
 
 
 @dataclass

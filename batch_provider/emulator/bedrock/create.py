@@ -1,4 +1,4 @@
-"""Bedrock ``CreateModelInvocationJob`` request (spec C): the checks answered at once with a
+"""Bedrock ``CreateModelInvocationJob`` request: the checks answered at once with a
 ``ValidationException``.
 
 The input records are read from S3 afterwards (:mod:`.s3`); a problem with them fails the

@@ -26,7 +26,7 @@ from ..prompt_cache import PromptCache, anthropic_usage, converse_usage
 from ..resends import ItemCode, first_sightings
 
 if TYPE_CHECKING:
-    from .state import BedrockJob
+    from .jobs import BedrockJob
 
 _GEO_PREFIXES = ("us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.")
 ITEM_MESSAGES = {

@@ -1,4 +1,4 @@
-"""Bedrock HTTP face: the four model-invocation-job operations (spec C.1), rest-json.
+"""Bedrock HTTP face: the four model-invocation-job operations, rest-json.
 
 Routes (botocore's ``bedrock`` client paths, none under ``/v1``)::
 

@@ -1,4 +1,4 @@
-"""The S3 side of the Bedrock face: where the data of model invocation jobs lives (spec C.5).
+"""The S3 side of the Bedrock face: where the data of model invocation jobs lives.
 
 moto has no model-invocation-job operations, so the emulator serves those itself and keeps the data
 in a real S3 API: any endpoint (``BATCH_EMULATOR_S3_ENDPOINT`` or ``POST /_emu/bedrock
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .wire import validation
 
 if TYPE_CHECKING:
-    from .state import BedrockJob, BedrockSettings, JobView
+    from .jobs import BedrockJob, BedrockSettings, JobView
 
 S3_ENDPOINT_ENV = "BATCH_EMULATOR_S3_ENDPOINT"
 

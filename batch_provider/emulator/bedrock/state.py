@@ -1,4 +1,5 @@
-"""Bedrock model invocation jobs: records, settings, state machine and API views (spec C, E).
+"""Bedrock model invocation jobs: the state machine and API views; the job records,
+settings and per-instant views are :mod:`.jobs`'.
 
 A create request is checked by :mod:`.create`; the input is read from S3 and the outputs
 written there by :mod:`.s3`; errors and timestamps follow :mod:`.wire`; what a job
@@ -30,10 +31,8 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import random
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import models, registry
@@ -41,99 +40,14 @@ from ..faults import BatchFaults
 from ..registry import BatchRegistry
 from . import create as bedrock_create
 from . import outputs as bedrock_outputs
+from .jobs import RUNNING, TERMINAL, WITH_OUTPUT, BedrockJob, BedrockSettings, JobView
 from .s3 import S3_ENDPOINT_ENV, S3Access
 from .wire import BedrockError, iso, validation
 
 if TYPE_CHECKING:
     from ..store import Store
 
-RUNNING = frozenset({"Submitted", "Validating", "Scheduled", "InProgress", "Stopping"})
-TERMINAL = frozenset({"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"})
-WITH_OUTPUT = frozenset({"Completed", "PartiallyCompleted", "Stopped"})
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
-
-
-@dataclass
-class BedrockSettings:
-    """Bedrock knobs; change them at run time with ``POST /_emu/bedrock``."""
-
-    s3_endpoint: str | None = None
-    min_records: int = 100
-    max_records: int = 50_000
-    max_file_bytes: int = 1024**3
-    max_job_bytes: int = 5 * 1024**3
-    max_jobs_in_flight: int = 20
-    submitted_seconds: float = 5.0
-    scheduled_seconds: float = 60.0
-    account_id: str = "123456789012"
-    region: str = "us-east-1"
-    require_authorization: bool = False
-    """Unsigned requests are accepted by default (spec E row 9); True demands an Authorization
-    header (any SigV4 signature or bearer key is accepted, never verified)."""
-
-    def restore_defaults(self) -> None:
-        """Every setting back to its default, except the S3 endpoint."""
-        for f in dataclasses.fields(self):
-            if f.name != "s3_endpoint":
-                setattr(self, f.name, f.default)
-
-    def update(self, values: dict[str, Any]) -> None:
-        known = {f.name: f for f in dataclasses.fields(self)}
-        for name, value in values.items():
-            if name not in known:
-                raise ValueError(f"unknown bedrock setting {name!r}; known: {', '.join(sorted(known))}")
-            current = getattr(self, name)
-            if isinstance(current, bool):
-                value = bool(value)
-            elif isinstance(current, int) and value is not None:
-                value = int(value)
-            elif isinstance(current, float) and value is not None:
-                value = float(value)
-            setattr(self, name, value)
-
-
-@dataclass
-class BedrockJob:
-    job_id: str
-    job_arn: str
-    name: str
-    model_id: str
-    role_arn: str
-    token: str | None
-    input_uri: str
-    output_uri: str
-    timeout_hours: int
-    invocation_type: str
-    tags: list[dict[str, str]]
-    submit_time: float
-    seq: int
-    n: int = 0
-    files: list[list[Any]] = field(default_factory=list)
-    """[input file name, record count] in input order."""
-    faults: dict[str, Any] = field(default_factory=dict)
-    fail_message: str | None = None
-    stop_at: float | None = None
-    outputs_written: bool = False
-
-    @property
-    def id(self) -> str:
-        """The job's key in its registry: ``job_id`` (not persisted twice)."""
-        return self.job_id
-
-    @property
-    def expires_at(self) -> float:
-        return self.submit_time + self.timeout_hours * 3600.0
-
-
-@dataclass
-class JobView:
-    """A job's state at one instant."""
-
-    status: str
-    done: int
-    errors: int
-    end_time: float | None
-    changed_at: float
 
 
 class BedrockJobs(BatchRegistry[BedrockJob]):

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..anthropic.state import rfc3339
+from ..clock import rfc3339
 from ..store import write_json
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"

@@ -1,4 +1,4 @@
-"""Gemini Developer API HTTP face: batch mode and Files (spec D), as ``google-genai`` calls them.
+"""Gemini Developer API HTTP face: batch mode and Files, as ``google-genai`` calls them.
 
 Routes::
 

@@ -1,4 +1,4 @@
-"""Gemini batch mode state machine (spec D, E), persisted under ``<data dir>/gemini``.
+"""Gemini batch mode state machine, persisted under ``<data dir>/gemini``.
 
 A batch's requests are copied and planned by :mod:`.input`; what it answers comes from
 :mod:`.outputs`.
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import models, registry
-from ..anthropic.state import rfc3339
+from ..clock import rfc3339
 from ..faults import BatchFaults
 from ..registry import BatchRegistry
 from . import input as gemini_input

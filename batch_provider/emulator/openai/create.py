@@ -1,4 +1,4 @@
-"""OpenAI batch create request (spec A.4): the checks answered at once with a 400.
+"""OpenAI batch create request: the checks answered at once with a 400.
 
 The input file itself is checked later, by the batch's plan (:mod:`.plan`).
 """

@@ -1,4 +1,4 @@
-"""OpenAI batch output and error files as records of the Files store (spec A.6, E).
+"""OpenAI batch output and error files as records of the Files store.
 
 A batch's (output, error) file ids are registered once: at its first terminal view or, with
 ``outputs_at_finalize``, when its processing is over. A registered file is *pending*: its lines are
@@ -17,22 +17,43 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .. import outputs
 from ..store import FileRecord
 from .outputs import OutputJob, synthetic_line_length, write_file
 
 if TYPE_CHECKING:
+    from ..config import EmulatorConfig
+    from ..store import Store
+    from .batch import OpenAIBatch
     from .plan import Plan
-    from .state import OpenAIBatch, OpenAIBatches
+
+T = TypeVar("T")
+
+
+class Batches(Protocol):
+    """What the output files use of the OpenAI batch registry (:class:`.state.OpenAIBatches`)."""
+
+    store: Store
+    cfg: EmulatorConfig
+    records: dict[str, OpenAIBatch]
+
+    def background(self, work: Coroutine[Any, Any, T]) -> asyncio.Future[T]: ...
+
+    def save(self, rec: OpenAIBatch) -> None: ...
+
+    def timeline(self, rec: OpenAIBatch, plan: Plan) -> tuple[float, float]: ...
+
+    def input_path(self, batch_id: str) -> Path: ...
 
 
 class OutputFiles:
     """The output and error files of the batches of one :class:`.state.OpenAIBatches`."""
 
-    def __init__(self, batches: OpenAIBatches) -> None:
+    def __init__(self, batches: Batches) -> None:
         self.batches = batches
         self.store = batches.store
         self.cfg = batches.cfg

@@ -29,6 +29,7 @@ from .. import outputs
 from ..faults import BatchFaults
 from ..invalid_answers import corrupt_openai, invalid_kind
 from ..prompt_cache import PromptCache, openai_usage
+from . import answers
 
 ITEM_ERRORS: dict[int, tuple[str, str | None, str]] = {
     400: ("invalid_request_error", None, "Invalid request (emulated fault)."),
@@ -141,7 +142,7 @@ def _line_for(
     obj = msgspec.json.decode(raw)
     if failure is None:
         created = int(job.t_v + (idx + 1) * job.step)
-        resp, _, _ = outputs.openai_response(job.endpoint, obj["body"], job.seed, created, job.embedding_dim)
+        resp, _, _ = answers.openai_response(job.endpoint, obj["body"], job.seed, created, job.embedding_dim)
         corrupt_openai(resp, invalid_kind(job.seed, obj["custom_id"], job.faults))
         openai_usage(cache, job.endpoint, obj["body"], resp)
         return _line(job, obj["custom_id"], 200, resp)

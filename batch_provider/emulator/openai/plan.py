@@ -1,4 +1,4 @@
-"""OpenAI batch plan: its input file validated and its requests planned, once (spec A.4, A.5).
+"""OpenAI batch plan: its input file validated and its requests planned, once.
 
 The plan holds what the batch state machine (:mod:`.state`) derives everything from: the
 validation errors (``errors.data``, at most :data:`MAX_ERRORS` line errors), the request count and
@@ -26,10 +26,11 @@ from typing import Any
 
 import msgspec
 
-from .. import models, outputs
+from .. import models
 from ..config import EmulatorConfig
 from ..faults import BatchFaults, directive_id, parse_custom_id
 from ..resends import ItemCode, first_sightings
+from . import answers
 from .outputs import ITEM_ERRORS, SYNTHETIC_MODEL, synthetic_tokens
 
 MAX_ERRORS = 1000
@@ -120,7 +121,7 @@ def build_plan(
             if idx == 0:
                 plan.faults = plan.faults.merged(tokens)
             if endpoint == "/v1/embeddings":
-                emb_inputs += len(outputs.embedding_inputs(body))
+                emb_inputs += len(answers.embedding_inputs(body))
             if plan.errors:
                 continue
             code = pick_code(custom_id, plan.faults, explicit, body)
@@ -132,7 +133,7 @@ def build_plan(
             elif refusal is not None:
                 plan.fail[idx] = (400, refusal[0], refusal[1])
             else:
-                in_tok, out_tok = outputs.openai_usage(endpoint, body, cfg.seed)
+                in_tok, out_tok = answers.openai_usage(endpoint, body, cfg.seed)
             plan.in_prefix.append(plan.in_prefix[-1] + in_tok)
             plan.out_prefix.append(plan.out_prefix[-1] + out_tok)
     if plan.n == 0:
@@ -238,7 +239,7 @@ def _body_problem(endpoint: str, body: dict[str, Any]) -> tuple[str, str] | None
         if body.get("input") in (None, "", []):
             return "Missing required parameter: 'input'.", "input"
     elif endpoint == "/v1/embeddings":
-        if not outputs.embedding_inputs(body):
+        if not answers.embedding_inputs(body):
             return "'input' must be a non-empty string or array.", "input"
         dims = body.get("dimensions")
         if dims is not None and (

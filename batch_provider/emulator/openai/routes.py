@@ -1,4 +1,4 @@
-"""OpenAI HTTP face: Files and Batches (spec A.2, A.4). State lives in :mod:`.state`."""
+"""OpenAI HTTP face: Files and Batches. State lives in :mod:`.state`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""OpenAI batch state machine (spec A.4-A.8, E).
+"""OpenAI batch state machine.
 
 A batch is a small persisted record plus a *plan* computed once from its input file
 (:mod:`.plan`): validation errors, request count, which requests fail and why, and prefix
@@ -39,7 +39,6 @@ import math
 import os
 import shutil
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -48,6 +47,7 @@ from ..errors import ApiError, not_found
 from ..faults import BatchFaults
 from ..registry import BatchRegistry
 from ..store import new_id
+from .batch import OpenAIBatch
 from .create import check_create
 from .output_files import OutputFiles
 from .plan import Plan, build_plan, synthetic_plan
@@ -59,28 +59,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
-
-
-@dataclass
-class OpenAIBatch:
-    id: str
-    endpoint: str
-    input_file_id: str
-    completion_window: str
-    metadata: dict[str, str] | None
-    created_at: float
-    expires_at: float
-    faults: dict[str, Any]
-    output_ttl: float
-    cancel_at: float | None = None
-    input_missing: bool = False
-    seq: int = 0
-    downloads: int = 0
-    synthetic_text_bytes: int | None = None
-    """Set for ``/_emu/synthetic`` batches: completed at once, output generated on the fly."""
-    synthetic_n: int = 0
-    outputs_ready_at: float | None = None
-    """With ``outputs_at_finalize``: when its output and error files were written (emulated time)."""
 
 
 class OpenAIBatches(BatchRegistry[OpenAIBatch]):

@@ -16,8 +16,9 @@ from starlette.testclient import TestClient
 
 from batch_provider.emulator.app import create_app
 from batch_provider.emulator.config import EmulatorConfig
+from batch_provider.emulator.openai.batch import OpenAIBatch
 from batch_provider.emulator.openai.plan import Plan
-from batch_provider.emulator.openai.state import OpenAIBatch, OpenAIBatches
+from batch_provider.emulator.openai.state import OpenAIBatches
 from batch_provider.emulator.process import EmulatorProcess, running_emulator
 
 KEY = "sk-emulator-test"
