@@ -1,0 +1,404 @@
+"""This provider side by side with Airflow's common-ai ``LLMBatchOperator`` on one workload.
+
+The same N OpenAI chat requests (one prompt string each, same system prompt, model and token cap)
+go through common-ai's ``@task.llm_batch`` and through this provider's ``@task.batch_llm``
+(submit → wait → collect → retry), one after the other in one run, against one emulator. Each
+side runs ``dag.test()`` in a child process of its own (so peak RSS is its own) on one migrated
+Airflow DB, with results on local disk (``file://``). Sides per size:
+
+- ``theirs``: common-ai 1.0 (its 30 s poll floor lowered to ``--poll`` seconds in its process,
+  so both sides poll at the same interval; both poll from the worker, ``deferrable=False``);
+- ``ours, cache off``: ``use_cache=False``;
+- ``ours, cache cold`` then ``ours, cache warm``: the result cache on, first filled by one run,
+  then serving a second run of the same requests (another logical date).
+
+Figures per side: wall time per phase (theirs: submit = ``execute`` start to the adapter's submit
+answer, wait = its poll loop, collect = its result landing; ours: the submit, wait and
+collect+retry task durations), peak RSS and its growth over the process after imports, bytes and
+files left in result storage (ours: the run folder and the cache), XCom bytes, and rows
+accounted; then every figure as a ratio ours / theirs.
+
+Usage::
+
+    .venv/bin/python bench/peers.py                       # 5,000 and 50,000 requests
+    .venv/bin/python bench/peers.py --requests 5000
+    .venv/bin/python bench/peers.py --large               # adds 500,000 (theirs: 10 mapped tasks)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "sk-bench-peers"
+MODEL = "gpt-4o-mini"
+SYSTEM = "Classify the ticket as positive, neutral or negative. Answer with one word."
+MAX_PER_BATCH = 50_000  # OpenAI's, enforced by common-ai's adapter: larger inputs are mapped
+SIDES = ("theirs", "ours-nocache", "ours-cold", "ours-warm")
+LABELS = {
+    "theirs": "common-ai",
+    "ours-nocache": "ours, cache off",
+    "ours-cold": "ours, cache cold",
+    "ours-warm": "ours, cache warm",
+}
+
+DAG_FILE = '''
+"""Bench DAGs of bench/peers.py: the same prompts through common-ai and through this provider."""
+import os
+from datetime import datetime
+
+from airflow.sdk import DAG, task
+
+N = int(os.environ["PEERS_N"])
+SHARDS = max(1, -(-N // {max_per_batch}))
+POLL = float(os.environ["PEERS_POLL"])
+SYSTEM = {system!r}
+
+
+def prompts(shard: int, shards: int) -> list[str]:
+    size = -(-N // shards)
+    return [f"Ticket {{i}}: the delivery was late again and nobody answered my mail."
+            for i in range(shard * size, min(N, (shard + 1) * size))]
+
+
+with DAG("peers_theirs", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as theirs:
+
+    @task.llm_batch(llm_conn_id="peers_pydanticai", model_id="openai:{model}",
+                    result_path=os.environ["PEERS_RESULTS"], system_prompt=SYSTEM, max_tokens=16,
+                    poll_interval=POLL, deferrable=False)
+    def summaries(shard: int) -> list[str]:
+        return prompts(shard, SHARDS)
+
+    if SHARDS == 1:
+        summaries(0)
+    else:
+        summaries.expand(shard=list(range(SHARDS)))
+
+
+with DAG("peers_ours", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as ours:
+
+    @task.batch_llm(provider="openai", conn_id="peers_openai", model="{model}", max_tokens=16,
+                    system=SYSTEM, poll_interval=POLL, max_poll_interval=POLL, deferrable=False,
+                    use_cache=os.environ["PEERS_CACHE"] == "1")
+    def summaries() -> list[str]:
+        return prompts(0, 1)
+
+    summaries()
+'''
+
+
+# ----------------------------------------------------------------------------- child side
+
+
+def _airflow_env(home: Path) -> dict[str, str]:
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _tree(root: Path) -> tuple[int, int]:
+    """(bytes, files) under ``root``."""
+    size = files = 0
+    for path in root.rglob("*"):
+        if path.is_file():
+            size += path.stat().st_size
+            files += 1
+    return size, files
+
+
+def _xcom_bytes(dag_id: str, run_id: str) -> int:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(XComModel).filter_by(dag_id=dag_id, run_id=run_id).all()
+        return sum(len(v if isinstance(v, (str, bytes)) else json.dumps(v)) for v in (r.value for r in rows))
+
+
+def _task_seconds(dag_id: str, run_id: str) -> dict[str, float]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter_by(dag_id=dag_id, run_id=run_id).all()
+        spans: dict[str, float] = {}
+        for ti in tis:
+            name = ti.task_id.rsplit(".", 1)[-1]
+            if ti.start_date and ti.end_date:
+                spans[name] = spans.get(name, 0.0) + (ti.end_date - ti.start_date).total_seconds()
+        return spans
+
+
+def _timed(owner: Any, name: str, phases: dict[str, float], phase: str | None, started: list[float]) -> None:
+    """Wrap ``owner.name`` to add its duration to ``phases[phase]``; ``phase=None`` only marks when
+    a task's ``execute`` started (``started``), for a phase ending inside it. Timing only."""
+    original = getattr(owner, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        if phase is None:
+            started.append(t0)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            if phase is not None:
+                phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - t0
+
+    setattr(owner, name, wrapper)
+
+
+def _instrument(side: str, phases: dict[str, float]) -> None:
+    """Time each side's phases inside its tasks' ``execute`` (Airflow's own per-task overhead is
+    reported apart, as task time). common-ai does all three in one task: submit runs from its
+    ``execute`` start to the adapter's submit answer, wait is its poll loop, collect its result
+    landing. Ours: the submit, wait (sensor) and collect + retry tasks' ``execute``."""
+    started: list[float] = []
+    if side == "theirs":
+        from airflow.providers.common.ai.batch.openai import OpenAIBatchAdapter
+        from airflow.providers.common.ai.decorators.llm_batch import _LLMBatchDecoratedOperator
+        from airflow.providers.common.ai.operators.llm_batch import LLMBatchOperator
+
+        _timed(_LLMBatchDecoratedOperator, "execute", phases, None, started)
+        submit = OpenAIBatchAdapter.submit
+
+        def submitted(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return submit(*args, **kwargs)
+            finally:
+                phases["submit"] = phases.get("submit", 0.0) + time.perf_counter() - started.pop()
+
+        OpenAIBatchAdapter.submit = submitted  # type: ignore[method-assign]
+        _timed(LLMBatchOperator, "_poll_sync", phases, "wait", started)
+        _timed(LLMBatchOperator, "_land", phases, "collect", started)
+        return
+    from batch_provider.decorators.batch_llm import BatchLLMSubmitOperator
+    from batch_provider.operators.collect import CollectBatchOperator
+    from batch_provider.operators.retry import RetryBatchOperator
+    from batch_provider.sensors.batch import BatchSensor
+
+    _timed(BatchLLMSubmitOperator, "execute", phases, "submit", started)
+    _timed(BatchSensor, "execute", phases, "wait", started)
+    _timed(CollectBatchOperator, "execute", phases, "collect", started)
+    _timed(RetryBatchOperator, "execute", phases, "collect", started)
+
+
+def child(side: str, n: int, day: int) -> dict[str, Any]:
+    from datetime import UTC, datetime, timedelta
+
+    from airflow.providers.common.ai.operators import llm_batch
+
+    # the same poll floor on both sides: common-ai refuses poll_interval < 30 s (the bench file
+    # holds both DAGs, so every side's process lowers it before loading them)
+    llm_batch._MIN_POLL_INTERVAL = 0
+    phases: dict[str, float] = {}
+    _instrument(side, phases)
+    import importlib.util
+
+    path = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]) / "peers_dags.py"
+    spec = importlib.util.spec_from_file_location("peers_dags", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = module.theirs if side == "theirs" else module.ours
+    rss_before = _rss_mb()
+
+    started = time.perf_counter()
+    run = dag.test(logical_date=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=day))
+    total = time.perf_counter() - started
+    peak = _rss_mb()
+    state = str(run.state)
+
+    spans = _task_seconds(dag.dag_id, run.run_id)
+    root = Path(os.environ["PEERS_RESULTS"].removeprefix("file://"))
+    size, files = _tree(root)
+    cache_size, cache_files = _tree(root / "_cache") if (root / "_cache").exists() else (0, 0)
+    return {
+        "side": side,
+        "requests": n,
+        "state": state,
+        "accounted": _accounted(side, dag.dag_id, run.run_id),
+        "phases": phases,
+        "total_s": total,
+        "task_s": sum(spans.values()),
+        "peak_rss_mb": peak,
+        "rss_growth_mb": peak - rss_before,
+        "bytes_left": size,
+        "files_left": files,
+        "cache_bytes": cache_size,
+        "cache_files": cache_files,
+        "xcom_bytes": _xcom_bytes(dag.dag_id, run.run_id),
+    }
+
+
+def _accounted(side: str, dag_id: str, run_id: str) -> int:
+    """Rows with a final answer: succeeded rows of common-ai's manifests, or our run summary's."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(XComModel).filter_by(dag_id=dag_id, run_id=run_id, key="return_value").all()
+        # ours: the retry task's summary is the run's final word (collect's is the first attempt's)
+        values = [
+            json.loads(r.value) if isinstance(r.value, str) else r.value
+            for r in rows
+            if side == "theirs" or r.task_id.endswith(".retry")
+        ]
+    if side == "theirs":
+        return sum(v["counts"]["succeeded"] for v in values if isinstance(v, dict) and "counts" in v)
+    return sum(v["succeeded"] for v in values if isinstance(v, dict) and "succeeded" in v)
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+def run_side(side: str, n: int, day: int, home: Path, results: Path, base_url: str, poll: float) -> dict:
+    env = {
+        **os.environ,
+        **_airflow_env(home),
+        "PEERS_N": str(n),
+        "PEERS_POLL": str(poll),
+        "PEERS_CACHE": "0" if side == "ours-nocache" else "1",
+        "PEERS_RESULTS": f"file://{results}",
+        "BATCH_PROVIDER_RUN_PATH": f"file://{results}",
+        "AIRFLOW_CONN_PEERS_PYDANTICAI": json.dumps(
+            {"conn_type": "pydanticai", "password": KEY, "host": f"{base_url}/v1"}
+        ),
+        "AIRFLOW_CONN_PEERS_OPENAI": json.dumps(
+            {"conn_type": "llm_openai", "password": KEY, "host": f"{base_url}/v1"}
+        ),
+    }
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", side, "--n", str(n), "--day", str(day)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith('{"side"')]
+    if done.returncode != 0 or not lines:
+        sys.stderr.write(done.stderr[-4000:])
+        raise SystemExit(f"{side} at {n} requests failed (exit {done.returncode})")
+    return json.loads(lines[-1])
+
+
+def _ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}" if theirs else "n/a"
+
+
+def report(figures: list[dict]) -> None:
+    rows = [
+        ("submit s", lambda f: f["phases"].get("submit", 0.0)),
+        ("wait s", lambda f: f["phases"].get("wait", 0.0)),
+        ("collect s", lambda f: f["phases"].get("collect", 0.0)),
+        ("task time s", lambda f: f["task_s"]),
+        ("dag.test total s", lambda f: f["total_s"]),
+        ("peak RSS MB", lambda f: f["peak_rss_mb"]),
+        ("RSS growth MB", lambda f: f["rss_growth_mb"]),
+        ("bytes left MB", lambda f: f["bytes_left"] / 1e6),
+        ("files left", lambda f: f["files_left"]),
+        ("of which cache MB", lambda f: f["cache_bytes"] / 1e6),
+        ("XCom bytes", lambda f: f["xcom_bytes"]),
+        ("rows succeeded", lambda f: f["accounted"]),
+    ]
+    for n in sorted({f["requests"] for f in figures}):
+        by_side = {f["side"]: f for f in figures if f["requests"] == n}
+        theirs = by_side["theirs"]
+        sides = [s for s in SIDES if s in by_side]
+        states = ", ".join(f"{LABELS[s]} {by_side[s]['state']}" for s in sides)
+        print(f"\n{n:,} requests (states: {states})")
+        header = "| figure | " + " | ".join(LABELS[s] for s in sides) + " | " + " | ".join(
+            f"{LABELS[s]} / common-ai" for s in sides if s != "theirs"
+        ) + " |"
+        print(header)
+        print("|" + "---|" * (header.count("|") - 1))
+        for label, get in rows:
+            values = [get(by_side[s]) for s in sides]
+            ratios = [_ratio(get(by_side[s]), get(theirs)) for s in sides if s != "theirs"]
+            cells = [f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" for v in values]
+            print(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, nargs="+", default=[5_000, 50_000])
+    parser.add_argument("--large", action="store_true", help="also run 500,000 requests")
+    parser.add_argument("--poll", type=float, default=1.0, help="poll interval of both sides, seconds")
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--day", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.n, args.day)), flush=True)
+        return
+    if "theirs" not in args.sides:
+        parser.error("the ratios need the 'theirs' side")
+    sizes = [*args.requests, *([500_000] if args.large else [])]
+
+    sys.path.insert(0, str(REPO))
+    from batch_provider.emulator.process import running_emulator
+
+    work = Path(tempfile.mkdtemp(prefix="bp-peers-"))
+    home = work / "airflow"
+    (home / "dags").mkdir(parents=True)
+    (home / "dags" / "peers_dags.py").write_text(
+        DAG_FILE.format(max_per_batch=MAX_PER_BATCH, system=SYSTEM, model=MODEL)
+    )
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env={**os.environ, **_airflow_env(home)},
+        check=True,
+        capture_output=True,
+    )
+    extra = ["--log-level", "warning", "--per-request-seconds", "0.01", "--outputs-at-finalize"]
+    figures: list[dict] = []
+    try:
+        with running_emulator(time_factor=600.0, extra_args=extra) as emu:
+            day = 0
+            for n in sizes:
+                cache_root = work / f"ours-cache-{n}"
+                for side in args.sides:
+                    results = cache_root if side in ("ours-cold", "ours-warm") else work / f"{side}-{n}"
+                    before = _tree(results) if results.exists() else (0, 0)
+                    day += 1
+                    figure = run_side(side, n, day, home, results, emu.base_url, args.poll)
+                    # a warm run shares the cold run's folder: count what it added
+                    figure["bytes_left"] -= before[0]
+                    figure["files_left"] -= before[1]
+                    figures.append(figure)
+                    print(
+                        f"{LABELS[side]} {n:,}: {figure['state']}, "
+                        + ", ".join(f"{k} {v:.2f}s" for k, v in figure["phases"].items()),
+                        flush=True,
+                    )
+                    if side == "theirs":
+                        shutil.rmtree(results, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report(figures)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
