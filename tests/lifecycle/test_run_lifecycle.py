@@ -399,4 +399,4 @@ async def test_folder_from_before_wire_ids_collects_and_retries(
     results = [json.loads(line)["custom_id"] for line in Path(str(run_dir.results)).read_text().splitlines()]
     errors = [json.loads(line) for line in Path(str(run_dir.errors)).read_text().splitlines()]
     assert sorted(results + [e["custom_id"] for e in errors]) == [f"t-{i:04d}" for i in range(6)]
-    assert all(e["custom_id"] == "t-0002" and e["retryable"] for e in errors)
+    assert all(e["custom_id"] == "t-0002" and e["error"]["retryable"] for e in errors)
