@@ -6,7 +6,7 @@ import pytest
 
 from batch_provider.emulator.bedrock.jobs import BedrockSettings
 from batch_provider.emulator.gemini.state import GeminiSettings
-from batch_provider.emulator.vertex.state import VertexSettings
+from batch_provider.emulator.vertex.jobs import VertexSettings
 
 
 @pytest.mark.parametrize("settings", [BedrockSettings(), GeminiSettings(), VertexSettings()])

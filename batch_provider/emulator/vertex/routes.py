@@ -33,7 +33,8 @@ from ..gemini.routes import _error, _fault_response, _json
 from ..store import Store
 from ..web import CutResponse, inject_fault
 from . import filters
-from .state import TERMINAL, VertexJob, VertexJobs, View, attach
+from .jobs import TERMINAL, VertexJob, View
+from .state import VertexJobs, attach
 
 Handler = Callable[[Request, VertexJobs], Awaitable[Response]]
 VERSIONS = ("v1", "v1beta1")
