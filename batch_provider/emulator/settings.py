@@ -1,4 +1,5 @@
-"""Run-time knobs of a provider face (``GET|POST /_emu/<face>``), as a dataclass mixin.
+"""Run-time knobs of a provider face (``GET|POST /_emu/<face>``), as a dataclass mixin (the
+Bedrock, Gemini and Vertex faces' settings).
 
 Invariants:
 - :meth:`FaceSettings.update` changes nothing unless every name is a field; a value is converted

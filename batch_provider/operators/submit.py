@@ -15,7 +15,6 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
-from airflow.sdk.exceptions import AirflowSkipException
 
 from batch_provider import metrics
 from batch_provider.core.handle import RunHandle
@@ -27,16 +26,10 @@ from batch_provider.core.output_type import (
     output_spec,
     save_output_spec,
 )
-from batch_provider.core.records import (
-    EmptyInputError,
-    InputError,
-    detect_format,
-    iter_list,
-)
-from batch_provider.core.rejects import TooManyRejectsError
-from batch_provider.core.render import RequestBuilder, SystemPrompt, TemplateVariableError
+from batch_provider.core.records import InputError, detect_format, iter_list
+from batch_provider.core.render import RequestBuilder, SystemPrompt
 from batch_provider.core.rundir import run_directory
-from batch_provider.core.submission import BudgetExceededError, submit_run
+from batch_provider.core.submission import submit_run
 from batch_provider.links.batch import batch_links, persist_batch_links
 from batch_provider.operators._common import (
     _BatchOperatorMixin,
@@ -57,6 +50,7 @@ from batch_provider.operators.submit_options import (
     check_run_path,
     check_submit_options,
     option_problem,
+    task_errors,
 )
 
 __all__ = [
@@ -372,22 +366,8 @@ class SubmitBatchOperator(_BatchOperatorMixin, BaseOperator):
                     max_rejected_fraction=self.max_rejected_fraction,
                 )
 
-        try:
+        with task_errors(self.on_empty, self.log):
             handle = run_sync(submit())
-        except BudgetExceededError as exc:
-            self.log.error("%s", exc)
-            raise TaskBudgetExceededError(str(exc)) from exc
-        except EmptyInputError as exc:
-            if self.on_empty == "skip":
-                self.log.info("%s; on_empty='skip': skipping this task and wait, collect, retry", exc)
-                raise AirflowSkipException(f"{exc} (on_empty='skip')") from None
-            raise TaskEmptyInputError(f"{exc} (on_empty='fail')") from None
-        except InputError as exc:
-            raise TaskInputError(str(exc)) from None
-        except TemplateVariableError as exc:
-            raise TaskTemplateError(str(exc)) from None
-        except TooManyRejectsError as exc:
-            raise TaskRejectsError(str(exc)) from None
         metrics.rows_rejected(provider.value, handle.counts.rejected, tags)
         urls = persist_batch_links(context, provider, handle.batch_ids, hook.get_base_url())
         self.log.info(

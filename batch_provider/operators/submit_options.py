@@ -1,5 +1,6 @@
 """What a submit task checks before it reads a row or makes a paid call: its options, the options
-its provider accepts, and that its run folder is writable; and the errors it fails with.
+its provider accepts, and that its run folder is writable; and the errors it fails with
+(:func:`task_errors` turns the core's errors into them).
 
 Invariants:
 - A task-wide mistake fails the task before any paid call, with an error naming the option, why,
@@ -9,10 +10,12 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from batch_provider.core.errors import RequestRejected
 from batch_provider.core.models import LLMRequest, Message, RequestKind
@@ -125,3 +128,26 @@ def check_run_path(run_dir: Any) -> None:
             "writable by the Airflow worker, or point run_path (or [batch_provider] run_path) "
             "at a writable location. Nothing was sent."
         ) from None
+
+
+@contextmanager
+def task_errors(on_empty: str, log: logging.Logger) -> Iterator[None]:
+    """Turn the core's run-wide errors into the task's: each fails the task without retries, except
+    an empty input with ``on_empty="skip"``, which skips it (and, through it, wait, collect and
+    retry)."""
+    try:
+        yield
+    except BudgetExceededError as exc:
+        log.error("%s", exc)
+        raise TaskBudgetExceededError(str(exc)) from exc
+    except EmptyInputError as exc:
+        if on_empty == "skip":
+            log.info("%s; on_empty='skip': skipping this task and wait, collect, retry", exc)
+            raise AirflowSkipException(f"{exc} (on_empty='skip')") from None
+        raise TaskEmptyInputError(f"{exc} (on_empty='fail')") from None
+    except InputError as exc:
+        raise TaskInputError(str(exc)) from None
+    except TemplateVariableError as exc:
+        raise TaskTemplateError(str(exc)) from None
+    except TooManyRejectsError as exc:
+        raise TaskRejectsError(str(exc)) from None

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from bedrock_support import CLAUDE, INPUT_BUCKET, backend_for, s3_client
+from run_support import assert_accounted, read_lines
 
 from batch_provider.backends.bedrock.backend import BelowMinimumRecordsError
 from batch_provider.core.collection import collect_run
@@ -33,12 +34,6 @@ def builder(model: str = CLAUDE, **options: Any) -> RequestBuilder:
     return RequestBuilder(template="Classify: {{ text }}", model=model, **options)
 
 
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def jobs_created(emu: Any) -> int:
     return int(emu.stats()["batches_created"].get("bedrock", 0))
 
@@ -48,16 +43,6 @@ async def wait_all(backend: Any, handle: Any, emu: Any) -> None:
     await watch_batches(
         backend, handle.batch_ids, deadline=None, poll_interval_min=0.05, poll_interval_max=0.2
     )
-
-
-def assert_accounted(run_dir: Any, inputs: int) -> dict[str, Any]:
-    manifest = json.loads(run_dir.manifest.read_text())
-    results, errors, rejects = (read_lines(p) for p in (run_dir.results, run_dir.errors, run_dir.rejects))
-    assert len(results) + len(errors) + len(rejects) == inputs
-    sent = [r["custom_id"] for r in results + errors]
-    assert len(sent) == len(set(sent)), "a sent request has two outcomes"
-    assert manifest["accounted"] is True and manifest["inputs"] == inputs
-    return manifest
 
 
 async def test_partial_failure_recovered_by_retry_then_dead_letter(emu: Any, tmp_path: Path) -> None:

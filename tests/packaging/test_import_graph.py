@@ -1,6 +1,6 @@
 """The package's import graph, read from the source with ``ast``: no import cycles inside
 ``batch_provider``, and the core depends on nothing above it (backends, the Airflow layer, the
-emulator).
+emulator, the integrations).
 
 Every import counts: those inside functions (a lazy import still closes a cycle at run time) and
 those under ``if TYPE_CHECKING:`` (a cycle of types is a cycle of knowledge). An import names
@@ -26,6 +26,9 @@ ABOVE_CORE = (
     "batch_provider.decorators",
     "batch_provider.ui",
     "batch_provider.plugin",
+    "batch_provider.callbacks",
+    "batch_provider.results",
+    "batch_provider.integrations",
 )
 
 

@@ -3,18 +3,18 @@ accounting checks. Jobs are counted by listing them through the API (the emulato
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import httpx
+from run_support import assert_accounted as assert_accounted
+from run_support import read_lines as read_lines
+from run_support import wait_all as wait_all
 
 from batch_provider.backends.transport import TransportPolicy
 from batch_provider.backends.vertex import VertexBackend
 from batch_provider.core.records import iter_list
 from batch_provider.core.render import RequestBuilder
 from batch_provider.core.submission import submit_run
-from batch_provider.core.watch import watch_batches
 
 MODEL = "gemini-2.5-flash"
 PROJECT = "bp-test-project"
@@ -80,26 +80,3 @@ async def submit_rows(
     return await submit_run(
         backend, builder().render(iter_list(data)), run_dir, run_key=key, conn_id=None, **options
     )
-
-
-async def wait_all(backend: Any, handle: Any, emu: Any, seconds: float = 3 * 86400) -> None:
-    emu.advance(seconds)
-    await watch_batches(
-        backend, handle.batch_ids, deadline=None, poll_interval_min=0.05, poll_interval_max=0.2
-    )
-
-
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def assert_accounted(run_dir: Any, inputs: int) -> dict[str, Any]:
-    manifest = json.loads(run_dir.manifest.read_text())
-    results, errors, rejects = (read_lines(p) for p in (run_dir.results, run_dir.errors, run_dir.rejects))
-    assert len(results) + len(errors) + len(rejects) == inputs
-    sent = [r["custom_id"] for r in results + errors]
-    assert len(sent) == len(set(sent)), "a sent request has two outcomes"
-    assert manifest["accounted"] is True and manifest["inputs"] == inputs
-    return manifest

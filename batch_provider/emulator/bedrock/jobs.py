@@ -1,13 +1,14 @@
 """Bedrock job records, the emulator's Bedrock settings, and a job's state at one instant: the data
 the state machine (:mod:`.state`), the S3 side (:mod:`.s3`) and the output writer (:mod:`.outputs`)
-share. No behaviour beyond settings updates.
+share. No behaviour of their own (settings updates come from :class:`..settings.FaceSettings`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..settings import FaceSettings
 
 RUNNING = frozenset({"Submitted", "Validating", "Scheduled", "InProgress", "Stopping"})
 TERMINAL = frozenset({"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"})
@@ -15,8 +16,12 @@ WITH_OUTPUT = frozenset({"Completed", "PartiallyCompleted", "Stopped"})
 
 
 @dataclass
-class BedrockSettings:
-    """Bedrock knobs; change them at run time with ``POST /_emu/bedrock``."""
+class BedrockSettings(FaceSettings):
+    """Bedrock knobs; change them at run time with ``POST /_emu/bedrock`` (``/_emu/reset`` keeps
+    the S3 endpoint)."""
+
+    FACE = "bedrock"
+    KEEP = ("s3_endpoint",)
 
     s3_endpoint: str | None = None
     min_records: int = 100
@@ -31,26 +36,6 @@ class BedrockSettings:
     require_authorization: bool = False
     """Unsigned requests are accepted by default; True demands an Authorization
     header (any SigV4 signature or bearer key is accepted, never verified)."""
-
-    def restore_defaults(self) -> None:
-        """Every setting back to its default, except the S3 endpoint."""
-        for f in dataclasses.fields(self):
-            if f.name != "s3_endpoint":
-                setattr(self, f.name, f.default)
-
-    def update(self, values: dict[str, Any]) -> None:
-        known = {f.name: f for f in dataclasses.fields(self)}
-        for name, value in values.items():
-            if name not in known:
-                raise ValueError(f"unknown bedrock setting {name!r}; known: {', '.join(sorted(known))}")
-            current = getattr(self, name)
-            if isinstance(current, bool):
-                value = bool(value)
-            elif isinstance(current, int) and value is not None:
-                value = int(value)
-            elif isinstance(current, float) and value is not None:
-                value = float(value)
-            setattr(self, name, value)
 
 
 @dataclass

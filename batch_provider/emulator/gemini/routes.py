@@ -26,7 +26,7 @@ import asyncio
 import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
@@ -41,6 +41,7 @@ from .state import GeminiBatches, attach
 
 Handler = Callable[[Request, GeminiBatches], Awaitable[Response]]
 V = "/v1beta"
+T = TypeVar("T")
 
 
 def _error(err: GeminiError) -> Response:
@@ -94,35 +95,52 @@ def _authorized(request: Request) -> bool:
     return request.url.path.startswith("/upload/") and bool(request.query_params.get("upload_id"))
 
 
+def google_endpoint(
+    method: str,
+    label: str,
+    owner: Callable[[Store], T],
+    authorized: Callable[[Request], bool],
+    denied: GeminiError,
+    fn: Callable[[Request, T], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """The endpoint of a Google face's route (Gemini, Vertex): counts the call under ``label``,
+    answers ``denied`` when ``authorized`` refuses the caller, injects faults, and renders
+    :class:`GeminiError` in Google's envelope. ``fn`` gets the face's state, ``owner(store)``."""
+
+    async def endpoint(request: Request) -> Response:
+        store: Store = request.app.state.store
+        state = owner(store)
+        store.stats.requests[label] += 1
+        if not authorized(request):
+            return _error(denied)
+        kind, early = inject_fault(store, method, request, _fault_response)
+        if early is not None:
+            return early
+        try:
+            response = await fn(request, state)
+        except GeminiError as err:
+            response = _error(err)
+        if kind == "drop":
+            return CutResponse(response)
+        return response
+
+    return endpoint
+
+
+_UNREGISTERED = GeminiError(
+    403,
+    "PERMISSION_DENIED",
+    "Method doesn't allow unregistered callers (callers without established identity). "
+    "Please use API Key or other form of API consumer identity to call this API.",
+)
+
+
 def gemini_route(method: str, path: str) -> Callable[[Handler], Route]:
     """A Gemini route: counts the call, checks the key, injects faults, renders errors."""
     label = f"{method} {path}"
 
     def deco(fn: Handler) -> Route:
-        async def endpoint(request: Request) -> Response:
-            store: Store = request.app.state.store
-            batches = attach(store)
-            store.stats.requests[label] += 1
-            if not _authorized(request):
-                return _error(
-                    GeminiError(
-                        403,
-                        "PERMISSION_DENIED",
-                        "Method doesn't allow unregistered callers (callers without established identity). "
-                        "Please use API Key or other form of API consumer identity to call this API.",
-                    )
-                )
-            kind, early = inject_fault(store, method, request, _fault_response)
-            if early is not None:
-                return early
-            try:
-                response = await fn(request, batches)
-            except GeminiError as err:
-                response = _error(err)
-            if kind == "drop":
-                return CutResponse(response)
-            return response
-
+        endpoint = google_endpoint(method, label, attach, _authorized, _UNREGISTERED, fn)
         return Route(path, endpoint, methods=[method], name=f"gemini {label}")
 
     return deco

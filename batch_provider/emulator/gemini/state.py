@@ -31,7 +31,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from .. import models, registry
 from ..clock import rfc3339
 from ..faults import BatchFaults
 from ..registry import BatchRegistry
+from ..settings import FaceSettings
 from . import input as gemini_input
 from . import outputs as gemini_outputs
 from .files import GeminiError, GeminiFiles, invalid, new_name, not_found
@@ -60,8 +60,10 @@ TERMINAL = frozenset(
 
 
 @dataclass
-class GeminiSettings:
+class GeminiSettings(FaceSettings):
     """Gemini knobs; change them at run time with ``POST /_emu/gemini``."""
+
+    FACE = "gemini"
 
     expire_seconds: float = 48 * 3600.0
     inline_max_bytes: int = 20 * 1024 * 1024
@@ -72,20 +74,6 @@ class GeminiSettings:
     """EXPIRED and CANCELLED batches keep the results of the requests finished in time."""
     list_inlined_responses: bool = False
     """List pages carry each batch's inlined responses (off: only ``get`` does, keeping pages small)."""
-
-    def update(self, values: dict[str, Any]) -> None:
-        known = {f.name: f for f in dataclasses.fields(self)}
-        for name, value in values.items():
-            if name not in known:
-                raise ValueError(f"unknown gemini setting {name!r}; known: {', '.join(sorted(known))}")
-            current = getattr(self, name)
-            if isinstance(current, bool) and isinstance(value, str):
-                value = value.lower() in ("1", "true", "yes", "on")
-            setattr(self, name, type(current)(value))
-
-    def restore_defaults(self) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, f.default)
 
 
 @dataclass

@@ -29,11 +29,10 @@ from starlette.routing import Route
 from ..clock import rfc3339
 from ..control import settings_route
 from ..gemini.files import GeminiError, invalid
-from ..gemini.routes import _error, _fault_response, _json
-from ..store import Store
-from ..web import CutResponse, inject_fault
+from ..gemini.routes import _json, google_endpoint
 from . import filters
-from .state import TERMINAL, VertexJob, VertexJobs, View, attach
+from .jobs import TERMINAL, VertexJob, View
+from .state import VertexJobs, attach
 
 Handler = Callable[[Request, VertexJobs], Awaitable[Response]]
 VERSIONS = ("v1", "v1beta1")
@@ -46,6 +45,14 @@ def _authorized(request: Request) -> bool:
     return bearer[:7].lower() == "bearer " and bool(bearer[7:].strip())
 
 
+_UNAUTHENTICATED = GeminiError(
+    401,
+    "UNAUTHENTICATED",
+    "Request is missing required authentication credential. Expected OAuth 2 "
+    "access token, login cookie or other valid authentication credential.",
+)
+
+
 def vertex_route(method: str, path: str) -> Callable[[Handler], list[Route]]:
     """One Vertex route per API version: counts the call, checks the token, injects faults,
     renders errors."""
@@ -54,31 +61,7 @@ def vertex_route(method: str, path: str) -> Callable[[Handler], list[Route]]:
         routes = []
         for version in VERSIONS:
             label = f"{method} /{version}{path}"
-
-            async def endpoint(request: Request, label: str = label) -> Response:
-                store: Store = request.app.state.store
-                jobs = attach(store)
-                store.stats.requests[label] += 1
-                if not _authorized(request):
-                    return _error(
-                        GeminiError(
-                            401,
-                            "UNAUTHENTICATED",
-                            "Request is missing required authentication credential. Expected OAuth 2 "
-                            "access token, login cookie or other valid authentication credential.",
-                        )
-                    )
-                kind, early = inject_fault(store, method, request, _fault_response)
-                if early is not None:
-                    return early
-                try:
-                    response = await fn(request, jobs)
-                except GeminiError as err:
-                    response = _error(err)
-                if kind == "drop":
-                    return CutResponse(response)
-                return response
-
+            endpoint = google_endpoint(method, label, attach, _authorized, _UNAUTHENTICATED, fn)
             routes.append(Route(f"/{version}{path}", endpoint, methods=[method], name=f"vertex {label}"))
         return routes
 

@@ -1,5 +1,5 @@
-"""Vertex AI batch prediction jobs: settings, records, state machine and API views (spec D, E),
-persisted under ``<data dir>/vertex``.
+"""Vertex AI batch prediction jobs: state machine and API views (spec D, E), persisted under
+``<data dir>/vertex``; the settings, records and per-instant views are :mod:`.jobs`'.
 
 A create body is checked and the input read from GCS by :mod:`.create`; the requests are planned
 by the Gemini face's planner (:func:`..gemini.input.build_plan`: item errors, ``[[emu:…]]``
@@ -40,7 +40,6 @@ import asyncio
 import math
 import os
 import secrets
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import models, registry
@@ -52,78 +51,11 @@ from ..gemini.files import GeminiError, not_found
 from ..gemini.input import Plan
 from ..gemini.outputs import Results
 from ..registry import BatchRegistry
-from ..settings import FaceSettings
 from . import create, outputs
+from .jobs import TERMINAL, WITH_OUTPUT, VertexJob, VertexSettings, View
 
 if TYPE_CHECKING:
     from ..store import Store
-
-TERMINAL = frozenset(
-    {
-        "JOB_STATE_SUCCEEDED",
-        "JOB_STATE_PARTIALLY_SUCCEEDED",
-        "JOB_STATE_FAILED",
-        "JOB_STATE_CANCELLED",
-        "JOB_STATE_EXPIRED",
-    }
-)
-WITH_OUTPUT = TERMINAL - {"JOB_STATE_FAILED"}
-
-
-@dataclass
-class VertexSettings(FaceSettings):
-    """Vertex knobs; change them at run time with ``POST /_emu/vertex``."""
-
-    FACE = "vertex"
-    KEEP = ("gcs_endpoint",)
-
-    gcs_endpoint: str | None = None
-    queued_seconds: float = 0.0
-    """JOB_STATE_QUEUED before validation starts."""
-    expire_seconds: float = 72 * 3600.0
-    """A job not done by then expires (Vertex: jobs may stay queued up to 72 h)."""
-    max_requests: int = 200_000
-    max_input_bytes: int = 1024**3
-    lines_per_file: int = 100_000
-    display_name_max: int = 128
-    partial_state: bool = True
-    """A job with failed rows ends PARTIALLY_SUCCEEDED (false: SUCCEEDED, the rows' status tells)."""
-
-
-@dataclass
-class VertexJob:
-    id: str
-    project: str
-    location: str
-    display_name: str
-    model: str
-    input_uris: list[str]
-    output_prefix: str
-    output_dir: str
-    labels: dict[str, str]
-    created_at: float
-    seq: int
-    faults: dict[str, Any]
-    n: int = 0
-    fail_message: str | None = None
-    cancel_at: float | None = None
-    written: list[str] = field(default_factory=list)
-    outputs_written: bool = False
-
-    @property
-    def parent(self) -> str:
-        return f"projects/{self.project}/locations/{self.location}"
-
-    @property
-    def name(self) -> str:
-        return f"{self.parent}/batchPredictionJobs/{self.id}"
-
-
-@dataclass
-class View:
-    state: str
-    done: int
-    ended_at: float | None
 
 
 class VertexJobs(BatchRegistry[VertexJob]):
