@@ -63,9 +63,8 @@ if str(_DIST.parent) not in sys.path:
 @pytest.fixture(scope="module")
 def vertex_emulator() -> Iterator[EmulatorProcess]:
     with running_emulator(time_factor=600.0, with_gcs=True) as emu:
-        response = httpx.post(
-            f"{str(emu.gcs_endpoint).rstrip('/')}/storage/v1/b", params={"project": PROJECT}, json={"name": BUCKET}
-        )
+        buckets = f"{str(emu.gcs_endpoint).rstrip('/')}/storage/v1/b"
+        response = httpx.post(buckets, params={"project": PROJECT}, json={"name": BUCKET})
         assert response.status_code in (200, 409), response.text
         yield emu
 
@@ -110,7 +109,9 @@ def common_ai_env(monkeypatch, tmp_path):
 @pytest.fixture
 def vertex_conn(vertex_emulator, monkeypatch, tmp_path) -> EmulatorProcess:
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}", _llm_vertex_conn(vertex_emulator, tmp_path.name))
-    monkeypatch.setenv("AIRFLOW_CONN_PYDANTICAI_VERTEX_COMMON_AI", _pydanticai_vertex_conn(vertex_emulator, tmp_path.name))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PYDANTICAI_VERTEX_COMMON_AI", _pydanticai_vertex_conn(vertex_emulator, tmp_path.name)
+    )
     return vertex_emulator
 
 
@@ -128,7 +129,8 @@ def test_entry_points_select_the_vertex_adapter_by_model_prefix():
     )
 
     assert dispatch.get_adapter_class("llm_vertex", f"google-cloud:{MODEL}") is VertexBatchAdapter
-    assert dispatch.get_adapter_class("pydanticai_vertex", f"google-vertex:{MODEL}") is GoogleVertexBatchAdapter
+    google_vertex = dispatch.get_adapter_class("pydanticai_vertex", f"google-vertex:{MODEL}")
+    assert google_vertex is GoogleVertexBatchAdapter
     assert dispatch.get_adapter_class("llm_vertex", f"vertex:{MODEL}") is VertexAliasBatchAdapter
     with pytest.raises(BatchProviderNotYetSupportedError, match="does not support connection type"):
         dispatch.get_adapter_class("llm_gemini", f"google-cloud:{MODEL}")
@@ -157,7 +159,8 @@ def test_llm_batch_decorator_and_operator_on_vertex_account_every_row(vertex_con
         "succeeded": ROWS, "errored": 0, "invalid_output": 0, "expired": 0, "cancelled": 0, "missing": 0
     }
     # the connection id travels in the batch id, so common-ai's trigger can reach the job again
-    assert summaries["batch_id"].startswith(f"{CONN}@projects/{PROJECT}/locations/{REGION}/batchPredictionJobs/")
+    jobs = f"{CONN}@projects/{PROJECT}/locations/{REGION}/batchPredictionJobs/"
+    assert summaries["batch_id"].startswith(jobs)
     assert all(r["status"] == "success" and r["output"] for r in _landed(summaries))
 
     classify = xcom(run, "classify")
@@ -237,7 +240,8 @@ def test_vertex_task_wide_mistakes_fail_before_any_job(vertex_conn, monkeypatch)
     finally:
         adapter.close()
 
-    extra = {k: v for k, v in json.loads(_llm_vertex_conn(vertex_conn, "x"))["extra"].items() if k != "staging_uri"}
+    extra = json.loads(_llm_vertex_conn(vertex_conn, "x"))["extra"]
+    del extra["staging_uri"]
     monkeypatch.setenv(
         "AIRFLOW_CONN_LLM_VERTEX_NO_STAGING",
         json.dumps({"conn_type": "llm_vertex", "host": vertex_conn.base_url, "extra": extra}),
