@@ -10,6 +10,7 @@ import os
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # JSON-API gcsfs (no gRPC probe)
 
+import asyncio
 import json
 import sys
 import time
@@ -255,3 +256,42 @@ def test_vertex_task_wide_mistakes_fail_before_any_job(vertex_conn, monkeypatch)
     finally:
         adapter.close()
     assert _jobs(vertex_conn) == before
+
+
+def test_common_ai_trigger_polls_vertex_without_a_task_context(vertex_conn, monkeypatch):
+    from airflow.providers.common.ai.triggers.llm_batch import LLMBatchTrigger
+
+    from batch_provider.integrations.common_ai.vertex import VertexBatchAdapter
+
+    adapter = VertexBatchAdapter(conn_id=CONN)
+    try:
+        batch_id = _submit(adapter, 20, key=f"{time.time_ns():016x}"[-16:])
+    finally:
+        adapter.close()
+    trigger = LLMBatchTrigger(
+        llm_conn_id=CONN,
+        adapter="google-cloud",
+        batch_id=batch_id,
+        poll_interval=0.2,
+        end_time=time.time() + 120,
+        timeout=120,
+        cancel_on_kill=False,
+        cancel_on_timeout=False,
+    )
+
+    async def first_event():
+        async for event in trigger.run():
+            return event.payload
+
+    event = asyncio.run(first_event())
+    assert event["status"] == "success" and event["counts"]["succeeded"] == 20
+
+    # an adapter built from another connection (another key) refuses to act on this batch
+    other = json.loads(_llm_vertex_conn(vertex_conn, "other"))
+    monkeypatch.setenv("AIRFLOW_CONN_LLM_VERTEX_OTHER", json.dumps({**other, "password": "another-key"}))
+    stranger = dispatch.build_adapter("google-cloud", llm_conn_id="llm_vertex_other")
+    try:
+        with pytest.raises(ValueError, match="does not have the password and host"):
+            stranger.get_batch(batch_id)
+    finally:
+        stranger.close()
