@@ -114,7 +114,9 @@ def test_entry_points_select_our_adapters_by_model_prefix():
     from batch_provider.integrations.common_ai.bedrock import BedrockBatchAdapter
     from batch_provider.integrations.common_ai.gemini import GeminiAliasBatchAdapter, GeminiBatchAdapter
 
-    assert set(_declared_entry_points()) == {"bedrock", "google", "gemini"}
+    assert set(_declared_entry_points()) == {
+        "bedrock", "google", "gemini", "google-cloud", "google-vertex", "vertex"
+    }
     assert dispatch.get_adapter_class("aws", f"bedrock:{CLAUDE}") is BedrockBatchAdapter
     assert dispatch.get_adapter_class("llm_gemini", "google:gemini-2.5-flash") is GeminiBatchAdapter
     assert dispatch.get_adapter_class("pydanticai", "gemini:gemini-2.5-flash") is GeminiAliasBatchAdapter

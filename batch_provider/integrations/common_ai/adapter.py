@@ -1,4 +1,4 @@
-"""A common-ai ``BatchAdapter`` on top of one of our backends (Bedrock, Gemini, and any other).
+"""A common-ai ``BatchAdapter`` on top of one of our backends (Bedrock, Gemini, Vertex, any other).
 
 common-ai owns the task: identity key, intent and state files, polling, result landing and
 validation. This adapter only translates: common-ai's requests to :class:`LLMRequest`, one batch
@@ -199,7 +199,7 @@ class BackendBatchAdapter(BatchAdapter):
 
     def build_output_directive(self, spec: Any) -> dict[str, Any]:
         """``{"response_schema": <schema>}`` for structured output: the backend turns it into the
-        provider's own form (a forced tool on Bedrock, ``responseJsonSchema`` on Gemini)."""
+        provider's own form (a forced tool on Bedrock, a response schema on Gemini and Vertex)."""
         return {"response_schema": spec.json_schema} if spec.is_structured else {}
 
     def _encoded_lines(
