@@ -222,7 +222,7 @@ class Ticket(BaseModel):
     summary: str
 
 
-@pytest.mark.parametrize("provider", ["openai", "gemini"])
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
 async def test_sync_answers_are_checked_against_the_output_type(
     provider: str, slow_emulator: Any, tmp_path: Path
 ) -> None:
@@ -281,3 +281,43 @@ async def test_sync_answers_are_checked_against_the_output_type(
     async with backend_for(provider, emulator) as backend:
         again = await run_sync_fallback(backend, sync_caller(backend), run_dir, 1)
     assert again.to_send == 0 and emulator.sync_settings()["served"] == before
+
+
+async def test_invalid_answers_journaled_before_a_restart_count_towards_retry_invalid_output(
+    slow_emulator: Any, tmp_path: Path
+) -> None:
+    emulator = slow_emulator
+    emulator.reset()
+    _, run_dir = await cut_off_run(
+        "openai", emulator, tmp_path, "typed-resume", output_type=Ticket, marker=" [[emu:invalid100]]"
+    )
+    batch_invalid = {
+        r["custom_id"] for r in read_lines(run_dir.attempt_errors(1)) if r["status"] == "invalid_output"
+    }
+    async with backend_for("openai", emulator) as backend:
+        to_send = rows_to_send(backend, run_dir, Ledger.load(run_dir), 1)
+        cut_off = {r.row_id for r in to_send} - batch_invalid
+        assert cut_off and batch_invalid, "the cut left no unanswered or no invalid row"
+        # one call per row, as if the process stopped after each row's first answer
+        first = await run_sync_fallback(backend, sync_caller(backend), run_dir, 1, max_tries=1)
+        assert first.answered == 0 and first.invalid_output == len(to_send)
+        assert set(first.unanswered) == cut_off  # still within retry_invalid_output=1
+        second = await run_sync_fallback(backend, sync_caller(backend), run_dir, 1)
+        write_dead_letter(backend, run_dir, max_attempts=1)
+    assert second.to_send == len(cut_off) and second.invalid_output == len(cut_off)
+    served = served_per_row("openai", emulator, to_send)
+    assert all(served[r] == 1 for r in batch_invalid) and all(served[r] == 2 for r in cut_off)
+    dead = read_lines(run_dir.dead_letter)
+    assert len(dead) == ROWS - len(read_lines(run_dir.results))
+    by_sync = {d["custom_id"]: d for d in dead if d["batch_id"] == "sync"}
+    assert set(by_sync) == cut_off | batch_invalid
+    assert all("sent 2 times" in d["error"]["message"] for d in by_sync.values())
+
+
+def test_bedrock_has_no_sync_caller_and_says_which_providers_do() -> None:
+    from types import SimpleNamespace
+
+    from batch_provider.core.models import Provider
+
+    with pytest.raises(ValueError, match=r"bedrock has no synchronous fallback; use one of .*vertex"):
+        sync_caller(SimpleNamespace(provider=Provider.BEDROCK))
