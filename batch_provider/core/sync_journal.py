@@ -156,6 +156,7 @@ class SyncAnswers:
     """Row id → its last ``invalid_output`` record, for rows the fallback may not send again."""
     invalid_output: int = 0
     """Answers that did not validate (each paid, each counted)."""
+    invalid_attempts: set[int] = field(default_factory=set)
 
     @classmethod
     def load(
@@ -177,6 +178,7 @@ class SyncAnswers:
                     record = ResultRecord.model_validate_json(line)
                     tally.add(record.model, record.usage)
                 found.invalid_output += len(lines)
+                found.invalid_attempts.add(attempt)
                 if row not in found.answered and is_final(lines[-1]):
                     found.failed[row] = lines[-1]
         found.usage = tally.usage
@@ -194,7 +196,7 @@ class SyncAnswers:
         return {
             "finished_by": {"batch": succeeded - cached - by_sync, "sync": by_sync, "cache": cached},
             "sync_fallback": {
-                "attempts": sorted(set(self.lines) | set(self.refused)),
+                "attempts": sorted(set(self.lines) | set(self.refused) | self.invalid_attempts),
                 "answered": by_sync,
                 "invalid_output": self.invalid_output,
                 "usage": self.usage.model_dump(),
