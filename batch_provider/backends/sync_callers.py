@@ -1,5 +1,6 @@
 """The synchronous caller of a backend, for a sync fallback (see
-:mod:`batch_provider.core.sync_fallback`): OpenAI (and OpenAI-compatible), Anthropic, Gemini."""
+:mod:`batch_provider.core.sync_fallback`): OpenAI (and OpenAI-compatible), Anthropic, Gemini,
+Vertex AI."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ from batch_provider.core.contract import BatchBackend
 from batch_provider.core.models import Provider
 from batch_provider.core.sync_fallback import SyncCaller
 
-SYNC_PROVIDERS = (Provider.OPENAI, Provider.OPENAI_COMPATIBLE, Provider.ANTHROPIC, Provider.GEMINI)
+SYNC_PROVIDERS = (
+    Provider.OPENAI,
+    Provider.OPENAI_COMPATIBLE,
+    Provider.ANTHROPIC,
+    Provider.GEMINI,
+    Provider.VERTEX,
+)
 
 
 def sync_caller(backend: BatchBackend) -> SyncCaller:
@@ -24,6 +31,10 @@ def sync_caller(backend: BatchBackend) -> SyncCaller:
         from batch_provider.backends.gemini.sync import GeminiSyncCaller
 
         return GeminiSyncCaller(backend)  # type: ignore[arg-type]
+    if backend.provider is Provider.VERTEX:
+        from batch_provider.backends.vertex.sync import VertexSyncCaller
+
+        return VertexSyncCaller(backend)  # type: ignore[arg-type]
     raise ValueError(
         f"sync_fallback_at: {backend.provider.value} has no synchronous fallback; "
         f"use one of {', '.join(p.value for p in SYNC_PROVIDERS)}"

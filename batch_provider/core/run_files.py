@@ -160,6 +160,9 @@ def rebuild_outputs(
                 record = ResultRecord.model_validate_json(line)
                 if record.custom_id in resubmitted or record.custom_id in synced.answered:
                     continue
+                if record.custom_id in synced.failed:  # the sync fallback's answer, not valid either
+                    line = synced.failed[record.custom_id]
+                    record = ResultRecord.model_validate_json(line)
                 errors_out.write(line)
                 unresolved[record.status.value] += 1
                 retryable += int(record.retryable)
@@ -215,7 +218,7 @@ def rebuild_outputs(
         cache_entries_not_stored=sum(f.cache_not_stored for f in figures),
         deadline_passed=timed_out,
         dead_letter_after_deadline=dead_after_deadline,
-        invalid_output=sum(f.invalid_output for f in figures),
+        invalid_output=sum(f.invalid_output for f in figures) + synced.invalid_output,
     )
     manifest = _manifest(summary, ledger)
     manifest.update(synced.manifest(succeeded, first.cached))

@@ -18,6 +18,11 @@ Invariants:
   every other call of the same transport) and the row sent again; so is a 5xx answer (the
   provider did not answer it). A call whose connection broke after it was sent is not sent again
   by this fallback (it may have been paid): the row stays unanswered.
+- Checked like a batch answer: an answer to a row that asked for JSON is validated against the
+  run's output type (``output_type.json``). One that does not validate is ``invalid_output``
+  (raw text and errors kept, journaled: it was paid), never a success; the row is sent again
+  while its invalid answers, batch ones included, are within ``retry_invalid_output``, then its
+  last invalid record stands as its outcome.
 - The provider-specific part is a :class:`SyncCaller` (``backends/*_sync``): it turns one part-file
   line into the synchronous call and the answer into a :class:`ResultRecord`; keys stay in its
   transport, never in records or logs.
@@ -39,13 +44,17 @@ from batch_provider.core.estimate import estimate_input_tokens
 from batch_provider.core.jsonl import iter_path_lines
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import ItemStatus, ResultRecord, Usage
+from batch_provider.core.output_type import OutputChecks
 from batch_provider.core.pricing import PriceTable, default_price_table
+from batch_provider.core.reconcile import _with_parsed as check_answer
 from batch_provider.core.rundir import RunDirectory, read_json
 from batch_provider.core.submission import part_ids
 from batch_provider.core.sync_journal import (
     SyncJournal,
     clear_refusal,
+    is_final,
     read_answers,
+    read_invalid,
     record_refusal,
     record_unanswered,
 )
@@ -64,6 +73,8 @@ class SyncRow:
     line: bytes
     """The row's line in the attempt's part file: the request body the batch was given."""
     model: str | None
+    wants_json: bool = False
+    """The request asked for a JSON schema: its answer is checked against the output type."""
 
 
 class SyncCaller(Protocol):
@@ -85,6 +96,8 @@ class SyncReport:
     """Row id → why it has no answer (the last error)."""
     refused: str | None = None
     ceiling_usd: float | None = None
+    invalid_output: int = 0
+    """Answers that did not validate against the output type (paid, kept, not successes)."""
 
 
 def _cut_off_ids(run_dir: RunDirectory, attempt: int) -> list[str]:
@@ -104,7 +117,9 @@ def _cut_off_ids(run_dir: RunDirectory, attempt: int) -> list[str]:
 
 def rows_to_send(backend: BatchBackend, run_dir: RunDirectory, ledger: Ledger, attempt: int) -> list[SyncRow]:
     """The attempt's retryable rows without a committed sync answer, with their part-file lines."""
-    wanted = set(_cut_off_ids(run_dir, attempt)) - {row for row, _ in read_answers(run_dir, attempt)}
+    done = {row for row, _ in read_answers(run_dir, attempt)}
+    done |= {row for row, lines in read_invalid(run_dir, attempt).items() if is_final(lines[-1])}
+    wanted = set(_cut_off_ids(run_dir, attempt)) - done
     rows: list[SyncRow] = []
     for chunk in ledger.attempts[attempt].chunks:
         ids = part_ids(backend, run_dir, chunk.part)
@@ -112,7 +127,8 @@ def rows_to_send(backend: BatchBackend, run_dir: RunDirectory, ledger: Ledger, a
             wire = backend.custom_id_of(line)
             row = ids.rows.get(wire, wire)
             if row in wanted:
-                rows.append(SyncRow(row_id=row, wire_id=wire, line=line, model=chunk.model))
+                wants_json = ids.wants.get(wire, False)
+                rows.append(SyncRow(row, wire, line, chunk.model, wants_json))
     return rows
 
 
@@ -253,8 +269,11 @@ async def run_sync_fallback(
                 return
             batch = list(pending)
             pending.clear()
-            report.answered += await asyncio.to_thread(journal.commit, batch)
+            await asyncio.to_thread(journal.commit, batch)
 
+    checks = OutputChecks.load(run_dir, attempt + 1)  # invalid answers of the batches, this one's too
+    for row, lines in read_invalid(run_dir, attempt).items():
+        checks.earlier[row] += len(lines)
     gate = asyncio.Semaphore(max(1, concurrency))
     tokens = TokenWindow(tokens_per_minute, token_window_seconds)
 
@@ -281,6 +300,18 @@ async def run_sync_fallback(
                     break
                 record.custom_id, record.attempt = row.row_id, attempt
                 record.batch_id = "sync"
+                if row.wants_json:
+                    record, valid = check_answer(record, checks.validator)
+                    if not valid:
+                        checks.limit_retries(record)
+                        checks.earlier[row.row_id] += 1
+                        report.invalid_output += 1
+                        await keep(record)
+                        if record.retryable:
+                            last = record.error.message if record.error else "invalid_output"
+                            continue
+                        return
+                report.answered += 1
                 await keep(record)
                 return
             report.unanswered[row.row_id] = last
@@ -294,6 +325,13 @@ async def run_sync_fallback(
             len(report.unanswered),
             next(iter(report.unanswered.values())),
         )
+    if report.invalid_output:
+        log.warning(
+            "Sync fallback for attempt %d: %d answer(s) did not match the output type (status "
+            "invalid_output, kept with their errors)",
+            attempt,
+            report.invalid_output,
+        )
     log.info("Sync fallback for attempt %d: %d answer(s) kept", attempt, report.answered)
     return report
 
@@ -305,6 +343,7 @@ def report_dict(report: SyncReport) -> dict[str, Any]:
         "answered": report.answered,
         "already_answered": report.already_answered,
         "unanswered": len(report.unanswered),
+        "invalid_output": report.invalid_output,
         "refused": report.refused,
         "ceiling_usd": report.ceiling_usd,
     }

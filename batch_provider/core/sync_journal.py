@@ -12,6 +12,11 @@ Invariants:
   a committed segment (at most one write's worth, plus the calls in flight) are sent again.
 - A row is answered by sync at most once in the journal's reading: a second answer for the same
   row (which the rule above makes possible only after a kill) is ignored, the first kept.
+- An answer that does not validate against the run's output type is journaled too, as its
+  ``invalid_output`` record (it was paid: its usage is in the cost). It is never a success: the
+  row's last such record, once it may not be sent again (not retryable), takes the place of the
+  row's batch error in the run's errors file; a retryable one only counts towards
+  ``retry_invalid_output`` when the fallback is resumed.
 - ``refused.json`` beside the segments records a fallback the budget did not allow: its rows
   stay where the attempt's batches left them (retry or dead letter, as without a fallback).
 - Sync answers are priced at synchronous prices: their ``Cost`` has ``batch_usd`` equal to
@@ -26,9 +31,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from batch_provider.core.models import ResultRecord, Usage
+from batch_provider.core.models import ItemStatus, ResultRecord, Usage
 from batch_provider.core.pricing import Cost, CostTally, PriceTable, default_price_table
 from batch_provider.core.rundir import RunDirectory, atomic_write, read_json, write_json_atomic
+
+_SUCCEEDED = ItemStatus.SUCCEEDED.value
 
 
 def sync_dir(run_dir: RunDirectory, attempt: int) -> Any:
@@ -44,17 +51,38 @@ def _segments(folder: Any) -> list[Any]:
     )
 
 
-def read_answers(run_dir: RunDirectory, attempt: int) -> Iterator[tuple[str, bytes]]:
-    """(row id, record line) of every committed answer of ``attempt``'s fallback, first one kept."""
-    seen: set[str] = set()
+def _journal_lines(run_dir: RunDirectory, attempt: int) -> Iterator[tuple[str, bool, bytes]]:
+    """(row id, is a success, record line) of every committed record, in commit order."""
     for segment in _segments(sync_dir(run_dir, attempt)):
         for line in segment.read_bytes().splitlines():
             if not line.strip():
                 continue
-            row = json.loads(line)["custom_id"]
-            if row not in seen:
-                seen.add(row)
-                yield row, line + b"\n"
+            record = json.loads(line)
+            yield record["custom_id"], record.get("status") == _SUCCEEDED, line + b"\n"
+
+
+def read_answers(run_dir: RunDirectory, attempt: int) -> Iterator[tuple[str, bytes]]:
+    """(row id, record line) of every committed valid answer of ``attempt``'s fallback, first one
+    kept (``invalid_output`` answers are not answers: see :func:`read_invalid`)."""
+    seen: set[str] = set()
+    for row, ok, line in _journal_lines(run_dir, attempt):
+        if ok and row not in seen:
+            seen.add(row)
+            yield row, line
+
+
+def read_invalid(run_dir: RunDirectory, attempt: int) -> dict[str, list[bytes]]:
+    """Row id → the ``invalid_output`` records of ``attempt``'s fallback for it, in commit order."""
+    found: dict[str, list[bytes]] = {}
+    for row, ok, line in _journal_lines(run_dir, attempt):
+        if not ok:
+            found.setdefault(row, []).append(line)
+    return found
+
+
+def is_final(line: bytes) -> bool:
+    """Whether an ``invalid_output`` record may not be sent again (``retry_invalid_output`` spent)."""
+    return not (json.loads(line).get("error") or {}).get("retryable")
 
 
 class SyncJournal:
@@ -124,6 +152,11 @@ class SyncAnswers:
     cost: Cost = field(default_factory=Cost)
     batch_price_usd: float = 0.0
     refused: dict[int, dict[str, Any]] = field(default_factory=dict)
+    failed: dict[str, bytes] = field(default_factory=dict)
+    """Row id → its last ``invalid_output`` record, for rows the fallback may not send again."""
+    invalid_output: int = 0
+    """Answers that did not validate (each paid, each counted)."""
+    invalid_attempts: set[int] = field(default_factory=set)
 
     @classmethod
     def load(
@@ -140,6 +173,14 @@ class SyncAnswers:
                 found.lines.setdefault(attempt, []).append(line)
                 found.answered.add(row)
                 tally.add(record.model, record.usage)
+            for row, lines in read_invalid(run_dir, attempt).items():
+                for line in lines:
+                    record = ResultRecord.model_validate_json(line)
+                    tally.add(record.model, record.usage)
+                found.invalid_output += len(lines)
+                found.invalid_attempts.add(attempt)
+                if row not in found.answered and is_final(lines[-1]):
+                    found.failed[row] = lines[-1]
         found.usage = tally.usage
         paid = tally.cost
         found.batch_price_usd = paid.batch_usd
@@ -155,8 +196,9 @@ class SyncAnswers:
         return {
             "finished_by": {"batch": succeeded - cached - by_sync, "sync": by_sync, "cache": cached},
             "sync_fallback": {
-                "attempts": sorted(set(self.lines) | set(self.refused)),
+                "attempts": sorted(set(self.lines) | set(self.refused) | self.invalid_attempts),
                 "answered": by_sync,
+                "invalid_output": self.invalid_output,
                 "usage": self.usage.model_dump(),
                 "cost_usd": round(self.cost.standard_usd, 6),
                 "at_batch_prices_usd": round(self.batch_price_usd, 6),

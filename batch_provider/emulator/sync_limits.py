@@ -12,6 +12,10 @@ Invariants:
   seconds, at least 1) and ``retry-after-ms``, and is not counted as served.
 - ``served[body hash]`` counts every answered call per request body, so a test can tell a body
   answered twice; ``limited`` counts the 429s given.
+- The ``invalid_output`` directive (a ``[[emu:invalidNN]]`` marker in the body, or the
+  server-wide ``batch_faults``) makes a share of JSON answers invalid as in batches
+  (:mod:`.invalid_answers`), drawn per (body, how many times that body was answered before): the
+  same body sent again draws again, as a resubmission under a new custom_id does.
 - ``latency_seconds`` is slept before each answer (the event loop stays free).
 - Settings start from the :class:`~.config.EmulatorConfig` ``sync_*`` fields, change with
   ``POST /_emu/sync`` and go back to them on ``/_emu/reset``.
@@ -28,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import providers
+from .faults import directive_id, parse_custom_id
+from .invalid_answers import invalid_kind as _draw_invalid
 from .outputs import body_hash
 
 if TYPE_CHECKING:
@@ -140,6 +146,15 @@ class SyncFace:
             "limited": self.limited,
             "keys": len(self.records),
         }
+
+
+def invalid_kind(store: Store, body: Any) -> str | None:
+    """The kind of invalid answer this synchronous call's JSON answer gets, or None."""
+    _, own = parse_custom_id(directive_id("", body))
+    faults = store.faults.batch_defaults.merged(own)
+    digest = body_hash(0, body)
+    key = f"sync-{digest}-{attach(store).served[digest]}"
+    return _draw_invalid(store.config.seed, key, faults)
 
 
 def attach(store: Store) -> SyncFace:

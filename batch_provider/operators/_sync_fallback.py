@@ -88,10 +88,11 @@ def fallback_step(task: Any, hook: LLMBatchHook, handle: RunHandle) -> SyncRepor
     else:
         task.log.info(
             "Sync fallback: %d row(s) answered by the synchronous API now, %d before a restart, "
-            "%d without an answer",
+            "%d without an answer, %d answer(s) not matching the output type (invalid_output)",
             report.answered,
             report.already_answered,
             len(report.unanswered),
+            report.invalid_output,
         )
     return report
 

@@ -4,6 +4,7 @@ Retry-After), server-wide faults, and the ``/_emu/sync`` control route."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anthropic
@@ -132,3 +133,80 @@ def test_server_faults_and_bad_settings(emu: Any, oai: openai.OpenAI) -> None:
     answer = httpx.post(f"{emu.base_url}/_emu/sync", json={"rpm": -1})
     assert answer.status_code == 400 and emu.sync_settings()["rpm"] == 0
     assert emu.sync_settings(latency_seconds=0.01)["latency_seconds"] == 0.01
+
+
+def test_vertex_generate_content_answers_as_a_batch_would_and_is_limited_per_token(emu: Any) -> None:
+    genai = pytest.importorskip("google.genai")
+    from google.genai import errors, types
+    from google.oauth2.credentials import Credentials
+
+    def client(token: str) -> Any:
+        return genai.Client(
+            vertexai=True,
+            project="p",
+            location="us-central1",
+            credentials=Credentials(token=token),
+            http_options=types.HttpOptions(
+                base_url=emu.base_url, api_version="v1", retry_options=types.HttpRetryOptions(attempts=1)
+            ),
+        )
+
+    one, two, three = (
+        client("tok-one"),
+        client("tok-two"),
+        client("tok-three"),
+    )  # kept: a dropped client closes
+    got = one.models.generate_content(model="gemini-2.5-flash", contents="Summarise the sky")
+    request = {"contents": [{"role": "user", "parts": [{"text": "Summarise the sky"}]}]}
+    want = generate(request, "gemini-2.5-flash", SEED)  # the model id as the Vertex batch face passes it
+    assert got.text == want["candidates"][0]["content"]["parts"][0]["text"]
+    assert got.usage_metadata.total_token_count == want["usageMetadata"]["totalTokenCount"]
+
+    before = emu.sync_settings(rpm=1, window_seconds=30)
+    two.models.generate_content(model="gemini-2.5-flash", contents="one")
+    with pytest.raises(errors.ClientError) as caught:
+        two.models.generate_content(model="gemini-2.5-flash", contents="two")
+    assert caught.value.code == 429 and caught.value.status == "RESOURCE_EXHAUSTED"
+    three.models.generate_content(model="gemini-2.5-flash", contents="three")  # its own window
+    counts = emu.sync_settings()
+    assert counts["limited"] - before["limited"] == 1 and counts["served"] - before["served"] == 2
+
+
+def test_the_invalid_output_directive_spoils_sync_json_answers_as_in_batches(emu: Any) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"label": {"type": "string"}, "score": {"type": "integer"}},
+        "required": ["label", "score"],
+        "additionalProperties": False,
+    }
+    url = f"{emu.base_url}/v1/chat/completions"
+    headers = {"authorization": "Bearer k-invalid"}
+
+    def body(text: str) -> dict[str, Any]:
+        return {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": 200,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+        }
+
+    def content(text: str) -> str:
+        answer = httpx.post(url, json=body(text), headers=headers)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["choices"][0]["message"]["content"]
+
+    def valid(text: str) -> bool:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return False
+        if not isinstance(value, dict) or set(value) != {"label", "score"}:
+            return False
+        return isinstance(value["label"], str) and type(value["score"]) is int
+
+    assert all(valid(content(f"clean {i}")) for i in range(5))
+    spoiled = [valid(content(f"row {i} [[emu:invalid100]]")) for i in range(5)]
+    assert not any(spoiled)
+    # the same body sent again draws again: at 50 % some answers of one body are valid, some not
+    draws = {valid(content("the same row [[emu:invalid50]]")) for _ in range(12)}
+    assert draws == {True, False}

@@ -12,6 +12,7 @@ from rel_support import backend_for
 from batch_provider.core.collection import collect_run
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import RunKey
+from batch_provider.core.output_type import output_spec, save_output_spec
 from batch_provider.core.records import iter_list
 from batch_provider.core.render import RequestBuilder
 from batch_provider.core.rundir import RunDirectory, run_directory
@@ -24,13 +25,31 @@ MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5", "gemini": "g
 
 
 async def cut_off_run(
-    provider: str, emulator: Any, root: Path, run_id: str
+    provider: str,
+    emulator: Any,
+    root: Path,
+    run_id: str,
+    *,
+    output_type: Any = None,
+    marker: str = "",
 ) -> tuple[RunHandle, RunDirectory]:
-    """Submit ``ROWS`` rows in batches of 12, let about half of each run, cancel, collect."""
+    """Submit ``ROWS`` rows in batches of 12, let about half of each run, cancel, collect. With
+    ``output_type``, the rows ask for it (saved as the run's output type); ``marker`` is added
+    to every prompt (an emulator directive such as ``[[emu:invalid50]]``)."""
     run_dir = run_directory(root, dag_id="sync_fallback", run_id=run_id)
     key = RunKey(dag_id="sync_fallback", task_id="submit", run_id=run_id)
-    data = [{"id": f"s-{i:03d}", "text": f"long tail row {i}"} for i in range(ROWS)]
-    builder = RequestBuilder(template="Say {{ text }}", model=MODELS[provider], max_tokens=16)
+    data = [{"id": f"s-{i:03d}", "text": f"long tail row {i}{marker}"} for i in range(ROWS)]
+    schema = None
+    if output_type is not None:
+        spec = output_spec(output_type)
+        save_output_spec(run_dir.root, spec)
+        schema = spec.json_schema
+    builder = RequestBuilder(
+        template="Say {{ text }}",
+        model=MODELS[provider],
+        max_tokens=400 if schema else 16,
+        response_schema=schema,
+    )
     async with backend_for(provider, emulator) as backend:
         handle = await submit_run(
             backend,

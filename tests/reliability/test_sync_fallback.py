@@ -12,9 +12,10 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
+from pydantic import BaseModel
 from rel_support import backend_for, base_url, read_lines
 from sync_fallback_support import ROWS, cut_off_run, served_per_row
 
@@ -22,7 +23,7 @@ from batch_provider.backends.sync_callers import sync_caller
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.retry import write_dead_letter
 from batch_provider.core.sync_fallback import row_tokens, rows_to_send, run_sync_fallback
-from batch_provider.core.sync_journal import read_answers
+from batch_provider.core.sync_journal import read_answers, read_invalid
 from batch_provider.emulator.outputs import anthropic_message
 from batch_provider.emulator.process import running_emulator
 
@@ -213,3 +214,110 @@ async def test_a_tokens_per_minute_budget_keeps_the_fallback_under_the_provider_
     assert report.answered == len(rows) >= 6
     assert counts["limited"] == 0, "the client's token budget let the provider's limit be hit"
     assert counts["served"] == len(rows) and counts["max_per_body"] == 1
+
+
+class Ticket(BaseModel):
+    category: Literal["billing", "bug", "other"]
+    urgent: bool
+    summary: str
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+async def test_sync_answers_are_checked_against_the_output_type(
+    provider: str, slow_emulator: Any, tmp_path: Path
+) -> None:
+    emulator = slow_emulator
+    emulator.reset()
+    _, run_dir = await cut_off_run(
+        provider, emulator, tmp_path, f"typed-{provider}", output_type=Ticket, marker=" [[emu:invalid50]]"
+    )
+    batch_invalid = {
+        r["custom_id"] for r in read_lines(run_dir.attempt_errors(1)) if r["status"] == "invalid_output"
+    }
+    async with backend_for(provider, emulator) as backend:
+        to_send = rows_to_send(backend, run_dir, Ledger.load(run_dir), 1)
+        assert to_send and all(r.wants_json for r in to_send)
+        report = await run_sync_fallback(backend, sync_caller(backend), run_dir, 1, concurrency=4)
+        summary = write_dead_letter(backend, run_dir, max_attempts=1)
+
+    assert report.invalid_output > 0, "no sync answer was made invalid: the test proves nothing"
+    assert not report.unanswered and report.answered > 0
+    results = read_lines(run_dir.results)
+    dead = read_lines(run_dir.dead_letter)
+    # every row in exactly one file, and no answer that does not validate among the successes
+    assert sorted([r["custom_id"] for r in results] + [d["custom_id"] for d in dead]) == [
+        f"s-{i:03d}" for i in range(ROWS)
+    ]
+    for record in results:
+        Ticket.model_validate(record["parsed"])
+    synced = [r for r in results if r["batch_id"] == "sync"]
+    assert len(synced) == report.answered
+    # a row's answers that did not validate: sent again while retry_invalid_output=1 allows
+    served = served_per_row(provider, emulator, to_send)
+    for row in to_send:
+        assert served[row.row_id] <= (1 if row.row_id in batch_invalid else 2), row.row_id
+    invalid_by_sync = [d for d in dead if d["batch_id"] == "sync"]
+    assert invalid_by_sync, "no row ended with a sync answer that does not validate"
+    for d in invalid_by_sync:
+        assert d["status"] == "invalid_output" and d["output_text"] and d["error"]["details"]
+        assert not d["error"]["retryable"] and "retry_invalid_output=1" in d["error"]["message"]
+        assert d["dead_letter_reason"].startswith("answer not valid")
+    journal_invalid = read_invalid(run_dir, 1)
+    assert sum(len(v) for v in journal_invalid.values()) == report.invalid_output
+    manifest = manifest_of(run_dir)
+    fallback = manifest["sync_fallback"]
+    assert fallback["invalid_output"] == report.invalid_output
+    assert manifest["invalid_output"] == len(batch_invalid) + report.invalid_output
+    assert manifest["finished_by"]["sync"] == report.answered and manifest["accounted"]
+    assert summary.succeeded + summary.dead_letter == ROWS
+    # the invalid answers were paid: their tokens are in the fallback's usage
+    paid_out = sum(r["usage"]["output_tokens"] for r in synced) + sum(
+        json.loads(line)["usage"]["output_tokens"] for lines in journal_invalid.values() for line in lines
+    )
+    assert fallback["usage"]["output_tokens"] == paid_out
+
+    # running it again sends nothing: answered rows and rows out of resends are done
+    before = emulator.sync_settings()["served"]
+    async with backend_for(provider, emulator) as backend:
+        again = await run_sync_fallback(backend, sync_caller(backend), run_dir, 1)
+    assert again.to_send == 0 and emulator.sync_settings()["served"] == before
+
+
+async def test_invalid_answers_journaled_before_a_restart_count_towards_retry_invalid_output(
+    slow_emulator: Any, tmp_path: Path
+) -> None:
+    emulator = slow_emulator
+    emulator.reset()
+    _, run_dir = await cut_off_run(
+        "openai", emulator, tmp_path, "typed-resume", output_type=Ticket, marker=" [[emu:invalid100]]"
+    )
+    batch_invalid = {
+        r["custom_id"] for r in read_lines(run_dir.attempt_errors(1)) if r["status"] == "invalid_output"
+    }
+    async with backend_for("openai", emulator) as backend:
+        to_send = rows_to_send(backend, run_dir, Ledger.load(run_dir), 1)
+        cut_off = {r.row_id for r in to_send} - batch_invalid
+        assert cut_off and batch_invalid, "the cut left no unanswered or no invalid row"
+        # one call per row, as if the process stopped after each row's first answer
+        first = await run_sync_fallback(backend, sync_caller(backend), run_dir, 1, max_tries=1)
+        assert first.answered == 0 and first.invalid_output == len(to_send)
+        assert set(first.unanswered) == cut_off  # still within retry_invalid_output=1
+        second = await run_sync_fallback(backend, sync_caller(backend), run_dir, 1)
+        write_dead_letter(backend, run_dir, max_attempts=1)
+    assert second.to_send == len(cut_off) and second.invalid_output == len(cut_off)
+    served = served_per_row("openai", emulator, to_send)
+    assert all(served[r] == 1 for r in batch_invalid) and all(served[r] == 2 for r in cut_off)
+    dead = read_lines(run_dir.dead_letter)
+    assert len(dead) == ROWS - len(read_lines(run_dir.results))
+    by_sync = {d["custom_id"]: d for d in dead if d["batch_id"] == "sync"}
+    assert set(by_sync) == cut_off | batch_invalid
+    assert all("sent 2 times" in d["error"]["message"] for d in by_sync.values())
+
+
+def test_bedrock_has_no_sync_caller_and_says_which_providers_do() -> None:
+    from types import SimpleNamespace
+
+    from batch_provider.core.models import Provider
+
+    with pytest.raises(ValueError, match=r"bedrock has no synchronous fallback; use one of .*vertex"):
+        sync_caller(SimpleNamespace(provider=Provider.BEDROCK))

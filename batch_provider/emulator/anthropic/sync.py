@@ -14,8 +14,9 @@ from starlette.responses import JSONResponse, Response
 
 from .. import models, outputs
 from ..errors import ApiError
+from ..invalid_answers import corrupt_anthropic
 from ..store import Store
-from ..sync_limits import admit, attach, retry_headers
+from ..sync_limits import admit, attach, invalid_kind, retry_headers
 from ..web import api_route, json_body
 from .outputs import params_problem
 
@@ -31,6 +32,7 @@ async def create_message(request: Request, store: Store) -> Response:
     if not models.serves(store.config, "anthropic", params["model"]):
         raise ApiError(404, f"model: {params['model']}", "not_found_error")
     message = outputs.anthropic_message(params, store.config.seed)
+    corrupt_anthropic(message, invalid_kind(store, params))
     usage = message["usage"]
     wait = await admit(request, int(usage["input_tokens"]) + int(usage["output_tokens"]))
     if wait is not None:

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import models
-from ..sync_limits import admit, attach, retry_headers
+from ..sync_limits import admit, attach, invalid_kind, retry_headers
 from .files import GeminiError, invalid
 from .outputs import generate, request_problem
 from .routes import V, _json, gemini_route
@@ -32,7 +32,8 @@ async def generate_content(request: Request, batches: GeminiBatches) -> Response
     if problem:
         raise invalid(problem)
     name = model if model.startswith("models/") else f"models/{model}"
-    answer = await asyncio.to_thread(generate, body, name, batches.cfg.seed)
+    spoil = invalid_kind(batches.store, {"model": name, **body})
+    answer = await asyncio.to_thread(generate, body, name, batches.cfg.seed, None, spoil)
     usage = answer["usageMetadata"]
     wait = await admit(request, int(usage.get("totalTokenCount") or 0))
     if wait is not None:

@@ -17,8 +17,9 @@ from starlette.responses import JSONResponse, Response
 
 from .. import models
 from ..errors import ApiError
+from ..invalid_answers import corrupt_openai
 from ..store import Store
-from ..sync_limits import admit, attach, retry_headers
+from ..sync_limits import admit, attach, invalid_kind, retry_headers
 from ..web import api_route, json_body
 from . import answers
 
@@ -37,6 +38,7 @@ async def _answer(endpoint: str, request: Request, store: Store) -> Response:
     answer, in_tok, out_tok = answers.openai_response(
         endpoint, body, cfg.seed, int(time.time()), cfg.embedding_dim
     )
+    corrupt_openai(answer, invalid_kind(store, body))
     wait = await admit(request, in_tok + out_tok)
     if wait is not None:
         raise ApiError(

@@ -5,5 +5,6 @@ reading its input from and writing its predictions to GCS (:mod:`..gcs`). Import
 from .. import providers
 from .routes import ROUTES
 from .state import attach
+from .sync import ROUTES as SYNC_ROUTES
 
-providers.join("vertex", attach, ROUTES)
+providers.join("vertex", attach, [*ROUTES, *SYNC_ROUTES])
