@@ -304,8 +304,9 @@ def report(figures: dict) -> None:
         model, codec = f"floor_{side}_model", f"floor_{side}_codec"
         print(
             f"floor  : {side} lines, nothing but {work}: {figures[model + '_mb_s']:.1f} MB/s "
-            f"(ratio {figures[model + '_ratio']:.3f}); msgspec decode + encode: "
-            f"{figures[codec + '_mb_s']:.1f} MB/s (ratio {figures[codec + '_ratio']:.3f})"
+            f"(ratio {figures[model + '_ratio']:.3f}, CPU only {figures[model + '_cpu_mb_s']:.1f}); "
+            f"msgspec decode + encode: {figures[codec + '_mb_s']:.1f} MB/s "
+            f"(ratio {figures[codec + '_ratio']:.3f}, CPU only {figures[codec + '_cpu_mb_s']:.1f})"
         )
     print(
         f"of the msgspec floor (target >= 0.7): submit {figures['submit_of_codec']:.2f} wall, "
