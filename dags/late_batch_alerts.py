@@ -53,7 +53,7 @@ with DAG(
     llm_batch_group(
         "tickets",
         provider="openai",
-        input_path=DATA + "/tickets/2026-11-20.jsonl",
+        input_path=DATA + "/tickets/{{ data_interval_start.strftime('%Y-%m-%d') }}.jsonl",
         prompt_template="Summarise this ticket in one sentence:\n{{ subject }}\n{{ body }}",
         model="gpt-6-luna",
         max_tokens=128,

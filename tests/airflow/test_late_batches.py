@@ -9,6 +9,7 @@ import asyncio
 import json
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 from airflow_setup import emulator_connections
@@ -122,7 +123,7 @@ def test_deadline_alert_dag_calls_the_shipped_callback(real_speed, run_root, mon
     monkeypatch.setattr(dag, "deadline", None)
     watcher = threading.Thread(target=miss_the_deadline)
     watcher.start()
-    run = dag.test()
+    run = dag.test(logical_date=datetime(2026, 11, 20, 1, tzinfo=UTC))  # that night's tickets
     watcher.join()
     assert str(run.state) == "success", task_states(run)
     final = reports[-1]
