@@ -34,12 +34,12 @@ import asyncio
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .. import models, registry
 from ..clock import rfc3339
 from ..faults import BatchFaults
-from ..registry import BatchRegistry
+from ..registry import BatchRecord, BatchRegistry
 from ..settings import FaceSettings
 from . import input as gemini_input
 from . import outputs as gemini_outputs
@@ -51,6 +51,50 @@ if TYPE_CHECKING:
     from ..store import Store
 
 T = TypeVar("T")
+
+
+class PlannedRecord(BatchRecord, Protocol):
+    """A batch in the Gemini request format (a Gemini batch, a Vertex job)."""
+
+    faults: dict[str, Any]
+    created_at: float
+
+
+class _ExpirySettings(Protocol):
+    expire_seconds: float
+
+
+P = TypeVar("P", bound=PlannedRecord)
+
+
+class PlannedBatches(BatchRegistry[P]):
+    """The plan and timeline shared by Gemini batches and Vertex jobs: a batch's plan is built once
+    from its input (``self.plans``, cleared with the records), its requests run from ``_t_run``
+    (the subclass's queue) and end ``processing_seconds`` plus ``per_request_seconds`` each later,
+    never when the batch is set to expire, and it expires ``expire_seconds`` after creation."""
+
+    plans: dict[str, Plan]
+    settings: _ExpirySettings
+
+    def plan(self, rec: P) -> Plan:
+        plan = self.plans.get(rec.id)
+        if plan is None:
+            faults = BatchFaults.from_json(rec.faults)
+            item_code = self.store.item_codes(self.PROVIDER, rec.seq)
+            plan = gemini_input.build_plan(self.input_path(rec.id), faults, self.cfg, item_code)
+            self.plans[rec.id] = plan
+        return plan
+
+    def _t_run(self, rec: P) -> float:
+        raise NotImplementedError
+
+    def _t_end(self, rec: P, plan: Plan) -> float:
+        if plan.faults.expire is not None:
+            return math.inf
+        return self._t_run(rec) + self.cfg.processing_seconds + plan.n * self.cfg.per_request_seconds
+
+    def expires_at(self, rec: P) -> float:
+        return rec.created_at + self.settings.expire_seconds
 
 BATCH_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch"
 OUTPUT_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput"
@@ -104,7 +148,7 @@ class View:
     ended_at: float | None
 
 
-class GeminiBatches(BatchRegistry[GeminiBatch]):
+class GeminiBatches(PlannedBatches[GeminiBatch]):
     """Every Gemini batch and file of one emulator, persisted under ``<data dir>/gemini``."""
 
     PROVIDER = "gemini"
@@ -112,6 +156,7 @@ class GeminiBatches(BatchRegistry[GeminiBatch]):
     META_GLOB = "*.batch.json"
     META_SUFFIX = ".batch.json"
     INPUT_SUFFIX = ".requests.jsonl"
+    settings: GeminiSettings
 
     def __init__(self, store: Store) -> None:
         super().__init__(store)
@@ -178,15 +223,6 @@ class GeminiBatches(BatchRegistry[GeminiBatch]):
         self.store.stats.count_plan(await asyncio.to_thread(self.plan, rec))
         return rec
 
-    def plan(self, rec: GeminiBatch) -> Plan:
-        plan = self.plans.get(rec.id)
-        if plan is None:
-            faults = BatchFaults.from_json(rec.faults)
-            item_code = self.store.item_codes("gemini", rec.seq)
-            plan = gemini_input.build_plan(self.input_path(rec.id), faults, self.cfg, item_code)
-            self.plans[rec.id] = plan
-        return plan
-
     # ------------------------------------------------------------------ time
 
     def get(self, name: str) -> GeminiBatch:
@@ -197,14 +233,6 @@ class GeminiBatches(BatchRegistry[GeminiBatch]):
 
     def _t_run(self, rec: GeminiBatch) -> float:
         return rec.created_at + self.cfg.validating_seconds + self.store.queue_delay.for_batch(rec.id)
-
-    def _t_end(self, rec: GeminiBatch, plan: Plan) -> float:
-        if plan.faults.expire is not None:
-            return math.inf
-        return self._t_run(rec) + self.cfg.processing_seconds + plan.n * self.cfg.per_request_seconds
-
-    def expires_at(self, rec: GeminiBatch) -> float:
-        return rec.created_at + self.settings.expire_seconds
 
     def done_at(self, rec: GeminiBatch, plan: Plan, t: float) -> int:
         t_run = self._t_run(rec)

@@ -50,7 +50,7 @@ from ..gemini import input as gemini_input
 from ..gemini.files import GeminiError, not_found
 from ..gemini.input import Plan
 from ..gemini.outputs import Results
-from ..registry import BatchRegistry
+from ..gemini.state import PlannedBatches
 from . import create, outputs
 from .jobs import TERMINAL, WITH_OUTPUT, VertexJob, VertexSettings, View
 
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from ..store import Store
 
 
-class VertexJobs(BatchRegistry[VertexJob]):
+class VertexJobs(PlannedBatches[VertexJob]):
     """Every Vertex batch prediction job of one emulator, persisted under ``<data dir>/vertex``."""
 
     PROVIDER = "vertex"
@@ -66,6 +66,7 @@ class VertexJobs(BatchRegistry[VertexJob]):
     META_GLOB = "*.job.json"
     META_SUFFIX = ".job.json"
     INPUT_SUFFIX = ".requests.jsonl"
+    settings: VertexSettings
 
     def __init__(self, store: Store) -> None:
         super().__init__(store)
@@ -154,15 +155,6 @@ class VertexJobs(BatchRegistry[VertexJob]):
         self.store.stats.count_plan(await asyncio.to_thread(self.plan, job))
         return job
 
-    def plan(self, job: VertexJob) -> Plan:
-        plan = self.plans.get(job.id)
-        if plan is None:
-            faults = BatchFaults.from_json(job.faults)
-            item_code = self.store.item_codes("vertex", job.seq)
-            plan = gemini_input.build_plan(self.input_path(job.id), faults, self.cfg, item_code)
-            self.plans[job.id] = plan
-        return plan
-
     # ------------------------------------------------------------------ time
 
     def get(self, project: str, location: str, job_id: str) -> VertexJob:
@@ -181,14 +173,6 @@ class VertexJobs(BatchRegistry[VertexJob]):
         if job.fail_message is None and self.plan(job).faults.expire == 0:
             return math.inf  # never leaves the queue
         return self._t_pending(job) + self.cfg.validating_seconds
-
-    def _t_end(self, job: VertexJob, plan: Plan) -> float:
-        if plan.faults.expire is not None:
-            return math.inf
-        return self._t_run(job) + self.cfg.processing_seconds + plan.n * self.cfg.per_request_seconds
-
-    def expires_at(self, job: VertexJob) -> float:
-        return job.created_at + self.settings.expire_seconds
 
     def _span(self, job: VertexJob, plan: Plan) -> tuple[float, float]:
         """(time, share of the rows) over which rows finish evenly."""

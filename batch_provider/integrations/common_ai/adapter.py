@@ -18,13 +18,14 @@ Invariants:
   Bedrock's token de-duplication cannot hand back the dead job. ``find_orphaned_batch`` reads the
   same tags, so a crash between create and common-ai's state write re-attaches.
 - custom_ids are common-ai's ``<key16>-<index>``; results are streamed a page at a time (memory
-  bounded by the page), duplicates are left to common-ai's merge, which counts them.
+  bounded by the page), duplicates are left to common-ai's merge, which counts them. The
+  translation itself (requests, statuses, result items) is in :mod:`.translate`.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -48,15 +49,7 @@ from batch_provider.backends.registry import create_backend
 from batch_provider.core.contract import BatchBackend, Chunk
 from batch_provider.core.errors import RequestRejected
 from batch_provider.core.limits import ProviderLimits
-from batch_provider.core.models import (
-    BatchEnding,
-    BatchRef,
-    ItemStatus,
-    LLMRequest,
-    Message,
-    Provider,
-    ResultRecord,
-)
+from batch_provider.core.models import BatchEnding, BatchRef, Provider, ResultRecord
 from batch_provider.integrations.common_ai.connection import (
     batch_handle,
     fetch_connection,
@@ -64,6 +57,7 @@ from batch_provider.integrations.common_ai.connection import (
     split_handle,
 )
 from batch_provider.integrations.common_ai.runner import LoopThread
+from batch_provider.integrations.common_ai.translate import ENDING_STATUS, llm_requests, raw_item
 
 LOOKBACK = timedelta(days=30)
 """How far back ``submit`` looks for a batch of the same key and input before creating one."""
@@ -74,21 +68,6 @@ ORPHAN_SLACK = timedelta(minutes=5)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DEAD_ENDINGS = frozenset({BatchEnding.FAILED, BatchEnding.CANCELLED, BatchEnding.EXPIRED})
-_ENDING_STATUS = {
-    BatchEnding.COMPLETED: "completed",
-    BatchEnding.FAILED: "failed",
-    BatchEnding.EXPIRED: "expired",
-    BatchEnding.CANCELLED: "cancelled",
-}
-_ITEM_STATUS = {
-    ItemStatus.SUCCEEDED: "success",
-    # our backends flag answers that are not the asked-for JSON; common-ai validates them itself
-    ItemStatus.INVALID_OUTPUT: "success",
-    ItemStatus.EXPIRED: "expired",
-    ItemStatus.CANCELLED: "cancelled",
-}
-_MANAGED_PARAMS = frozenset({"model", "messages", "system", "max_tokens", "max_completion_tokens"})
-"""Request params the adapter sets itself; a user's value for them is not sent (as in common-ai)."""
 
 
 def tags_for(idempotency_key: str, input_fingerprint: str, generation: int) -> dict[str, str]:
@@ -168,45 +147,38 @@ class BackendBatchAdapter(BatchAdapter):
 
     # ------------------------------------------------------------------ requests
 
-    def _llm_requests(
-        self,
-        requests: list[BatchRequest],
-        *,
-        model: str,
-        idempotency_key: str,
-        schema: dict[str, Any] | None,
-        system_prompt: str,
-        max_tokens: int,
-        request_params: Mapping[str, Any] | None,
-    ) -> Iterator[LLMRequest]:
-        for index, request in enumerate(requests):
-            params = {**(request_params or {}), **(request.get("params") or {})}
-            temperature = params.pop("temperature", None)
-            stop = params.pop("stop", None)
-            yield LLMRequest(
-                custom_id=f"{idempotency_key}-{index}",
-                model=self.resolve_request_model(
-                    request.get("model"), default_bare_model=model, request_index=index
-                ),
-                system=request.get("system_prompt") or system_prompt or None,
-                messages=[Message(role="user", content=request["prompt"])],
-                max_tokens=request.get("max_tokens") or max_tokens,
-                temperature=temperature,
-                stop=[stop] if isinstance(stop, str) else stop,
-                response_schema=schema,
-                extra={k: v for k, v in params.items() if k not in _MANAGED_PARAMS},
-            )
-
     def build_output_directive(self, spec: Any) -> dict[str, Any]:
         """``{"response_schema": <schema>}`` for structured output: the backend turns it into the
         provider's own form (a forced tool on Bedrock, a response schema on Gemini and Vertex)."""
         return {"response_schema": spec.json_schema} if spec.is_structured else {}
 
     def _encoded_lines(
-        self, backend: BatchBackend, requests: list[BatchRequest], **build: Any
+        self,
+        backend: BatchBackend,
+        requests: list[BatchRequest],
+        *,
+        model: str,
+        idempotency_key: str,
+        output_spec: Any,
+        system_prompt: str = "",
+        max_tokens: int = 1024,
+        request_params: dict[str, Any] | None = None,
+        **_unused: Any,
     ) -> Iterator[bytes]:
-        schema = self.build_output_directive(build.pop("output_spec")).get("response_schema")
-        for index, request in enumerate(self._llm_requests(requests, schema=schema, **build)):
+        """The encoded line of each request, in order; takes ``validate_requests`` / ``submit``'s
+        keyword arguments (common-ai's options this adapter does not use are ignored)."""
+        schema = self.build_output_directive(output_spec).get("response_schema")
+        built = llm_requests(
+            requests,
+            resolve_model=self.resolve_request_model,
+            model=model,
+            idempotency_key=idempotency_key,
+            schema=schema,
+            system_prompt=system_prompt,
+            max_tokens=max_tokens,
+            request_params=request_params,
+        )
+        for index, request in enumerate(built):
             try:
                 yield backend.encode(request).line
             except RequestRejected as exc:
@@ -222,9 +194,6 @@ class BackendBatchAdapter(BatchAdapter):
         model: str,
         output_spec: Any,
         idempotency_key: str,
-        system_prompt: str = "",
-        max_tokens: int = 1024,
-        request_params: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         self.check_custom_id_length(idempotency_key, len(requests))
@@ -252,14 +221,7 @@ class BackendBatchAdapter(BatchAdapter):
             )
         total = 0
         lines = self._encoded_lines(
-            backend,
-            requests,
-            model=model,
-            idempotency_key=idempotency_key,
-            output_spec=output_spec,
-            system_prompt=system_prompt,
-            max_tokens=max_tokens,
-            request_params=request_params,
+            backend, requests, model=model, idempotency_key=idempotency_key, output_spec=output_spec, **kwargs
         )
         for index, line in enumerate(lines):
             total += len(line) + 1
@@ -279,27 +241,18 @@ class BackendBatchAdapter(BatchAdapter):
         idempotency_key: str,
         input_fingerprint: str,
         output_spec: Any,
-        system_prompt: str = "",
-        max_tokens: int = 1024,
-        request_params: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> SubmitResult:
         conn_id = self._conn_id_for()
         backend = self._backend(conn_id)
+        lines = self._encoded_lines(
+            backend, requests, model=model, idempotency_key=idempotency_key, output_spec=output_spec, **kwargs
+        )
         with tempfile.TemporaryDirectory(prefix="bp-common-ai-") as folder:
             path = Path(folder) / "part-00000.jsonl"
             count = size = 0
             with path.open("wb") as fh:
-                for line in self._encoded_lines(
-                    backend,
-                    requests,
-                    model=model,
-                    idempotency_key=idempotency_key,
-                    output_spec=output_spec,
-                    system_prompt=system_prompt,
-                    max_tokens=max_tokens,
-                    request_params=request_params,
-                ):
+                for line in lines:
                     fh.write(line + b"\n")
                     count += 1
                     size += len(line) + 1
@@ -354,7 +307,7 @@ class BackendBatchAdapter(BatchAdapter):
     def get_batch(self, batch_id: str) -> BatchState:
         backend, native = self._backend_for_batch(batch_id)
         state = self._loop.run(backend.status(native))
-        status = _ENDING_STATUS[state.ending] if state.ending is not None else "in_progress"
+        status = ENDING_STATUS[state.ending] if state.ending is not None else "in_progress"
         counts = state.counts
         return BatchState(
             status=status,  # type: ignore[arg-type]
@@ -382,7 +335,7 @@ class BackendBatchAdapter(BatchAdapter):
             request_count=0,
             created_at=datetime.now(UTC),
         )
-        return (_raw_item(record) for record in self._loop.iterate(backend.results(ref)))
+        return (raw_item(record) for record in self._loop.iterate(backend.results(ref)))
 
     def extract_output(self, raw: RawResultItem, spec: Any) -> ExtractedOutput:
         record: ResultRecord = raw.raw
@@ -400,22 +353,3 @@ class BackendBatchAdapter(BatchAdapter):
         finally:
             self._loop.stop()
 
-
-def _raw_item(record: ResultRecord) -> RawResultItem:
-    prefix, _, index = record.custom_id.rpartition("-")
-    usage = record.usage
-    return RawResultItem(
-        custom_id=record.custom_id,
-        index=int(index) if prefix and index.isdigit() else -1,  # -1: common-ai drops and counts it
-        provider_status=_ITEM_STATUS.get(record.status, "errored"),  # type: ignore[arg-type]
-        model=record.model,
-        usage={
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "cache_read_tokens": usage.cache_read_tokens,
-            "cache_write_tokens": usage.cache_write_tokens,
-        },
-        finish_reason=record.finish_reason,
-        error=record.error.model_dump(mode="json", exclude_none=True) if record.error else None,
-        raw=record,
-    )
