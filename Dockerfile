@@ -1,5 +1,5 @@
 # The Airflow image with this provider installed. Built by docker-compose.yaml (`docker compose build`).
-# PYTHON_VERSION picks the image's Python (3.11, 3.12 or 3.13):
+# PYTHON_VERSION picks the image's Python (3.11, 3.12, 3.13 or 3.14):
 #   docker compose build --build-arg PYTHON_VERSION=3.12
 ARG PYTHON_VERSION=3.11
 ARG AIRFLOW_IMAGE=apache/airflow:3.3.2-python${PYTHON_VERSION}

@@ -13,6 +13,9 @@ Invariants:
   run. Its schema is fixed by the first row group (or the previous file): a later embedding of
   another length is an error naming the row, never a silently wrong column.
 - Files are written whole or not at all (:func:`~batch_provider.core.rundir.atomic_write`).
+
+One module for both formats (just over 400 lines): their writers follow the same keep-previous
+protocol and their readers the same record shape, and they change together.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
-SUPPORTED = ["3.11", "3.12", "3.13"]
+SUPPORTED = ["3.11", "3.12", "3.13", "3.14"]
 # Imported only inside the functions that need them, and declared in the extra that brings them.
 OPTIONAL_IMPORTS = {"pyarrow": "parquet", "moto": "emulator", "gcp_storage_emulator": "emulator"}
 
@@ -50,7 +50,7 @@ def metadata(wheel):
 
 def test_wheel_declares_every_supported_python(metadata):
     requires = SpecifierSet(metadata["Requires-Python"])
-    assert [v for v in ("3.10", *SUPPORTED, "3.14") if f"{v}.0" in requires] == SUPPORTED
+    assert [v for v in ("3.10", *SUPPORTED, "3.15") if f"{v}.0" in requires] == SUPPORTED
     prefix = "Programming Language :: Python :: 3."
     versions = [c.rsplit(" ", 1)[1] for c in metadata.get_all("Classifier") if c.startswith(prefix)]
     assert versions == SUPPORTED
