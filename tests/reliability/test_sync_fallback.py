@@ -213,7 +213,9 @@ async def test_a_tokens_per_minute_budget_keeps_the_fallback_under_the_provider_
     counts = emulator.sync_settings()
     assert report.answered == len(rows) >= 6
     assert counts["limited"] == 0, "the client's token budget let the provider's limit be hit"
-    assert counts["served"] == len(rows) and counts["max_per_body"] == 1
+    # this run's bodies only: a call an earlier test's killed child left in flight may land late
+    served = served_per_row("anthropic", emulator, rows)
+    assert all(n == 1 for n in served.values()), served
 
 
 class Ticket(BaseModel):
