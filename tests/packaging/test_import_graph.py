@@ -13,7 +13,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[2] / "batch_provider"
+import batch_provider
+
+# The package that is imported: this checkout, or the installed wheel when the tests run apart.
+PACKAGE = Path(batch_provider.__file__).resolve().parent
 ABOVE_CORE = (
     "batch_provider.backends",
     "batch_provider.emulator",
