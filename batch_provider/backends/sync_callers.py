@@ -1,7 +1,7 @@
 """The synchronous caller of a backend, for a sync fallback (see
 :mod:`batch_provider.core.sync_fallback`): OpenAI (and OpenAI-compatible), Anthropic, Gemini,
-Vertex AI, AWS Bedrock (Bedrock Runtime ``InvokeModel``; runs with ``invocation_type="Converse"``
-have none)."""
+Vertex AI, AWS Bedrock (Bedrock Runtime ``InvokeModel``, or ``Converse`` for runs with
+``invocation_type="Converse"``)."""
 
 from __future__ import annotations
 
