@@ -1,7 +1,7 @@
 """What every synchronous endpoint of the emulator shares: per-key rate limits, latency and counts.
 
 The synchronous faces (OpenAI chat completions / responses / embeddings, Anthropic messages,
-Gemini and Vertex AI generateContent, Bedrock Runtime InvokeModel) answer with exactly the body
+Gemini and Vertex AI generateContent, Bedrock Runtime InvokeModel and Converse) answer with exactly the body
 and usage the batch outputs give for the same request body (they reuse the same generators);
 this module decides whether a call is admitted and keeps the figures tests read back from
 ``GET /_emu/sync``.

@@ -1,5 +1,6 @@
 """The emulator's Bedrock face: state (models), routes (HTTP), outputs, and Bedrock Runtime's
-``InvokeModel`` (:mod:`.sync`). Importing it joins :mod:`batch_provider.emulator.providers`."""
+``InvokeModel`` and ``Converse`` (:mod:`.sync`). Importing it joins
+:mod:`batch_provider.emulator.providers`."""
 
 from .. import providers
 from .routes import ROUTES

@@ -9,6 +9,7 @@ Routes (botocore's ``bedrock`` client paths, none under ``/v1``)::
     POST /listTagsForResource                       ListTagsForResource (job ARNs)
     GET|POST /_emu/bedrock                          settings (min_records, s3_endpoint, ...), job count
     POST /model/{modelId}/invoke                    Bedrock Runtime InvokeModel (:mod:`.sync`)
+    POST /model/{modelId}/converse                  Bedrock Runtime Converse (:mod:`.sync`)
 
 Errors are AWS-shaped: the status, ``x-amzn-ErrorType: <Name>``, ``x-amzn-RequestId`` and
 ``{"message": ...}``. SigV4 signatures are never checked; unsigned requests are accepted unless

@@ -1,9 +1,12 @@
-"""Bedrock Runtime's synchronous endpoint ``POST /model/{modelId}/invoke`` (``InvokeModel``).
+"""Bedrock Runtime's synchronous endpoints ``POST /model/{modelId}/invoke`` (``InvokeModel``) and
+``POST /model/{modelId}/converse`` (``Converse``).
 
-The body is a model's native request, the ``modelInput`` of a batch record; the answer is the
-``modelOutput`` a job's record with that ``modelInput`` and model gets (:func:`.outputs.model_output`,
-the family read from the model id as for an ``InvokeModel`` job), with the token counts in the
-``X-Amzn-Bedrock-Input-Token-Count`` / ``-Output-Token-Count`` headers as Bedrock sends them. No
+``InvokeModel``'s body is a model's native request, the ``modelInput`` of a batch record; the
+answer is the ``modelOutput`` a job's record with that ``modelInput`` and model gets
+(:func:`.outputs.model_output`, the family read from the model id as for an ``InvokeModel`` job),
+with the token counts in the ``X-Amzn-Bedrock-Input-Token-Count`` / ``-Output-Token-Count``
+headers as Bedrock sends them. ``Converse``'s body is a Converse request, the ``modelInput`` of a
+``Converse`` job's record, and its answer that record's ``modelOutput`` with ``metrics``. No
 prompt cache is shared between calls (a job's records share one).
 
 Rate limits, latency, counts and ``invalid_output`` draws are :mod:`..sync_limits`', per AWS access
@@ -33,6 +36,7 @@ from .state import BedrockJobs
 from .wire import BedrockError, validation
 
 INVOKE = "/model/{model:path}/invoke"
+CONVERSE = "/model/{model:path}/converse"
 THROTTLED = "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/"
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
 
@@ -58,13 +62,13 @@ def token_counts(output: dict[str, Any]) -> tuple[int, int]:
     return int(output.get("prompt_token_count") or 0), int(output.get("generation_token_count") or 0)
 
 
-@bedrock_route("POST", INVOKE)
-async def invoke_model(request: Request, jobs: BedrockJobs) -> Response:
+async def answer(request: Request, jobs: BedrockJobs, kind: str) -> tuple[dict[str, Any], int, int]:
+    """(modelOutput, input tokens, output tokens) of this call, admitted and counted; raises the
+    refusal Bedrock gives."""
     model_id = request.path_params["model"]
     if not models.serves(jobs.cfg, "bedrock", model_id):
         raise validation(models.BEDROCK_MESSAGE)
     body = await _body(request)
-    kind = family(model_id, "InvokeModel")
     problem = record_problem(kind, body)
     if problem:
         raise validation(f"Malformed input request: {problem}, please reformat your input and try again.")
@@ -78,14 +82,31 @@ async def invoke_model(request: Request, jobs: BedrockJobs) -> Response:
             429, THROTTLED, "Too many requests, please wait before trying again.", headers=retry_headers(wait)
         )
     attach(jobs.store).count(counted)
+    return output, tokens_in, tokens_out
+
+
+def latency_ms(jobs: BedrockJobs) -> int:
+    return int(attach(jobs.store).settings.latency_seconds * 1000)
+
+
+@bedrock_route("POST", INVOKE)
+async def invoke_model(request: Request, jobs: BedrockJobs) -> Response:
+    kind = family(request.path_params["model"], "InvokeModel")
+    output, tokens_in, tokens_out = await answer(request, jobs, kind)
     return JSONResponse(
         output,
         headers={
             "X-Amzn-Bedrock-Input-Token-Count": str(tokens_in),
             "X-Amzn-Bedrock-Output-Token-Count": str(tokens_out),
-            "X-Amzn-Bedrock-Invocation-Latency": str(int(attach(jobs.store).settings.latency_seconds * 1000)),
+            "X-Amzn-Bedrock-Invocation-Latency": str(latency_ms(jobs)),
         },
     )
 
 
-ROUTES: list[Any] = [invoke_model]
+@bedrock_route("POST", CONVERSE)
+async def converse(request: Request, jobs: BedrockJobs) -> Response:
+    output, _, _ = await answer(request, jobs, "converse")
+    return JSONResponse({**output, "metrics": {"latencyMs": latency_ms(jobs)}})
+
+
+ROUTES: list[Any] = [invoke_model, converse]
