@@ -1,8 +1,8 @@
-"""Bedrock Runtime ``InvokeModel`` on the emulator: boto3's own ``bedrock-runtime`` client gets the
-answer and usage a job's record with the same ``modelInput`` gets, per-key throttling as botocore
-reads it; :class:`BedrockSyncCaller` turns one part-file line into the record the job would have
-written, and surfaces a 429 or a 5xx to the sync fallback's runner after one attempt (botocore's
-own retries are off for this paid call)."""
+"""Bedrock Runtime ``InvokeModel`` and ``Converse`` on the emulator: boto3's own ``bedrock-runtime``
+client gets the answer and usage a job's record with the same ``modelInput`` gets, per-key
+throttling as botocore reads it; :class:`BedrockSyncCaller` turns one part-file line into the
+record the job would have written, and surfaces a 429 or a 5xx to the sync fallback's runner
+after one attempt (botocore's own retries are off for this paid call)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from batch_provider.core.errors import InvalidRequestError, ProviderUnavailableE
 from batch_provider.core.models import ItemStatus, LLMRequest
 from batch_provider.core.sync_fallback import SyncRow, row_tokens
 from batch_provider.emulator.bedrock.outputs import model_output
+from batch_provider.emulator.outputs import body_hash
 
 SEED = 0  # the session emulator's seed
 NOVA = "us.amazon.nova-lite-v1:0"
@@ -262,6 +263,55 @@ async def test_a_lost_answer_is_not_sent_again(limits: Any) -> None:
             await caller.call(SyncRow("a", "bpa", part_line(backend, "bpa", "hello"), CLAUDE))
     assert lost.value.status_code is None  # the runner leaves the row unanswered
     assert invocations(emu) == before + 1
+
+
+PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+def test_boto3_converse_answers_as_a_converse_job_record_would(limits: Any) -> None:
+    client = runtime_client(limits)
+    request = {
+        "system": [{"text": "Be brief."}],
+        "messages": [{"role": "user", "content": [{"text": "Name a colour"}]}],
+        "inferenceConfig": {"maxTokens": 24},
+    }
+    answer = client.converse(modelId=CLAUDE, **request)
+    want = model_output("converse", CLAUDE, request, SEED)
+    assert answer["output"] == want["output"] and answer["stopReason"] == want["stopReason"]
+    assert answer["usage"] == want["usage"] and answer["usage"]["outputTokens"] > 0
+    assert "latencyMs" in answer["metrics"]
+
+
+async def test_caller_sends_a_converse_runs_line_to_converse(limits: Any) -> None:
+    from batch_provider.core.models import ImagePart, Message, TextPart
+
+    emu = limits
+    before = emu.sync_settings(bodies=True)
+    async with backend_for(emu, invocation_type="Converse") as backend:
+        request = LLMRequest(
+            custom_id="bpimg",
+            model=CLAUDE,
+            messages=[
+                Message(
+                    role="user",
+                    content=[TextPart(text="What is this?"), ImagePart(media_type="image/png", data=PIXEL)],
+                )
+            ],
+            max_tokens=30,
+        )
+        line = backend.encode(request).line
+        row = SyncRow("img", "bpimg", line, CLAUDE)
+        assert row_tokens(row)[1] == 30  # the ceiling reads modelInput.inferenceConfig.maxTokens
+        record = await sync_caller(backend).call(row)
+    model_input = json.loads(line)["modelInput"]
+    want = model_output("converse", CLAUDE, model_input, SEED)
+    assert record.status is ItemStatus.SUCCEEDED and record.custom_id == "bpimg"
+    assert record.output_text == want["output"]["message"]["content"][0]["text"]
+    assert record.usage.output_tokens == want["usage"]["outputTokens"] > 0
+    # the image reached the emulator as the line has it: the body counted is the line's modelInput
+    served = emu.sync_settings(bodies=True)["served_by_body"]
+    digest = str(body_hash(0, {"model": CLAUDE, **model_input}))
+    assert served.get(digest, 0) == before["served_by_body"].get(digest, 0) + 1
 
 
 def test_only_a_failed_connect_counts_as_never_sent() -> None:

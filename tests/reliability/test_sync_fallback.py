@@ -316,7 +316,7 @@ async def test_invalid_answers_journaled_before_a_restart_count_towards_retry_in
     assert all("sent 2 times" in d["error"]["message"] for d in by_sync.values())
 
 
-def test_every_provider_has_a_sync_caller_but_a_bedrock_converse_run() -> None:
+def test_every_provider_has_a_sync_caller() -> None:
     from types import SimpleNamespace
 
     from batch_provider.backends.bedrock.sync import BedrockSyncCaller
@@ -324,7 +324,6 @@ def test_every_provider_has_a_sync_caller_but_a_bedrock_converse_run() -> None:
     from batch_provider.core.models import Provider
 
     assert set(SYNC_PROVIDERS) == set(Provider)
-    bedrock = sync_caller(SimpleNamespace(provider=Provider.BEDROCK, invocation_type="InvokeModel"))
-    assert isinstance(bedrock, BedrockSyncCaller)
-    with pytest.raises(ValueError, match=r"invocation_type='Converse' has no synchronous fallback"):
-        sync_caller(SimpleNamespace(provider=Provider.BEDROCK, invocation_type="Converse"))
+    for invocation_type in ("InvokeModel", "Converse"):
+        caller = sync_caller(SimpleNamespace(provider=Provider.BEDROCK, invocation_type=invocation_type))
+        assert isinstance(caller, BedrockSyncCaller) and invocation_type in caller.operation
