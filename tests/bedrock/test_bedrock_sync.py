@@ -314,6 +314,21 @@ async def test_caller_sends_a_converse_runs_line_to_converse(limits: Any) -> Non
     assert served.get(digest, 0) == before["served_by_body"].get(digest, 0) + 1
 
 
+async def test_a_converse_request_botocore_refuses_is_the_rows_failure_without_its_content(
+    limits: Any,
+) -> None:
+    async with backend_for(limits, invocation_type="Converse") as backend:
+        line = json.dumps(
+            {"recordId": "bpbad", "modelInput": {"messages": [{"role": "user", "content": [{"text": 42}]}]}}
+        ).encode()
+        before = limits.stats()["requests"].get("POST /model/{model:path}/converse", 0)
+        with pytest.raises(InvalidRequestError) as refused:
+            await sync_caller(backend).call(SyncRow("bad", "bpbad", line, CLAUDE))
+    message = str(refused.value)
+    assert "messages[0].content[0].text" in message and "42" not in message.replace("[0]", "")
+    assert limits.stats()["requests"].get("POST /model/{model:path}/converse", 0) == before  # never sent
+
+
 def test_only_a_failed_connect_counts_as_never_sent() -> None:
     from aiohttp import ClientConnectorError, ServerDisconnectedError
     from botocore.exceptions import ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError

@@ -86,6 +86,13 @@ def never_sent(exc: BaseException) -> bool:
     return False
 
 
+def param_problems(exc: ParamValidationError) -> str:
+    """botocore's report of what does not fit, without the values it quotes (the row's content)."""
+    report = str(exc.kwargs.get("report") or exc)
+    lines = [line.split(", value:")[0].strip() for line in report.splitlines() if line.strip()]
+    return "; ".join(lines)[:500]
+
+
 def converse_params(model_input: dict[str, Any]) -> dict[str, Any]:
     """A Converse job line's ``modelInput`` as ``converse`` keyword arguments: inline ``bytes`` of
     images, documents and videos are base64 text on the line and raw bytes for botocore (which
@@ -154,7 +161,8 @@ class BedrockSyncCaller:
                 raise sync_error(exc, self.operation) from None
             except ParamValidationError as exc:
                 raise InvalidRequestError(
-                    f"bedrock {self.operation}: the request does not fit the API: {exc}", provider=PROVIDER
+                    f"bedrock {self.operation}: the request does not fit the API: {param_problems(exc)}",
+                    provider=PROVIDER,
                 ) from None
             except BotoCoreError as exc:
                 if never_sent(exc) and attempt < CONNECT_TRIES:
