@@ -1,6 +1,7 @@
 """The synchronous caller of a backend, for a sync fallback (see
 :mod:`batch_provider.core.sync_fallback`): OpenAI (and OpenAI-compatible), Anthropic, Gemini,
-Vertex AI."""
+Vertex AI, AWS Bedrock (Bedrock Runtime ``InvokeModel``, or ``Converse`` for runs with
+``invocation_type="Converse"``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ SYNC_PROVIDERS = (
     Provider.ANTHROPIC,
     Provider.GEMINI,
     Provider.VERTEX,
+    Provider.BEDROCK,
 )
 
 
@@ -35,6 +37,10 @@ def sync_caller(backend: BatchBackend) -> SyncCaller:
         from batch_provider.backends.vertex.sync import VertexSyncCaller
 
         return VertexSyncCaller(backend)  # type: ignore[arg-type]
+    if backend.provider is Provider.BEDROCK:
+        from batch_provider.backends.bedrock.sync import BedrockSyncCaller
+
+        return BedrockSyncCaller(backend)  # type: ignore[arg-type]
     raise ValueError(
         f"sync_fallback_at: {backend.provider.value} has no synchronous fallback; "
         f"use one of {', '.join(p.value for p in SYNC_PROVIDERS)}"

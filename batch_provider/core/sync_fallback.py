@@ -23,7 +23,7 @@ Invariants:
   (raw text and errors kept, journaled: it was paid), never a success; the row is sent again
   while its invalid answers, batch ones included, are within ``retry_invalid_output``, then its
   last invalid record stands as its outcome.
-- The provider-specific part is a :class:`SyncCaller` (``backends/*_sync``): it turns one part-file
+- The provider-specific part is a :class:`SyncCaller` (``backends/*/sync.py``): it turns one part-file
   line into the synchronous call and the answer into a :class:`ResultRecord`; keys stay in its
   transport, never in records or logs.
 """
@@ -132,11 +132,29 @@ def rows_to_send(backend: BatchBackend, run_dir: RunDirectory, ledger: Ledger, a
     return rows
 
 
+_MAX_TOKEN_KEYS = (
+    "max_completion_tokens",
+    "max_tokens",
+    "max_output_tokens",
+    "maxOutputTokens",
+    "maxTokens",
+    "max_gen_len",
+)
+
+
 def _max_tokens(line: bytes) -> int:
     body = json.loads(line)
-    for inner in (body.get("body"), body.get("params"), (body.get("request") or {}).get("generationConfig")):
+    bedrock = body.get("modelInput")
+    inners = (
+        body.get("body"),
+        body.get("params"),
+        (body.get("request") or {}).get("generationConfig"),
+        bedrock,
+        bedrock.get("inferenceConfig") if isinstance(bedrock, dict) else None,
+    )
+    for inner in inners:
         if isinstance(inner, dict):
-            for key in ("max_completion_tokens", "max_tokens", "max_output_tokens", "maxOutputTokens"):
+            for key in _MAX_TOKEN_KEYS:
                 if isinstance(inner.get(key), int):
                     return inner[key]
     return 0

@@ -1,13 +1,15 @@
 """What every synchronous endpoint of the emulator shares: per-key rate limits, latency and counts.
 
 The synchronous faces (OpenAI chat completions / responses / embeddings, Anthropic messages,
-Gemini generateContent) answer with exactly the body and usage the batch outputs give for the
-same request body (they reuse the same generators); this module decides whether a call is
-admitted and keeps the figures tests read back from ``GET /_emu/sync``.
+Gemini and Vertex AI generateContent, Bedrock Runtime InvokeModel and Converse) answer with exactly the body
+and usage the batch outputs give for the same request body (they reuse the same generators);
+this module decides whether a call is admitted and keeps the figures tests read back from
+``GET /_emu/sync``.
 
 Invariants:
-- Limits are per API key (the bearer token, ``x-api-key`` or ``x-goog-api-key``) over a sliding
-  window of ``window_seconds`` real seconds: at most ``rpm`` admitted calls and ``tpm`` tokens
+- Limits are per API key (the bearer token, ``x-api-key`` or ``x-goog-api-key``; for Bedrock the
+  SigV4 access key id, which its face passes) over a sliding window of ``window_seconds`` real
+  seconds: at most ``rpm`` admitted calls and ``tpm`` tokens
   (input + output of the answers given). A call over either gets 429 with ``Retry-After`` (whole
   seconds, at least 1) and ``retry-after-ms``, and is not counted as served.
 - ``served[body hash]`` counts every answered call per request body, so a test can tell a body
@@ -188,11 +190,12 @@ def retry_headers(wait: float) -> dict[str, str]:
     return {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(max(1, int(wait * 1000)))}
 
 
-async def admit(request: Request, tokens: int) -> float | None:
-    """None when the call of this request's key, spending ``tokens``, is admitted (after the
-    configured latency); else the seconds to wait (the caller answers 429)."""
+async def admit(request: Request, tokens: int, key: str | None = None) -> float | None:
+    """None when the call of this request's key (``key``, else :func:`api_key`), spending
+    ``tokens``, is admitted (after the configured latency); else the seconds to wait (the caller
+    answers 429)."""
     face = attach(request.app.state.store)
-    wait = face.retry_after(api_key(request), tokens)
+    wait = face.retry_after(api_key(request) if key is None else key, tokens)
     if wait is None and face.settings.latency_seconds:
         await asyncio.sleep(face.settings.latency_seconds)
     return wait

@@ -316,10 +316,14 @@ async def test_invalid_answers_journaled_before_a_restart_count_towards_retry_in
     assert all("sent 2 times" in d["error"]["message"] for d in by_sync.values())
 
 
-def test_bedrock_has_no_sync_caller_and_says_which_providers_do() -> None:
+def test_every_provider_has_a_sync_caller() -> None:
     from types import SimpleNamespace
 
+    from batch_provider.backends.bedrock.sync import BedrockSyncCaller
+    from batch_provider.backends.sync_callers import SYNC_PROVIDERS
     from batch_provider.core.models import Provider
 
-    with pytest.raises(ValueError, match=r"bedrock has no synchronous fallback; use one of .*vertex"):
-        sync_caller(SimpleNamespace(provider=Provider.BEDROCK))
+    assert set(SYNC_PROVIDERS) == set(Provider)
+    for invocation_type in ("InvokeModel", "Converse"):
+        caller = sync_caller(SimpleNamespace(provider=Provider.BEDROCK, invocation_type=invocation_type))
+        assert isinstance(caller, BedrockSyncCaller) and invocation_type in caller.operation

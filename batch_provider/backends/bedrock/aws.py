@@ -7,6 +7,10 @@ Invariants:
 - botocore's ``standard`` retry mode retries throttling (429), 5xx and connection errors with
   capped exponential backoff. That is safe for every call made here, creates included: a create
   carries a ``clientRequestToken``, so a retried create returns the job made the first time.
+  The one exception is the ``bedrock-runtime`` client of a sync fallback (``InvokeModel`` is paid
+  per call and has no idempotency token): it makes exactly one attempt per call, whatever the
+  connection's ``config_kwargs`` say, and the sync fallback's own policy decides what is sent
+  again (a 429 or 5xx answer, never a call whose connection broke after it was sent).
 - A call that still fails raises one of :mod:`batch_provider.core.errors`, naming the
   operation, the AWS error code and AWS's message; never credentials or payloads.
 """
@@ -76,6 +80,12 @@ class AwsRetryPolicy:
         )
 
 
+SINGLE_ATTEMPT = Config(retries={"mode": "standard", "total_max_attempts": 1})
+"""botocore retries off: for paid calls that must not be re-sent behind the caller's back."""
+RUNTIME = "bedrock-runtime"
+"""The Bedrock Runtime service (``InvokeModel``), used by the sync fallback only."""
+
+
 def mapped_error(exc: Exception, operation: str) -> BatchProviderError:
     """The error class callers act on, for a botocore failure of ``operation``."""
     if isinstance(exc, ClientError):
@@ -130,12 +140,15 @@ def join_key(*parts: str) -> str:
 
 
 class AwsClients:
-    """The ``bedrock`` and ``s3`` aiobotocore clients of one backend.
+    """The ``bedrock`` and ``s3`` aiobotocore clients of one backend, and its ``bedrock-runtime``
+    client when a sync fallback needs one.
 
     With ``aws_conn_id`` the amazon provider's :class:`AwsBaseHook` builds them from the Airflow
     connection (credentials, role assumption, region, ``endpoint_url`` / ``service_config``
-    extras). Without it, an aiobotocore session uses the explicit keys and endpoint URLs given, or
-    the default AWS credential chain.
+    extras, where ``bedrock-runtime`` is a service of its own). Without it, an aiobotocore session
+    uses the explicit keys and endpoint URLs given, or the default AWS credential chain; the
+    ``bedrock-runtime`` endpoint is ``bedrock_endpoint_url`` unless given apart (the emulator
+    serves both on one port).
     """
 
     def __init__(
@@ -149,10 +162,15 @@ class AwsClients:
         aws_secret_access_key: str | None,
         aws_session_token: str | None,
         policy: AwsRetryPolicy,
+        bedrock_runtime_endpoint_url: str | None = None,
     ) -> None:
         self.region_name = region_name
         self.aws_conn_id = aws_conn_id
-        self.endpoints = {"bedrock": bedrock_endpoint_url, "s3": s3_endpoint_url}
+        self.endpoints = {
+            "bedrock": bedrock_endpoint_url,
+            "s3": s3_endpoint_url,
+            RUNTIME: bedrock_runtime_endpoint_url or bedrock_endpoint_url,
+        }
         self._keys = {
             "aws_access_key_id": aws_access_key_id,
             "aws_secret_access_key": aws_secret_access_key,
@@ -179,7 +197,8 @@ class AwsClients:
         extra: dict[str, Any] = {}
         if service == "s3" and self.endpoints["s3"]:
             extra["s3"] = {"addressing_style": "path"}
-        return self.policy.botocore_config(**extra)
+        config = self.policy.botocore_config(**extra)
+        return config.merge(SINGLE_ATTEMPT) if service == RUNTIME else config
 
     async def _client_context(self, service: str) -> Any:
         if self.aws_conn_id:
@@ -190,11 +209,14 @@ class AwsClients:
             )
             # The connection's own ``config_kwargs`` extra wins over this backend's defaults.
             own = await asyncio.to_thread(lambda: probe.config)
+            config = self._config(service).merge(own)
+            if service == RUNTIME:
+                config = config.merge(SINGLE_ATTEMPT)
             hook = AwsBaseHook(
                 aws_conn_id=self.aws_conn_id,
                 client_type=service,
                 region_name=self.region_name,
-                config=self._config(service).merge(own),
+                config=config,
             )
             return await hook.get_async_conn()
         from aiobotocore.session import get_session

@@ -87,6 +87,10 @@ class BedrockBackend(BatchBackend):
             ``AwsBaseHook``. Without it: ``aws_access_key_id`` / ``aws_secret_access_key`` /
             ``aws_session_token``, or the default credential chain.
         bedrock_endpoint_url / s3_endpoint_url: endpoint overrides (the emulator, moto, VPC).
+        bedrock_runtime_endpoint_url: the Bedrock Runtime endpoint a sync fallback calls
+            (``InvokeModel``); default ``bedrock_endpoint_url`` (the emulator serves both). With
+            ``aws_conn_id``, the connection's ``service_config`` entry ``bedrock-runtime`` (or
+            its ``endpoint_url``) instead.
         timeout_hours: ``timeoutDurationInHours``, 24..168.
         invocation_type: ``InvokeModel`` (model-native bodies) or ``Converse``.
         min_records_per_job: records a job needs at least (default 100; see the module docstring).
@@ -112,6 +116,7 @@ class BedrockBackend(BatchBackend):
         aws_conn_id: str | None = None,
         bedrock_endpoint_url: str | None = None,
         s3_endpoint_url: str | None = None,
+        bedrock_runtime_endpoint_url: str | None = None,
         aws_access_key_id: str | None = None,
         aws_secret_access_key: str | None = None,
         aws_session_token: str | None = None,
@@ -155,6 +160,7 @@ class BedrockBackend(BatchBackend):
             aws_conn_id=aws_conn_id,
             bedrock_endpoint_url=bedrock_endpoint_url,
             s3_endpoint_url=s3_endpoint_url,
+            bedrock_runtime_endpoint_url=bedrock_runtime_endpoint_url,
             aws_access_key_id=aws_access_key_id,
             aws_secret_access_key=aws_secret_access_key,
             aws_session_token=aws_session_token,

@@ -8,6 +8,8 @@ Routes (botocore's ``bedrock`` client paths, none under ``/v1``)::
     GET  /model-invocation-jobs                     ListModelInvocationJobs
     POST /listTagsForResource                       ListTagsForResource (job ARNs)
     GET|POST /_emu/bedrock                          settings (min_records, s3_endpoint, ...), job count
+    POST /model/{modelId}/invoke                    Bedrock Runtime InvokeModel (:mod:`.sync`)
+    POST /model/{modelId}/converse                  Bedrock Runtime Converse (:mod:`.sync`)
 
 Errors are AWS-shaped: the status, ``x-amzn-ErrorType: <Name>``, ``x-amzn-RequestId`` and
 ``{"message": ...}``. SigV4 signatures are never checked; unsigned requests are accepted unless
@@ -44,7 +46,7 @@ def _error(err: BedrockError) -> Response:
     return JSONResponse(
         {"message": err.message},
         status_code=err.status,
-        headers={"x-amzn-ErrorType": err.name, "x-amzn-RequestId": str(uuid.uuid4())},
+        headers={**err.headers, "x-amzn-ErrorType": err.name, "x-amzn-RequestId": str(uuid.uuid4())},
     )
 
 

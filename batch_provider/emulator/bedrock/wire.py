@@ -3,7 +3,7 @@ parses them.
 
 Invariants:
 - Every refusal is a :class:`BedrockError`; the routes render it as the status,
-  ``x-amzn-ErrorType: <name>`` and ``{"message": ...}``.
+  ``x-amzn-ErrorType: <name>``, its own headers (e.g. ``Retry-After``) and ``{"message": ...}``.
 - Timestamps go out as ISO 8601 UTC with milliseconds (``2026-01-01T00:00:00.000Z``).
 """
 
@@ -15,11 +15,12 @@ from datetime import UTC, datetime
 class BedrockError(Exception):
     """An AWS-style error: HTTP status, ``x-amzn-ErrorType`` name and message."""
 
-    def __init__(self, status: int, name: str, message: str) -> None:
+    def __init__(self, status: int, name: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.name = name
         self.message = message
+        self.headers = headers or {}
 
 
 def validation(message: str) -> BedrockError:
