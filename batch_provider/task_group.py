@@ -110,9 +110,10 @@ def llm_batch_group(
     ``results.parquet`` (typed columns; needs the ``parquet`` extra).
     Collect runs whenever submit succeeded, also after the wait failed or was stopped by a user,
     so what the batches answered is never left uncollected.
-    ``expected_within`` / ``overdue_factor`` / ``on_overdue``: when the wait reports a batch
-    overdue (still running past ``expected_within``, or the completion-time history's p95 ×
-    ``overdue_factor``) and whom it tells; see :class:`BatchSensor`.
+    ``expected_within`` / ``overdue_factor`` / ``on_overdue``: when the wait, and the retry task
+    for each attempt it resubmits, reports a batch overdue (still running past
+    ``expected_within``, or the completion-time history's p95 × ``overdue_factor``) and whom it
+    tells, once per attempt, deferrable or not; see :class:`BatchSensor`.
     """
     docs = {**TASK_DOCS, **(task_docs or {})}
     cache = {
@@ -182,6 +183,9 @@ def llm_batch_group(
             cancel_on_kill=cancel_on_kill,
             timeout_grace=timeout_grace,
             on_timeout=on_timeout,
+            expected_within=expected_within,
+            overdue_factor=overdue_factor,
+            on_overdue=on_overdue,
             sync_fallback_at=sync_fallback_at,
             sync_concurrency=sync_concurrency,
             sync_tokens_per_minute=sync_tokens_per_minute,

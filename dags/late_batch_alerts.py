@@ -5,7 +5,7 @@ DAG-level Deadline Alert that reports each batch's progress and ETA.
   of its size (``expected_within`` overrides that); a batch still running then is reported once:
   a warning in the task log, the ``batches_overdue`` metric and ``on_overdue`` (an Airflow
   notifier, e.g. ``SlackNotifier(...)``, or any callable taking the context). The wait goes on,
-  deferred.
+  deferred. The retry task reports an attempt it resubmits the same way.
 - ``deadline=DeadlineAlert(...)`` (Airflow ≥ 3.1): if the DAG run is not done 6 hours after it
   was queued, :func:`batch_provider.callbacks.report_batch_progress` runs in the triggerer and
   reports every batch of the run: status, requests done, time running, ETA.

@@ -1,4 +1,5 @@
-"""What every watch loop shares: progress lines, sweeps, poll intervals and the deadline check.
+"""What every watch loop shares: progress lines, sweeps, poll intervals, the deadline check, and
+the compact states and ``overdue`` report a wait tells its task.
 
 The private loop (:func:`batch_provider.core.watch.watch_batches`, one backend per watch) and the
 shared poller (:mod:`batch_provider.core.poller`, one schedule for every trigger of a triggerer)
@@ -10,6 +11,8 @@ Invariants:
 - A progress line is reported once per sweep: when every batch still pending at the sweep's
   start has answered (or failed transiently) once more.
 - Past the deadline :class:`WatchTimeout` carries the last state seen of each batch.
+- One overdue report (:func:`overdue_event`) for every kind of wait: the trigger's event, the
+  sensor's poke and the retry task's wait in the worker give ``on_overdue`` the same keys.
 
 Nothing here imports Airflow.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -219,3 +222,67 @@ def _check_deadline(
         states=states,
         pending=list(pending),
     )
+
+
+def event_state(state: BatchState) -> dict[str, Any]:
+    """What the waiting task needs of one batch's state: how it ended, when, and why it failed.
+
+    Events are stored in the metadata DB and read back by the task, so they carry no counts or
+    other figures the collect step reads from the provider anyway (~100 bytes a batch).
+    """
+    compact: dict[str, Any] = {"status": state.status.value, "ending": state.ending and state.ending.value}
+    for key in ("created_at", "started_at", "ended_at"):
+        value = getattr(state, key)
+        if value is not None:
+            compact[key] = value.isoformat()
+    if state.error_message:
+        compact["error_message"] = state.error_message
+    return compact
+
+
+def expected_times(expected_by: Mapping[str, str], batch_ids: Iterable[str]) -> dict[str, datetime]:
+    """``expected_by`` (batch id → ISO time) as datetimes, for the batches of this wait only."""
+    ids = set(batch_ids)
+    return {b: datetime.fromisoformat(t) for b, t in expected_by.items() if b in ids}
+
+
+def late_batches(states: Mapping[str, BatchState], due: Mapping[str, datetime], now: datetime) -> list[str]:
+    """The batches read as still running at ``now``, past their expected end (a batch whose poll
+    failed transiently is not in ``states`` and is not called late)."""
+    return [b for b, t in due.items() if t <= now and b in states and not states[b].is_terminal]
+
+
+def overdue_event(
+    states: Mapping[str, BatchState],
+    late: list[str],
+    due: Mapping[str, datetime],
+    now: datetime,
+    total: int,
+) -> dict[str, Any]:
+    """The ``overdue`` report: each late batch (compact state, native status, expected end, done
+    of total) and the run's progress with its ETA, from one poll of every batch (``states``)."""
+    created = [s.created_at for s in states.values() if s.created_at is not None]
+    elapsed = (now - min(created)).total_seconds() if created else 0.0
+    progress = summarise(states, total, round_no=0, elapsed=elapsed, next_poll=None)
+    return {
+        "status": "overdue",
+        "overdue": {
+            b: {
+                **event_state(states[b]),
+                "native_status": states[b].native_status,
+                "expected_by": due[b].isoformat(),
+                "done": states[b].counts.done,
+                "total": states[b].counts.total,
+            }
+            for b in late
+        },
+        "progress": {
+            "batches_total": progress.batches_total,
+            "batches_ended": progress.batches_ended,
+            "items_done": progress.items_done,
+            "items_total": progress.items_total,
+            "fraction": progress.fraction,
+            "elapsed_seconds": elapsed,
+            "eta_seconds": progress.eta_seconds,
+        },
+    }

@@ -14,6 +14,9 @@ Invariants:
 - A passed deadline is an ending, not a crash (:func:`watch_to_end`): the batches still running
   are cancelled when asked, and the watch goes on, for at most a grace period, until the provider
   reports them ended, so what they answered can still be collected.
+- A batch still running past its expected end is found by :func:`first_overdue` (one poll of
+  every batch at the earliest expected end): the trigger ends with that report, a watch in the
+  worker (:func:`watch_to_end` with ``on_overdue``) hands it on once and goes on.
 
 Progress, sweeps, intervals and the deadline check live in :mod:`batch_provider.core.sweeps`
 (shared with the shared poller) and are importable from here too. Nothing here imports Airflow:
@@ -23,6 +26,7 @@ the trigger, the sensor's poke mode and plain scripts share it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import random
 import time
@@ -46,7 +50,9 @@ from batch_provider.core.sweeps import (
     _check_deadline,
     _report,
     duration_text,
+    late_batches,
     next_interval,
+    overdue_event,
     summarise,
 )
 
@@ -65,6 +71,7 @@ __all__ = [
     "all_succeeded",
     "cancel_batches",
     "duration_text",
+    "first_overdue",
     "next_interval",
     "poll_round",
     "summarise",
@@ -226,6 +233,8 @@ async def watch_to_end(
     on_progress: Callable[[Progress], Awaitable[None] | None] | None = None,
     log: Any = None,
     watcher: Callable[..., Awaitable[dict[str, BatchState]]] | None = None,
+    expected_by: Mapping[str, datetime] | None = None,
+    on_overdue: Callable[[dict[str, Any]], Awaitable[None] | None] | None = None,
 ) -> WatchOutcome:
     """Watch until every batch has ended; a passed ``deadline`` ends the wait, not the run.
 
@@ -234,9 +243,41 @@ async def watch_to_end(
     it already has), for at most ``grace_seconds`` after the deadline. At least one more poll
     is made after the deadline, so a watch resumed late still sees batches that ended meanwhile.
     ``watcher`` replaces :func:`watch_batches` (same signature), e.g. a shared poller's.
+
+    ``expected_by`` (batch id → aware datetime) with ``on_overdue``: the first batch found still
+    running past its time (:func:`first_overdue`) is reported once, as the ``overdue`` report of
+    :func:`~batch_provider.core.sweeps.overdue_event`, to ``on_overdue`` (it may be a coroutine
+    function); the watch goes on meanwhile and after.
     """
-    watch = watcher or watch_batches
     ids = list(dict.fromkeys(batch_ids))
+    if expected_by and on_overdue is not None:
+        watching = asyncio.ensure_future(
+            watch_to_end(
+                backend,
+                ids,
+                deadline=deadline,
+                grace_seconds=grace_seconds,
+                cancel_at_deadline=cancel_at_deadline,
+                poll_interval_min=poll_interval_min,
+                poll_interval_max=poll_interval_max,
+                on_progress=on_progress,
+                log=log,
+                watcher=watcher,
+            )
+        )
+        try:
+            event = await first_overdue(backend, ids, expected_by, watching, retry_seconds=poll_interval_min)
+            if event is not None:
+                told = on_overdue(event)
+                if asyncio.iscoroutine(told):
+                    await told
+            return await watching
+        finally:
+            if not watching.done():
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watching
+    watch = watcher or watch_batches
     poll = {"poll_interval_min": poll_interval_min, "poll_interval_max": poll_interval_max}
     try:
         states = await watch(backend, ids, deadline=deadline, on_progress=on_progress, **poll)
@@ -270,3 +311,40 @@ async def watch_to_end(
             still_running=list(again.pending),
         )
     return WatchOutcome(states={**passed.states, **ended}, deadline_passed=True, cancelled=cancelled)
+
+
+async def first_overdue(
+    backend: BatchBackend,
+    batch_ids: list[str],
+    due: Mapping[str, datetime],
+    watch: asyncio.Future[Any],
+    *,
+    retry_seconds: float,
+) -> dict[str, Any] | None:
+    """Wait until the earliest time in ``due`` (batch id → aware datetime) of a batch not known to
+    have ended; then poll every batch once. The ``overdue`` report
+    (:func:`~batch_provider.core.sweeps.overdue_event`) when one is still running past its time;
+    None when ``watch`` (the watch of the same batches) ends first, or every batch ended in time.
+    A due batch whose poll failed transiently is asked again after ``retry_seconds``."""
+    ended: set[str] = set()
+    while True:
+        waiting = [t for b, t in due.items() if b not in ended]
+        if not waiting:
+            break
+        left = (min(waiting) - datetime.now(UTC)).total_seconds()
+        done, _ = await asyncio.wait({watch}, timeout=max(left, 0.0))
+        if done:
+            return None
+        states, _ = await poll_round(backend, batch_ids)
+        ended.update(b for b, state in states.items() if state.is_terminal)
+        now = datetime.now(UTC)
+        late = late_batches(states, due, now)
+        if late:
+            return overdue_event(states, late, due, now, len(batch_ids))
+        if any(t <= now and b not in states for b, t in due.items() if b not in ended):
+            # the poll of a due batch failed transiently: ask again after the shortest interval
+            done, _ = await asyncio.wait({watch}, timeout=retry_seconds)
+            if done:
+                return None
+    await watch
+    return None

@@ -6,13 +6,23 @@ at its creation plus the completion-time history's p95 for its size × ``overdue
 (:mod:`batch_provider.core.history`). With neither (no ``expected_within`` and no history) there
 is no expectation and no alert.
 
+Every kind of wait reports: the deferred sensor and the retry task's deferred attempts through
+the trigger's ``overdue`` event, the sensor's poke and reschedule modes from the poke that finds a
+late batch, the retry task's attempts waited for in the worker from its watch
+(:func:`~batch_provider.core.watch.watch_to_end` with ``on_overdue``). All give ``on_overdue`` the
+same report (:func:`~batch_provider.core.sweeps.overdue_event`).
+
 Invariants:
-- The trigger tells the task once per wait: the task warns, counts ``batches_overdue``, calls
-  ``on_overdue`` and defers again on the same trigger state with ``overdue_notified=True``, so
-  neither the re-deferral nor a triggerer restart tells it twice, and no worker slot is held
-  while the batches run on.
+- One report per attempt: the task warns, counts ``batches_overdue``, calls ``on_overdue``, then
+  notes it in the run folder (``attempt-N/overdue.json``, :mod:`batch_provider.core.overdue`).
+  A wait in the worker reads the note before reporting, so neither the next poke (a new task
+  instance in reschedule mode) nor a restarted worker reports again; a deferred wait defers again
+  on the same trigger state with ``overdue_notified=True`` (no worker slot held while the batches
+  run on, no second event after a re-deferral or a triggerer restart) and a new try of the task
+  reads the note before deferring.
 - An ``on_overdue`` that raises is logged, never fails the wait: the batches are still running
-  and worth collecting.
+  and worth collecting. A note that cannot be written is logged too; the task instance still
+  remembers it told.
 """
 
 from __future__ import annotations
@@ -25,6 +35,9 @@ from typing import Any
 from batch_provider import metrics
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.history import duration_text, estimate_for
+from batch_provider.core.models import BatchState
+from batch_provider.core.overdue import note_overdue, overdue_noted
+from batch_provider.core.sweeps import expected_times, late_batches, overdue_event
 from batch_provider.operators._common import _defer_timeout, metric_tags, run_dir_of, seconds_of
 from batch_provider.triggers.batch import BatchWaitTrigger
 
@@ -90,6 +103,58 @@ def overdue_text(event: Mapping[str, Any]) -> str:
     )
 
 
+def wait_expectation(task: Any, handle: RunHandle) -> Expectation:
+    """The expectation of a wait about to defer, from the task's ``expected_within`` and
+    ``overdue_factor``; without expected ends when the attempt was already reported overdue (a
+    new try of the task), so it is not reported twice."""
+    expect = expectation(
+        handle, expected_within=task.expected_within, overdue_factor=task.overdue_factor, log=task.log
+    )
+    if expect.expected_by and already_reported(task, handle):
+        task.log.info("Attempt %d was already reported overdue: no second report", handle.attempt)
+        return Expectation(expected_by={}, usual=expect.usual)
+    return expect
+
+
+def already_reported(task: Any, handle: RunHandle, reported: set[int] | None = None) -> bool:
+    """Whether the attempt of ``handle`` was reported overdue: by this task instance (in
+    ``reported``), or as the run folder's note says."""
+    if reported is not None and handle.attempt in reported:
+        return True
+    try:
+        return overdue_noted(run_dir_of(handle), handle.attempt)
+    except Exception as exc:  # an unreadable run folder: no note to go by
+        task.log.warning("Could not read the overdue note of %s: %s", handle.run_path, exc)
+        return False
+
+
+def report_overdue(
+    task: Any,
+    context: Any,
+    handle: RunHandle,
+    event: Mapping[str, Any],
+    on_overdue: Callable[..., Any] | None,
+    *,
+    reported: set[int] | None = None,
+) -> bool:
+    """Tell the user (warning, ``batches_overdue``, ``on_overdue``) that the attempt of ``handle``
+    has batches past their expected end, unless it was told already; then note it in the run
+    folder (and in ``reported``). True when told now."""
+    if already_reported(task, handle, reported):
+        return False
+    task.log.warning("%s", overdue_text(event))
+    metrics.batches_overdue(handle.provider.value, len(event.get("overdue") or {}), metric_tags(context))
+    if on_overdue is not None:
+        call_on_overdue(task, context, event, on_overdue)
+    if reported is not None:
+        reported.add(handle.attempt)
+    try:
+        note_overdue(run_dir_of(handle), handle.attempt, event, task_id=str(getattr(task, "task_id", "")))
+    except Exception as exc:
+        task.log.warning("Could not note the overdue report in %s: %s", handle.run_path, exc)
+    return True
+
+
 def handle_overdue(
     task: Any,
     context: Any,
@@ -98,16 +163,27 @@ def handle_overdue(
     on_overdue: Callable[..., Any] | None,
     *,
     method_name: str,
+    kwargs: dict[str, Any] | None = None,
 ) -> None:
-    """Tell the user (warning, metric, ``on_overdue``), then defer again on the same trigger with
-    ``overdue_notified=True`` (raises Airflow's ``TaskDeferred``)."""
-    task.log.warning("%s", overdue_text(event))
-    metrics.batches_overdue(handle.provider.value, len(event.get("overdue") or {}), metric_tags(context))
-    if on_overdue is not None:
-        call_on_overdue(task, context, event, on_overdue)
-    kwargs = {**dict(event["trigger"]), "overdue_notified": True}
-    trigger = BatchWaitTrigger(**kwargs)
-    task.defer(trigger=trigger, method_name=method_name, timeout=_remaining(trigger))
+    """The trigger's ``overdue`` event: tell the user (:func:`report_overdue`), then defer again
+    on the same trigger with ``overdue_notified=True`` and the same ``kwargs`` for
+    ``method_name`` (raises Airflow's ``TaskDeferred``)."""
+    report_overdue(task, context, handle, event, on_overdue)
+    trigger = BatchWaitTrigger(**{**dict(event["trigger"]), "overdue_notified": True})
+    task.defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=_remaining(trigger))
+
+
+def late_in_round(
+    handle: RunHandle, states: Mapping[str, BatchState], expected_by: Mapping[str, str]
+) -> dict[str, Any] | None:
+    """The ``overdue`` report of one status round (a poke) when a batch read as still running is
+    past its expected end; else None."""
+    due = expected_times(expected_by, handle.batch_ids)
+    now = datetime.now(UTC)
+    late = late_batches(states, due, now)
+    if not late:
+        return None
+    return overdue_event(states, late, due, now, len(handle.batch_ids))
 
 
 def call_on_overdue(

@@ -6,7 +6,8 @@ a key. Re-running the task re-attaches to the attempts the run's ledger already 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,6 +28,7 @@ from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.retry import resubmit_retryable, write_dead_letter
 from batch_provider.core.submission import handle_for
+from batch_provider.core.sweeps import expected_times
 from batch_provider.core.watch import DEFAULT_POLL_INTERVAL_MAX, DEFAULT_POLL_INTERVAL_MIN, watch_to_end
 from batch_provider.hooks.batch import LLMBatchHook
 from batch_provider.links.batch import batch_links, persist_batch_links
@@ -43,6 +45,12 @@ from batch_provider.operators._common import (
     run_sync,
     seconds_of,
     upstream_handle,
+)
+from batch_provider.operators._overdue import (
+    DEFAULT_OVERDUE_FACTOR,
+    handle_overdue,
+    report_overdue,
+    wait_expectation,
 )
 from batch_provider.operators._sync_fallback import fallback_step, fell_back
 from batch_provider.operators.collect import _publish, log_cost, warn_cache_gaps
@@ -71,6 +79,15 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         attempt's): ``"partial"`` (default) ends the run with them in the dead letter and the
         task green with a warning; ``"fail"`` does the same, then fails the task; ``"retry"``
         resubmits them like after a provider-side expiry.
+    :param expected_within: how long after its creation a resubmitted batch is expected to have
+        ended (seconds or timedelta); default: the completion-time history's p95 ×
+        ``overdue_factor``, and no expectation without history. As for :class:`BatchSensor`.
+    :param overdue_factor: multiplies the history's p95 when ``expected_within`` is not given.
+    :param on_overdue: called once per resubmitted attempt when one of its batches runs past its
+        expected end, deferred or waited for in the worker: an Airflow notifier or a callable
+        taking the context, which holds ``batch_overdue`` (``message``, ``overdue`` per batch, the
+        attempt's ``progress`` with ``eta_seconds``). The wait goes on; the report is noted in the
+        run folder (``attempt-N/overdue.json``) so a new try of the task does not repeat it.
     :param sync_fallback_at: when set, and the first wait passed its deadline, the rows it cut off
         are first sent to the provider's synchronous API (see ``docs/deadlines.md``); the rows
         still without an answer then go to the dead letter.
@@ -106,6 +123,9 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         cancel_on_kill: bool = False,
         timeout_grace: timedelta | float | None = DEFAULT_TIMEOUT_GRACE,
         on_timeout: OnTimeout | str = DEFAULT_ON_TIMEOUT,
+        expected_within: timedelta | float | None = None,
+        overdue_factor: float = DEFAULT_OVERDUE_FACTOR,
+        on_overdue: Callable[..., Any] | None = None,
         sync_fallback_at: Any = None,
         sync_concurrency: int = 8,
         sync_tokens_per_minute: int | None = None,
@@ -136,6 +156,12 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         self.cancel_on_kill = cancel_on_kill
         self.timeout_grace = timeout_grace
         self.on_timeout = check_on_timeout(on_timeout)
+        self.expected_within = expected_within
+        if overdue_factor <= 0:
+            raise ValueError(f"overdue_factor must be > 0, got {overdue_factor!r}")
+        self.overdue_factor = overdue_factor
+        self.on_overdue = on_overdue
+        self._overdue_reported: set[int] = set()
         self.sync_fallback_at = check_sync_fallback_at(sync_fallback_at)
         self.sync_concurrency = sync_concurrency
         self.sync_tokens_per_minute = sync_tokens_per_minute
@@ -194,6 +220,14 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
                 handle = new
                 continue
             if self.deferrable:
+                expect = wait_expectation(self, new)
+                if expect.usual or expect.expected_by:
+                    self.log.info(
+                        "Attempt %d%s%s",
+                        new.attempt,
+                        f": {expect.usual}" if expect.usual else "",
+                        f"; overdue after {min(expect.expected_by.values())}" if expect.expected_by else "",
+                    )
                 defer_until_ended(
                     self,
                     hook,
@@ -201,8 +235,10 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
                     timeout=self.attempt_timeout,
                     method_name="resume",
                     kwargs={"handle": new.model_dump(mode="json")},
+                    expected_by=expect.expected_by,
+                    usual=expect.usual,
                 )
-            states = self._wait_in_worker(hook, new)
+            states = self._wait_in_worker(hook, new, context)
             record_waits(new.provider.value, {"states": states}, metric_tags(context))
             self._collect(hook, new)
             handle = new
@@ -223,13 +259,25 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
                 and handle.attempt not in self._synced_attempts,
             )
 
-    def _wait_in_worker(self, hook: LLMBatchHook, handle: RunHandle) -> dict[str, dict[str, Any]]:
+    def _wait_in_worker(
+        self, hook: LLMBatchHook, handle: RunHandle, context: Any
+    ) -> dict[str, dict[str, Any]]:
         """Wait for the attempt's batches; their final states as a trigger event carries them.
 
         Past ``attempt_timeout`` the batches are cancelled (``cancel_on_timeout``) and waited for,
-        for at most ``timeout_grace``; the deadline is noted in the run folder."""
+        for at most ``timeout_grace``; the deadline is noted in the run folder. A batch still
+        running past its expected end is reported once (:func:`report_overdue`, run in a thread
+        so a notifier may block or run its own event loop) while the watch goes on."""
         self._watching = handle
         deadline = deadline_after(self.attempt_timeout)
+        expect = wait_expectation(self, handle)
+        if expect.usual:
+            self.log.info("Attempt %d: %s", handle.attempt, expect.usual)
+
+        async def tell(event: dict[str, Any]) -> None:
+            await asyncio.to_thread(
+                report_overdue, self, context, handle, event, self.on_overdue, reported=self._overdue_reported
+            )
 
         async def wait() -> Any:
             async with hook.get_backend() as backend:
@@ -243,6 +291,8 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
                     poll_interval_max=self.max_poll_interval,
                     on_progress=lambda p: self.log.info("%s", p.line()),
                     log=self.log,
+                    expected_by=expected_times(expect.expected_by, handle.batch_ids),
+                    on_overdue=tell,
                 )
 
         outcome = run_sync(wait())
@@ -300,6 +350,16 @@ class RetryBatchOperator(_BatchOperatorMixin, BaseOperator):
         current = RunHandle.model_validate(handle) if handle else self._ledger_handle(context)
         hook = self._hook(current.provider.value, current.conn_id)
         status = event.get("status")
+        if status == "overdue":
+            handle_overdue(
+                self,
+                context,
+                current,
+                event,
+                self.on_overdue,
+                method_name="resume",
+                kwargs={"handle": current.model_dump(mode="json")},
+            )
         if status in ("deadline", "timeout"):
             note_deadline(self.log, current, record_from_event(current.attempt, event))
             if status == "timeout":

@@ -12,7 +12,8 @@ sensor then succeeds with a warning and notes the deadline in the run folder
 
 Overdue is not a timeout: a batch still running past ``expected_within`` (or the history's p95 ×
 ``overdue_factor``) is reported once (warning, ``batches_overdue`` metric, ``on_overdue``) and the
-wait goes on, deferred (see :mod:`batch_provider.operators._overdue`).
+wait goes on: deferred, or poking, the report noted in the run folder (``attempt-N/overdue.json``)
+so later pokes do not repeat it (see :mod:`batch_provider.operators._overdue`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,14 @@ from batch_provider.operators._common import (
     seconds_of,
     upstream_handle,
 )
-from batch_provider.operators._overdue import DEFAULT_OVERDUE_FACTOR, expectation, handle_overdue
+from batch_provider.operators._overdue import (
+    DEFAULT_OVERDUE_FACTOR,
+    expectation,
+    handle_overdue,
+    late_in_round,
+    report_overdue,
+    wait_expectation,
+)
 from batch_provider.operators._sync_fallback import first_wait_timeout
 from batch_provider.operators._templating import NoSecretTemplating
 
@@ -122,11 +130,13 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
         success, or clears it (triggerer ``on_kill``, or the worker's in poke mode).
     :param expected_within: how long after its creation a batch is expected to have ended
         (seconds or timedelta); default: the completion-time history's p95 × ``overdue_factor``,
-        and no expectation without history. Deferrable waits only.
+        and no expectation without history. Deferred and poke/reschedule waits alike.
     :param overdue_factor: multiplies the history's p95 when ``expected_within`` is not given.
     :param on_overdue: called once per wait when a batch runs past its expected end: an Airflow
         notifier or a callable taking the context, which holds ``batch_overdue`` (``message``,
         ``overdue`` per batch, the run's ``progress`` with ``eta_seconds``). The wait goes on.
+        "Once" holds across pokes, reschedules and task tries: the report is noted in the run
+        folder (``attempt-N/overdue.json``).
     """
 
     template_fields: Sequence[str] = ("handle",)
@@ -169,6 +179,7 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
         self.on_overdue = on_overdue
         self._run: RunHandle | None = None
         self._pokes = 0
+        self._overdue_reported: set[int] = set()
 
     def _resolve(self, context: Any) -> tuple[RunHandle, LLMBatchHook]:
         handle = upstream_handle(self, context, self.handle)
@@ -202,9 +213,7 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
                     still_running=outcome.still_running,
                 )
                 return self._after_deadline(handle, record, str(exc))
-        expect = expectation(
-            handle, expected_within=self.expected_within, overdue_factor=self.overdue_factor, log=self.log
-        )
+        expect = wait_expectation(self, handle)
         self.log.info(
             "Deferring: %d batch(es) to watch, timeout %ss%s%s",
             len(handle.batches),
@@ -240,9 +249,13 @@ class BatchSensor(NoSecretTemplating, BaseSensorOperator):
             next_poll=None,
             transient_errors=transient,
         )
-        usual = expectation(handle, expected_within=None, overdue_factor=self.overdue_factor).usual
-        self.log.info("%s", progress.line() + (f"; {usual}" if usual else ""))
+        expect = expectation(handle, expected_within=self.expected_within, overdue_factor=self.overdue_factor)
+        self.log.info("%s", progress.line() + (f"; {expect.usual}" if expect.usual else ""))
         done = len(states) == len(handle.batch_ids) and all(s.is_terminal for s in states.values())
+        if not done and expect.expected_by:
+            late = late_in_round(handle, states, expect.expected_by)
+            if late is not None:
+                report_overdue(self, context, handle, late, self.on_overdue, reported=self._overdue_reported)
         return PokeReturnValue(is_done=done, xcom_value=handle.model_dump(mode="json") if done else None)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:

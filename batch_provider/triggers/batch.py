@@ -32,21 +32,21 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from batch_provider.core.errors import BatchProviderError
-from batch_provider.core.models import BatchState, Provider
+from batch_provider.core.models import Provider
+from batch_provider.core.sweeps import event_state, expected_times
 from batch_provider.core.watch import (
     CANCEL_TIMEOUT_SECONDS,
     DEFAULT_POLL_INTERVAL_MAX,
     DEFAULT_POLL_INTERVAL_MIN,
     Progress,
     cancel_batches,
-    poll_round,
-    summarise,
+    first_overdue,
     watch_to_end,
 )
 from batch_provider.hooks.batch import LLMBatchHook
@@ -209,62 +209,14 @@ class BatchWaitTrigger(BaseTrigger):
         return event
 
     async def _overdue(self, backend: Any, watch: asyncio.Future[Any]) -> dict[str, Any] | None:
-        """Wait until the earliest ``expected_by`` of a batch not known to have ended; then poll
-        every batch once. An ``overdue`` event when one is still running past its time; None when
-        the watch ends first (or every batch ended in time)."""
-        due = {b: datetime.fromisoformat(t) for b, t in self.expected_by.items() if b in self.batch_ids}
-        ended: set[str] = set()
-        while True:
-            waiting = [t for b, t in due.items() if b not in ended]
-            if not waiting:
-                break
-            left = (min(waiting) - datetime.now(UTC)).total_seconds()
-            done, _ = await asyncio.wait({watch}, timeout=max(left, 0.0))
-            if done:
-                return None
-            states, _ = await poll_round(backend, self.batch_ids)
-            ended.update(b for b, state in states.items() if state.is_terminal)
-            now = datetime.now(UTC)
-            late = [b for b, t in due.items() if t <= now and b in states and b not in ended]
-            if late:
-                return self._overdue_event(states, late, due, now)
-            if any(t <= now and b not in states for b, t in due.items() if b not in ended):
-                # the poll of a due batch failed transiently: ask again after the shortest interval
-                done, _ = await asyncio.wait({watch}, timeout=self.poll_interval_min)
-                if done:
-                    return None
-        await watch
-        return None
-
-    def _overdue_event(
-        self, states: dict[str, BatchState], late: list[str], due: dict[str, datetime], now: datetime
-    ) -> dict[str, Any]:
-        created = [s.created_at for s in states.values() if s.created_at is not None]
-        elapsed = (now - min(created)).total_seconds() if created else 0.0
-        progress = summarise(states, len(self.batch_ids), round_no=0, elapsed=elapsed, next_poll=None)
-        return {
-            "status": "overdue",
-            "overdue": {
-                b: {
-                    **event_state(states[b]),
-                    "native_status": states[b].native_status,
-                    "expected_by": due[b].isoformat(),
-                    "done": states[b].counts.done,
-                    "total": states[b].counts.total,
-                }
-                for b in late
-            },
-            "progress": {
-                "batches_total": progress.batches_total,
-                "batches_ended": progress.batches_ended,
-                "items_done": progress.items_done,
-                "items_total": progress.items_total,
-                "fraction": progress.fraction,
-                "elapsed_seconds": elapsed,
-                "eta_seconds": progress.eta_seconds,
-            },
-            "trigger": self.serialize()[1],
-        }
+        """The ``overdue`` event, with the trigger's own kwargs, when a batch is still running past
+        its ``expected_by`` time (:func:`~batch_provider.core.watch.first_overdue`); None when the
+        watch ends first (or every batch ended in time)."""
+        due = expected_times(self.expected_by, self.batch_ids)
+        event = await first_overdue(backend, self.batch_ids, due, watch, retry_seconds=self.poll_interval_min)
+        if event is None:
+            return None
+        return {**event, "trigger": self.serialize()[1]}
 
     async def on_kill(self) -> None:
         if not self.cancel_on_kill:
@@ -277,19 +229,3 @@ class BatchWaitTrigger(BaseTrigger):
             )
         finally:
             await backend.aclose()
-
-
-def event_state(state: BatchState) -> dict[str, Any]:
-    """What the waiting task needs of one batch's state: how it ended, when, and why it failed.
-
-    Events are stored in the metadata DB and read back by the task, so they carry no counts or
-    other figures the collect step reads from the provider anyway (~100 bytes a batch).
-    """
-    compact: dict[str, Any] = {"status": state.status.value, "ending": state.ending and state.ending.value}
-    for key in ("created_at", "started_at", "ended_at"):
-        value = getattr(state, key)
-        if value is not None:
-            compact[key] = value.isoformat()
-    if state.error_message:
-        compact["error_message"] = state.error_message
-    return compact

@@ -1,7 +1,9 @@
 """Late batches through real DAG runs (``dag.test()``) against the emulator at real speed (time
 factor 1): the queue-delay knob makes a batch late, the wait reports it overdue exactly once and
-keeps waiting deferred until the batch ends; the completion-time history of earlier runs sets the
-expectation when none is given; the Deadline Alerts callback reports a running batch."""
+keeps waiting (deferred, poking or rescheduled) until the batch ends; the retry task reports a
+late resubmitted attempt once, deferred or waiting in the worker; the completion-time history of
+earlier runs sets the expectation when none is given; the Deadline Alerts callback reports a
+running batch."""
 
 from __future__ import annotations
 
@@ -62,6 +64,53 @@ def test_a_late_batch_fires_one_overdue_callback_and_the_wait_goes_on(real_speed
     assert batch["batch_id"] == batch_id and batch["queue_seconds"] >= 8
     assert batch["completion_seconds"] >= batch["queue_seconds"] + batch["processing_seconds"] - 1
     assert real_speed.stats()["batches_created"]["openai"] == 1
+
+
+def overdue_note(folder, attempt: int) -> dict | None:
+    path = folder / f"attempt-{attempt}" / "overdue.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@pytest.mark.parametrize("dag_id", ["late_poke", "late_reschedule"])
+def test_a_wait_in_the_worker_reports_a_late_batch_once_across_its_pokes(
+    real_speed, run_root, tmp_path, dag_id
+):
+    real_speed.set_queue_delay(next=[8])  # expected within 3 s, polled every 0.2 or 0.5 s until 9 s
+    run = getattr(load_dags(DAGS), dag_id).test()
+    states = task_states(run)
+    assert str(run.state) == "success", states
+    assert set(states.values()) == {"success"}, states
+    told = calls(tmp_path)
+    wait_id = "tickets.wait" if dag_id == "late_poke" else "wait"
+    assert [line["task_id"] for line in told] == [wait_id], told
+    (info,) = told[0]["overdue"].values()
+    assert info["done"] == 0 and info["native_status"] == "validating"
+    (folder,) = (run_root / dag_id).glob("*/tickets" if dag_id == "late_poke" else "*/submit")
+    assert overdue_note(folder, 1)["task_id"] == wait_id
+    assert len(read_jsonl(folder / "results.jsonl")) == 10  # waited on to the end, all collected
+
+
+@pytest.mark.parametrize("dag_id", ["late_retry", "late_retry_worker"])
+def test_a_late_resubmitted_attempt_fires_one_callback_and_the_run_finishes(
+    real_speed, run_root, tmp_path, dag_id
+):
+    real_speed.set_faults({"item_recovery": 1.0})  # the row resubmitted in attempt 2 is answered
+    real_speed.set_queue_delay(next=[0, 12])  # attempt 1 on time, attempt 2 held 12 s (expected 5 s)
+    run = getattr(load_dags(DAGS), dag_id).test()
+    states = task_states(run)
+    assert str(run.state) == "success", states
+    assert set(states.values()) == {"success"}, states
+    told = calls(tmp_path)
+    assert [line["task_id"] for line in told] == ["tickets.retry"], told
+    (info,) = told[0]["overdue"].values()
+    assert info["done"] == 0 and info["native_status"] == "validating"
+    (folder,) = (run_root / dag_id).glob("*/tickets")
+    assert overdue_note(folder, 1) is None
+    assert overdue_note(folder, 2)["task_id"] == "tickets.retry"
+    assert list(overdue_note(folder, 2)["overdue"]) == list(told[0]["overdue"])
+    results = read_jsonl(folder / "results.jsonl")
+    assert len(results) == 10 and {r["attempt"] for r in results} == {1, 2}
+    assert real_speed.stats()["batches_created"]["openai"] == 2
 
 
 def test_history_of_earlier_runs_sets_the_expectation(real_speed, run_root, tmp_path):

@@ -238,7 +238,7 @@ def test_retry_in_the_worker_treats_the_deadline_as_an_ending(scripted, tmp_path
         poll_interval=0.01,
         max_poll_interval=0.02,
     )
-    states = op._wait_in_worker(op._hook("openai", h.conn_id), h)
+    states = op._wait_in_worker(op._hook("openai", h.conn_id), h, context())
     assert {s["ending"] for s in states.values()} == {"cancelled"}
     assert ScriptedBackend.instances[-1].cancelled == ["b1", "b2"]
     note = json.loads((tmp_path / "run" / "attempt-1" / "deadline.json").read_text())
