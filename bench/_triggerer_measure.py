@@ -210,6 +210,14 @@ async def cancel_all(base_url: str, batch_ids: list[str]) -> dict[str, float]:
     return ended
 
 
+def batches_polled(poll_log: Path, batch_ids: set[str]) -> int:
+    """How many of ``batch_ids`` the latency proxy has seen polled at least once."""
+    if not poll_log.exists():
+        return 0
+    seen = {line.partition(" ")[2] for line in poll_log.read_text().splitlines()}
+    return len(seen & batch_ids)
+
+
 def gap_figures(
     poll_log: Path, t0: float, t1: float, batch_ids: list[str], interval: float
 ) -> dict[str, Any]:

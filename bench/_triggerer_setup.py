@@ -84,7 +84,12 @@ def latency_proxy(upstream_port: int, delay: float, work: Path) -> Iterator[str]
 
 
 def airflow_env(
-    home: Path, db_url: str, base_url: str, capacity: int, extra_path: str | None
+    home: Path,
+    db_url: str,
+    base_url: str,
+    capacity: int,
+    extra_path: str | None,
+    select_per_loop: int | None = None,
 ) -> dict[str, str]:
     openai_conn = {"host": f"{base_url}/v1", "password": KEY}
     paths = [str(REPO), str(BENCH), *([extra_path] if extra_path else [])]
@@ -101,6 +106,11 @@ def airflow_env(
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__TRIGGERER__CAPACITY": str(capacity),
+        **(
+            {"AIRFLOW__TRIGGERER__MAX_TRIGGER_TO_SELECT_PER_LOOP": str(select_per_loop)}
+            if select_per_loop
+            else {}
+        ),
         "AIRFLOW_CONN_BENCH_OURS": json.dumps({"conn_type": "llm_openai", **openai_conn}),
         "AIRFLOW_CONN_BENCH_OPENAI": json.dumps({"conn_type": "openai", **openai_conn}),
     }

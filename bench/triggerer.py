@@ -63,6 +63,7 @@ from _triggerer_db import DAG_FILE
 from _triggerer_measure import (
     Sampler,
     assigned,
+    batches_polled,
     ended_triggers,
     gap_figures,
     lag_figures,
@@ -158,7 +159,7 @@ def run_phase(phase: Phase, args: argparse.Namespace) -> Result:
         api_url = emu.base_url
         if args.latency_ms:
             api_url = stack.enter_context(latency_proxy(emu.port, args.latency_ms / 1000, work))
-        env = airflow_env(work, url, api_url, len(specs) + 10, anchor_path)
+        env = airflow_env(work, url, api_url, len(specs) + 10, anchor_path, args.select_per_loop)
         print(f"[{phase.name}] migrating the DB and inserting {len(specs)} deferred tasks …", flush=True)
         run_command(env, [*AIRFLOW, "db", "migrate"])
         run_command(env, [sys.executable, str(BENCH / "_triggerer_db.py"), str(spec_file)])
@@ -180,12 +181,17 @@ def run_phase(phase: Phase, args: argparse.Namespace) -> Result:
         # Warm-up: every trigger assigned, every batch polled once (or the cap).
         deadline = time.monotonic() + args.warmup_cap
         first_round = None
+        watched = set(batch_ids)
         while time.monotonic() < deadline:
             triggerer.check_running()
-            if status_polls(emu) - polls_start >= phase.batches and assigned(engine) >= len(specs):
+            if args.latency_ms:  # the proxy's log names each polled batch: every one, once
+                polled = batches_polled(work / "polls.log", watched)
+            else:
+                polled = status_polls(emu) - polls_start
+            if polled >= phase.batches and assigned(engine) >= len(specs):
                 first_round = time.time() - started
                 break
-            time.sleep(0.5)
+            time.sleep(2.0)
         fig["first_round_s"] = first_round
         time.sleep(args.settle)
 
@@ -279,6 +285,13 @@ def main() -> None:
         "--ended", type=int, default=20, help="triggers whose batches end for the resume test"
     )
     parser.add_argument("--warmup-cap", type=float, default=120.0, help="max wait for the first round")
+    parser.add_argument(
+        "--select-per-loop",
+        type=int,
+        default=None,
+        help="[triggerer] max_trigger_to_select_per_loop (Airflow's default, 50, when not given): "
+        "how many new triggers the triggerer takes per loop, which bounds how fast thousands start",
+    )
     parser.add_argument("--settle", type=float, default=5.0, help="pause after the first round")
     parser.add_argument("--resume-grace", type=float, default=30.0, help="resume wait beyond one interval")
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")

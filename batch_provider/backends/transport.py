@@ -4,7 +4,9 @@ The decisions (timeouts, retry schedule, error classes) are
 :mod:`batch_provider.core.transport_policy`'s; this module makes the calls and applies them.
 
 Invariants:
-- One :class:`Transport` wraps one ``httpx2.AsyncClient`` (one connection pool) for its lifetime.
+- One :class:`Transport` wraps one ``httpx2.AsyncClient`` (one connection pool) for its lifetime,
+  or ``policy.pool_shards`` of them with the same settings, taking plain calls in turn (streams
+  use the first).
 - A call is retried as the transport policy says, within one overall deadline per call; a
   non-idempotent call that may have reached the server is retried only after ``recover`` found no
   trace of it.
@@ -122,16 +124,22 @@ class Transport:
         self.base_url = base_url.rstrip("/") + "/"
         self._owns_client = client is None
         if client is None:
-            client = httpx2.AsyncClient(
-                base_url=self.base_url,
-                verify=shared_ssl_context(),
-                timeout=self.policy.timeout(),
-                limits=self.policy.limits(),
-                headers={**(headers or {}), **credential_headers},
-            )
+            clients = [
+                httpx2.AsyncClient(
+                    base_url=self.base_url,
+                    verify=shared_ssl_context(),
+                    timeout=self.policy.timeout(),
+                    limits=self.policy.limits(),
+                    headers={**(headers or {}), **credential_headers},
+                )
+                for _ in range(max(1, self.policy.pool_shards))
+            ]
         else:
             client.headers.update({**(headers or {}), **credential_headers})
-        self._client = client
+            clients = [client]
+        self._client = clients[0]
+        self._clients = clients
+        self._turn = 0
         self._credential_names = tuple(credential_headers)
         self._quota_exhausted = quota_exhausted or (lambda response, info: False)
         self._sleep = sleep
@@ -309,7 +317,8 @@ class Transport:
 
     async def aclose(self) -> None:
         if self._owns_client:
-            await self._client.aclose()
+            for client in self._clients:
+                await client.aclose()
 
     async def _send(
         self,
@@ -327,7 +336,11 @@ class Transport:
         elif json_body is not None:
             kwargs["content"] = encode_json(json_body)
             kwargs["headers"] = {"content-type": "application/json", **(headers or {})}
-        return await self._gated(self._client.request(method, self.url(path), **kwargs))
+        client = self._client
+        if len(self._clients) > 1:
+            self._turn = (self._turn + 1) % len(self._clients)
+            client = self._clients[self._turn]
+        return await self._gated(client.request(method, self.url(path), **kwargs))
 
     async def _gated(self, call: Awaitable[httpx2.Response]) -> httpx2.Response:
         if self._gate is None:

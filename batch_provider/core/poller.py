@@ -59,12 +59,16 @@ POLL_MAX_IN_FLIGHT = 100
 """Status calls in flight per pool: about ``POLL_MAX_IN_FLIGHT / latency`` polls a second (1,000/s
 at 100 ms), more than one core can parse."""
 
+POLL_POOL_SHARDS = 4
+
 POLL_POLICY = TransportPolicy(
     max_connections=POLL_MAX_IN_FLIGHT,
     max_keepalive_connections=POLL_MAX_IN_FLIGHT,
     max_in_flight=POLL_MAX_IN_FLIGHT,
+    pool_shards=POLL_POOL_SHARDS,
 )
-"""The transport of a shared poller: as many connections kept open as polls in flight."""
+"""The transport of a shared poller: as many connections kept open as polls in flight, over
+``POLL_POOL_SHARDS`` pools (each call probes every idle connection of its pool)."""
 
 CONNECTION_REUSE_SECONDS = 60.0
 

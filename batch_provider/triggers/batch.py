@@ -142,7 +142,9 @@ class BatchWaitTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = datetime.fromisoformat(self.deadline) if self.deadline else None
-        self.log.info(
+        # DEBUG: the task logged the same before deferring ("Deferring: …"), and each line costs
+        # the triggerer's supervisor a decode and a write, per trigger started.
+        self.log.debug(
             "Watching %d %s batch(es) on connection %r until %s%s",
             len(self.batch_ids),
             self.provider,
