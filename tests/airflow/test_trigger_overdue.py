@@ -49,6 +49,7 @@ class Recorder:
         self.lines.append(fmt % args)
 
     warning = info
+    debug = info
 
 
 async def test_overdue_once_then_the_same_state_waits_to_the_end(llm_conns, run_root):
