@@ -6,7 +6,6 @@ run's output type are ``invalid_output``, never successes."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +13,7 @@ from typing import Any, Literal
 import pytest
 from bedrock_support import CLAUDE, INPUT_BUCKET, OUTPUT_BUCKET, backend_for, s3_client
 from pydantic import BaseModel
+from run_support import fall_back_once_under_a_rate_limit
 
 from batch_provider.backends.sync_callers import sync_caller
 from batch_provider.core.collection import collect_run
@@ -105,58 +105,30 @@ async def test_bedrock_fallback_answers_the_long_tail_once_under_a_rate_limit(
 ) -> None:
     emu = slow_emu
     run_dir = await cut_off(emu, tmp_path, "tail")
-    batch_answered = {r["custom_id"] for r in read_lines(run_dir.results)}
-    async with backend_for(emu) as backend:
-        to_send = rows_to_send(backend, run_dir, Ledger.load(run_dir), 1)
-    assert to_send and batch_answered, "the cut left nothing to fall back on, or nothing answered"
-    assert not {r.row_id for r in to_send} & batch_answered  # a row answered in a job is never sent
-    assert {r.model for r in to_send} == {CLAUDE}
-    emu.sync_settings(rpm=4, window_seconds=1.0)
-
-    async with backend_for(emu) as backend:
-        report = await run_sync_fallback(backend, sync_caller(backend), run_dir, 1, concurrency=6)
-        summary = write_dead_letter(backend, run_dir, max_attempts=1)
-
-    counts = emu.sync_settings()
-    assert report.answered == len(to_send) and not report.unanswered
-    assert counts["limited"] > 0, "the rate limit was never reached: the test proves nothing about 429s"
-    assert counts["served"] == len(to_send) and counts["max_per_body"] == 1
-    assert set(served_per_row(emu, to_send).values()) == {1}
-    results = read_lines(run_dir.results)
-    assert sorted(Counter(r["custom_id"] for r in results).items()) == [
-        (f"b-{i:03d}", 1) for i in range(ROWS)
-    ]
-    assert read_lines(run_dir.dead_letter) == []
+    run = await fall_back_once_under_a_rate_limit(
+        emu, run_dir, backend_for, served_per_row, [f"b-{i:03d}" for i in range(ROWS)]
+    )
+    assert {r.model for r in run.to_send} == {CLAUDE}
 
     # each synchronous answer is the one a job's record with that modelInput gets
-    synced = [r for r in results if r["batch_id"] == "sync"]
-    assert len(synced) == len(to_send) and all(r["provider"] == "bedrock" for r in synced)
-    by_id = {r["custom_id"]: r for r in synced}
-    for row in to_send:
+    assert all(r["provider"] == "bedrock" for r in run.synced)
+    by_id = {r["custom_id"]: r for r in run.synced}
+    for row in run.to_send:
         want = model_output("anthropic", CLAUDE, json.loads(row.line)["modelInput"], SEED)
         got = by_id[row.row_id]
         assert got["output_text"] == want["content"][0]["text"]
         assert got["usage"]["output_tokens"] == want["usage"]["output_tokens"]
 
-    manifest = json.loads(Path(str(run_dir.manifest)).read_text())
-    assert manifest["finished_by"] == {"batch": len(batch_answered), "sync": len(to_send), "cache": 0}
-    assert manifest["accounted"] and summary.succeeded == ROWS and summary.dead_letter == 0
-    fallback = manifest["sync_fallback"]
-    assert fallback["answered"] == len(to_send)
+    manifest, fallback = run.manifest, run.manifest["sync_fallback"]
     batches_usd = sum(b["cost"]["batch_usd"] for b in manifest["batches"])
     assert manifest["cost"]["batch_usd"] == pytest.approx(batches_usd + fallback["cost_usd"], abs=1e-6)
     # synchronous prices are the price table's standard rates, batch ones half of them
     sync_usd = sum(
-        default_price_table().cost("bedrock", CLAUDE, _usage(r["usage"])).standard_usd for r in synced
+        default_price_table().cost("bedrock", CLAUDE, _usage(r["usage"])).standard_usd for r in run.synced
     )
     assert fallback["cost_usd"] == pytest.approx(sync_usd, abs=1e-6) and sync_usd > 0
     assert fallback["at_batch_prices_usd"] == pytest.approx(sync_usd / 2, abs=1e-6)
     assert fallback["extra_cost_usd"] == pytest.approx(sync_usd / 2, abs=2e-6)
-
-    # running it again (a retried task) sends nothing
-    async with backend_for(emu) as backend:
-        again = await run_sync_fallback(backend, sync_caller(backend), run_dir, 1)
-    assert again.to_send == 0 and emu.sync_settings()["served"] == len(to_send)
 
 
 def _usage(raw: dict[str, Any]) -> Any:

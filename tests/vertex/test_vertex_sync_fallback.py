@@ -6,7 +6,6 @@ type are ``invalid_output``, never successes."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +14,7 @@ import httpx
 import pytest
 from backend_support import PROJECT, REGION, backend_for, make_bucket, read_lines
 from pydantic import BaseModel
+from run_support import fall_back_once_under_a_rate_limit
 
 from batch_provider.backends.sync_callers import sync_caller
 from batch_provider.core.collection import collect_run
@@ -92,37 +92,12 @@ async def test_vertex_fallback_answers_the_long_tail_once_under_a_rate_limit(
     emu: Any, tmp_path: Path
 ) -> None:
     run_dir = await cut_off(emu, tmp_path, "tail")
-    batch_answered = {r["custom_id"] for r in read_lines(run_dir.results)}
-    async with backend_for(emu) as backend:
-        to_send = rows_to_send(backend, run_dir, Ledger.load(run_dir), 1)
-    assert to_send and batch_answered, "the cut left nothing to fall back on, or nothing answered"
-    assert not {r.row_id for r in to_send} & batch_answered
-    emu.sync_settings(rpm=4, window_seconds=1.0)
-
-    async with backend_for(emu) as backend:
-        report = await run_sync_fallback(backend, sync_caller(backend), run_dir, 1, concurrency=6)
-        summary = write_dead_letter(backend, run_dir, max_attempts=1)
-
-    counts = emu.sync_settings()
-    assert report.answered == len(to_send) and not report.unanswered
-    assert counts["limited"] > 0, "the rate limit was never reached: the test proves nothing about 429s"
-    assert counts["served"] == len(to_send) and counts["max_per_body"] == 1
-    assert set(served_per_row(emu, to_send).values()) == {1}
-    results = read_lines(run_dir.results)
-    assert sorted(Counter(r["custom_id"] for r in results).items()) == [
-        (f"v-{i:03d}", 1) for i in range(ROWS)
-    ]
-    synced = [r for r in results if r["batch_id"] == "sync"]
-    assert len(synced) == len(to_send) and all(r["output_text"] and r["provider"] == "vertex" for r in synced)
-    manifest = json.loads(Path(str(run_dir.manifest)).read_text())
-    assert manifest["finished_by"] == {"batch": len(batch_answered), "sync": len(to_send), "cache": 0}
-    assert manifest["accounted"] and summary.succeeded == ROWS and summary.dead_letter == 0
-    fallback = manifest["sync_fallback"]
+    run = await fall_back_once_under_a_rate_limit(
+        emu, run_dir, backend_for, served_per_row, [f"v-{i:03d}" for i in range(ROWS)]
+    )
+    assert all(r["output_text"] and r["provider"] == "vertex" for r in run.synced)
+    fallback = run.manifest["sync_fallback"]
     assert fallback["cost_usd"] > 0 and fallback["extra_cost_usd"] > 0
-
-    async with backend_for(emu) as backend:
-        again = await run_sync_fallback(backend, sync_caller(backend), run_dir, 1)
-    assert again.to_send == 0 and emu.sync_settings()["served"] == len(to_send)
 
 
 async def test_vertex_sync_answers_are_checked_against_the_output_type(emu: Any, tmp_path: Path) -> None:
