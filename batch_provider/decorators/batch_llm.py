@@ -78,9 +78,13 @@ def rows_from_return(value: Any, *, kind: str, system: str | None = None) -> lis
     first: type | None = None
     embedding: bool | None = None  # read from ``kind`` once, at the first prompt string
     for index, item in enumerate(value):
-        item_type = str if isinstance(item, str) else None
-        if isinstance(item, (Mapping, LLMRequest)):
-            item_type = dict
+        kind_of = type(item)
+        if kind_of is str or kind_of is dict:  # the usual items, told apart without the ABC check
+            item_type = kind_of
+        else:
+            item_type = str if isinstance(item, str) else None
+            if isinstance(item, (Mapping, LLMRequest)):
+                item_type = dict
         if item_type is None or (first is not None and item_type is not first):
             raise TypeError(
                 f"@task.{DECORATOR_NAME}: item {index} of the returned list is {type(item).__name__}"
