@@ -88,7 +88,8 @@ def _scenarios(count: int) -> list[dict[str, Any]]:
             "model": "gpt-4o-mini", "max_tokens": 16, "render_missing_as_empty": True, "id_field": "id"}},
         {"name": "jinja-template", "provider": "openai", "rows": rows, "builder": {
             "template": "{% if n is even %}Even{% else %}Odd{% endif %} {{ text | string | upper }} "
-            "{{ topic }} {{ n + 1 }} {{ range(2) | list }} {{ dict }}", "model": "gpt-4o-mini", "max_tokens": 16}},
+            "{{ topic }} {{ n + 1 }} {{ range(2) | list }} {{ dict }}",
+            "model": "gpt-4o-mini", "max_tokens": 16}},
         {"name": "embedding", "provider": "openai", "rows": rows, "builder": {
             "template": "{{ text }}", "system": "{{ absent }}", "model": "text-embedding-3-small",
             "kind": "embedding"}},
