@@ -75,6 +75,13 @@ class BatchBackend(abc.ABC):
     def encode(self, request: LLMRequest) -> EncodedRequest:
         """Translate one request; raise ``RequestRejected`` naming the field when it cannot be sent."""
 
+    def encode_as(self, request: LLMRequest, custom_id: str) -> EncodedRequest:
+        """``encode`` of ``request`` with ``custom_id`` (a wire id) in place of its own id: the same
+        line, checks and ``RequestRejected`` as encoding a copy carrying that id. ``request`` is
+        not changed. This default encodes such a copy; a backend whose encoding reads the id only
+        to check it and to write it overrides this to skip the copy."""
+        return self.encode(request.model_copy(update={"custom_id": custom_id}))
+
     @abc.abstractmethod
     def custom_id_of(self, line: bytes) -> str:
         """The custom_id of a native line this backend encoded (used to re-read part files)."""

@@ -115,12 +115,38 @@ class CostEstimate(BaseModel):
         }
 
 
+class _Tally:
+    """A model's running sums while requests are added: plain attributes, as adding a request
+    runs once per row (``ModelEstimate`` validates every assignment); made a ``ModelEstimate``
+    by :meth:`CostEstimator.finish`."""
+
+    __slots__ = (
+        "cacheable_tokens",
+        "input_tokens",
+        "largest_cacheable_tokens",
+        "largest_input_tokens",
+        "output_tokens_ceiling",
+        "requests",
+        "schema_output_ceiling",
+        "schema_output_tokens",
+        "schema_requests",
+    )
+
+    def __init__(self) -> None:
+        self.requests = self.input_tokens = self.cacheable_tokens = 0
+        self.largest_input_tokens = self.largest_cacheable_tokens = self.output_tokens_ceiling = 0
+        self.schema_requests = self.schema_output_tokens = self.schema_output_ceiling = 0
+
+    def estimate(self) -> ModelEstimate:
+        return ModelEstimate(**{name: getattr(self, name) for name in self.__slots__})
+
+
 class CostEstimator:
     """Accumulates per-model token estimates request by request, in constant memory."""
 
     def __init__(self, provider: str):
         self.provider = provider
-        self._models: dict[str, ModelEstimate] = {}
+        self._models: dict[str, _Tally] = {}
 
     def add(self, model: str | None, prompt_text: str, max_tokens: int | None, *, embedding: bool) -> None:
         """Count a request known only by its prompt text (four characters a token)."""
@@ -136,12 +162,16 @@ class CostEstimator:
         embedding: bool,
         schema_tokens: int | None = None,
     ) -> None:
-        entry = self._models.setdefault(model or "(none)", ModelEstimate())
+        entry = self._models.get(model or "(none)")
+        if entry is None:
+            entry = self._models[model or "(none)"] = _Tally()
         entry.requests += 1
         entry.input_tokens += tokens.input
         entry.cacheable_tokens += tokens.cacheable
-        entry.largest_input_tokens = max(entry.largest_input_tokens, tokens.input)
-        entry.largest_cacheable_tokens = max(entry.largest_cacheable_tokens, tokens.cacheable)
+        if tokens.input > entry.largest_input_tokens:
+            entry.largest_input_tokens = tokens.input
+        if tokens.cacheable > entry.largest_cacheable_tokens:
+            entry.largest_cacheable_tokens = tokens.cacheable
         ceiling = 0 if embedding else (max_tokens or DEFAULT_OUTPUT_CEILING)
         entry.output_tokens_ceiling += ceiling
         if schema_tokens is not None and not embedding:
@@ -151,7 +181,8 @@ class CostEstimator:
 
     def finish(self, prices: PriceTable, calibration: Calibration | None = None) -> CostEstimate:
         estimate = CostEstimate()
-        for model, entry in self._models.items():
+        for model, tally in self._models.items():
+            entry = tally.estimate()
             entry.output_tokens_expected = _expected_output(entry, calibration, self.provider, model)
             estimate.models[model] = entry
             row = prices.lookup(self.provider, model) if model != "(none)" else None

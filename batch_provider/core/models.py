@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Provider(StrEnum):
@@ -101,18 +101,21 @@ class LLMRequest(BaseModel):
     endpoint: str | None = None
     """OpenAI-wire endpoint (``/v1/chat/completions``, ``/v1/responses``, ``/v1/embeddings``).
     Default: derived from ``kind``. Ignored by providers with a single endpoint."""
-    _row: int | None = PrivateAttr(default=None)
-    """1-based input row, when the request came from a file or list; never serialised, so it
-    affects neither fingerprints nor cache keys."""
 
     @property
     def row(self) -> int | None:
-        private = self.__pydantic_private__  # read directly: ``self._row`` goes through __getattr__
+        """1-based input row, when the request came from a file or list (:meth:`at_row`); never
+        serialised, so it affects neither fingerprints nor cache keys."""
+        private = self.__pydantic_private__
         return private.get("_row") if private else None
 
     def at_row(self, row: int) -> LLMRequest:
-        """This request, remembering the input row it came from (for rejects)."""
-        self._row = row
+        """This request, remembering the input row it came from (for rejects).
+
+        The row is kept in pydantic's private-state slot, set here only: a declared private
+        attribute would make pydantic run a Python hook for every request it validates, one per
+        input row. Copies, pickles and equality carry that slot as they carry private attributes."""
+        object.__setattr__(self, "__pydantic_private__", {"_row": row})
         return self
 
     def system_blocks(self) -> list[str]:

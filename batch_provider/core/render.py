@@ -10,6 +10,12 @@ Invariants:
 - A column the template uses whose value is null (``None``, NaN) or empty (blank text) rejects the
   row, naming row and column, unless ``render_missing_as_empty``: a prompt never says "None".
 - Rendering is deterministic, so a rerun of the same rows yields byte-identical requests.
+- A template that is text and bare ``{{ name }}`` outputs only (decided on Jinja's own parse of it,
+  :class:`PlainTemplate`) is rendered without a Jinja context: its text pieces as Jinja parsed
+  them, each name as ``str()`` of the row's value, which is what Jinja's compiled code does in
+  this environment (no ``finalize``, no autoescape). A row the shortcut cannot render as Jinja
+  would (a name it lacks, a column named ``self``, a key that is not a string, a value whose
+  ``str()`` raises) goes through Jinja itself, so the text, the rejects and the errors are the same.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jinja2
-from jinja2 import meta
+from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
@@ -35,6 +41,56 @@ OVERRIDABLE = ("model", "system", "max_tokens", "temperature")
 """Request fields a row may set through a column the user names (``model_column=`` …)."""
 
 _UNDEFINED = re.compile(r"^'([^']+)' is undefined$")
+
+_SPECIAL_NAMES = frozenset({"self", "super", "loop", "caller", "varargs", "kwargs"})
+"""Names Jinja's compiled code binds itself instead of reading them from the context."""
+
+
+class PlainTemplate:
+    """A template that is text and bare ``{{ name }}`` outputs only, rendered by substitution.
+
+    Built by :meth:`of` from Jinja's parse of the source, never from the source text: the text
+    pieces are the ``TemplateData`` Jinja's lexer produced (newlines normalised, the trailing
+    newline dropped, whitespace control and comments applied, raw blocks unwrapped), and each name
+    becomes ``str(value)``, as the code Jinja compiles for ``{{ name }}`` writes it when the
+    environment has no ``finalize`` and no autoescape. :meth:`render` raises ``KeyError`` for a
+    name the values lack; the caller then renders with Jinja, which decides what that means
+    (a global, or an undefined name).
+    """
+
+    __slots__ = ("_parts", "_slots", "text")
+
+    def __init__(self, parts: list[str | nodes.Name]) -> None:
+        self._parts = [part if isinstance(part, str) else "" for part in parts]
+        self._slots = [(index, part.name) for index, part in enumerate(parts) if not isinstance(part, str)]
+        self.text = "".join(self._parts) if not self._slots else None
+        """The rendered text when the template reads no name."""
+
+    @classmethod
+    def of(cls, env: jinja2.Environment, source: str) -> PlainTemplate | None:
+        """The plain form of ``source`` in ``env``, or None when Jinja must render it."""
+        if env.finalize is not None or env.autoescape is not False or env.extensions or env.is_async:
+            return None
+        parts: list[str | nodes.Name] = []
+        for node in env.parse(source).body:
+            if type(node) is not nodes.Output:
+                return None
+            for child in node.nodes:
+                if type(child) is nodes.TemplateData:
+                    parts.append(child.data)
+                elif type(child) is nodes.Name and child.ctx == "load" and child.name not in _SPECIAL_NAMES:
+                    parts.append(child)
+                else:
+                    return None
+        return cls(parts)
+
+    def render(self, values: dict[str, Any]) -> str:
+        if self.text is not None:
+            return self.text
+        parts = self._parts.copy()
+        for index, name in self._slots:
+            parts[index] = str(values[name])
+        return "".join(parts)
 
 
 class TemplateVariableError(ValueError):
@@ -120,6 +176,14 @@ class RequestBuilder:
         self._system_blocks = not isinstance(system, str) and system is not None
         self._system_templates = [_ENV.from_string(text) for text in system_texts]
         self._used = _variables(template, *system_texts) if template is not None else []
+        plain = [PlainTemplate.of(_ENV, text) for text in (template, *system_texts)] if template else [None]
+        self._plain = [p for p in plain if p is not None] if None not in plain else None
+        """The prompt template then the system templates, rendered without Jinja; None when one of
+        them needs Jinja."""
+        self._keys: set[Any] = set()
+        """Every row key seen so far, as given: a row whose keys are all in it adds no column."""
+        self._odd_keys = False
+        """A row had a key that is not exactly a ``str``: columns are then gathered on every row."""
         self.render_missing_as_empty = render_missing_as_empty
         self.cache_system_prompt = cache_system_prompt
         self._columns: set[str] = set()
@@ -192,7 +256,14 @@ class RequestBuilder:
         custom_id = self.custom_id(number, row)
         if isinstance(custom_id, RejectedRow):
             return custom_id
-        self._columns.update(str(k) for k in row)
+        if self._odd_keys or not self._keys.issuperset(row):
+            self._columns.update(str(k) for k in row)
+            self._keys.update(row)
+            if not all(type(k) is str for k in row):
+                self._odd_keys = True
+                self._plain = None
+            elif "self" in row:
+                self._plain = None  # ``template.render(self=…)`` fails: leave that to Jinja
         try:
             if self._build is not None:
                 item = self._from_callable(number, custom_id, row)
@@ -257,13 +328,20 @@ class RequestBuilder:
         checked = self._blank_fields(number, custom_id, row)
         if isinstance(checked, RejectedRow):
             return checked
-        prompt = self._template.render(**checked).strip()  # type: ignore[union-attr]
+        chat = self.kind is not RequestKind.EMBEDDING
+        rendered = self._plain_render(checked, chat=chat)
+        if rendered is None:
+            prompt = self._template.render(**checked)  # type: ignore[union-attr]
+            texts = [t.render(**checked) for t in self._system_templates] if chat else []
+        else:
+            prompt, texts = rendered
+        prompt = prompt.strip()
         values = self._defaults()
-        if self.kind is RequestKind.EMBEDDING:
+        if not chat:
             values["input"] = prompt
         else:
             values["messages"] = [Message(role="user", content=prompt)]
-            texts = [t.render(**checked).strip() for t in self._system_templates]
+            texts = [t.strip() for t in texts]
             if self._system_blocks:
                 values["system"] = [TextPart(text=t) for t in texts if t] or None
             else:
@@ -271,6 +349,18 @@ class RequestBuilder:
             if self.cache_system_prompt and values["system"]:
                 values["cache_system_prompt"] = True
         return LLMRequest(custom_id=custom_id, **self._row_overrides(row, values))
+
+    def _plain_render(self, row: dict[str, Any], *, chat: bool) -> tuple[str, list[str]] | None:
+        """The prompt and system texts rendered without Jinja, unstripped; None when the row must
+        go through Jinja (see :class:`PlainTemplate`)."""
+        plain = self._plain
+        if plain is None:
+            return None
+        try:
+            prompt = plain[0].render(row)
+            return prompt, [t.render(row) for t in plain[1:]] if chat else []
+        except Exception:  # a name the row lacks, a value whose str() raises: Jinja decides
+            return None
 
     def _row_overrides(self, row: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
         """``values`` with the fields the row sets through its named columns (blank cells keep

@@ -12,6 +12,7 @@ Invariants:
 - With a ``wire_token`` (what a run does), the id on the wire is a wire id of
   :mod:`batch_provider.core.wire_ids`, never the row's own ``custom_id``: duplicates are still
   judged on the row id, rejections name the row id, and the sidecar maps each wire id back to it.
+  The request is encoded under its wire id (``BatchBackend.encode_as``) and never changed.
   Without one, the row id is sent as is and must satisfy the provider's custom_id rule.
 """
 
@@ -23,12 +24,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from batch_provider.core.contract import BatchBackend, Chunk
+from batch_provider.core.contract import BatchBackend, Chunk, EncodedRequest
 from batch_provider.core.errors import RequestRejected
 from batch_provider.core.jsonl import JsonlWriter, iter_path_lines
 from batch_provider.core.limits import ProviderLimits
 from batch_provider.core.models import LLMRequest, RejectedRow
-from batch_provider.core.wire_ids import SIDECAR_HEADER, sidecar_line, wire_id
+from batch_provider.core.wire_ids import _MAX_POSITION, SIDECAR_HEADER, sidecar_line, wire_id
 
 
 def default_part_name(index: int) -> str:
@@ -123,6 +124,25 @@ class SeenIds:
                 table[slot] = digest
 
 
+def _defining(cls: type, name: str) -> type | None:
+    return next((klass for klass in cls.__mro__ if name in vars(klass)), None)
+
+
+def _encoder_as(backend: BatchBackend) -> Callable[[LLMRequest, str], EncodedRequest]:
+    """How to encode a request under its wire id: the backend's ``encode_as`` when it is at
+    least as specific as its ``encode`` (a subclass that overrides ``encode`` alone keeps its
+    own), else ``encode`` of a copy carrying the wire id."""
+    kind = type(backend)
+    encode, encode_as = _defining(kind, "encode"), _defining(kind, "encode_as")
+    if encode is not None and encode_as is not None and issubclass(encode_as, encode):
+        return backend.encode_as
+
+    def copy_then_encode(request: LLMRequest, custom_id: str) -> EncodedRequest:
+        return backend.encode(request.model_copy(update={"custom_id": custom_id}))
+
+    return copy_then_encode
+
+
 @dataclass
 class _OpenPart:
     index: int
@@ -179,6 +199,7 @@ class RequestSplitter:
         self._hash = hashlib.sha256()
         self._next_index = self.first_index
         self._wants_json = getattr(self.backend, "wants_json", None)
+        self._encode_as = _encoder_as(self.backend)
 
     @property
     def fingerprint(self) -> str:
@@ -191,17 +212,24 @@ class RequestSplitter:
         open_parts: dict[str, _OpenPart] = {}
         max_count = self._limits.max_requests_per_batch
         max_bytes = self._limits.max_bytes_per_batch - self._overhead
+        wire_head: str | None = None
         try:
             for position, request in enumerate(requests, start=1):
                 self.counts.inputs += 1
                 row = request.row or position
                 row_id = request.custom_id
                 wire = row_id
-                if self.wire_token is not None:
-                    wire = wire_id(self.wire_token, self.attempt, self.counts.accepted)
-                    request = request.model_copy(update={"custom_id": wire})
                 try:
-                    encoded = self.backend.encode(request)
+                    if self.wire_token is not None:
+                        accepted = self.counts.accepted
+                        if wire_head is not None and accepted <= _MAX_POSITION:
+                            wire = wire_head + f"{accepted:09d}"
+                        else:  # the first one, checked by ``wire_id``; the others share its head
+                            wire = wire_id(self.wire_token, self.attempt, accepted)
+                            wire_head = wire[:-9]
+                        encoded = self._encode_as(request, wire)
+                    else:
+                        encoded = self.backend.encode(request)
                 except RequestRejected as exc:
                     self._reject(
                         RejectedRow(

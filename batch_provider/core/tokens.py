@@ -148,8 +148,30 @@ def _image_data(value: dict[str, Any]) -> str | None:
     return None
 
 
+def _plain_text_chars(request: LLMRequest) -> int | None:
+    """Characters of a request that is text only (a string system prompt, string messages, no
+    body, ``extra``, input or schema), which is what the walk counts for it; else None."""
+    if request.native is not None or request.extra or request.input is not None:
+        return None
+    if request.response_schema is not None:
+        return None
+    system = request.system
+    if system is not None and type(system) is not str:
+        return None
+    chars = len(system) if system else 0
+    for message in request.messages:
+        content = message.content
+        if type(content) is not str:
+            return None
+        chars += len(content)
+    return chars
+
+
 def request_tokens(provider: Provider, request: LLMRequest) -> TokenCount:
     """Input tokens of ``request`` as the provider will count them, approximately."""
+    chars = _plain_text_chars(request)
+    if chars is not None:
+        return TokenCount(input=max(1, text_tokens(chars)))
     walker = _Walker(provider)
     # Bodies first: their tools and system blocks open the prompt, where a cached prefix lies.
     # A key of ``extra`` that replaces one of the body is counted twice: the estimate errs high.

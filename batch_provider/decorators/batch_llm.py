@@ -76,10 +76,15 @@ def rows_from_return(value: Any, *, kind: str, system: str | None = None) -> lis
         )
     rows: list[dict[str, Any]] = []
     first: type | None = None
+    embedding: bool | None = None  # read from ``kind`` once, at the first prompt string
     for index, item in enumerate(value):
-        item_type = str if isinstance(item, str) else None
-        if isinstance(item, (Mapping, LLMRequest)):
-            item_type = dict
+        kind_of = type(item)
+        if kind_of is str or kind_of is dict:  # the usual items, told apart without the ABC check
+            item_type = kind_of
+        else:
+            item_type = str if isinstance(item, str) else None
+            if isinstance(item, (Mapping, LLMRequest)):
+                item_type = dict
         if item_type is None or (first is not None and item_type is not first):
             raise TypeError(
                 f"@task.{DECORATOR_NAME}: item {index} of the returned list is {type(item).__name__}"
@@ -88,7 +93,9 @@ def rows_from_return(value: Any, *, kind: str, system: str | None = None) -> lis
             )
         first = item_type
         if isinstance(item, str):
-            rows.append(_prompt_request(item, kind=kind, system=system))
+            if embedding is None:
+                embedding = RequestKind(kind) is RequestKind.EMBEDDING
+            rows.append(_prompt_request(item, embedding=embedding, system=system))
         elif isinstance(item, LLMRequest):
             rows.append(item.model_dump(mode="json", exclude_unset=True))
         else:
@@ -98,8 +105,8 @@ def rows_from_return(value: Any, *, kind: str, system: str | None = None) -> lis
     return rows
 
 
-def _prompt_request(prompt: str, *, kind: str, system: str | None) -> dict[str, Any]:
-    if RequestKind(kind) is RequestKind.EMBEDDING:
+def _prompt_request(prompt: str, *, embedding: bool, system: str | None) -> dict[str, Any]:
+    if embedding:
         return {"input": prompt}
     request: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}]}
     if system:

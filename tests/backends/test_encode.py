@@ -253,3 +253,72 @@ def test_system_blocks_and_cache_flag_in_each_wire_form(
     assert json.loads(openai.encode(responses).line)["body"]["instructions"] == "Shared policy.\n\nRow rules."
     body, _ = generate_content_request(chat(model="gemini-2.5-flash", system=blocks))
     assert body["systemInstruction"] == {"parts": [{"text": "Shared policy."}, {"text": "Row rules."}]}
+
+
+ENCODE_AS_CASES = [
+    {},
+    {"system": "Be terse.", "max_tokens": 16, "temperature": 0.2, "stop": ["\n"]},
+    {"system": [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}], "cache_system_prompt": True},
+    {"response_schema": SCHEMA, "max_tokens": 8},
+    {"endpoint": "/v1/responses", "max_tokens": 8},
+    {"kind": "embedding", "messages": [], "input": "vector me", "model": "text-embedding-3-small"},
+    {"native": {"messages": [{"role": "user", "content": "n"}]}, "max_tokens": 4},
+    {"extra": {"seed": 7}, "max_tokens": 4},
+    {"model": None},
+    {"messages": []},
+    {"max_tokens": 0},
+    {"max_tokens": None},
+    {"endpoint": "/v1/moderations"},
+    {"endpoint": "/v1/responses", "stop": ["x"]},
+    {"kind": "embedding", "input": "x"},
+    {"messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 4},
+]
+
+
+def _encoded_or_rejected(encode, request, *args) -> object:
+    try:
+        return encode(request, *args)
+    except RequestRejected as exc:
+        return ("rejected", exc.custom_id, exc.field, exc.reason, str(exc))
+
+
+@pytest.mark.parametrize("row_id", ["r-1", "has space", "a\nb", "x" * 600])
+@pytest.mark.parametrize("fields", ENCODE_AS_CASES)
+def test_encode_as_equals_encoding_a_copy_with_the_wire_id(fields: dict, row_id: str) -> None:
+    """What the splitter sends under a wire id is what encoding a copy carrying that id gave."""
+    from dataclasses import replace
+
+    from batch_provider.core.limits import OPENAI_LIMITS
+
+    backends = [
+        OpenAIBackend(api_key="k", limits=replace(OPENAI_LIMITS, max_bytes_per_request=300)),
+        AnthropicBackend(api_key="k", limits=replace(ANTHROPIC_LIMITS, max_bytes_per_request=300)),
+    ]
+    base = {"custom_id": row_id, "model": "gpt-6-luna", "max_tokens": 5}
+    base["messages"] = [{"role": "user", "content": "hi"}]
+    request = LLMRequest(**{**base, **fields}).at_row(4)
+    before = request.model_dump_json()
+    for backend in backends:
+        for wire in ("bp0123456789aba01n000000007", "has space", "y" * 600):
+            copied = request.model_copy(update={"custom_id": wire})
+            assert _encoded_or_rejected(backend.encode_as, request, wire) == _encoded_or_rejected(
+                backend.encode, copied
+            )
+        assert _encoded_or_rejected(backend.encode_as, request, row_id) == _encoded_or_rejected(
+            backend.encode, request
+        )
+    assert request.model_dump_json() == before and request.row == 4, "the request is left as it was"
+
+
+def test_a_subclass_overriding_encode_alone_is_encoded_through_it(tmp_path) -> None:
+    from batch_provider.core.split import RequestSplitter
+
+    class Tagged(OpenAIBackend):
+        def encode(self, request: LLMRequest):
+            return super().encode(request.model_copy(update={"temperature": 0.5}))
+
+    splitter = RequestSplitter(Tagged(api_key="k"), tmp_path, wire_token="0123456789ab")
+    chunks = list(splitter.split([chat(custom_id="one", max_tokens=3)]))
+    line = json.loads(chunks[0].path.read_bytes())
+    assert line["custom_id"] == "bp0123456789aba01n000000000"
+    assert line["body"]["temperature"] == 0.5

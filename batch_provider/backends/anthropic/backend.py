@@ -33,7 +33,6 @@ from batch_provider.backends.http_backend import HttpBatchBackend
 from batch_provider.backends.transport import ErrorInfo, TransportPolicy
 from batch_provider.backends.wire import (
     anthropic_system,
-    check_custom_id,
     check_max_tokens,
     check_size,
     custom_id_of_line,
@@ -142,24 +141,36 @@ class AnthropicBackend(HttpBatchBackend):
     # ----------------------------------------------------------------- translation
 
     def encode(self, request: LLMRequest) -> EncodedRequest:
-        check_custom_id(request, self.limits)
-        check_max_tokens(request)
-        if request.kind is RequestKind.EMBEDDING:
-            raise RequestRejected(request.custom_id, "kind", "Anthropic has no embeddings endpoint")
-        params = self._native_params(request) if request.native is not None else self._params(request)
+        return self.encode_as(request, request.custom_id)
+
+    def encode_as(self, request: LLMRequest, custom_id: str) -> EncodedRequest:
+        """The line of ``request`` under ``custom_id``; the id is only checked and written, so no
+        copy of the request is made (see :meth:`BatchBackend.encode_as`)."""
+        reason = self.limits.check_custom_id(custom_id)
+        if reason is not None:
+            raise RequestRejected(custom_id, "custom_id", reason)
+        try:
+            check_max_tokens(request)
+            if request.kind is RequestKind.EMBEDDING:
+                raise RequestRejected(custom_id, "kind", "Anthropic has no embeddings endpoint")
+            params = self._native_params(request) if request.native is not None else self._params(request)
+        except RequestRejected as exc:
+            if exc.custom_id == custom_id:
+                raise
+            raise RequestRejected(custom_id, exc.field, exc.reason) from None
         params.update(request.extra)
         if not params.get("model"):
-            raise RequestRejected(request.custom_id, "model", "no model given")
+            raise RequestRejected(custom_id, "model", "no model given")
         max_tokens = params.get("max_tokens")
         if max_tokens is None:
-            raise RequestRejected(request.custom_id, "max_tokens", "Anthropic requires max_tokens")
+            raise RequestRejected(custom_id, "max_tokens", "Anthropic requires max_tokens")
         if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise RequestRejected(request.custom_id, "max_tokens", f"must be at least 1, got {max_tokens!r}")
+            raise RequestRejected(custom_id, "max_tokens", f"must be at least 1, got {max_tokens!r}")
         if not params.get("messages"):
-            raise RequestRejected(request.custom_id, "messages", "no messages given")
-        line = encode_line({"custom_id": request.custom_id, "params": params})
-        check_size(request.custom_id, line, self.limits)
-        return EncodedRequest(custom_id=request.custom_id, line=line, group="", model=str(params["model"]))
+            raise RequestRejected(custom_id, "messages", "no messages given")
+        line = encode_line({"custom_id": custom_id, "params": params})
+        check_size(custom_id, line, self.limits)
+        return EncodedRequest(custom_id=custom_id, line=line, group="", model=str(params["model"]))
 
     def _native_params(self, request: LLMRequest) -> dict[str, Any]:
         params = dict(request.native or {})

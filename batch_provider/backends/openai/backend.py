@@ -35,7 +35,6 @@ from batch_provider.backends.openai.wire import (
 )
 from batch_provider.backends.transport import ErrorInfo, TransportPolicy
 from batch_provider.backends.wire import (
-    check_custom_id,
     check_max_tokens,
     check_size,
     custom_id_of_line,
@@ -45,7 +44,7 @@ from batch_provider.backends.wire import (
     stream_records,
 )
 from batch_provider.core.contract import Chunk, EncodedRequest
-from batch_provider.core.errors import ConflictError, InvalidRequestError, NotFoundError
+from batch_provider.core.errors import ConflictError, InvalidRequestError, NotFoundError, RequestRejected
 from batch_provider.core.limits import ProviderLimits
 from batch_provider.core.models import BatchRef, BatchState, LLMRequest, Provider, ResultRecord
 
@@ -108,14 +107,26 @@ class OpenAIBackend(HttpBatchBackend):
     # ----------------------------------------------------------------- translation
 
     def encode(self, request: LLMRequest) -> EncodedRequest:
-        check_custom_id(request, self.limits)
-        check_max_tokens(request)
-        endpoint, body = ow.request_body(request)
+        return self.encode_as(request, request.custom_id)
+
+    def encode_as(self, request: LLMRequest, custom_id: str) -> EncodedRequest:
+        """The line of ``request`` under ``custom_id``; the id is only checked and written, so no
+        copy of the request is made (see :meth:`BatchBackend.encode_as`)."""
+        reason = self.limits.check_custom_id(custom_id)
+        if reason is not None:
+            raise RequestRejected(custom_id, "custom_id", reason)
+        try:
+            check_max_tokens(request)
+            endpoint, body = ow.request_body(request)
+        except RequestRejected as exc:
+            if exc.custom_id == custom_id:
+                raise
+            raise RequestRejected(custom_id, exc.field, exc.reason) from None
         model = body["model"]
-        line = encode_line({"custom_id": request.custom_id, "method": "POST", "url": endpoint, "body": body})
-        check_size(request.custom_id, line, self.limits)
+        line = encode_line({"custom_id": custom_id, "method": "POST", "url": endpoint, "body": body})
+        check_size(custom_id, line, self.limits)
         return EncodedRequest(
-            custom_id=request.custom_id,
+            custom_id=custom_id,
             line=line,
             group=f"{endpoint} {model}",
             model=str(model),
