@@ -122,8 +122,9 @@ async def test_fault_storm_full_lifecycle_loses_nothing_and_pays_once(
                 conn_id="c",
                 max_requests_per_batch=10,
                 # Bedrock reads per-job faults from a job tag, not from custom_ids: the first
-                # attempt's jobs run out of time with half done
-                tags={"emu_faults": "expire=0.5"} if provider == "bedrock" else None,
+                # attempt's jobs run out of time with half done, and more of that half errors than
+                # the server-wide rate alone gives, so one retryable error at least is all but sure
+                tags={"emu_faults": "expire=0.5 item_errors=0.3:500/429"} if provider == "bedrock" else None,
             )
 
         handle = await as_task(submit, tries)
