@@ -13,6 +13,7 @@ from typing import Any
 
 from batch_provider.backends.sync_callers import sync_caller
 from batch_provider.core.ledger import Ledger
+from batch_provider.core.part_files import PACKED_SUFFIX, open_part
 from batch_provider.core.retry import write_dead_letter
 from batch_provider.core.sync_fallback import rows_to_send, run_sync_fallback
 from batch_provider.core.watch import watch_batches
@@ -31,6 +32,23 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def part_text(path: Any) -> str:
+    """The text of a part file or ids sidecar as sent, whether it is still plain or packed."""
+    with open_part(path) as fh:
+        return fh.read().decode()
+
+
+def part_files(folder: Path) -> list[Path]:
+    """The part files of a ``requests`` folder under their plain names, packed or not."""
+    names = {p.name.removesuffix(PACKED_SUFFIX) for p in folder.glob("part-*.jsonl*")}
+    return [folder / name for name in sorted(names)]
+
+
+def sent_requests(folder: Path) -> list[dict[str, Any]]:
+    """Every request line of a ``requests`` folder, part by part."""
+    return [json.loads(line) for part in part_files(folder) for line in part_text(part).splitlines()]
 
 
 def assert_accounted(run_dir: Any, inputs: int) -> dict[str, Any]:

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batch_provider.core.contract import BatchBackend
-from batch_provider.core.jsonl import iter_path_lines
 from batch_provider.core.models import (
     BatchEnding,
     BatchRef,
@@ -37,7 +36,7 @@ from batch_provider.core.models import (
     ResultRecord,
 )
 from batch_provider.core.output_type import OutputValidator, summarise_errors
-from batch_provider.core.split import part_ids_path
+from batch_provider.core.part_files import iter_part_lines, part_ids_path
 from batch_provider.core.wire_ids import PartIds, read_sidecar_file
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ def read_part_ids(path: Any, backend: BatchBackend) -> PartIds:
         return ids
     ids = PartIds()
     wants_json = getattr(backend, "wants_json", None)
-    for line in iter_path_lines(path):
+    for line in iter_part_lines(path):
         key = backend.custom_id_of(line)
         ids.wants[key] = bool(wants_json(line)) if wants_json else False
         ids.rows[key] = key

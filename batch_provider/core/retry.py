@@ -26,11 +26,10 @@ from batch_provider.core.collection import RunSummary, rebuild_outputs
 from batch_provider.core.contract import BatchBackend
 from batch_provider.core.deadline import DeadlineRecord, load_deadline
 from batch_provider.core.handle import RunHandle
-from batch_provider.core.jsonl import iter_path_lines
 from batch_provider.core.ledger import Ledger, LedgerAttempt, LedgerChunk, LedgerConflictError, RunKey
 from batch_provider.core.models import ItemStatus, ResultRecord
+from batch_provider.core.part_files import iter_part_lines, part_ids_path
 from batch_provider.core.rundir import RunDirectory, atomic_write, remove_stale_temps
-from batch_provider.core.split import part_ids_path
 from batch_provider.core.submission import OnCreated, handle_for, part_ids, submit_pending
 from batch_provider.core.sync_journal import fallback_notes
 from batch_provider.core.wire_ids import SIDECAR_HEADER, sidecar_line, swap_wire_id, wire_id
@@ -71,7 +70,7 @@ def _write_retry_parts(
     for old in previous.chunks:
         ids = part_ids(backend, run_dir, old.part)
         picked: list[tuple[bytes, str, str, bool]] = []
-        for line in iter_path_lines(run_dir.root / old.part):
+        for line in iter_part_lines(run_dir.root / old.part):
             wire = backend.custom_id_of(line)
             row = ids.rows.get(wire, wire)
             if row not in wanted:

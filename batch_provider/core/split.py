@@ -26,25 +26,15 @@ from typing import Any
 
 from batch_provider.core.contract import BatchBackend, Chunk, EncodedRequest
 from batch_provider.core.errors import RequestRejected
-from batch_provider.core.jsonl import JsonlWriter, iter_path_lines
+from batch_provider.core.jsonl import JsonlWriter
 from batch_provider.core.limits import ProviderLimits
 from batch_provider.core.models import LLMRequest, RejectedRow
+from batch_provider.core.part_files import iter_part_lines, part_ids_path
 from batch_provider.core.wire_ids import _MAX_POSITION, SIDECAR_HEADER, sidecar_line, wire_id
 
 
 def default_part_name(index: int) -> str:
     return f"part-{index:05d}.jsonl"
-
-
-def part_ids_path(part_path: Any) -> Any:
-    """The sidecar of a part file listing its ids (``part-00000.jsonl`` → ``part-00000.ids``).
-
-    One line per request in part-file order: ``1`` or ``0`` (whether the request asked for
-    JSON-schema output) followed by its ids (format in :mod:`batch_provider.core.wire_ids`). Collect
-    reads it instead of decoding the whole part file again, and maps wire ids back to row ids.
-    """
-    name = part_path.name
-    return part_path.with_name(name.removesuffix(".jsonl") + ".ids")
 
 
 _MASK64 = (1 << 64) - 1
@@ -375,8 +365,9 @@ def fingerprint_lines(lines: Iterable[bytes]) -> str:
 
 
 def fingerprint_file(path: Any) -> str:
-    """sha256 of a part file's lines, recomputed from disk (equals the chunk's own fingerprint)."""
-    return fingerprint_lines(iter_path_lines(path))
+    """sha256 of a part file's lines, recomputed from storage, plain or packed (equals the chunk's
+    own fingerprint)."""
+    return fingerprint_lines(iter_part_lines(path))
 
 
 __all__ = [

@@ -1,9 +1,10 @@
 """Submit a run's requests as provider batches, idempotently.
 
 Order of durable writes, per chunk: part file → split claim and ledger chunk → chunk claim (the
-intent) → create call → the batch in the claim and the ledger. A rerun after a crash at any point
-therefore either finds the batch, or finds the intent and looks the batch up at the provider
-before creating one, on evidence only:
+intent) → create call → the batch in the claim and the ledger; once every chunk of the attempt
+has its batch, the part files are packed (:mod:`batch_provider.core.part_files`). A rerun after
+a crash at any point therefore either finds the batch, or finds the intent and looks the batch
+up at the provider before creating one, on evidence only:
 
 - providers that keep tags (OpenAI metadata, Bedrock job tags and clientRequestToken, Gemini
   display name): the chunk's tags identify its batch exactly;
@@ -50,6 +51,7 @@ from batch_provider.core.ledger import (
     chunk_tags,
 )
 from batch_provider.core.models import BatchRef, LLMRequest, Provider, RejectedRow
+from batch_provider.core.part_files import pack_parts
 from batch_provider.core.pricing import PriceTable, default_price_table
 from batch_provider.core.reconcile import read_part_ids
 from batch_provider.core.rejects import check_rejected_share, describe_reasons, reject_reasons
@@ -338,6 +340,8 @@ async def submit_pending(
             chunk.request_count,
             chunk.byte_size / 1e6,
         )
+    # Every chunk now has its batch in the saved ledger: no create call needs these parts plain.
+    pack_parts(run_dir.root / chunk.part for chunk in entry.chunks)
 
 
 def _chunk_of(run_dir: RunDirectory, chunk: LedgerChunk) -> Chunk:

@@ -41,10 +41,10 @@ from typing import Any, Protocol
 from batch_provider.core.contract import BatchBackend
 from batch_provider.core.errors import BatchProviderError, RateLimitedError
 from batch_provider.core.estimate import estimate_input_tokens
-from batch_provider.core.jsonl import iter_path_lines
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import ItemStatus, ResultRecord, Usage
 from batch_provider.core.output_type import OutputChecks
+from batch_provider.core.part_files import iter_part_lines
 from batch_provider.core.pricing import PriceTable, default_price_table
 from batch_provider.core.reconcile import _with_parsed as check_answer
 from batch_provider.core.rundir import RunDirectory, read_json
@@ -123,7 +123,7 @@ def rows_to_send(backend: BatchBackend, run_dir: RunDirectory, ledger: Ledger, a
     rows: list[SyncRow] = []
     for chunk in ledger.attempts[attempt].chunks:
         ids = part_ids(backend, run_dir, chunk.part)
-        for line in iter_path_lines(run_dir.root / chunk.part):
+        for line in iter_part_lines(run_dir.root / chunk.part):
             wire = backend.custom_id_of(line)
             row = ids.rows.get(wire, wire)
             if row in wanted:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batch_provider.core.jsonl import dumps_line, iter_lines, loads
+from batch_provider.core.part_files import open_part
 
 SIDECAR_HEADER = b"#bp-wire-ids 1"
 WIRE_ID_LENGTH = 27
@@ -86,10 +87,10 @@ def read_sidecar(lines: Iterable[bytes]) -> PartIds:
 
 
 def read_sidecar_file(path: Any) -> PartIds | None:
-    """The sidecar at ``path``, or None when there is none."""
+    """The sidecar at ``path`` (plain or packed, :mod:`batch_provider.core.part_files`), or None
+    when there is none."""
     try:
-        fh = path.open("rb")
+        with open_part(path) as fh:
+            return read_sidecar(iter_lines(fh))
     except FileNotFoundError:
         return None
-    with fh:
-        return read_sidecar(iter_lines(fh))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from dagutil import load_dags, read_jsonl, task_states, xcom
+from run_support import sent_requests
 
 from batch_provider.decorators.batch_llm import BatchLLMSubmitOperator, batch_llm_task, rows_from_return
 
@@ -66,9 +67,9 @@ def test_prompt_strings_are_sent_as_written_and_requests_as_given(run_root, llm_
     run = load_dags("test_dags/decorator_inputs.py").dag.test()
     assert str(run.state) == "success", task_states(run)
     sent = [
-        json.loads(line)
-        for part in sorted(run_root.glob("decorator_inputs/*/prompts/attempt-1/requests/part-*.jsonl"))
-        for line in part.read_text().splitlines()
+        request
+        for folder in sorted(run_root.glob("decorator_inputs/*/prompts/attempt-1/requests"))
+        for request in sent_requests(folder)
     ]
     assert len(sent) == 3 and all(line["custom_id"].startswith("bp") for line in sent)  # wire ids
     prompts = xcom(run, "prompts.retry")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from dagutil import load_dags, read_jsonl, task_states, xcom
+from run_support import sent_requests
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -150,7 +151,7 @@ def test_structured_ticket_triage_validates_answers_against_a_pydantic_model(run
     assert manifest["invalid_output"] > 0 and {d["status"] for d in dead} <= {"invalid_output"}
     first = read_jsonl(folder / "attempt-1" / "errors.jsonl")
     assert first and all(r["status"] == "invalid_output" for r in first)
-    assert len(read_jsonl(folder / "attempt-2" / "requests" / "part-00000.jsonl")) == len(first)
+    assert len(sent_requests(folder / "attempt-2" / "requests")) == len(first)
     assert all(module.Triage.model_validate(r["parsed"]) for r in results)
     report = xcom(run, "triage_report")
     assert report["triaged"] == len(results) and sum(report["by_category"].values()) == len(results)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from bedrock_support import CLAUDE, backend_for
+from run_support import sent_requests
 
 from batch_provider.core.collection import collect_run
 from batch_provider.core.ledger import RunKey
@@ -53,7 +54,7 @@ async def test_cache_system_prompt_on_bedrock(model: str, emu: Any, tmp_path: Pa
         )
         summary = await collect_run(backend, handle, run_dir)
     assert summary.succeeded == 10
-    body = read_lines(next(run_dir.requests_dir(1).glob("part-*.jsonl")))[0]["modelInput"]
+    body = sent_requests(run_dir.requests_dir(1))[0]["modelInput"]
     if model == CLAUDE:
         assert body["system"][-1]["cache_control"] == {"type": "ephemeral"}
     else:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from run_support import sent_requests
 
 from batch_provider.backends.registry import create_backend
 from batch_provider.core.collection import collect_run
@@ -64,8 +65,7 @@ async def run_rows(
 
 
 def sent_lines(run_dir: Any) -> list[dict[str, Any]]:
-    parts = sorted(run_dir.requests_dir(1).glob("part-*.jsonl"))
-    return [line for part in parts for line in read_lines(part)]
+    return sent_requests(run_dir.requests_dir(1))
 
 
 async def test_anthropic_cache_system_prompt_writes_once_then_reads(emulator: Any, tmp_path: Path) -> None:

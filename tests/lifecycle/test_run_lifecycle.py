@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from run_support import part_text
 
 from batch_provider.backends.registry import create_backend
 from batch_provider.core.cache import ResultCache
@@ -48,6 +49,12 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def packed_only(folder: Any) -> bool:
+    """Whether a requests folder holds part files and sidecars, all packed."""
+    names = [p.name for p in Path(str(folder)).iterdir()]
+    return bool(names) and all(name.endswith(".gz") for name in names)
 
 
 def batches_created(emulator: Any, provider: str) -> int:
@@ -192,6 +199,7 @@ async def test_retry_recovers_transient_failures_and_dead_letters_the_rest(
     emulator.set_faults({"batch_faults": "item_errors=0.3:500/529,expire=0.6"})
     async with backend_for(provider, emulator) as backend:
         handle = await submit_rows(backend, provider, data, run_dir, key)
+        assert packed_only(run_dir.requests_dir(1)), "every batch exists: its part is packed"
         await wait_all(backend, handle, emulator)
         first = await collect_run(backend, handle, run_dir)
         assert first.retryable > 0 and first.accounted
@@ -201,6 +209,7 @@ async def test_retry_recovers_transient_failures_and_dead_letters_the_rest(
         retry = await resubmit_retryable(backend, handle, run_dir, run_key=key, max_attempts=3)
         assert retry is not None and retry.attempt == 2
         assert retry.counts.submitted == first.retryable
+        assert packed_only(run_dir.requests_dir(2)), "made from attempt 1's packed parts, then packed"
         again = await resubmit_retryable(backend, handle, run_dir, run_key=key, max_attempts=3)
         assert again is not None and again.batch_ids == retry.batch_ids, "a rerun of the retry re-attaches"
         await wait_all(backend, retry, emulator)
@@ -381,7 +390,7 @@ async def test_folder_from_before_wire_ids_collects_and_retries(
         await submit_pending(backend, ledger, run_dir, attempt=1, tags={})
         shutil.rmtree(Path(str(run_dir.claims_dir)))  # the old layout had no claims
         part = Path(str(run_dir.root / first.chunks[0].part))
-        assert json.loads(part.read_text().splitlines()[0])["custom_id"] == "t-0000"  # a row id on the wire
+        assert json.loads(part_text(part).splitlines()[0])["custom_id"] == "t-0000"  # a row id on the wire
         handle = handle_for(Ledger.load(run_dir), run_dir, attempt=1, conn_id=None)
         await wait_all(backend, handle, emulator)
         summary = await collect_run(backend, handle, run_dir)
@@ -389,7 +398,7 @@ async def test_folder_from_before_wire_ids_collects_and_retries(
 
         retry = await resubmit_retryable(backend, handle, run_dir, run_key=key, max_attempts=3)
         assert retry is not None and retry.counts.submitted == 1
-        sent = Path(str(run_dir.root / Ledger.load(run_dir).attempts[2].chunks[0].part)).read_text()
+        sent = part_text(run_dir.root / Ledger.load(run_dir).attempts[2].chunks[0].part)
         assert "t-0002" not in sent and '"bp' in sent  # the retry travels under a wire id
         await wait_all(backend, retry, emulator)
         second = await collect_run(backend, retry, run_dir)

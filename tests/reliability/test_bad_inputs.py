@@ -15,6 +15,7 @@ from unittest import mock
 
 import pytest
 from rel_support import MODELS, base_url, read_lines
+from run_support import part_files, part_text
 
 from batch_provider.core.wire_ids import read_sidecar_file
 from batch_provider.emulator.process import running_emulator
@@ -52,9 +53,9 @@ def counters(emu: Any, provider: str) -> tuple[int, int]:
 def sent_ids(run_dir: Path) -> list[str]:
     """Row ids of the sent requests (the wire carries wire ids; each part's sidecar maps them)."""
     ids = []
-    for part in sorted((run_dir / "attempt-1" / "requests").glob("part-*.jsonl")):
+    for part in part_files(run_dir / "attempt-1" / "requests"):
         sidecar = read_sidecar_file(part.with_suffix(".ids"))
-        assert sidecar is not None and len(sidecar.rows) == len(part.read_text().splitlines())
+        assert sidecar is not None and len(sidecar.rows) == len(part_text(part).splitlines())
         ids += sidecar.row_ids()
     return ids
 

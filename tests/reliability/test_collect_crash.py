@@ -23,6 +23,7 @@ from rel_support import backend_for, base_url, batches_created, wait_until_ended
 from batch_provider.core.collection import collect_run
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger, RunKey
+from batch_provider.core.part_files import open_part
 from batch_provider.core.records import iter_list
 from batch_provider.core.render import RequestBuilder
 from batch_provider.core.retry import resubmit_retryable, write_dead_letter
@@ -104,15 +105,23 @@ def directory(run_path: str) -> RunDirectory:
     return RunDirectory(Path(run_path))
 
 
+def read_if_present(path: Any) -> bytes | None:
+    """A run file's bytes; a part file's whether plain or packed (submit packs them once sent)."""
+    try:
+        with open_part(path) as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
 def snapshot(run_dir: RunDirectory, names: list[str]) -> dict[str, Any]:
     """Each file's content, comparable across writes (a manifest without its write time)."""
     found: dict[str, Any] = {}
     for name in names:
-        path = run_dir.root / name
-        if not path.exists():
+        data = read_if_present(run_dir.root / name)
+        if data is None:
             found[name] = None
             continue
-        data = path.read_bytes()
         if name == "manifest.json":
             manifest = json.loads(data)
             manifest.pop("written_at")
@@ -138,10 +147,10 @@ def run_child(emulator: Any, run_path: str, handle: RunHandle, phase: str, kill:
 
 
 def lines(run_dir: RunDirectory, name: str) -> list[dict[str, Any]]:
-    path = run_dir.root / name
-    if not path.exists():
+    data = read_if_present(run_dir.root / name)
+    if data is None:
         return []
-    return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
 
 
 def assert_every_row_once(run_dir: RunDirectory, *, final: bool) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from rel_support import assert_every_row_once, backend_for, wait_until_ended
+from run_support import sent_requests
 
 from batch_provider.core.collection import collect_run
 from batch_provider.core.ledger import Ledger, RunKey
@@ -60,11 +61,7 @@ async def test_rows_choose_their_model_and_costs_are_per_model(
         assert sorted(ref.model for ref in handle.batches) == sorted([small, large]), "one model per batch"
     else:
         assert len(handle.batches) == 1, "Anthropic batches mix models"
-    lines = [
-        json.loads(line)
-        for part in sorted(run_dir.requests_dir(1).glob("part-*.jsonl"))
-        for line in part.read_text().splitlines()
-    ]
+    lines = sent_requests(run_dir.requests_dir(1))
     bodies = [line.get("body") or line.get("params") for line in lines]
     assert sorted(b["model"] for b in bodies) == sorted(d["model"] for d in data)
     limits = {b.get("max_completion_tokens") or b.get("max_tokens") for b in bodies}

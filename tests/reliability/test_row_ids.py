@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from rel_support import assert_every_row_once, backend_for, bedrock_options, read_lines, wait_until_ended
+from run_support import part_text
 
 from batch_provider.backends.registry import create_backend
 from batch_provider.core.collection import collect_run
@@ -68,5 +69,5 @@ async def test_row_ids_of_any_kind_come_back_unchanged(
     assert sorted(r["custom_id"] for r in read_lines(run_dir.results)) == sorted(ODD_IDS)
     assert [r["custom_id"] for r in read_lines(run_dir.dead_letter)] == [REFUSED]
     assert [r["custom_id"] for r in read_lines(run_dir.rejects)] == [ODD_IDS[1]]
-    sent = (run_dir.requests_dir(1) / "part-00000.jsonl").read_text()
+    sent = part_text(run_dir.requests_dir(1) / "part-00000.jsonl")
     assert "os.path.join" not in sent and "odd row 0" in sent  # the wire carries our ids only

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel
 from rel_support import assert_every_row_once, backend_for, bedrock_options, read_lines, wait_until_ended
+from run_support import sent_requests
 
 from batch_provider.backends.registry import create_backend
 from batch_provider.core.collection import collect_run
@@ -95,5 +96,5 @@ async def test_pydantic_output_validated_invalid_answers_resent_once(
     tickets = load_results(run_dir.root, Ticket)
     assert len(tickets) == 20 - len(again) and all(isinstance(t, Ticket) for t in tickets)
     assert load_results(str(run_dir.results)) == tickets, "the run's own type is used without one"
-    sent = json.loads((run_dir.requests_dir(1) / "part-00000.jsonl").read_text().splitlines()[0])
+    sent = sent_requests(run_dir.requests_dir(1))[0]
     assert "category" in json.dumps(sent)
