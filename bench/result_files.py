@@ -9,8 +9,9 @@ started for the bench, with the result cache off (its storage is measured by ``b
    compact) and its float32 size (4 bytes × dimensions), with the ratios.
 2. **Chat** (``--chat``, default 50,000 requests): bytes and file count of the run folder, with
    the default options and with ``keep_raw=True``. The layout before one copy per result also kept
-   ``attempt-1/results.jsonl`` beside ``results.jsonl`` (both with the raw body): that figure is
-   the ``keep_raw`` folder plus a second copy of its results file, computed from the same run.
+   ``attempt-1/results.jsonl`` beside ``results.jsonl`` (both with the raw body) and the request
+   parts plain: that figure is the ``keep_raw`` folder plus a second copy of its results file and
+   its parts' unpacked size, computed from the same run.
 
     .venv/bin/python bench/result_files.py                       # ~5 minutes on 2 cores
     .venv/bin/python bench/result_files.py --embeddings 2000 --chat 5000
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import shutil
 import sys
@@ -48,6 +50,16 @@ def folder_figures(root: Path) -> tuple[int, int]:
     """(bytes, files) under ``root``."""
     files = [p for p in root.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files), len(files)
+
+
+def unpacked_growth(root: Path) -> int:
+    """Bytes the packed part files and sidecars under ``root`` would add if kept plain."""
+    extra = 0
+    for path in root.rglob("*.gz"):
+        with gzip.open(path, "rb") as fh:
+            plain = sum(len(block) for block in iter(lambda fh=fh: fh.read(1 << 20), b""))
+        extra += plain - path.stat().st_size
+    return extra
 
 
 async def one_run(
@@ -133,15 +145,18 @@ async def chat(emu: Any, root: Path, count: int) -> None:
     raw, _ = await one_run(emu, root, "chat-keep-raw", rows, builder, keep_raw=True)
     lean_bytes, lean_files = folder_figures(Path(lean.root))
     raw_bytes, raw_files = folder_figures(Path(raw.root))
-    old_bytes = raw_bytes + raw.results.stat().st_size  # plus attempt-1/results.jsonl, as before
+    # As before: attempt-1/results.jsonl beside the top-level copy, and the request parts plain.
+    old_bytes = raw_bytes + raw.results.stat().st_size + unpacked_growth(Path(raw.root))
+    plain_parts = lean_bytes + unpacked_growth(Path(lean.root))
     print("  | layout | bytes | files | results file |")
     print("  |---|---|---|---|")
     print(
-        f"  | before: raw body, results twice (keep_raw + a second results copy) | {old_bytes / MB:,.1f} MB "
+        f"  | before: raw body, results twice, parts plain | {old_bytes / MB:,.1f} MB "
         f"| {raw_files + 1} | {raw.results.stat().st_size / MB:,.1f} MB ×2 |"
     )
     raw_results, lean_results = raw.results.stat().st_size / MB, lean.results.stat().st_size / MB
     print(f"  | keep_raw=True | {raw_bytes / MB:,.1f} MB | {raw_files} | {raw_results:,.1f} MB |")
+    print(f"  | default, parts plain | {plain_parts / MB:,.1f} MB | {lean_files} | {lean_results:,.1f} MB |")
     print(f"  | default | {lean_bytes / MB:,.1f} MB | {lean_files} | {lean_results:,.1f} MB |")
     print(f"  default ÷ before: {lean_bytes / old_bytes:.3f} of the bytes")
 

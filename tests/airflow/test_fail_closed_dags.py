@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from dagutil import load_dags, task_states, xcom
+from run_support import part_files, part_text
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -44,7 +45,7 @@ def test_literal_records_reach_the_provider_unrendered(secret_conn):
     run = load_dags("test_dags/fail_closed.py").literal.test()
     assert str(run.state) == "success", task_states(run)
     folder = Path(xcom(run, "enrich.retry")["run_path"].removeprefix("file://"))
-    sent = "".join(p.read_text() for p in (folder / "attempt-1" / "requests").glob("part-*.jsonl"))
+    sent = "".join(part_text(p) for p in part_files(folder / "attempt-1" / "requests"))
     # Lines keep the rows' order (t2, t3); their custom_ids are wire ids.
     prompts = [json.loads(line)["params"]["messages"][0]["content"] for line in sent.splitlines()]
     assert prompts == [

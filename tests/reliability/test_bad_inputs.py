@@ -62,8 +62,8 @@ def sent_ids(run_dir: Path) -> list[str]:
 
 def models_per_part(run_dir: Path) -> list[set[str]]:
     return [
-        {json.loads(line)["body"]["model"] for line in part.read_text().splitlines() if line.strip()}
-        for part in sorted((run_dir / "attempt-1" / "requests").glob("part-*.jsonl"))
+        {json.loads(line)["body"]["model"] for line in part_text(part).splitlines() if line.strip()}
+        for part in part_files(run_dir / "attempt-1" / "requests")
     ]
 
 
@@ -163,7 +163,8 @@ def test_bad_input(case: dict[str, Any], conns: Any, tmp_path: Path) -> None:
     assert len(handle["batches"]) == expect["batches"]
     assert counters(emu, provider)[0] - before[0] == expect["batches"]
     if expect.get("one_model_per_batch"):
-        assert all(len(models) == 1 for models in models_per_part(run_dir)), models_per_part(run_dir)
+        models = models_per_part(run_dir)
+        assert len(models) == expect["batches"] and all(len(m) == 1 for m in models), models
     # each bad row rejected once, with the field and reason ...
     assert len(rejects) == len(expect["rejects"]), rejects
     assert handle["counts"]["rejected"] == len(expect["rejects"])

@@ -11,6 +11,7 @@ from unittest import mock
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from run_support import part_files, part_text
 
 from batch_provider.emulator.process import running_emulator
 
@@ -73,7 +74,7 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 def sent(handle: dict[str, Any]) -> str:
     folder = Path(handle["run_path"].removeprefix("file://"))
-    return "".join(p.read_text() for p in sorted((folder / "attempt-1" / "requests").glob("part-*.jsonl")))
+    return "".join(part_text(p) for p in part_files(folder / "attempt-1" / "requests"))
 
 
 # ----------------------------------------------------------------------------- task-wide mistakes
