@@ -13,7 +13,7 @@ from typing import Any
 
 from batch_provider.backends.sync_callers import sync_caller
 from batch_provider.core.ledger import Ledger
-from batch_provider.core.part_files import PACKED_SUFFIX, open_part
+from batch_provider.core.part_files import PACKED_SUFFIX, iter_part_lines
 from batch_provider.core.retry import write_dead_letter
 from batch_provider.core.sync_fallback import rows_to_send, run_sync_fallback
 from batch_provider.core.watch import watch_batches
@@ -36,8 +36,7 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
 
 def part_text(path: Any) -> str:
     """The text of a part file or ids sidecar as sent, whether it is still plain or packed."""
-    with open_part(path) as fh:
-        return fh.read().decode()
+    return "".join(line.decode() + "\n" for line in iter_part_lines(path))
 
 
 def part_files(folder: Path) -> list[Path]:

@@ -10,7 +10,7 @@ Invariants:
 - A part and its sidecar can be read whole at every moment: the ``.gz`` is written completely
   (atomically, :func:`batch_provider.core.rundir.atomic_write`) before the plain file is removed,
   and readers take the plain file whenever it is there (both hold the same bytes).
-- The ledger and ``batches.json`` keep the plain name; :func:`open_part` resolves it.
+- The ledger and ``batches.json`` keep the plain name; :func:`iter_part_lines` resolves it.
 - Only parts whose batch the saved ledger records are packed, so a create call, which only a chunk
   without a batch makes, always finds its part plain.
 """
@@ -21,7 +21,7 @@ import contextlib
 import gzip
 import shutil
 from collections.abc import Iterable, Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
 from batch_provider.core.jsonl import iter_lines
 from batch_provider.core.rundir import atomic_write, local_path
@@ -49,48 +49,70 @@ def packed_path(path: Any) -> Any:
     return path.with_name(path.name + PACKED_SUFFIX)
 
 
-@contextlib.contextmanager
-def open_part(path: Any) -> Iterator[BinaryIO]:
-    """``path`` opened for binary reading, plain or packed; FileNotFoundError names ``path`` when
-    neither exists."""
+def iter_part_lines(path: Any) -> Iterator[bytes]:
+    """Non-blank lines of the part (or sidecar) at ``path``, plain or packed, line ends stripped;
+    FileNotFoundError names ``path`` when neither exists.
+
+    The packed copy is read when there is one (it is never removed). A plain file removed while
+    it is read (on object storage a read is a series of ranged GETs; another process of this run
+    finished packing it meanwhile) is continued from the packed copy, whose lines are the same.
+    """
     try:
-        fh = path.open("rb")
+        yield from _packed_lines(path, skip=0)
+        return
+    except _NotPacked:
+        pass
+    done = 0
+    try:
+        with path.open("rb") as fh:
+            for line in iter_lines(fh):
+                yield line
+                done += 1
+        return
     except FileNotFoundError:
         pass
-    else:
-        with fh:
-            yield fh
-        return
+    try:
+        yield from _packed_lines(path, skip=done)
+    except _NotPacked:
+        raise FileNotFoundError(f"no part file at {path} (nor {packed_path(path).name})") from None
+
+
+class _NotPacked(Exception):
+    pass
+
+
+def _packed_lines(path: Any, *, skip: int) -> Iterator[bytes]:
     try:
         raw = packed_path(path).open("rb")
     except FileNotFoundError:
-        raise FileNotFoundError(f"no part file at {path} (nor {packed_path(path).name})") from None
+        raise _NotPacked from None
     with raw, gzip.GzipFile(fileobj=raw, mode="rb") as fh:
-        yield fh  # type: ignore[misc]
-
-
-def iter_part_lines(path: Any) -> Iterator[bytes]:
-    """Non-blank lines of the part (or sidecar) at ``path``, plain or packed, line ends stripped."""
-    with open_part(path) as fh:
-        yield from iter_lines(fh)
+        for number, line in enumerate(iter_lines(fh)):
+            if number >= skip:
+                yield line
 
 
 def pack(path: Any) -> bool:
     """Store ``path`` as ``<name>.gz`` and remove it; False when ``path`` is not there (already
     packed, or never written). A crash between the two steps leaves both, which readers and the
-    next call handle."""
+    next call handle; two packers of one file write the same bytes."""
     try:
         source = path.open("rb")
     except FileNotFoundError:
         return False
-    with (
-        source,
-        atomic_write(packed_path(path)) as out,
-        gzip.GzipFile(filename="", fileobj=out, mode="wb", compresslevel=_LEVEL, mtime=0) as gz,
-    ):
-        shutil.copyfileobj(source, gz, _COPY_BLOCK)
+    try:
+        with (
+            source,
+            atomic_write(packed_path(path)) as out,
+            gzip.GzipFile(filename="", fileobj=out, mode="wb", compresslevel=_LEVEL, mtime=0) as gz,
+        ):
+            shutil.copyfileobj(source, gz, _COPY_BLOCK)
+    except FileNotFoundError:
+        # Removed under this read by another packer, which wrote the packed copy first; this
+        # one's copy was discarded unpublished.
+        return False
     local = local_path(path)
-    with contextlib.suppress(FileNotFoundError):  # another packer of this run removed it first
+    with contextlib.suppress(FileNotFoundError):  # another packer removed it first
         if local is not None:
             local.unlink()
         else:
@@ -110,7 +132,6 @@ def pack_parts(parts: Iterable[Any]) -> int:
 __all__ = [
     "PACKED_SUFFIX",
     "iter_part_lines",
-    "open_part",
     "pack",
     "pack_parts",
     "packed_path",

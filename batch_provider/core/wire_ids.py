@@ -25,8 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from batch_provider.core.jsonl import dumps_line, iter_lines, loads
-from batch_provider.core.part_files import open_part
+from batch_provider.core.jsonl import dumps_line, loads
+from batch_provider.core.part_files import iter_part_lines
 
 SIDECAR_HEADER = b"#bp-wire-ids 1"
 WIRE_ID_LENGTH = 27
@@ -90,7 +90,6 @@ def read_sidecar_file(path: Any) -> PartIds | None:
     """The sidecar at ``path`` (plain or packed, :mod:`batch_provider.core.part_files`), or None
     when there is none."""
     try:
-        with open_part(path) as fh:
-            return read_sidecar(iter_lines(fh))
+        return read_sidecar(iter_part_lines(path))
     except FileNotFoundError:
         return None

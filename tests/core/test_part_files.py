@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from batch_provider.core.part_files import iter_part_lines, open_part, pack, pack_parts, packed_path
+from batch_provider.core.part_files import iter_part_lines, pack, pack_parts, packed_path
 from batch_provider.core.split import part_ids_path
 from batch_provider.core.wire_ids import SIDECAR_HEADER, read_sidecar_file, sidecar_line
 
@@ -89,7 +90,71 @@ def test_a_crash_between_the_packed_copy_and_the_removal_leaves_both_readable(tm
 
 
 def test_a_missing_part_names_itself(tmp_path: Path) -> None:
-    missing = tmp_path / "part-00009.jsonl"
-    with pytest.raises(FileNotFoundError, match=r"part-00009\.jsonl"), open_part(missing):
-        pass
+    with pytest.raises(FileNotFoundError, match=r"part-00009\.jsonl"):
+        list(iter_part_lines(tmp_path / "part-00009.jsonl"))
     assert read_sidecar_file(tmp_path / "part-00009.ids") is None
+
+
+def test_a_part_removed_while_read_continues_from_its_packed_copy(folder: Any) -> None:
+    """What a reader sees when another process of the run packs the part under it."""
+    part = write_part(folder)
+    lines = iter_part_lines(part)
+    first = [next(lines) for _ in range(3)]
+    pack(part)  # the packed copy is written, then the plain file removed
+    rest = list(lines)
+    assert [line.decode() for line in first + rest] == LINES
+
+
+class VanishingPart:
+    """A plain part that another packer packs and removes after this reader's first read, the way
+    s3fs then reports it (FileNotFoundError on the next ranged GET); a local file read through an
+    open descriptor would not notice."""
+
+    def __init__(self, real: Path) -> None:
+        self.real = real
+        self.name = real.name
+
+    def with_name(self, name: str) -> Path:
+        return self.real.with_name(name)
+
+    def open(self, mode: str = "rb") -> io.BytesIO:
+        return _VanishingReader(self.real.read_bytes(), lambda: pack(self.real))
+
+    def unlink(self) -> None:
+        raise FileNotFoundError(str(self.real))
+
+
+class _VanishingReader(io.BytesIO):
+    def __init__(self, data: bytes, other_packer: Any) -> None:
+        super().__init__(data)
+        self.reads = 0
+        self.other_packer = other_packer
+
+    def _tick(self) -> None:
+        self.reads += 1
+        if self.reads == 2:
+            self.other_packer()
+        if self.reads >= 2:
+            raise FileNotFoundError("The specified key does not exist.")
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._tick()
+        return super().read(size)
+
+    def __next__(self) -> bytes:
+        self._tick()
+        return super().__next__()
+
+
+def test_a_packer_whose_part_another_packer_removes_leaves_that_ones_copy(tmp_path: Path) -> None:
+    part = write_part(tmp_path)
+    assert pack(VanishingPart(part)) is False
+    assert not part.exists()
+    assert [line.decode() for line in iter_part_lines(part)] == LINES
+    assert not list(tmp_path.glob(".*.tmp")), "the losing packer's copy was discarded"
+
+
+def test_a_reader_whose_part_is_packed_under_it_reads_every_line_once(tmp_path: Path) -> None:
+    part = write_part(tmp_path)
+    lines = [line.decode() for line in iter_part_lines(VanishingPart(part))]
+    assert lines == LINES

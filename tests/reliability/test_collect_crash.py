@@ -23,11 +23,11 @@ from rel_support import backend_for, base_url, batches_created, wait_until_ended
 from batch_provider.core.collection import collect_run
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.ledger import Ledger, RunKey
-from batch_provider.core.part_files import open_part
+from batch_provider.core.part_files import iter_part_lines
 from batch_provider.core.records import iter_list
 from batch_provider.core.render import RequestBuilder
 from batch_provider.core.retry import resubmit_retryable, write_dead_letter
-from batch_provider.core.rundir import RunDirectory
+from batch_provider.core.rundir import RunDirectory, read_bytes_if_present
 from batch_provider.core.submission import submit_run
 
 CHILD = Path(__file__).with_name("crash_collect.py")
@@ -106,10 +106,12 @@ def directory(run_path: str) -> RunDirectory:
 
 
 def read_if_present(path: Any) -> bytes | None:
-    """A run file's bytes; a part file's whether plain or packed (submit packs them once sent)."""
+    """A run file's bytes, None when absent; a part file's lines whether plain or packed (submit
+    packs them once sent)."""
+    if "/requests/" not in str(path):
+        return read_bytes_if_present(path)
     try:
-        with open_part(path) as fh:
-            return fh.read()
+        return b"".join(line + b"\n" for line in iter_part_lines(path))
     except FileNotFoundError:
         return None
 
