@@ -9,7 +9,8 @@ lines repeat the model, the system prompt and the JSON keys, so they shrink 20â€
 Invariants:
 - A part and its sidecar can be read whole at every moment: the ``.gz`` is written completely
   (atomically, :func:`batch_provider.core.rundir.atomic_write`) before the plain file is removed,
-  and readers take the plain file whenever it is there (both hold the same bytes).
+  and is never removed itself; readers take it when it is there, else the plain file, and finish
+  from it a plain file removed under them (both hold the same lines).
 - The ledger and ``batches.json`` keep the plain name; :func:`iter_part_lines` resolves it.
 - Only parts whose batch the saved ledger records are packed, so a create call, which only a chunk
   without a batch makes, always finds its part plain.
