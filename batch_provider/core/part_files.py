@@ -29,7 +29,7 @@ from batch_provider.core.rundir import atomic_write, local_path
 
 PACKED_SUFFIX = ".gz"
 
-# Level 1: within a few per cent of level 6 on request lines, at a third of the CPU time.
+# Level 1: within 1 % of level 6's size on request lines, at half its CPU time.
 _LEVEL = 1
 _COPY_BLOCK = 1 << 20
 
