@@ -8,8 +8,9 @@ every result line, so a request's bytes, and hence its fingerprint, depend on th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +62,22 @@ def check_custom_id(request: LLMRequest, limits: ProviderLimits) -> None:
     reason = limits.check_custom_id(request.custom_id)
     if reason is not None:
         raise RequestRejected(request.custom_id, "custom_id", reason)
+
+
+@contextlib.contextmanager
+def rejected_as(custom_id: str, limits: ProviderLimits) -> Iterator[None]:
+    """Check ``custom_id`` against the provider's id rule, then run the block: a
+    ``RequestRejected`` raised in it for another id (the request's own, when it is encoded under a
+    wire id) is raised again naming ``custom_id``, with the same field and reason."""
+    reason = limits.check_custom_id(custom_id)
+    if reason is not None:
+        raise RequestRejected(custom_id, "custom_id", reason)
+    try:
+        yield
+    except RequestRejected as exc:
+        if exc.custom_id == custom_id:
+            raise
+        raise RequestRejected(custom_id, exc.field, exc.reason) from None
 
 
 def check_size(custom_id: str, line: bytes, limits: ProviderLimits) -> None:

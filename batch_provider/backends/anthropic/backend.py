@@ -41,6 +41,7 @@ from batch_provider.backends.wire import (
     fill_missing,
     joined_lines,
     parse_timestamp,
+    rejected_as,
     stream_records,
     succeeded,
     usage,
@@ -146,18 +147,11 @@ class AnthropicBackend(HttpBatchBackend):
     def encode_as(self, request: LLMRequest, custom_id: str) -> EncodedRequest:
         """The line of ``request`` under ``custom_id``; the id is only checked and written, so no
         copy of the request is made (see :meth:`BatchBackend.encode_as`)."""
-        reason = self.limits.check_custom_id(custom_id)
-        if reason is not None:
-            raise RequestRejected(custom_id, "custom_id", reason)
-        try:
+        with rejected_as(custom_id, self.limits):
             check_max_tokens(request)
             if request.kind is RequestKind.EMBEDDING:
                 raise RequestRejected(custom_id, "kind", "Anthropic has no embeddings endpoint")
             params = self._native_params(request) if request.native is not None else self._params(request)
-        except RequestRejected as exc:
-            if exc.custom_id == custom_id:
-                raise
-            raise RequestRejected(custom_id, exc.field, exc.reason) from None
         params.update(request.extra)
         if not params.get("model"):
             raise RequestRejected(custom_id, "model", "no model given")

@@ -41,10 +41,11 @@ from batch_provider.backends.wire import (
     encode_line,
     parse_timestamp,
     read_blocks,
+    rejected_as,
     stream_records,
 )
 from batch_provider.core.contract import Chunk, EncodedRequest
-from batch_provider.core.errors import ConflictError, InvalidRequestError, NotFoundError, RequestRejected
+from batch_provider.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from batch_provider.core.limits import ProviderLimits
 from batch_provider.core.models import BatchRef, BatchState, LLMRequest, Provider, ResultRecord
 
@@ -112,16 +113,9 @@ class OpenAIBackend(HttpBatchBackend):
     def encode_as(self, request: LLMRequest, custom_id: str) -> EncodedRequest:
         """The line of ``request`` under ``custom_id``; the id is only checked and written, so no
         copy of the request is made (see :meth:`BatchBackend.encode_as`)."""
-        reason = self.limits.check_custom_id(custom_id)
-        if reason is not None:
-            raise RequestRejected(custom_id, "custom_id", reason)
-        try:
+        with rejected_as(custom_id, self.limits):
             check_max_tokens(request)
             endpoint, body = ow.request_body(request)
-        except RequestRejected as exc:
-            if exc.custom_id == custom_id:
-                raise
-            raise RequestRejected(custom_id, exc.field, exc.reason) from None
         model = body["model"]
         line = encode_line({"custom_id": custom_id, "method": "POST", "url": endpoint, "body": body})
         check_size(custom_id, line, self.limits)
