@@ -10,7 +10,8 @@ up at the provider before creating one, on evidence only:
   display name): the chunk's tags identify its batch exactly;
 - providers that do not (Anthropic): a batch of the chunk's size created after the intent, not
   claimed by another chunk, whose results answer exactly the chunk's wire ids once it has ended;
-  one still running is attached unverified and checked at collect (see :func:`_find_created`).
+  one still running is attached unverified and checked at collect
+  (:func:`batch_provider.core.reattach.find_created`).
 
 Concurrent submits of one run (a zombie beside its retry) meet at the claims
 (:mod:`batch_provider.core.claims`): one split, and one creator per chunk; the others wait for
@@ -35,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from datetime import timedelta
 
 from batch_provider.core.cache import CACHE_BLOCK, ResultCache
 from batch_provider.core.claims import HeldClaim, claim_chunk, claim_run, publish_split
@@ -53,6 +53,7 @@ from batch_provider.core.ledger import (
 from batch_provider.core.models import BatchRef, LLMRequest, Provider, RejectedRow
 from batch_provider.core.part_files import pack_parts
 from batch_provider.core.pricing import PriceTable, default_price_table
+from batch_provider.core.reattach import find_created
 from batch_provider.core.reconcile import read_part_ids
 from batch_provider.core.rejects import check_rejected_share, describe_reasons, reject_reasons
 from batch_provider.core.rundir import RunDirectory
@@ -61,9 +62,6 @@ from batch_provider.core.wire_ids import PartIds
 log = logging.getLogger(__name__)
 
 OnCreated = Callable[[BatchRef], None]
-
-# Clocks of this host and the provider may disagree; look a little before the recorded intent.
-_CLOCK_SKEW = timedelta(minutes=5)
 
 __all__ = [
     "CACHE_BLOCK",
@@ -305,7 +303,7 @@ async def submit_pending(
             looked_up = held.claim.generation > 0 or chunk.intent_at is not None
             chunk.intent_at = held.claim.intent_at
             if looked_up:
-                found = await _find_created(backend, ledger, run_dir, chunk, chunk_id_tags)
+                found = await find_created(backend, ledger, run_dir, chunk, chunk_id_tags)
                 if found is not None:
                     chunk.batch, chunk.matched_by = found
                     held.record(chunk.batch, chunk.matched_by)
@@ -364,40 +362,3 @@ def part_ids(backend: BatchBackend, run_dir: RunDirectory, part: str) -> PartIds
 def part_custom_ids(backend: BatchBackend, run_dir: RunDirectory, part: str) -> list[str]:
     """Row ids (the rows' own custom_ids) of a part file, in file order."""
     return part_ids(backend, run_dir, part).row_ids()
-
-
-async def _find_created(
-    backend: BatchBackend,
-    ledger: Ledger,
-    run_dir: RunDirectory,
-    chunk: LedgerChunk,
-    chunk_id_tags: Mapping[str, str],
-) -> tuple[BatchRef, str] | None:
-    """The batch a creator that died may have made for ``chunk``, on evidence only: the chunk's
-    tags where the provider keeps them; elsewhere (Anthropic) a batch of the chunk's size created
-    after its intent, whose results, once it has ended, answer exactly the chunk's wire ids. A
-    candidate still running cannot be checked yet: it is attached as ``unverified`` and collect
-    takes only the answers to this chunk's wire ids (another run's batch answers none of them, so
-    its rows go to the retry; they are never given another run's answers)."""
-    assert chunk.intent_at is not None
-    claimed = ledger.claimed_batch_ids()
-    found = await backend.find(tags=chunk_id_tags, created_after=chunk.intent_at - _CLOCK_SKEW)
-    candidates = [ref for ref in found if ref.batch_id not in claimed]
-    if backend.keeps_tags:
-        return (candidates[0].model_copy(update={"chunk_index": chunk.index}), "tags") if candidates else None
-    same_size = [ref for ref in candidates if ref.request_count == chunk.request_count]
-    same_size.sort(key=lambda ref: ref.created_at)
-    if not same_size:
-        return None
-    expected = set(part_ids(backend, run_dir, chunk.part).wants)
-    running: list[BatchRef] = []
-    for ref in same_size:
-        state = await backend.status(ref.batch_id)
-        if not state.is_terminal:
-            running.append(ref)
-        elif await backend.result_ids(ref) == expected:
-            return ref.model_copy(update={"chunk_index": chunk.index}), "wire_ids"
-    if not running or ledger.wire_token is None:
-        # Without wire ids of its own (a folder from before them), a running batch proves nothing.
-        return None
-    return running[0].model_copy(update={"chunk_index": chunk.index}), "unverified"
