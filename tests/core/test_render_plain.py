@@ -14,7 +14,8 @@ from markupsafe import Markup
 
 from batch_provider.core import render
 from batch_provider.core.models import LLMRequest, RejectedRow
-from batch_provider.core.render import PlainTemplate, RequestBuilder, TemplateVariableError
+from batch_provider.core.plain_template import PlainTemplate
+from batch_provider.core.render import RequestBuilder, TemplateVariableError
 
 
 class Shown:
