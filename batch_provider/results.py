@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from batch_provider.core.output_type import OutputValidator, load_output_spec
-from batch_provider.core.result_files import iter_parquet_rows
+from batch_provider.core.parquet_rows import iter_parquet_rows
 
 
 def _path(value: Any) -> Any:

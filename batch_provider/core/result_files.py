@@ -14,14 +14,12 @@ Invariants:
   another length is an error naming the row, never a silently wrong column.
 - Files are written whole or not at all (:func:`~batch_provider.core.rundir.atomic_write`).
 
-One module for both formats (just over 400 lines): their writers follow the same keep-previous
-protocol and their readers the same record shape, and they change together.
+The Parquet file's columns and its rows as records are in :mod:`batch_provider.core.parquet_rows`.
 """
 
 from __future__ import annotations
 
 import array
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -29,14 +27,23 @@ from typing import Any, Literal
 import msgspec
 
 from batch_provider.core.models import ResultRecord
+from batch_provider.core.parquet_rows import (
+    DICTIONARY_COLUMNS,
+    USAGE_FIELDS,
+    column_names,
+    conform,
+    iter_parquet_rows,
+    json_text,
+    load_pyarrow,
+    record_of_row,
+    results_schema,
+)
 from batch_provider.core.rundir import RunDirectory, atomic_write
 
 ResultsFormat = Literal["jsonl", "parquet"]
 RESULTS_FORMATS: tuple[str, ...] = ("jsonl", "parquet")
 _ROW_GROUP_ROWS = 8192
 _ROW_GROUP_BYTES = 32 << 20
-_USAGE = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
-_DICTIONARY_COLUMNS = ["status", "finish_reason", "model", "batch_id", "provider", "error_type", "error_code"]
 
 
 def check_results_format(fmt: str) -> ResultsFormat:
@@ -45,20 +52,8 @@ def check_results_format(fmt: str) -> ResultsFormat:
     if fmt not in RESULTS_FORMATS:
         raise ValueError(f"unknown results_format {fmt!r}; use one of {', '.join(RESULTS_FORMATS)}")
     if fmt == "parquet":
-        _pyarrow()
+        load_pyarrow()
     return fmt  # type: ignore[return-value]
-
-
-def _pyarrow() -> Any:
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        raise ImportError(
-            "results_format='parquet' needs pyarrow: pip install 'airflow-provider-llm-batch[parquet]' "
-            "(or use results_format='jsonl')"
-        ) from None
-    return pyarrow
 
 
 def results_path(run_dir: RunDirectory, fmt: str) -> Any:
@@ -136,13 +131,13 @@ class ParquetResults:
     fmt = "parquet"
 
     def __init__(self, fh: Any, keep_raw: bool):
-        self._pa = _pyarrow()
+        self._pa = load_pyarrow()
         self._fh = fh
         self._keep_raw = keep_raw
         self._writer: Any = None
         self._schema: Any = None
         self._dim: int | None = None
-        self._columns: dict[str, list[Any]] = {name: [] for name in _column_names(keep_raw)}
+        self._columns: dict[str, list[Any]] = {name: [] for name in column_names(keep_raw)}
         self._vectors: list[bytes] = []
         self._buffered = 0
         self._pending = 0
@@ -153,7 +148,7 @@ class ParquetResults:
         cols["custom_id"].append(record.custom_id)
         cols["status"].append(record.status.value)
         cols["output_text"].append(record.output_text)
-        cols["parsed"].append(_json_text(record.parsed))
+        cols["parsed"].append(json_text(record.parsed))
         vector = record.embedding
         if vector is not None:
             if self._dim is None and self._schema is None:
@@ -170,7 +165,7 @@ class ParquetResults:
         else:
             self._vectors.append(b"")
         cols["finish_reason"].append(record.finish_reason)
-        for name in _USAGE:
+        for name in USAGE_FIELDS:
             cols[name].append(getattr(record.usage, name))
         cols["model"].append(record.model)
         cols["batch_id"].append(record.batch_id)
@@ -183,7 +178,7 @@ class ParquetResults:
         cols["error_message"].append(error.message if error else None)
         cols["error_code"].append(error.code if error else None)
         if self._keep_raw:
-            cols["raw"].append(_json_text(record.raw))
+            cols["raw"].append(json_text(record.raw))
         self._buffered += len(record.output_text or "") + 64
         self._pending += 1
         self.rows += 1
@@ -213,7 +208,7 @@ class ParquetResults:
                 keep = pc.or_(batch.column("cached"), pc.not_equal(batch.column("attempt"), attempt))
                 kept = pa.Table.from_batches([batch]).filter(keep)
                 if kept.num_rows:
-                    self._writer.write_table(_conform(pa, kept, self._schema))
+                    self._writer.write_table(conform(pa, kept, self._schema))
                     self.rows += kept.num_rows
 
     def _adopt(self, schema: Any) -> None:
@@ -230,7 +225,7 @@ class ParquetResults:
             self._fh,
             self._schema,
             compression="zstd",
-            use_dictionary=_DICTIONARY_COLUMNS,
+            use_dictionary=DICTIONARY_COLUMNS,
             # float32 bytes split by position compress (the exponents) where plain ones do not
             use_byte_stream_split=["embedding.list.element"],
         )
@@ -278,53 +273,6 @@ class ParquetResults:
         self._writer.close()
 
 
-def _json_text(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False)
-
-
-def _column_names(keep_raw: bool) -> list[str]:
-    names = ["custom_id", "status", "output_text", "parsed", "finish_reason", *_USAGE]
-    names += ["model", "batch_id", "provider", "attempt", "row", "cached"]
-    names += ["error_type", "error_message", "error_code"]
-    return names + (["raw"] if keep_raw else [])
-
-
-def results_schema(pa: Any, dim: int | None, *, keep_raw: bool = False) -> Any:
-    """The Parquet results schema; ``embedding`` is ``fixed_size_list<float32>[dim]`` when the run's
-    embedding size is known, else a list of float32 (always null in a chat run)."""
-    vector = pa.list_(pa.float32(), dim) if dim else pa.list_(pa.float32())
-    fields = [
-        pa.field("custom_id", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("output_text", pa.string()),
-        pa.field("parsed", pa.string(), metadata={"content": "json"}),
-        pa.field("embedding", vector),
-        pa.field("finish_reason", pa.string()),
-        *(pa.field(name, pa.int64()) for name in _USAGE),
-        pa.field("model", pa.string()),
-        pa.field("batch_id", pa.string()),
-        pa.field("provider", pa.string()),
-        pa.field("attempt", pa.int32()),
-        pa.field("row", pa.int64()),
-        pa.field("cached", pa.bool_()),
-        pa.field("error_type", pa.string()),
-        pa.field("error_message", pa.string()),
-        pa.field("error_code", pa.string()),
-    ]
-    if keep_raw:
-        fields.append(pa.field("raw", pa.string(), metadata={"content": "json"}))
-    return pa.schema(fields)
-
-
-def _conform(pa: Any, table: Any, schema: Any) -> Any:
-    """``table`` with exactly ``schema``'s columns (a ``raw`` column added or dropped)."""
-    columns = [
-        table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, type=f.type)
-        for f in schema
-    ]
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
 @contextmanager
 def open_results(run_dir: RunDirectory, fmt: str, *, keep_raw: bool = False) -> Iterator[Any]:
     """A results writer whose file replaces the run's final results file when the block ends
@@ -353,40 +301,6 @@ def iter_records(path: Any, fmt: str) -> Iterator[ResultRecord]:
         return
     for row in iter_parquet_rows(path):
         yield record_of_row(row)
-
-
-def iter_parquet_rows(path: Any, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Rows of a ``results.parquet`` as dicts, one row group in memory at a time."""
-    _pyarrow()
-    import pyarrow.parquet as pq
-
-    with path.open("rb") as fh:
-        parquet = pq.ParquetFile(fh)
-        wanted = [c for c in columns if c in parquet.schema_arrow.names] if columns else None
-        for batch in parquet.iter_batches(batch_size=1024, columns=wanted):
-            yield from batch.to_pylist()
-
-
-def record_of_row(row: dict[str, Any]) -> ResultRecord:
-    data: dict[str, Any] = {
-        k: row.get(k)
-        for k in ("custom_id", "status", "output_text", "embedding", "finish_reason", "model", "batch_id")
-    }
-    data.update(provider=row.get("provider"), row=row.get("row"), cached=bool(row.get("cached")))
-    data["attempt"] = row.get("attempt") or 1
-    data["usage"] = {name: row.get(name) or 0 for name in _USAGE}
-    if row.get("parsed") is not None:
-        data["parsed"] = json.loads(row["parsed"])
-    if row.get("raw") is not None:
-        data["raw"] = json.loads(row["raw"])
-    if row.get("error_type") is not None:
-        data["error"] = {
-            "type": row["error_type"],
-            "message": row.get("error_message") or "",
-            "code": row.get("error_code"),
-            "retryable": False,
-        }
-    return ResultRecord.model_validate(data)
 
 
 def count_results(run_dir: RunDirectory) -> int:
