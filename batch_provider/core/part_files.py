@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import logging
 import shutil
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from batch_provider.core.jsonl import iter_lines
 from batch_provider.core.rundir import atomic_write, local_path
+
+log = logging.getLogger(__name__)
 
 PACKED_SUFFIX = ".gz"
 
@@ -123,10 +126,15 @@ def pack(path: Any) -> bool:
 
 def pack_parts(parts: Iterable[Any]) -> int:
     """Pack each part file and its ids sidecar (see the module's invariants); the number of files
-    packed now."""
+    packed now. Best effort: packing saves space only, so a file that cannot be packed (a storage
+    error) is left plain, where every reader still finds it, with a warning."""
     done = 0
     for part in parts:
-        done += pack(part) + pack(part_ids_path(part))
+        for path in (part, part_ids_path(part)):
+            try:
+                done += pack(path)
+            except Exception as exc:
+                log.warning("Could not pack %s, left as it is (%s: %s)", path, type(exc).__name__, exc)
     return done
 
 

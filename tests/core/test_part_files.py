@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from batch_provider.core import part_files
 from batch_provider.core.part_files import iter_part_lines, pack, pack_parts, packed_path
 from batch_provider.core.split import part_ids_path
 from batch_provider.core.wire_ids import SIDECAR_HEADER, read_sidecar_file, sidecar_line
@@ -158,3 +159,21 @@ def test_a_reader_whose_part_is_packed_under_it_reads_every_line_once(tmp_path: 
     part = write_part(tmp_path)
     lines = [line.decode() for line in iter_part_lines(VanishingPart(part))]
     assert lines == LINES
+
+
+def test_a_part_that_cannot_be_packed_stays_plain_and_readable(
+    tmp_path: Path, caplog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    part = write_part(tmp_path)
+    real = part_files.atomic_write
+
+    def failing(path: Any) -> Any:
+        if path.name.endswith(".jsonl.gz"):
+            raise OSError("storage unavailable")
+        return real(path)
+
+    monkeypatch.setattr(part_files, "atomic_write", failing)
+    assert pack_parts([part]) == 1, "the sidecar is packed, the part is not"
+    assert part.exists() and packed_path(part_ids_path(part)).exists()
+    assert [line.decode() for line in iter_part_lines(part)] == LINES
+    assert "Could not pack" in caplog.text and "storage unavailable" in caplog.text
