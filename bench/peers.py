@@ -344,6 +344,7 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=1.0, help="poll interval of both sides, seconds")
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (printed) to look into")
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--day", type=int, default=0, help=argparse.SUPPRESS)
@@ -391,10 +392,13 @@ def main() -> None:
                         + ", ".join(f"{k} {v:.2f}s" for k, v in figure["phases"].items()),
                         flush=True,
                     )
-                    if side == "theirs":
+                    if side == "theirs" and not args.keep:
                         shutil.rmtree(results, ignore_errors=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     report(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))

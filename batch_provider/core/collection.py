@@ -39,7 +39,7 @@ from batch_provider.core.estimate import Calibration
 from batch_provider.core.handle import RunHandle
 from batch_provider.core.history import Timeline, record_completed
 from batch_provider.core.ledger import Ledger
-from batch_provider.core.models import BatchRef, ItemStatus
+from batch_provider.core.models import BatchRef, ItemStatus, assign
 from batch_provider.core.output_type import OutputChecks
 from batch_provider.core.pricing import CostTally, PriceTable, default_price_table
 from batch_provider.core.reconcile import ReconcileReport, reconcile
@@ -195,9 +195,10 @@ async def _collect_batch(
         validator=checks.validator,
     )
     async for record in records:
-        record.attempt = attempt
-        if not keep_raw:
-            record.raw = None
+        if record.attempt != attempt:
+            assign(record, "attempt", attempt)
+        if not keep_raw and record.raw is not None:
+            assign(record, "raw", None)
         if record.status is _INVALID:
             checks.limit_retries(record)
         succeeded = record.status is _SUCCEEDED

@@ -29,12 +29,37 @@ class OpenablePath(Protocol):
     def open(self, mode: str = ...) -> Any: ...
 
 
+_BLOCK_BYTES = 1 << 20
+
+
 def iter_lines(fileobj: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
-    """Non-blank lines of a binary file, line ends stripped."""
-    for raw in fileobj:
-        line = raw.rstrip(b"\r\n")
-        if line.strip():
-            yield line
+    """Non-blank lines of a binary file, line ends stripped.
+
+    A file is read a block at a time and split in one call per block: iterating a compressed or
+    remote file line by line goes through its ``readline``, several times slower per line. A line
+    is yielded only once its newline (or the end of the file) has been read."""
+    read = getattr(fileobj, "read", None)
+    if read is None:
+        for raw in fileobj:
+            line = raw.rstrip(b"\r\n")
+            if line.strip():
+                yield line
+        return
+    pending: list[bytes] = []
+    while block := read(_BLOCK_BYTES):
+        if b"\n" not in block:
+            pending.append(block)
+            continue
+        pending.append(block)
+        *complete, tail = b"".join(pending).split(b"\n")
+        pending = [tail] if tail else []
+        for raw in complete:
+            line = raw.rstrip(b"\r")
+            if line and not line.isspace():
+                yield line
+    last = b"".join(pending).rstrip(b"\r")
+    if last and not last.isspace():
+        yield last
 
 
 def iter_path_lines(path: OpenablePath) -> Iterator[bytes]:

@@ -220,6 +220,14 @@ class ResultRecord(BaseModel):
 _RECORD_SERIALIZER = ResultRecord.__pydantic_serializer__
 
 
+def assign(model: BaseModel, name: str, value: Any) -> None:
+    """Set field ``name`` of ``model`` exactly as pydantic's own assignment does for a model
+    without ``validate_assignment`` (value stored unvalidated, field marked as set), minus its
+    per-call dispatch: collect assigns a few fields on every record of a run."""
+    model.__dict__[name] = value
+    model.__pydantic_fields_set__.add(name)
+
+
 class RejectedRow(BaseModel):
     """An input row that cannot become a paid request, and why; it lands in ``rejects.jsonl``."""
 

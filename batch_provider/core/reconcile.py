@@ -34,6 +34,7 @@ from batch_provider.core.models import (
     ItemStatus,
     ResultError,
     ResultRecord,
+    assign,
 )
 from batch_provider.core.output_type import OutputValidator, summarise_errors
 from batch_provider.core.part_files import iter_part_lines, part_ids_path
@@ -209,5 +210,5 @@ def _relabel(record: ResultRecord, row_ids: Mapping[str, str] | None) -> ResultR
     if row_ids is not None:
         row = row_ids.get(record.custom_id)
         if row is not None and row != record.custom_id:
-            record.custom_id = row
+            assign(record, "custom_id", row)
     return record

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from batch_provider.core.models import ResultRecord
+from batch_provider.core.models import ResultRecord, assign
 from batch_provider.core.parquet_rows import (
     DICTIONARY_COLUMNS,
     USAGE_FIELDS,
@@ -97,8 +97,8 @@ class JsonlResults:
         self.rows = 0
 
     def write(self, record: ResultRecord) -> None:
-        if not self._keep_raw:
-            record.raw = None
+        if not self._keep_raw and record.raw is not None:
+            assign(record, "raw", None)
         self._fh.write(record.json_line())
         self.rows += 1
 

@@ -31,3 +31,19 @@ async def test_aiter_lines_flags_unterminated_tail() -> None:
         (b'{"b":2}', True),
         (b'{"c":', False),
     ]
+
+
+def test_block_reader_matches_line_iteration_across_block_edges(monkeypatch) -> None:
+    """Lines split over read blocks (and blocks with no newline at all) come out whole, once,
+    with the same blank-line and line-end handling as iterating the file line by line."""
+    import io
+
+    from batch_provider.core import jsonl
+
+    data = b'{"a":1}\r\n\n   \n' + b'{"long":"' + b"x" * 50 + b'"}\n{"b":2}\r\n\t\n{"tail":3}'
+    expected = [raw.rstrip(b"\r\n") for raw in io.BytesIO(data) if raw.strip()]
+    for block in (1, 3, 7, 64, 1 << 20):
+        monkeypatch.setattr(jsonl, "_BLOCK_BYTES", block)
+        assert list(jsonl.iter_lines(io.BytesIO(data))) == expected, block
+    assert list(jsonl.iter_lines(io.BytesIO(b""))) == []
+    assert list(jsonl.iter_lines([b"x\n", b"\n", b"y"])) == [b"x", b"y"]
