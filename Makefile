@@ -8,7 +8,7 @@ UV      = $(VENV)/bin/uv
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check uv
-	$(UV) pip install -q -p $(VENV)/bin/python -e ".[test]"
+	$(UV) pip install -q --compile-bytecode -p $(VENV)/bin/python -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed

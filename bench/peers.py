@@ -154,7 +154,15 @@ def _timed(owner: Any, name: str, phases: dict[str, float], phase: str | None, s
     a task's ``execute`` started (``started``), for a phase ending inside it. Timing only."""
     original = getattr(owner, name)
 
+    profile_dir = os.environ.get("PEERS_PROFILE")
+
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        profiler = None
+        if profile_dir and phase is not None:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         t0 = time.perf_counter()
         if phase is None:
             started.append(t0)
@@ -163,6 +171,11 @@ def _timed(owner: Any, name: str, phases: dict[str, float], phase: str | None, s
         finally:
             if phase is not None:
                 phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - t0
+            if profiler is not None:
+                profiler.disable()
+                side = os.environ.get("PEERS_SIDE", "side")
+                name = f"{side}-{os.environ['PEERS_N']}-{owner.__name__}.prof"
+                profiler.dump_stats(Path(profile_dir) / name)
 
     setattr(owner, name, wrapper)
 
@@ -275,6 +288,7 @@ def run_side(side: str, n: int, day: int, home: Path, results: Path, base_url: s
         **os.environ,
         **_airflow_env(home),
         "PEERS_N": str(n),
+        "PEERS_SIDE": side,
         "PEERS_POLL": str(poll),
         "PEERS_CACHE": "0" if side == "ours-nocache" else "1",
         "PEERS_RESULTS": f"file://{results}",
@@ -345,6 +359,9 @@ def main() -> None:
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (printed) to look into")
+    parser.add_argument(
+        "--profile", type=Path, help="write a cProfile of each timed phase here (a file per side, size, task)"
+    )
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--day", type=int, default=0, help=argparse.SUPPRESS)
@@ -355,6 +372,9 @@ def main() -> None:
     if "theirs" not in args.sides:
         parser.error("the ratios need the 'theirs' side")
     sizes = [*args.requests, *([500_000] if args.large else [])]
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        os.environ["PEERS_PROFILE"] = str(args.profile.resolve())
 
     sys.path.insert(0, str(REPO))
     from batch_provider.emulator.process import running_emulator

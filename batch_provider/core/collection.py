@@ -37,6 +37,7 @@ from batch_provider.core.cache import ResultCache
 from batch_provider.core.contract import BatchBackend
 from batch_provider.core.estimate import Calibration
 from batch_provider.core.handle import RunHandle
+from batch_provider.core.heap import heap_frozen
 from batch_provider.core.history import Timeline, record_completed
 from batch_provider.core.ledger import Ledger
 from batch_provider.core.models import BatchRef, ItemStatus, assign
@@ -109,6 +110,7 @@ async def collect_run(
     recorded_before = batches_file.exists()
     # exits in reverse order: results are committed first, the errors file (the marker) last
     with (
+        heap_frozen(),
         atomic_write(run_dir.attempt_errors(handle.attempt)) as errors,
         open_results(run_dir, results_format, keep_raw=keep_raw) as results,
     ):

@@ -41,6 +41,7 @@ from batch_provider.core.cache import CACHE_BLOCK, ResultCache
 from batch_provider.core.claims import HeldClaim, claim_chunk, claim_run, publish_split
 from batch_provider.core.contract import BatchBackend, Chunk
 from batch_provider.core.handle import InputCounts, RunHandle
+from batch_provider.core.heap import heap_frozen
 from batch_provider.core.intake import input_fingerprint, intake
 from batch_provider.core.ledger import (
     Ledger,
@@ -181,17 +182,18 @@ async def submit_run(
     ledger = ledger or owner
     ledger.wire_token = run.token
     if 1 not in ledger.attempts:
-        first = intake(
-            backend,
-            items,
-            run_dir,
-            cache=cache,
-            prices=prices or default_price_table(),
-            max_requests_per_batch=max_requests_per_batch,
-            max_bytes_per_batch=max_bytes_per_batch,
-            allow_unknown_models=allow_unknown_models,
-            wire_token=run.token,
-        )
+        with heap_frozen():
+            first = intake(
+                backend,
+                items,
+                run_dir,
+                cache=cache,
+                prices=prices or default_price_table(),
+                max_requests_per_batch=max_requests_per_batch,
+                max_bytes_per_batch=max_bytes_per_batch,
+                allow_unknown_models=allow_unknown_models,
+                wire_token=run.token,
+            )
         first.tags = dict(tags or {})
         won, published = await publish_split(run_dir, 1, first.model_dump(mode="json"))
         if not won:

@@ -47,6 +47,7 @@ from airflow.sdk.bases.decorator import (
 )
 from airflow.sdk.definitions.context import context_merge
 
+from batch_provider.core.heap import heap_frozen
 from batch_provider.core.models import LLMRequest, RequestKind
 from batch_provider.operators.submit import SubmitBatchOperator
 from batch_provider.task_group import llm_batch_group
@@ -160,7 +161,8 @@ class BatchLLMSubmitOperator(DecoratedOperator, SubmitBatchOperator):
         kwargs = determine_kwargs(self.python_callable, self.op_args, context)
         returned = self.python_callable(*self.op_args, **kwargs)
         system = self.system if self.rows_are_requests else None
-        self.records = rows_from_return(returned, kind=self.kind, system=system)
+        with heap_frozen():
+            self.records = rows_from_return(returned, kind=self.kind, system=system)
         if self.records and isinstance(next(iter(returned)), str) and not self.rows_are_requests:
             raise TypeError(
                 f"@task.{DECORATOR_NAME}: the function returned prompt strings, which are sent as "
