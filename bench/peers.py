@@ -174,8 +174,8 @@ def _timed(owner: Any, name: str, phases: dict[str, float], phase: str | None, s
             if profiler is not None:
                 profiler.disable()
                 side = os.environ.get("PEERS_SIDE", "side")
-                name = f"{side}-{os.environ['PEERS_N']}-{owner.__name__}.prof"
-                profiler.dump_stats(Path(profile_dir) / name)
+                file_name = f"{side}-{os.environ['PEERS_N']}-{owner.__name__}.prof"
+                profiler.dump_stats(Path(profile_dir) / file_name)
 
     setattr(owner, name, wrapper)
 
