@@ -17,19 +17,28 @@ from contextlib import contextmanager
 __all__ = ["heap_frozen"]
 
 
+_depth = 0
+"""Blocks of :func:`heap_frozen` open now, in any thread or task of the process."""
+
+
 @contextmanager
 def heap_frozen() -> Iterator[None]:
     """Freeze the objects alive now for the duration of the block, then unfreeze them.
 
-    Does nothing when the collector is off or something else already froze objects (a forking
-    executor freezes its heap before forking): unfreezing would release its objects too. Nesting
-    is a no-op for the inner block for the same reason.
+    Blocks nest: an inner block also freezes what the outer one has made since (e.g. the input
+    rows), and the heap is unfrozen when the last open block ends. Does nothing when the
+    collector is off, or when something else froze objects (a forking executor freezes its heap
+    before forking), since unfreezing would release its objects too.
     """
-    if not gc.isenabled() or gc.get_freeze_count():
+    global _depth
+    if not gc.isenabled() or (_depth == 0 and gc.get_freeze_count()):
         yield
         return
     gc.freeze()
+    _depth += 1
     try:
         yield
     finally:
-        gc.unfreeze()
+        _depth -= 1
+        if _depth == 0:
+            gc.unfreeze()

@@ -40,13 +40,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from batch_provider.core.cache import CACHE_BLOCK, ResultCache, relabelled
+from batch_provider.core.cache import CACHE_BLOCK, ResultCache
 from batch_provider.core.catalog import context_problem, request_problem
 from batch_provider.core.contract import BatchBackend
 from batch_provider.core.estimate import Calibration, CostEstimator
 from batch_provider.core.ledger import LedgerAttempt, LedgerChunk
-from batch_provider.core.models import LLMRequest, RejectedRow, RequestKind
-from batch_provider.core.pricing import PriceTable
+from batch_provider.core.models import LLMRequest, RejectedRow, RequestKind, assign
+from batch_provider.core.pricing import CostTally, PriceTable
 from batch_provider.core.rundir import RunDirectory, open_replacing
 from batch_provider.core.split import DUPLICATE_ID, RequestSplitter, SeenIds
 from batch_provider.core.tokens import TokenCount, request_tokens, text_tokens
@@ -82,13 +82,14 @@ class _Intake:
     inputs: int = 0
     rejected: int = 0
     cached: int = 0
-    cache_savings_usd: float = 0.0
     digest: Any = field(default_factory=hashlib.sha256)
     seen: SeenIds = field(default_factory=SeenIds)
     """custom_ids accepted so far, by the cache or by the splitter (which shares this table)."""
 
     def __post_init__(self) -> None:
         self.estimator = CostEstimator(self.backend.provider.value)
+        self.savings = CostTally(self.prices, self.backend.provider.value)
+        """Usage of the cache hits, priced once at the end (batch prices): ``cache_savings_usd``."""
         self._tokens: dict[int, TokenCount] = {}
         """Input tokens of the requests between the size check and the estimate, by ``id()``."""
 
@@ -148,8 +149,11 @@ class _Intake:
                     )
                     continue
                 self.cached += 1
-                self.cache_savings_usd += self.prices.cost(provider, hit.model, hit.usage).batch_usd
-                self.cached_out.write(relabelled(hit, custom_id).json_line())
+                self.savings.add(hit.model, hit.usage)
+                # ``hit`` is this block's own copy: relabelled in place, then written at once
+                assign(hit, "custom_id", custom_id)
+                assign(hit, "cached", True)
+                self.cached_out.write(hit.json_line())
                 continue
             if custom_id not in self.seen:
                 self.keys_out.write(json.dumps({"custom_id": custom_id, "key": key}).encode() + b"\n")
@@ -234,6 +238,6 @@ def intake(
         inputs=taken.inputs,
         rejected=taken.rejected,
         cached=taken.cached,
-        cache_savings_usd=taken.cache_savings_usd,
+        cache_savings_usd=taken.savings.cost.batch_usd,
         estimate=estimate.summary(),
     )

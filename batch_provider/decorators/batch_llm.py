@@ -157,6 +157,10 @@ class BatchLLMSubmitOperator(DecoratedOperator, SubmitBatchOperator):
         )
 
     def execute(self, context: Any) -> Any:
+        with heap_frozen():  # the worker's heap, then the returned rows (see core/heap.py)
+            return self._execute(context)
+
+    def _execute(self, context: Any) -> Any:
         context_merge(context, self.op_kwargs)
         kwargs = determine_kwargs(self.python_callable, self.op_args, context)
         returned = self.python_callable(*self.op_args, **kwargs)

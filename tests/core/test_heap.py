@@ -60,3 +60,15 @@ def test_does_nothing_while_the_collector_is_off() -> None:
     with heap_frozen():
         assert gc.get_freeze_count() == 0
     assert not gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def test_nested_blocks_freeze_what_the_outer_one_made_and_unfreeze_once() -> None:
+    gc.enable()
+    gc.unfreeze()
+    with heap_frozen():
+        outer = gc.get_freeze_count()
+        made = [[] for _ in range(1000)]  # tracked containers made inside the outer block
+        with heap_frozen():
+            assert gc.get_freeze_count() >= outer + len(made)
+        assert gc.get_freeze_count() >= outer + len(made)  # still frozen: the outer block is open
+    assert gc.get_freeze_count() == 0
