@@ -95,8 +95,16 @@ class SegmentWriter:
         self.committed: str | None = None
         """The segment name, once committed."""
 
-    def add(self, key: str, record: ResultRecord, stored_at: datetime | None = None) -> None:
-        """Append one entry (the caller keeps only succeeded records)."""
+    def add(
+        self,
+        key: str,
+        record: ResultRecord,
+        stored_at: datetime | None = None,
+        *,
+        record_line: bytes | None = None,
+    ) -> None:
+        """Append one entry (the caller keeps only succeeded records); ``record_line``, when
+        given, is ``record.json_line()`` already made."""
         stamp = self._stamp
         if stored_at is not None:
             stamp = stored_at.isoformat().encode()
@@ -104,7 +112,7 @@ class SegmentWriter:
         line = b'{"key":"%s","stored_at":"%s","record":%s}\n' % (
             key.encode(),
             stamp,
-            record.json_line()[:-1],
+            (record_line or record.json_line())[:-1],
         )
         self._spool.write(line)
         self._index += _ENTRY.pack(bytes.fromhex(key), self._offset, len(line))

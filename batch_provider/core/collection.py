@@ -204,13 +204,15 @@ async def _collect_batch(
         if record.status is _INVALID:
             checks.limit_retries(record)
         succeeded = record.status is _SUCCEEDED
+        line = None
         if succeeded and segment is not None and record.custom_id in keys:
-            segment.add(keys[record.custom_id], record)
+            line = record.json_line()  # the cache entry's record and the results line are one
+            segment.add(keys[record.custom_id], record, record_line=line)
         counts[record.status] += 1
         if record.usage.total_tokens:
             tally.add(record.model or ref.model, record.usage)
         if succeeded:
-            results.write(record)
+            results.write(record, line)
         else:
             errors.write(record.json_line())
     if segment is not None and cache is not None:

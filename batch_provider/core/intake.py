@@ -44,6 +44,7 @@ from batch_provider.core.cache import CACHE_BLOCK, ResultCache
 from batch_provider.core.catalog import context_problem, request_problem
 from batch_provider.core.contract import BatchBackend
 from batch_provider.core.estimate import Calibration, CostEstimator
+from batch_provider.core.jsonl import dumps_line
 from batch_provider.core.ledger import LedgerAttempt, LedgerChunk
 from batch_provider.core.models import LLMRequest, RejectedRow, RequestKind, assign
 from batch_provider.core.pricing import CostTally, PriceTable
@@ -156,7 +157,7 @@ class _Intake:
                 self.cached_out.write(hit.json_line())
                 continue
             if custom_id not in self.seen:
-                self.keys_out.write(json.dumps({"custom_id": custom_id, "key": key}).encode() + b"\n")
+                self.keys_out.write(dumps_line({"custom_id": custom_id, "key": key}) + b"\n")
             self._estimate(request)
             yield request
 

@@ -96,10 +96,14 @@ class JsonlResults:
         self._keep_raw = keep_raw
         self.rows = 0
 
-    def write(self, record: ResultRecord) -> None:
-        if not self._keep_raw and record.raw is not None:
-            assign(record, "raw", None)
-        self._fh.write(record.json_line())
+    def write(self, record: ResultRecord, line: bytes | None = None) -> None:
+        """Append ``record``; ``line``, when given, is its ``json_line()`` already made (with
+        ``raw`` already dropped unless kept)."""
+        if line is None:
+            if not self._keep_raw and record.raw is not None:
+                assign(record, "raw", None)
+            line = record.json_line()
+        self._fh.write(line)
         self.rows += 1
 
     def keep_previous(self, run_dir: RunDirectory, attempt: int) -> None:
@@ -143,7 +147,8 @@ class ParquetResults:
         self._pending = 0
         self.rows = 0
 
-    def write(self, record: ResultRecord) -> None:
+    def write(self, record: ResultRecord, line: bytes | None = None) -> None:
+        """Append ``record`` to the next row group (``line`` is not used: columns are typed)."""
         cols = self._columns
         cols["custom_id"].append(record.custom_id)
         cols["status"].append(record.status.value)
