@@ -23,6 +23,8 @@ Usage::
     .venv/bin/python bench/peers.py                       # 5,000 and 50,000 requests
     .venv/bin/python bench/peers.py --requests 5000
     .venv/bin/python bench/peers.py --large               # adds 500,000 (theirs: 10 mapped tasks)
+    .venv/bin/python bench/peers.py --requests 50000 --profile /tmp/peers-prof --keep
+        # a cProfile of each timed task, and the result folders left in place to look into
 """
 
 from __future__ import annotations
