@@ -32,7 +32,7 @@ from batch_provider.core.cache_segments import (
     load_table,
     remove_segments,
 )
-from batch_provider.core.models import ItemStatus, LLMRequest, ResultRecord
+from batch_provider.core.models import ItemStatus, LLMRequest, ResultRecord, assign
 
 log = logging.getLogger(__name__)
 
@@ -182,5 +182,9 @@ class ResultCache:
 
 
 def relabelled(record: ResultRecord, custom_id: str) -> ResultRecord:
-    """A cached record as the answer to ``custom_id`` in this run."""
-    return record.model_copy(update={"custom_id": custom_id, "cached": True})
+    """A cached record as the answer to ``custom_id`` in this run: ``record`` itself, relabelled
+    in place. The records :meth:`ResultCache.get_many` returns are the caller's own (decoded per
+    call), so no copy is made; one record serving several ids is written after each relabel."""
+    assign(record, "custom_id", custom_id)
+    assign(record, "cached", True)
+    return record

@@ -40,13 +40,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from batch_provider.core.cache import CACHE_BLOCK, ResultCache
+from batch_provider.core.cache import CACHE_BLOCK, ResultCache, relabelled
 from batch_provider.core.catalog import context_problem, request_problem
 from batch_provider.core.contract import BatchBackend
 from batch_provider.core.estimate import Calibration, CostEstimator
 from batch_provider.core.jsonl import dumps_line
 from batch_provider.core.ledger import LedgerAttempt, LedgerChunk
-from batch_provider.core.models import LLMRequest, RejectedRow, RequestKind, assign
+from batch_provider.core.models import LLMRequest, RejectedRow, RequestKind
 from batch_provider.core.pricing import CostTally, PriceTable
 from batch_provider.core.rundir import RunDirectory, open_replacing
 from batch_provider.core.split import DUPLICATE_ID, RequestSplitter, SeenIds
@@ -151,10 +151,7 @@ class _Intake:
                     continue
                 self.cached += 1
                 self.savings.add(hit.model, hit.usage)
-                # ``hit`` is this block's own copy: relabelled in place, then written at once
-                assign(hit, "custom_id", custom_id)
-                assign(hit, "cached", True)
-                self.cached_out.write(hit.json_line())
+                self.cached_out.write(relabelled(hit, custom_id).json_line())
                 continue
             if custom_id not in self.seen:
                 self.keys_out.write(dumps_line({"custom_id": custom_id, "key": key}) + b"\n")

@@ -47,19 +47,25 @@ def iter_lines(fileobj: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
         return
     pending: list[bytes] = []
     while block := read(_BLOCK_BYTES):
-        if b"\n" not in block:
-            pending.append(block)
-            continue
         pending.append(block)
-        *complete, tail = b"".join(pending).split(b"\n")
-        pending = [tail] if tail else []
-        for raw in complete:
-            line = raw.rstrip(b"\r")
-            if line and not line.isspace():
-                yield line
-    last = b"".join(pending).rstrip(b"\r")
-    if last and not last.isspace():
-        yield last
+        if b"\n" in block:
+            lines, tail = _complete_lines(b"".join(pending))
+            pending = [tail] if tail else []
+            yield from lines
+    yield from _last_line(b"".join(pending))
+
+
+def _complete_lines(data: bytes) -> tuple[list[bytes], bytes]:
+    """The non-blank newline-terminated lines of ``data`` (line ends stripped), and what follows
+    the last newline."""
+    *complete, tail = data.split(b"\n")
+    return [line for raw in complete if (line := raw.rstrip(b"\r")) and not line.isspace()], tail
+
+
+def _last_line(tail: bytes) -> list[bytes]:
+    """The unterminated end of a stream as a final line, when it is not blank."""
+    line = tail.rstrip(b"\r")
+    return [line] if line and not line.isspace() else []
 
 
 def iter_path_lines(path: OpenablePath) -> Iterator[bytes]:
@@ -111,13 +117,12 @@ async def aiter_line_blocks(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple
         pending += chunk
         if b"\n" not in chunk:
             continue
-        *complete, pending = pending.split(b"\n")
-        lines = [line for raw in complete if (line := raw.rstrip(b"\r")) and not line.isspace()]
+        lines, pending = _complete_lines(pending)
         if lines:
             yield lines, True
-    tail = pending.rstrip(b"\r")
-    if tail and not tail.isspace():
-        yield [tail], False
+    last = _last_line(pending)
+    if last:
+        yield last, False
 
 
 async def aiter_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes, bool]]:

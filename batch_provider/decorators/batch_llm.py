@@ -165,8 +165,7 @@ class BatchLLMSubmitOperator(DecoratedOperator, SubmitBatchOperator):
         kwargs = determine_kwargs(self.python_callable, self.op_args, context)
         returned = self.python_callable(*self.op_args, **kwargs)
         system = self.system if self.rows_are_requests else None
-        with heap_frozen():
-            self.records = rows_from_return(returned, kind=self.kind, system=system)
+        self.records = rows_from_return(returned, kind=self.kind, system=system)
         if self.records and isinstance(next(iter(returned)), str) and not self.rows_are_requests:
             raise TypeError(
                 f"@task.{DECORATOR_NAME}: the function returned prompt strings, which are sent as "
