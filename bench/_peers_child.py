@@ -49,33 +49,41 @@ def _task_seconds(dag_id: str, run_id: str) -> dict[str, float]:
         return spans
 
 
-def _timed(owner: Any, name: str, phases: dict[str, float], phase: str | None, started: list[float]) -> None:
+def _profiling() -> Any:
+    """A started cProfile when ``PEERS_PROFILE`` asks for one, else None."""
+    if not os.environ.get("PEERS_PROFILE"):
+        return None
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    return profiler
+
+
+def _dump(profiler: Any, name: str) -> None:
+    if profiler is not None:
+        profiler.disable()
+        side = os.environ.get("PEERS_SIDE", "side")
+        profiler.dump_stats(Path(os.environ["PEERS_PROFILE"]) / f"{side}-{os.environ['PEERS_N']}-{name}.prof")
+
+
+def _timed(owner: Any, name: str, phases: dict[str, float], phase: str | None, started: list[Any]) -> None:
     """Wrap ``owner.name`` to add its duration to ``phases[phase]``; ``phase=None`` only marks when
-    a task's ``execute`` started (``started``), for a phase ending inside it. Timing only."""
+    a task's ``execute`` started (``started``: the time and the phase's profiler), for a phase
+    ending inside it. Timing only."""
     original = getattr(owner, name)
 
-    profile_dir = os.environ.get("PEERS_PROFILE")
-
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        profiler = None
-        if profile_dir and phase is not None:
-            import cProfile
-
-            profiler = cProfile.Profile()
-            profiler.enable()
+        profiler = _profiling()
         t0 = time.perf_counter()
         if phase is None:
-            started.append(t0)
+            started.append((t0, profiler))
         try:
             return original(*args, **kwargs)
         finally:
             if phase is not None:
                 phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - t0
-            if profiler is not None:
-                profiler.disable()
-                side = os.environ.get("PEERS_SIDE", "side")
-                file_name = f"{side}-{os.environ['PEERS_N']}-{owner.__name__}.prof"
-                profiler.dump_stats(Path(profile_dir) / file_name)
+                _dump(profiler, f"{phase}-{owner.__name__}")
 
     setattr(owner, name, wrapper)
 
@@ -85,7 +93,7 @@ def _instrument(side: str, phases: dict[str, float]) -> None:
     reported apart, as task time). common-ai does all three in one task: submit runs from its
     ``execute`` start to the adapter's submit answer, wait is its poll loop, collect its result
     landing. Ours: the submit, wait (sensor) and collect + retry tasks' ``execute``."""
-    started: list[float] = []
+    started: list[Any] = []
     if side == "theirs":
         from airflow.providers.common.ai.batch.openai import OpenAIBatchAdapter
         from airflow.providers.common.ai.decorators.llm_batch import _LLMBatchDecoratedOperator
@@ -98,7 +106,9 @@ def _instrument(side: str, phases: dict[str, float]) -> None:
             try:
                 return submit(*args, **kwargs)
             finally:
-                phases["submit"] = phases.get("submit", 0.0) + time.perf_counter() - started.pop()
+                t0, profiler = started.pop()
+                phases["submit"] = phases.get("submit", 0.0) + time.perf_counter() - t0
+                _dump(profiler, "submit")
 
         OpenAIBatchAdapter.submit = submitted  # type: ignore[method-assign]
         _timed(LLMBatchOperator, "_poll_sync", phases, "wait", started)
