@@ -60,9 +60,13 @@ class ResultCache:
 
     @staticmethod
     def key(provider: str, request: LLMRequest) -> str:
+        return hashlib.sha256(ResultCache.key_text(provider, request).encode()).hexdigest()
+
+    @staticmethod
+    def key_text(provider: str, request: LLMRequest) -> str:
+        """The JSON a key hashes: the provider and the request minus its custom_id, keys sorted."""
         body = request.model_dump(mode="json", exclude={"custom_id"}, exclude_none=True)
-        raw = json.dumps([provider, body], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(raw.encode()).hexdigest()
+        return json.dumps([provider, body], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     def get(self, key: str, custom_id: str) -> ResultRecord | None:
         """The cached success for ``key``, relabelled with ``custom_id``; None on a miss."""

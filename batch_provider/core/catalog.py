@@ -62,9 +62,7 @@ def _is_known(provider: Provider, model: str, prices: PriceTable) -> bool:
     genai = genai_source.known_names(provider)
     listed = _listed_models(provider.value)
     ours = prices.models(provider.value)
-    return any(
-        name in genai or name in listed or name in ours for name in name_candidates(provider, model)
-    )
+    return any(name in genai or name in listed or name in ours for name in name_candidates(provider, model))
 
 
 def unknown_model_reason(provider: Provider, model: str, prices: PriceTable | None = None) -> str:

@@ -49,21 +49,22 @@ from batch_provider.core.ledger import LedgerAttempt, LedgerChunk
 from batch_provider.core.models import LLMRequest, RejectedRow, RequestKind
 from batch_provider.core.pricing import CostTally, PriceTable
 from batch_provider.core.rundir import RunDirectory, open_replacing
+from batch_provider.core.shaped import RequestShape, ShapedRequest, item_line
 from batch_provider.core.split import DUPLICATE_ID, RequestSplitter, SeenIds
 from batch_provider.core.tokens import TokenCount, request_tokens, text_tokens
 
 __all__ = ["CACHE_BLOCK", "input_fingerprint", "intake"]
 
 
-def _item_line(item: LLMRequest | RejectedRow) -> bytes:
-    return item.model_dump_json(exclude_defaults=True).encode() + b"\n"
+Item = LLMRequest | RejectedRow | ShapedRequest
+Request = LLMRequest | ShapedRequest
 
 
-def input_fingerprint(items: Iterable[LLMRequest | RejectedRow]) -> str:
+def input_fingerprint(items: Iterable[Item]) -> str:
     """sha256 over the input items in order: equal for the same rows rendered the same way."""
     digest = hashlib.sha256()
     for item in items:
-        digest.update(_item_line(item))
+        digest.update(item_line(item))
     return digest.hexdigest()
 
 
@@ -93,17 +94,27 @@ class _Intake:
         """Usage of the cache hits, priced once at the end (batch prices): ``cache_savings_usd``."""
         self._tokens: dict[int, TokenCount] = {}
         """Input tokens of the requests between the size check and the estimate, by ``id()``."""
+        self._windows: dict[RequestShape, int | None] = {}
+        """Per shape: its model's context window (None: unknown), or -1 when its reference
+        request is refused (its rows then go the general path)."""
+        self._shape_terms: dict[RequestShape, tuple[Any, ...]] = {}
 
     def reject(self, row: RejectedRow) -> None:
         self.rejected += 1
         self.rejects.write(row.to_record().json_line())
 
-    def requests(self, items: Iterable[LLMRequest | RejectedRow]) -> Iterator[LLMRequest]:
+    def requests(self, items: Iterable[Item]) -> Iterator[Request]:
         """The requests to send, in input order; with a cache, looked up ``CACHE_BLOCK`` at a time."""
-        block: list[LLMRequest] = []
+        block: list[Request] = []
         for item in items:
             self.inputs += 1
-            self.digest.update(_item_line(item))
+            self.digest.update(item_line(item))
+            if type(item) is ShapedRequest:
+                tokens = self._shaped_tokens(item)
+                if tokens is not None:
+                    self._tokens[id(item)] = tokens
+                else:
+                    item = item.request()  # the general path rejects it, naming row and field
             if isinstance(item, LLMRequest):
                 problem = request_problem(
                     self.backend.provider,
@@ -131,11 +142,36 @@ class _Intake:
         if block:
             yield from self._misses(block)
 
-    def _misses(self, block: list[LLMRequest]) -> Iterator[LLMRequest]:
+    def _shaped_tokens(self, item: ShapedRequest) -> TokenCount | None:
+        """The input tokens of a shaped request that passes the model and context-window checks
+        (decided once per shape, and per row against the window); None when it does not."""
+        shape = item.shape
+        window = self._windows.get(shape, False)
+        if window is False:
+            reference = shape.reference
+            provider = self.backend.provider
+            model = reference.model
+            fits = (
+                request_problem(
+                    provider, reference, allow_unknown_models=self.allow_unknown_models, prices=self.prices
+                )
+                is None
+            )
+            window = self._windows[shape] = (
+                (self.prices.context_window(provider.value, model) if isinstance(model, str) else None)
+                if fits
+                else -1
+            )
+        tokens = shape.tokens(item.text)
+        if window is not None and (window < 0 or tokens.input > window):
+            return None
+        return tokens
+
+    def _misses(self, block: list[Request]) -> Iterator[Request]:
         """Write the cache hits of ``block`` to ``cached.jsonl``; yield the rest, in order."""
         assert self.cache is not None
         provider = self.backend.provider.value
-        block_keys = [ResultCache.key(provider, request) for request in block]
+        block_keys = [_cache_key(provider, request) for request in block]
         hits = self.cache.get_many(block_keys)
         for request, key in zip(block, block_keys, strict=True):
             custom_id = request.custom_id
@@ -158,16 +194,39 @@ class _Intake:
             self._estimate(request)
             yield request
 
-    def _estimate(self, request: LLMRequest) -> None:
-        tokens = self._tokens.pop(id(request), None) or request_tokens(self.backend.provider, request)
-        schema = request.response_schema
-        self.estimator.add_tokens(
-            request.model or (request.native or {}).get("model"),
-            tokens,
-            request.max_tokens or _native_max_tokens(request),
-            embedding=request.kind is RequestKind.EMBEDDING,
-            schema_tokens=text_tokens(len(json.dumps(schema))) if schema is not None else None,
-        )
+    def _estimate(self, request: Request) -> None:
+        if type(request) is ShapedRequest:
+            tokens = self._tokens.pop(id(request))
+            shape = request.shape
+            terms = self._shape_terms.get(shape)
+            if terms is None:
+                terms = self._shape_terms[shape] = _estimate_terms(shape.reference)
+        else:
+            tokens = self._tokens.pop(id(request), None) or request_tokens(self.backend.provider, request)
+            terms = _estimate_terms(request)
+        model, max_tokens, embedding, schema_tokens = terms
+        self.estimator.add_tokens(model, tokens, max_tokens, embedding=embedding, schema_tokens=schema_tokens)
+
+
+def _estimate_terms(request: LLMRequest) -> tuple[str | None, int | None, bool, int | None]:
+    """What the estimate reads of a request besides its tokens: model, output ceiling, whether it
+    is an embedding, tokens of its schema."""
+    schema = request.response_schema
+    return (
+        request.model or (request.native or {}).get("model"),
+        request.max_tokens or _native_max_tokens(request),
+        request.kind is RequestKind.EMBEDDING,
+        text_tokens(len(json.dumps(schema))) if schema is not None else None,
+    )
+
+
+def _cache_key(provider: str, request: Request) -> str:
+    if type(request) is ShapedRequest:
+        key = request.shape.cache_key(provider, request.text)
+        if key is not None:
+            return key
+        request = request.request()
+    return ResultCache.key(provider, request)
 
 
 def _native_max_tokens(request: LLMRequest) -> int | None:
@@ -180,7 +239,7 @@ def _native_max_tokens(request: LLMRequest) -> int | None:
 
 def intake(
     backend: BatchBackend,
-    items: Iterable[LLMRequest | RejectedRow],
+    items: Iterable[Item],
     run_dir: RunDirectory,
     *,
     cache: ResultCache | None,

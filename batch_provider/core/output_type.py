@@ -75,9 +75,7 @@ def _name(tp: Any, schema: dict[str, Any]) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in raw)[:64] or "output"
 
 
-def output_spec(
-    output_type: Any, *, retry_invalid_output: int = DEFAULT_RETRY_INVALID_OUTPUT
-) -> OutputSpec:
+def output_spec(output_type: Any, *, retry_invalid_output: int = DEFAULT_RETRY_INVALID_OUTPUT) -> OutputSpec:
     """The spec of ``output_type``: a pydantic model, ``TypedDict``, dataclass, ``list[...]`` of
     one of them, or a JSON schema dict. Raises ``TypeError`` naming what was given otherwise."""
     if retry_invalid_output < 0:

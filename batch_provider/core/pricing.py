@@ -310,4 +310,3 @@ def load_price_table(override_path: Any | None = None) -> PriceTable:
         return table
     with override_path.open("rb") as fh:
         return table.with_overrides(PriceTable.from_json(json.loads(fh.read()), source=str(override_path)))
-

@@ -120,9 +120,7 @@ def _invalid(record: ResultRecord, kind: str, message: str, details: list[str]) 
     )
 
 
-def _with_parsed(
-    record: ResultRecord, validator: OutputValidator | None = None
-) -> tuple[ResultRecord, bool]:
+def _with_parsed(record: ResultRecord, validator: OutputValidator | None = None) -> tuple[ResultRecord, bool]:
     """The record with ``parsed`` set from its text (checked by ``validator`` when given);
     (``invalid_output`` record, False) when it is not JSON or does not validate."""
     parsed = record.parsed

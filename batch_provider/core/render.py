@@ -16,6 +16,9 @@ Invariants:
   this environment (no ``finalize``, no autoescape). A row the shortcut cannot render as Jinja
   would (a name it lacks, a column named ``self``, a key that is not a string, a value whose
   ``str()`` raises) goes through Jinja itself, so the text, the rejects and the errors are the same.
+- Rows taken as requests that differ from an earlier row only in their one user message (prompt
+  strings of ``@task.batch_llm``) come out as :class:`ShapedRequest` items standing for exactly
+  the request the general path makes of them (:mod:`.shaped`).
 """
 
 from __future__ import annotations
@@ -32,16 +35,18 @@ from pydantic import ValidationError
 
 from batch_provider.core.models import LLMRequest, Message, RejectedRow, RequestKind, TextPart
 from batch_provider.core.plain_template import PlainTemplate
+from batch_provider.core.shaped import MAX_SHAPES, RequestShape, ShapedRequest, row_form
 
 _ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
 
-Item = LLMRequest | RejectedRow
+Item = LLMRequest | RejectedRow | ShapedRequest
 SystemPrompt = str | list[str] | list[dict[str, Any]] | list[TextPart]
 
 OVERRIDABLE = ("model", "system", "max_tokens", "temperature")
 """Request fields a row may set through a column the user names (``model_column=`` …)."""
 
 _UNDEFINED = re.compile(r"^'([^']+)' is undefined$")
+
 
 class TemplateVariableError(ValueError):
     """The prompt template names a column that no input row has: every row would be rejected, so
@@ -152,6 +157,11 @@ class RequestBuilder:
             raise ValueError(f"per-row columns can set {', '.join(OVERRIDABLE)}; not {', '.join(unknown)}")
         self.columns = {k: v for k, v in (columns or {}).items() if v}
         """Request field → the row column whose value, when not blank, overrides it for that row."""
+        self._shapes: dict[Any, RequestShape | None] | None = (
+            {} if template is None and build is None and id_field is None else None
+        )
+        """Shapes of rows taken as requests that differ only in their text (:mod:`.shaped`), by
+        shape key; None when rows are rendered by a template or a callable, or carry their ids."""
 
     def render(
         self, rows: Iterable[tuple[int, dict[str, Any] | RejectedRow]], *, same_columns: bool = False
@@ -203,6 +213,24 @@ class RequestBuilder:
         return f"row-{number}"
 
     def render_row(self, number: int, row: dict[str, Any]) -> Item:
+        """The item of input row ``number``: a :class:`ShapedRequest` when the row is of a shape
+        seen before (see :mod:`.shaped`), else what :meth:`general_row` makes of it."""
+        shapes = self._shapes
+        if shapes is None:
+            return self.general_row(number, row)
+        form = row_form(row)
+        if form is None:
+            return self.general_row(number, row)
+        key, text = form
+        shape = shapes.get(key)
+        if shape is not None:
+            return ShapedRequest(f"row-{number}", number, text, shape)
+        item = self.general_row(number, row)
+        if key not in shapes and len(shapes) < MAX_SHAPES:
+            shapes[key] = RequestShape.of(self, row, item)
+        return item
+
+    def general_row(self, number: int, row: dict[str, Any]) -> LLMRequest | RejectedRow:
         custom_id = self.custom_id(number, row)
         if isinstance(custom_id, RejectedRow):
             return custom_id
@@ -220,7 +248,7 @@ class RequestBuilder:
             elif self._template is not None:
                 item = self._from_template(number, custom_id, row)
             else:
-                item = self._from_request_row(custom_id, row)
+                item = self.request_from_row(custom_id, row)
         except jinja2.UndefinedError as exc:
             found = _UNDEFINED.match(exc.message or "")
             hint = ""
@@ -338,7 +366,7 @@ class RequestBuilder:
                 data[key] = value
         return LLMRequest.model_validate(data)
 
-    def _from_request_row(self, custom_id: str, row: dict[str, Any]) -> LLMRequest:
+    def request_from_row(self, custom_id: str, row: dict[str, Any]) -> LLMRequest:
         """A row that already is a request: an LLMRequest, an OpenAI batch line or an Anthropic one."""
         data = dict(row)
         if "body" in data and "url" in data:

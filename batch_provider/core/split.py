@@ -30,6 +30,7 @@ from batch_provider.core.jsonl import JsonlWriter
 from batch_provider.core.limits import ProviderLimits
 from batch_provider.core.models import LLMRequest, RejectedRow
 from batch_provider.core.part_files import iter_part_lines, part_ids_path
+from batch_provider.core.shaped import NativeTemplate, RequestShape, ShapedRequest
 from batch_provider.core.wire_ids import _MAX_POSITION, SIDECAR_HEADER, sidecar_line, wire_id
 
 
@@ -190,13 +191,14 @@ class RequestSplitter:
         self._next_index = self.first_index
         self._wants_json = getattr(self.backend, "wants_json", None)
         self._encode_as = _encoder_as(self.backend)
+        self._templates: dict[RequestShape, NativeTemplate | None] = {}
 
     @property
     def fingerprint(self) -> str:
         """sha256 hex digest of the accepted lines so far, in input order."""
         return self._hash.hexdigest()
 
-    def split(self, requests: Iterable[LLMRequest]) -> Iterator[Chunk]:
+    def split(self, requests: Iterable[LLMRequest | ShapedRequest]) -> Iterator[Chunk]:
         """Chunks in the order they close; the remaining open parts close after the last request."""
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         open_parts: dict[str, _OpenPart] = {}
@@ -217,8 +219,16 @@ class RequestSplitter:
                         else:  # the first one, checked by ``wire_id``; the others share its head
                             wire = wire_id(self.wire_token, self.attempt, accepted)
                             wire_head = wire[:-9]
-                        encoded = self._encode_as(request, wire)
+                        encoded = None
+                        if type(request) is ShapedRequest:
+                            encoded = self._shaped(request, wire, wire[:-9])
+                            if encoded is None:
+                                request = request.request()
+                        if encoded is None:
+                            encoded = self._encode_as(request, wire)
                     else:
+                        if type(request) is ShapedRequest:
+                            request = request.request()
                         encoded = self.backend.encode(request)
                 except RequestRejected as exc:
                     self._reject(
@@ -276,6 +286,19 @@ class RequestSplitter:
         finally:
             for part in open_parts.values():
                 part.close()
+
+    def _shaped(self, request: ShapedRequest, wire: str, wire_head: str) -> EncodedRequest | None:
+        """``request``'s line under ``wire`` from its shape's template; None when the general
+        path must encode it (no template, or a line the template cannot decide on)."""
+        shape = request.shape
+        template = self._templates.get(shape, False)
+        if template is False:
+            # placeholders of the run's own wire-id form, at positions no run reaches
+            placeholders = (wire_head + "999999998", wire_head + "999999999")
+            template = self._templates[shape] = shape.native(
+                self._encode_as, placeholders, self._wants_json, self.backend.limits.max_bytes_per_request
+            )
+        return None if template is None else template.encoded(wire, request.text)
 
     def _reject(self, rejected: RejectedRow) -> None:
         self.counts.rejected += 1

@@ -84,8 +84,8 @@ class BudgetExceededError(RuntimeError):
 
 
 HOW_TO_PRICE = (
-    "Give it a price in a JSON file of rows like {\"rows\": [{\"provider\": ..., \"model\": ..., "
-    "\"input\": <USD per 1M tokens>, \"output\": <USD per 1M tokens>}]} named by "
+    'Give it a price in a JSON file of rows like {"rows": [{"provider": ..., "model": ..., '
+    '"input": <USD per 1M tokens>, "output": <USD per 1M tokens>}]} named by '
     "$BATCH_PROVIDER_PRICE_TABLE (see README, Cost), or check the model name."
 )
 

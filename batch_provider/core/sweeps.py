@@ -217,8 +217,7 @@ def _check_deadline(
         return
     shown = ", ".join(pending[:5]) + (f" and {len(pending) - 5} more" if len(pending) > 5 else "")
     raise WatchTimeout(
-        f"deadline {deadline.isoformat()} passed with {len(pending)} of {total} "
-        f"batches not ended ({shown})",
+        f"deadline {deadline.isoformat()} passed with {len(pending)} of {total} batches not ended ({shown})",
         states=states,
         pending=list(pending),
     )

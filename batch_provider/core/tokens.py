@@ -148,7 +148,7 @@ def _image_data(value: dict[str, Any]) -> str | None:
     return None
 
 
-def _plain_text_chars(request: LLMRequest) -> int | None:
+def plain_text_chars(request: LLMRequest) -> int | None:
     """Characters of a request that is text only (a string system prompt, string messages, no
     body, ``extra``, input or schema), which is what the walk counts for it; else None."""
     if request.native is not None or request.extra or request.input is not None:
@@ -169,7 +169,7 @@ def _plain_text_chars(request: LLMRequest) -> int | None:
 
 def request_tokens(provider: Provider, request: LLMRequest) -> TokenCount:
     """Input tokens of ``request`` as the provider will count them, approximately."""
-    chars = _plain_text_chars(request)
+    chars = plain_text_chars(request)
     if chars is not None:
         return TokenCount(input=max(1, text_tokens(chars)))
     walker = _Walker(provider)
