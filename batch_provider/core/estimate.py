@@ -179,6 +179,27 @@ class CostEstimator:
             entry.schema_output_tokens += min(ceiling, schema_tokens)
             entry.schema_output_ceiling += ceiling
 
+    def add_many(
+        self,
+        model: str | None,
+        requests: int,
+        input_tokens: int,
+        largest_input_tokens: int,
+        max_tokens: int | None,
+        *,
+        embedding: bool,
+    ) -> None:
+        """What ``requests`` calls of :meth:`add_tokens` would add for requests of ``input_tokens``
+        in all (the largest ``largest_input_tokens``), none cacheable, none with a schema."""
+        entry = self._models.get(model or "(none)")
+        if entry is None:
+            entry = self._models[model or "(none)"] = _Tally()
+        entry.requests += requests
+        entry.input_tokens += input_tokens
+        if largest_input_tokens > entry.largest_input_tokens:
+            entry.largest_input_tokens = largest_input_tokens
+        entry.output_tokens_ceiling += requests * (0 if embedding else (max_tokens or DEFAULT_OUTPUT_CEILING))
+
     def finish(self, prices: PriceTable, calibration: Calibration | None = None) -> CostEstimate:
         estimate = CostEstimate()
         for model, tally in self._models.items():

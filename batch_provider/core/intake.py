@@ -94,10 +94,7 @@ class _Intake:
         """Usage of the cache hits, priced once at the end (batch prices): ``cache_savings_usd``."""
         self._tokens: dict[int, TokenCount] = {}
         """Input tokens of the requests between the size check and the estimate, by ``id()``."""
-        self._windows: dict[RequestShape, int | None] = {}
-        """Per shape: its model's context window (None: unknown), or -1 when its reference
-        request is refused (its rows then go the general path)."""
-        self._shape_terms: dict[RequestShape, tuple[Any, ...]] = {}
+        self._shapes: dict[RequestShape, _ShapeTally] = {}
 
     def reject(self, row: RejectedRow) -> None:
         self.rejected += 1
@@ -110,9 +107,10 @@ class _Intake:
             self.inputs += 1
             self.digest.update(item_line(item))
             if type(item) is ShapedRequest:
-                tokens = self._shaped_tokens(item)
-                if tokens is not None:
-                    self._tokens[id(item)] = tokens
+                tally = self._shapes.get(item.shape) or self._tally(item.shape)
+                tokens = item.shape.input_tokens(item.text)
+                if tally.fits and (tally.window is None or tokens <= tally.window):
+                    item.tokens = tokens
                 else:
                     item = item.request()  # the general path rejects it, naming row and field
             if isinstance(item, LLMRequest):
@@ -142,30 +140,31 @@ class _Intake:
         if block:
             yield from self._misses(block)
 
-    def _shaped_tokens(self, item: ShapedRequest) -> TokenCount | None:
-        """The input tokens of a shaped request that passes the model and context-window checks
-        (decided once per shape, and per row against the window); None when it does not."""
-        shape = item.shape
-        window = self._windows.get(shape, False)
-        if window is False:
-            reference = shape.reference
-            provider = self.backend.provider
-            model = reference.model
-            fits = (
-                request_problem(
-                    provider, reference, allow_unknown_models=self.allow_unknown_models, prices=self.prices
-                )
-                is None
+    def _tally(self, shape: RequestShape) -> _ShapeTally:
+        """The tally of ``shape``, made at its first request: the model checks of its reference
+        request (every request of the shape passes or fails them alike) and its context window."""
+        reference = shape.reference
+        provider = self.backend.provider
+        fits = (
+            request_problem(
+                provider, reference, allow_unknown_models=self.allow_unknown_models, prices=self.prices
             )
-            window = self._windows[shape] = (
-                (self.prices.context_window(provider.value, model) if isinstance(model, str) else None)
-                if fits
-                else -1
+            is None
+        )
+        model = reference.model
+        window = self.prices.context_window(provider.value, model) if isinstance(model, str) else None
+        tally = self._shapes[shape] = _ShapeTally(fits, window, _estimate_terms(reference))
+        return tally
+
+    def finish_estimate(self) -> None:
+        """Add the shapes' sums to the estimate (each shape's model is already in place)."""
+        for tally in self._shapes.values():
+            if not tally.requests:
+                continue
+            model, max_tokens, embedding, _ = tally.terms
+            self.estimator.add_many(
+                model, tally.requests, tally.input_tokens, tally.largest, max_tokens, embedding=embedding
             )
-        tokens = shape.tokens(item.text)
-        if window is not None and (window < 0 or tokens.input > window):
-            return None
-        return tokens
 
     def _misses(self, block: list[Request]) -> Iterator[Request]:
         """Write the cache hits of ``block`` to ``cached.jsonl``; yield the rest, in order."""
@@ -196,16 +195,35 @@ class _Intake:
 
     def _estimate(self, request: Request) -> None:
         if type(request) is ShapedRequest:
-            tokens = self._tokens.pop(id(request))
-            shape = request.shape
-            terms = self._shape_terms.get(shape)
-            if terms is None:
-                terms = self._shape_terms[shape] = _estimate_terms(shape.reference)
-        else:
-            tokens = self._tokens.pop(id(request), None) or request_tokens(self.backend.provider, request)
-            terms = _estimate_terms(request)
-        model, max_tokens, embedding, schema_tokens = terms
+            tally = self._shapes[request.shape]
+            if not tally.requests:  # its model takes its place in the estimate's order now
+                model, max_tokens, embedding, _ = tally.terms
+                self.estimator.add_many(model, 0, 0, 0, max_tokens, embedding=embedding)
+            tally.add(request.tokens)
+            return
+        tokens = self._tokens.pop(id(request), None) or request_tokens(self.backend.provider, request)
+        model, max_tokens, embedding, schema_tokens = _estimate_terms(request)
         self.estimator.add_tokens(model, tokens, max_tokens, embedding=embedding, schema_tokens=schema_tokens)
+
+
+class _ShapeTally:
+    """Per shape: whether its requests pass the model checks and its context window (None:
+    unknown), what the estimate reads of its requests besides their tokens, and the sums of the
+    requests sent, added to the estimate at the end (:meth:`_Intake.finish_estimate`)."""
+
+    __slots__ = ("fits", "input_tokens", "largest", "requests", "terms", "window")
+
+    def __init__(self, fits: bool, window: int | None, terms: tuple[Any, ...]) -> None:
+        self.fits = fits
+        self.window = window
+        self.terms = terms
+        self.requests = self.input_tokens = self.largest = 0
+
+    def add(self, tokens: int) -> None:
+        self.requests += 1
+        self.input_tokens += tokens
+        if tokens > self.largest:
+            self.largest = tokens
 
 
 def _estimate_terms(request: LLMRequest) -> tuple[str | None, int | None, bool, int | None]:
@@ -286,6 +304,7 @@ def intake(
             )
             for chunk in splitter.split(taken.requests(items))
         ]
+    taken.finish_estimate()
     estimate = taken.estimator.finish(prices, Calibration.load(run_dir.calibration))
     return LedgerAttempt(
         attempt=1,

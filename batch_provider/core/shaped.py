@@ -29,8 +29,8 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
+from json.encoder import encode_basestring
 from typing import Any
 
 import msgspec
@@ -38,7 +38,7 @@ import pydantic_core
 
 from batch_provider.core.contract import EncodedRequest
 from batch_provider.core.models import LLMRequest, RejectedRow
-from batch_provider.core.tokens import TokenCount, plain_text_chars, text_tokens
+from batch_provider.core.tokens import plain_text_chars, text_tokens
 
 MAX_SHAPES = 8
 """Shapes a builder keeps (one per system prompt): rows beyond them go the general path."""
@@ -53,6 +53,7 @@ _TEXTS = (
 )
 
 _encode_text = msgspec.json.Encoder().encode
+_encode_key_text = encode_basestring  # what ``json.dumps(text, ensure_ascii=False)`` returns
 
 Build = Callable[[str, str], bytes]
 """Bytes of the general path for (an id, a text)."""
@@ -155,18 +156,14 @@ class NativeTemplate:
         self.wants_json = wants_json
         self.max_bytes = max_bytes
 
-    def encoded(self, wire: str, text: str) -> EncodedRequest | None:
+    def line(self, wire: str, text: str) -> bytes | None:
         """The request's line under ``wire``; None when the general path must decide (a text the
         encoder refuses, a line over the provider's size limit)."""
         try:
             line = self.fill(_encode_text(wire), _encode_text(text))
         except Exception:
             return None
-        if len(line) > self.max_bytes:
-            return None
-        return EncodedRequest(
-            custom_id=wire, line=line, group=self.group, model=self.model, endpoint=self.endpoint
-        )
+        return None if len(line) > self.max_bytes else line
 
 
 class RequestShape:
@@ -198,9 +195,9 @@ class RequestShape:
         """The general path's request for ``text`` (no row number)."""
         return self.builder.request_from_row(custom_id, _with_text(self.row, text))
 
-    def tokens(self, text: str) -> TokenCount:
+    def input_tokens(self, text: str) -> int:
         """Input tokens, as :func:`batch_provider.core.tokens.request_tokens` counts them."""
-        return TokenCount(input=max(1, text_tokens(self._system_chars + len(text))))
+        return max(1, text_tokens(self._system_chars + len(text)))
 
     def fingerprint_line(self, custom_id: str, text: str) -> bytes:
         """The input-fingerprint line (newline included)."""
@@ -215,12 +212,12 @@ class RequestShape:
             fill = self._key_fills[provider] = _template(
                 lambda _id, text: ResultCache.key_text(provider, self.request("row-0", text)).encode(),
                 None,
-                lambda text: json.dumps(text, ensure_ascii=False).encode(),
+                lambda text: _encode_key_text(text).encode(),
             )
         if fill is None:
             return None
         try:
-            raw = fill(b"", json.dumps(text, ensure_ascii=False).encode())
+            raw = fill(b"", _encode_key_text(text).encode())
         except Exception:
             return None
         return hashlib.sha256(raw).hexdigest()
@@ -256,13 +253,15 @@ class RequestShape:
 class ShapedRequest:
     """A request of a :class:`RequestShape`: row number, custom_id and text (see the module)."""
 
-    __slots__ = ("custom_id", "row", "shape", "text")
+    __slots__ = ("custom_id", "row", "shape", "text", "tokens")
 
     def __init__(self, custom_id: str, row: int, text: str, shape: RequestShape):
         self.custom_id = custom_id
         self.row = row
         self.text = text
         self.shape = shape
+        self.tokens = 0
+        """Its input tokens, once the intake counted them."""
 
     def request(self) -> LLMRequest:
         """The ``LLMRequest`` this stands for, as the general path makes it."""

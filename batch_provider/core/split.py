@@ -219,17 +219,22 @@ class RequestSplitter:
                         else:  # the first one, checked by ``wire_id``; the others share its head
                             wire = wire_id(self.wire_token, self.attempt, accepted)
                             wire_head = wire[:-9]
-                        encoded = None
+                        line = None
                         if type(request) is ShapedRequest:
-                            encoded = self._shaped(request, wire, wire[:-9])
-                            if encoded is None:
+                            template = self._template(request.shape, wire[:-9])
+                            line = None if template is None else template.line(wire, request.text)
+                            if line is None:  # the general path decides
                                 request = request.request()
-                        if encoded is None:
+                            else:
+                                encoded = template
+                        if line is None:
                             encoded = self._encode_as(request, wire)
+                            line = encoded.line
                     else:
                         if type(request) is ShapedRequest:
                             request = request.request()
                         encoded = self.backend.encode(request)
+                        line = encoded.line
                 except RequestRejected as exc:
                     self._reject(
                         RejectedRow(
@@ -240,7 +245,7 @@ class RequestSplitter:
                         )
                     )
                     continue
-                size = len(encoded.line) + 1
+                size = len(line) + 1
                 if size > max_bytes:
                     self._reject(
                         RejectedRow(
@@ -271,13 +276,13 @@ class RequestSplitter:
                 if part is None:
                     part = self._open(encoded.model, encoded.endpoint)
                     open_parts[encoded.group] = part
-                part.writer.write_line(encoded.line)
-                wants_json = self._wants_json is not None and self._wants_json(encoded.line)
+                part.writer.write_line(line)
+                wants_json = self._wants_json is not None and self._wants_json(line)
                 if self.wire_token is None:
                     part.ids.write_line((b"1" if wants_json else b"0") + wire.encode())
                 else:
                     part.ids.write_line(sidecar_line(wants_json, wire, row_id))
-                self._hash.update(encoded.line)
+                self._hash.update(line)
                 self._hash.update(b"\n")
                 self.counts.accepted += 1
             for group, part in list(open_parts.items()):
@@ -287,10 +292,8 @@ class RequestSplitter:
             for part in open_parts.values():
                 part.close()
 
-    def _shaped(self, request: ShapedRequest, wire: str, wire_head: str) -> EncodedRequest | None:
-        """``request``'s line under ``wire`` from its shape's template; None when the general
-        path must encode it (no template, or a line the template cannot decide on)."""
-        shape = request.shape
+    def _template(self, shape: RequestShape, wire_head: str) -> NativeTemplate | None:
+        """The template of ``shape``'s lines, made at its first request; None when it has none."""
         template = self._templates.get(shape, False)
         if template is False:
             # placeholders of the run's own wire-id form, at positions no run reaches
@@ -298,7 +301,7 @@ class RequestSplitter:
             template = self._templates[shape] = shape.native(
                 self._encode_as, placeholders, self._wants_json, self.backend.limits.max_bytes_per_request
             )
-        return None if template is None else template.encoded(wire, request.text)
+        return template
 
     def _reject(self, rejected: RejectedRow) -> None:
         self.counts.rejected += 1

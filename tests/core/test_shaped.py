@@ -18,7 +18,7 @@ from batch_provider.backends.vertex.backend import VertexBackend
 from batch_provider.core.cache import ResultCache
 from batch_provider.core.intake import input_fingerprint, intake
 from batch_provider.core.jsonl import dumps_line
-from batch_provider.core.models import Message
+from batch_provider.core.models import ItemStatus, Message, RejectedRow, ResultRecord, Usage
 from batch_provider.core.pricing import default_price_table
 from batch_provider.core.render import RequestBuilder
 from batch_provider.core.rundir import RunDirectory
@@ -138,6 +138,47 @@ def test_shaped_rows_write_what_the_general_path_writes(
     assert input_fingerprint(items) == input_fingerprint(_general(items)) == attempt["input_fingerprint"]
 
 
+@pytest.mark.parametrize("step", [2, 1], ids=["every other row answered", "every row answered"])
+def test_a_warm_run_with_shaped_rows_writes_what_the_general_path_writes(tmp_path: Path, step: int) -> None:
+    """Requests answered before: hits, misses, and the estimate of the misses alone."""
+    backend = OpenAIBackend(api_key="k")
+    items = _items(MODELS["openai"])
+    cache = ResultCache(tmp_path / "cache")
+    provider = backend.provider.value
+    answered = [_general([item])[0] for item in items[::step] if type(item) is not RejectedRow]
+    cache.put_many(
+        (
+            ResultCache.key(provider, request),
+            ResultRecord(
+                custom_id=request.custom_id,
+                status=ItemStatus.SUCCEEDED,
+                output_text="stored",
+                usage=Usage(input_tokens=10, output_tokens=3),
+                model=MODELS["openai"],
+            ),
+        )
+        for request in answered
+    )
+    runs = {}
+    for label, given in (("shaped", items), ("general", _general(items))):
+        attempt = intake(
+            backend,
+            given,
+            RunDirectory(tmp_path / label),
+            cache=ResultCache(tmp_path / "cache"),
+            prices=default_price_table(),
+            max_requests_per_batch=None,
+            max_bytes_per_batch=None,
+            allow_unknown_models=False,
+            wire_token="0123456789ab",
+        )
+        runs[label] = (attempt.model_dump(), _files(tmp_path / label))
+    assert runs["shaped"] == runs["general"]
+    attempt = runs["shaped"][0]
+    assert attempt["cached"] == len(answered)
+    assert bool(attempt["estimate"]["models"]) == (step > 1), "an estimate of the requests sent only"
+
+
 @pytest.mark.parametrize("name", ["openai", "anthropic", "gemini", "bedrock-claude", "vertex"])
 def test_a_shape_has_a_native_template_on_backends_that_write_the_text_as_given(name: str) -> None:
     from batch_provider.core.split import _encoder_as
@@ -146,8 +187,16 @@ def test_a_shape_has_a_native_template_on_backends_that_write_the_text_as_given(
     item = next(item for item in _items(MODELS[name]) if type(item) is ShapedRequest)
     template = item.shape.native(_encoder_as(backend), ("bpxa01n999999998", "bpxa01n999999999"), None, 10**6)
     assert template is not None
-    encoded = template.encoded("bpxa01n000000007", item.text)
-    assert encoded == _encoder_as(backend)(item.request(), "bpxa01n000000007")
+    general = _encoder_as(backend)(item.request(), "bpxa01n000000007")
+    assert template.line("bpxa01n000000007", item.text) == general.line
+    assert (template.group, template.model, template.endpoint) == (
+        general.group,
+        general.model,
+        general.endpoint,
+    )
+    assert template.line("bpxa01n000000007", "x" * 10**6) is None, (
+        "over the size limit: the general path decides"
+    )
     provider = backend.provider.value
     assert item.shape.cache_key(provider, item.text) == ResultCache.key(provider, item.request())
 
