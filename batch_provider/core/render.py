@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from batch_provider.core.models import LLMRequest, Message, RejectedRow, RequestKind, TextPart
 from batch_provider.core.plain_template import PlainTemplate
-from batch_provider.core.shaped import MAX_SHAPES, RequestShape, ShapedRequest, row_form
+from batch_provider.core.shaped import MAX_SHAPES, Make, RequestShape, ShapedRequest, row_form, with_text
 
 _ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
 
@@ -157,11 +157,9 @@ class RequestBuilder:
             raise ValueError(f"per-row columns can set {', '.join(OVERRIDABLE)}; not {', '.join(unknown)}")
         self.columns = {k: v for k, v in (columns or {}).items() if v}
         """Request field → the row column whose value, when not blank, overrides it for that row."""
-        self._shapes: dict[Any, RequestShape | None] | None = (
-            {} if template is None and build is None and id_field is None else None
-        )
-        """Shapes of rows taken as requests that differ only in their text (:mod:`.shaped`), by
-        shape key; None when rows are rendered by a template or a callable, or carry their ids."""
+        self._shapes: dict[Any, RequestShape | None] | None = {} if build is None else None
+        """Shapes of requests that differ only in their one user message (:mod:`.shaped`), by
+        shape key; None when a callable builds the requests."""
 
     def render(
         self, rows: Iterable[tuple[int, dict[str, Any] | RejectedRow]], *, same_columns: bool = False
@@ -215,22 +213,37 @@ class RequestBuilder:
     def render_row(self, number: int, row: dict[str, Any]) -> Item:
         """The item of input row ``number``: a :class:`ShapedRequest` when the row is of a shape
         seen before (see :mod:`.shaped`), else what :meth:`general_row` makes of it."""
-        shapes = self._shapes
-        if shapes is None:
+        if self._shapes is None or self._template is not None or self.id_field is not None:
             return self.general_row(number, row)
         form = row_form(row)
         if form is None:
             return self.general_row(number, row)
         key, text = form
+        return self._shaped(
+            key,
+            f"row-{number}",
+            text,
+            lambda custom_id, text: self.request_from_row(custom_id, with_text(row, text)),
+            number=number,
+            first=lambda: self.general_row(number, row),
+        )
+
+    def _shaped(
+        self, key: Any, custom_id: str, text: str, make: Make, *, number: int, first: Callable[[], Item]
+    ) -> Item:
+        """A :class:`ShapedRequest` when the requests of ``key`` have a shape; else ``first()``,
+        the general path's item, which makes the shape when it is the first of its key."""
+        shapes = self._shapes
+        assert shapes is not None
         shape = shapes.get(key)
         if shape is not None:
-            return ShapedRequest(f"row-{number}", number, text, shape)
-        item = self.general_row(number, row)
+            return ShapedRequest(custom_id, number, text, shape)
+        item = first()
         if key not in shapes and len(shapes) < MAX_SHAPES:
-            shapes[key] = RequestShape.of(self, row, item)
+            shapes[key] = RequestShape.of(make, item)
         return item
 
-    def general_row(self, number: int, row: dict[str, Any]) -> LLMRequest | RejectedRow:
+    def general_row(self, number: int, row: dict[str, Any]) -> Item:
         custom_id = self.custom_id(number, row)
         if isinstance(custom_id, RejectedRow):
             return custom_id
@@ -326,6 +339,27 @@ class RequestBuilder:
                 values["system"] = texts[0] if texts and texts[0] else None
             if self.cache_system_prompt and values["system"]:
                 values["cache_system_prompt"] = True
+            system = values["system"]
+            if (
+                prompt
+                and not self.columns
+                and self._shapes is not None
+                and (system is None or type(system) is str)
+            ):
+
+                def make(custom_id: str, text: str) -> LLMRequest:
+                    return LLMRequest(
+                        custom_id=custom_id, **{**values, "messages": [Message(role="user", content=text)]}
+                    )
+
+                return self._shaped(
+                    ("template", system),
+                    custom_id,
+                    prompt,
+                    make,
+                    number=number,
+                    first=lambda: make(custom_id, prompt),
+                )
         return LLMRequest(custom_id=custom_id, **self._row_overrides(row, values))
 
     def _plain_render(self, row: dict[str, Any], *, chat: bool) -> tuple[str, list[str]] | None:

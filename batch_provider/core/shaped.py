@@ -59,6 +59,8 @@ Build = Callable[[str, str], bytes]
 """Bytes of the general path for (an id, a text)."""
 Fill = Callable[[bytes, bytes], bytes]
 """Bytes of a template for (an encoded id, an encoded text)."""
+Make = Callable[[str, str], LLMRequest]
+"""The general path's request for (a custom_id, a text)."""
 
 
 def row_form(row: Any) -> tuple[tuple[frozenset[str], str | None], str] | None:
@@ -87,7 +89,8 @@ def row_form(row: Any) -> tuple[tuple[frozenset[str], str | None], str] | None:
     return shape_key, text
 
 
-def _with_text(row: dict[str, Any], text: str) -> dict[str, Any]:
+def with_text(row: dict[str, Any], text: str) -> dict[str, Any]:
+    """``row`` (of the form :func:`row_form` reads) with ``text`` as its message."""
     return {**row, "messages": [{"role": "user", "content": text}]}
 
 
@@ -167,33 +170,33 @@ class NativeTemplate:
 
 
 class RequestShape:
-    """The requests a builder makes of rows that differ only in their text (see the module)."""
+    """The requests of rows that differ only in their text (see the module): ``make`` is the
+    general path from (custom_id, text) to the request, ``reference`` the request of the shape's
+    first row."""
 
-    def __init__(self, builder: Any, row: dict[str, Any], reference: LLMRequest, fingerprint: Fill):
-        self.builder = builder
-        self.row = row
+    def __init__(self, make: Make, reference: LLMRequest, fingerprint: Fill):
+        self._make = make
         self.reference = reference
-        """The request of the shape's first row."""
         self._fingerprint = fingerprint
         self._system_chars = (plain_text_chars(reference) or 0) - len(reference.messages[0].content)
         self._key_fills: dict[str, Fill | None] = {}
 
     @classmethod
-    def of(cls, builder: Any, row: dict[str, Any], item: LLMRequest | RejectedRow) -> RequestShape | None:
-        """The shape of ``row``, whose general-path item is ``item``; None when it has none."""
-        if not isinstance(item, LLMRequest) or plain_text_chars(item) is None:
+    def of(cls, make: Make, item: LLMRequest | RejectedRow) -> RequestShape | None:
+        """The shape of the rows ``make`` turns into requests, ``item`` being the first one's
+        general-path item; None when they have none."""
+        if not isinstance(item, LLMRequest) or plain_text_chars(item) is None or len(item.messages) != 1:
             return None
-
-        def fingerprint_line(custom_id: str, text: str) -> bytes:
-            request = builder.request_from_row(custom_id, _with_text(row, text))
-            return item_line(request)
-
-        fill = _template(fingerprint_line, pydantic_core.to_json, pydantic_core.to_json)
-        return None if fill is None else cls(builder, row, item, fill)
+        fill = _template(
+            lambda custom_id, text: item_line(make(custom_id, text)),
+            pydantic_core.to_json,
+            pydantic_core.to_json,
+        )
+        return None if fill is None else cls(make, item, fill)
 
     def request(self, custom_id: str, text: str) -> LLMRequest:
         """The general path's request for ``text`` (no row number)."""
-        return self.builder.request_from_row(custom_id, _with_text(self.row, text))
+        return self._make(custom_id, text)
 
     def input_tokens(self, text: str) -> int:
         """Input tokens, as :func:`batch_provider.core.tokens.request_tokens` counts them."""

@@ -71,9 +71,16 @@ def _rows() -> list[dict]:
     return rows
 
 
-def _items(model: str) -> list:
-    builder = RequestBuilder(model=model, max_tokens=32)
-    return list(builder.render(enumerate(_rows(), start=1)))
+def _items(model: str, form: str = "requests") -> list:
+    """Rows taken as requests, or rows of a table through a prompt template (with an id column)."""
+    if form == "requests":
+        builder = RequestBuilder(model=model, max_tokens=32)
+        return list(builder.render(enumerate(_rows(), start=1)))
+    builder = RequestBuilder(
+        model=model, max_tokens=32, template="Ticket {{ n }}: {{ text }}", system=SYSTEM, id_field="key"
+    )
+    table = [{"key": f"t-{n}", "n": n, "text": text} for n, text in enumerate(TEXTS)]
+    return list(builder.render(enumerate(table, start=1)))
 
 
 def _general(items: list) -> list:
@@ -97,19 +104,22 @@ class _SmallWindows:
         return getattr(self._table, name)
 
 
+@pytest.mark.parametrize("form", ["requests", "template"])
 @pytest.mark.parametrize("prices", ["packaged", "small windows"])
 @pytest.mark.parametrize("cached", [False, True], ids=["no cache", "cache"])
 @pytest.mark.parametrize("name", sorted(BACKENDS))
 def test_shaped_rows_write_what_the_general_path_writes(
-    tmp_path: Path, name: str, cached: bool, prices: str
+    tmp_path: Path, name: str, cached: bool, prices: str, form: str
 ) -> None:
     backend = BACKENDS[name]()
     backend.limits = replace(backend.limits, max_bytes_per_request=2500)
-    items = _items(MODELS[name])
+    items = _items(MODELS[name], form)
     shaped = [item for item in items if type(item) is ShapedRequest]
     assert len(shaped) == len(TEXTS) - 2, (
         "every row of the first system prompt after the first one, but the empty one"
     )
+    if form == "template":
+        assert shaped[0].custom_id == "t-1" and shaped[0].text.startswith("Ticket 1: ")
     table = _SmallWindows() if prices == "small windows" else default_price_table()
     runs = {}
     for label, given in (("shaped", items), ("general", _general(items))):
@@ -130,7 +140,7 @@ def test_shaped_rows_write_what_the_general_path_writes(
     attempt, files = runs["shaped"]
     rejects = files["rejects.jsonl"].decode()
     if prices == "small windows":
-        assert "context window" in rejects and '"custom_id":"row-' in rejects
+        assert "context window" in rejects and '"row":' in rejects
     else:
         assert '"field":"body"' in rejects, "the long text is over the size limit"
     if cached:
@@ -227,13 +237,21 @@ def test_rows_of_another_form_are_not_shaped() -> None:
         assert row_form(row) is None, row
 
 
-def test_a_builder_with_a_template_or_an_id_column_makes_no_shapes() -> None:
+def test_rows_with_ids_of_their_own_per_row_columns_or_a_callable_make_no_shapes() -> None:
     rows = [{"messages": [{"role": "user", "content": f"t{n}"}], "x": f"x{n}"} for n in range(3)]
-    for builder in (
-        RequestBuilder(model="m", id_field="x"),
-        RequestBuilder(model="m", template="{{ x }}"),
+    table = [{"x": f"x{n}", "m": "gpt-4o"} for n in range(3)]
+    for builder, given in (
+        (RequestBuilder(model="m", id_field="x"), rows),
+        (RequestBuilder(model="m", template="{{ x }}", columns={"model": "m"}), table),
+        (
+            RequestBuilder(
+                model="m", build=lambda row: {"messages": [{"role": "user", "content": row["x"]}]}
+            ),
+            table,
+        ),
     ):
-        assert not any(type(item) is ShapedRequest for item in builder.render(enumerate(rows, start=1)))
+        items = list(builder.render(enumerate(given, start=1)))
+        assert len(items) == 3 and not any(type(item) is ShapedRequest for item in items)
 
 
 def test_a_string_is_encoded_the_same_wherever_it_stands() -> None:
