@@ -16,6 +16,7 @@ from batch_provider.core import render
 from batch_provider.core.models import LLMRequest, RejectedRow
 from batch_provider.core.plain_template import PlainTemplate
 from batch_provider.core.render import RequestBuilder, TemplateVariableError
+from batch_provider.core.shaped import ShapedRequest
 
 
 class Shown:
@@ -165,6 +166,8 @@ def _outcome(builder: RequestBuilder, rows: list[dict[str, Any]]) -> list[str]:
             except Exception as exc:  # compared, not swallowed
                 seen.append(f"raised {type(exc).__name__}: {exc}")
                 continue
+            if type(item) is ShapedRequest:  # the request it stands for
+                item = item.request()
             if isinstance(item, LLMRequest):
                 seen.append(f"{item.row} {item.model_dump_json()}")
             else:
